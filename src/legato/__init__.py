@@ -1,0 +1,3 @@
+"""Legato: a durable workflow orchestrator for HTTP microservices."""
+
+__version__ = "0.1.0"

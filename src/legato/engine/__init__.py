@@ -1,0 +1,1 @@
+"""The engine: a pure decider and the asyncio runtime that applies its decisions durably."""

@@ -1,0 +1,460 @@
+"""The decider: (workflow, run state, event, now, rand) -> Decision. Pure: no I/O, no clock, no randomness
+of its own, so every rule (readiness, joins, branches, retries, maps, timeouts, cancel, retry) is tested in
+microseconds and replays the same way twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from legato.expressions import TemplateError, evaluate_truth
+from legato.model.fields import check_object
+from legato.model.workflow import Branch, Fail, HttpCall, MapOver, PythonCall, Step, Workflow
+from legato.engine.render import render_request
+from legato.engine.state import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    SUCCEEDED,
+    TERMINAL,
+    WAITING,
+    Abort,
+    Attempt,
+    Cancel,
+    Decision,
+    Event,
+    Execute,
+    Finished,
+    Resume,
+    Retry,
+    RunState,
+    Schedule,
+    Start,
+    StepDone,
+    StepState,
+    Timeout,
+    Wake,
+)
+
+READY, WAIT, SKIP = "ready", "wait", "skip"
+UPSTREAM_FAILED = "upstream_failed"
+UPSTREAM_SKIPPED = "upstream_skipped"
+BRANCH_NOT_TAKEN = "branch_not_taken"
+
+
+def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 0.5) -> Decision:
+    """Answer one event. `rand` in [0, 1) feeds retry jitter so the caller owns all randomness."""
+    t = _Txn(wf, run, now, rand)
+    if isinstance(event, Start):
+        t.start()
+    elif isinstance(event, StepDone):
+        t.step_done(event)
+    elif isinstance(event, Wake):
+        t.wake(event.step)
+    elif isinstance(event, Cancel):
+        t.stop(CANCELLED, {"kind": "cancelled", "message": event.reason}, event.reason)
+    elif isinstance(event, Timeout):
+        t.timeout()
+    elif isinstance(event, Retry):
+        t.retry()
+    elif isinstance(event, Resume):
+        t.resume()
+    return t.decision()
+
+
+def child_name(parent: str, index: int) -> str:
+    return f"{parent}[{index}]"
+
+
+def split_child(name: str) -> tuple[str, int] | None:
+    if not name.endswith("]"):
+        return None
+    base, _, idx = name[:-1].partition("[")
+    return base, int(idx)
+
+
+class _Txn:
+    """An overlay on the run state: reads see this decision's own writes; the writes are the Decision."""
+
+    def __init__(self, wf: Workflow, run: RunState, now: float, rand: float) -> None:
+        self.wf = wf
+        self.run = run
+        self.now = now
+        self.rand = rand
+        self.info = run.info
+        self.info_changed = False
+        self.changed: dict[str, StepState] = {}
+        self.attempts: list[Attempt] = []
+        self.effects: list[Any] = []
+        self._view: dict[str, Any] | None = None
+
+    # -- state access -------------------------------------------------------------------------
+
+    def get(self, name: str) -> StepState:
+        s = self.changed.get(name)
+        if s is not None:
+            return s
+        return self.run.steps.get(name) or StepState(name)
+
+    def set(self, s: StepState) -> None:
+        self.changed[s.name] = s
+        self._view = None
+
+    def set_info(self, **kw: Any) -> None:
+        self.info = replace(self.info, **kw)
+        self.info_changed = True
+
+    def decision(self) -> Decision:
+        return Decision(
+            run_id=self.info.id,
+            run=self.info if self.info_changed else None,
+            steps=self.changed,
+            attempts=self.attempts,
+            effects=self.effects,
+        )
+
+    def context(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self._view is None:
+            names = set(self.run.steps) | set(self.changed)
+            steps = {}
+            for n in names:
+                if n in self.wf.steps:
+                    s = self.get(n)
+                    steps[n] = {"status": s.status, "output": s.output, "error": s.error}
+            info = self.info
+            self._view = {
+                "input": info.input,
+                "steps": steps,
+                "run": {"id": info.id, "workflow": info.workflow, "version": info.version},
+            }
+        if extra:
+            return {**self._view, **extra}
+        return self._view
+
+    # -- events -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.info.status != PENDING:
+            return
+        deadline = self.now + self.wf.timeout if self.wf.timeout else None
+        self.set_info(status=RUNNING, started_at=self.now, deadline=deadline)
+        for root in self.wf.roots:
+            if self.get(root).status == PENDING:
+                self.activate(root)
+        self.check_finished()
+
+    def step_done(self, ev: StepDone) -> None:
+        s = self.get(ev.step)
+        if self.info.status != RUNNING or s.status != RUNNING or s.attempt != ev.attempt:
+            return  # late answer of an aborted or superseded attempt: history already closed it
+        self.record(s, SUCCEEDED if ev.ok else FAILED, ev.output, ev.error, ev.finished_at)
+        if ev.ok:
+            self.set(replace(s, status=SUCCEEDED, output=ev.output, error=None, finished_at=ev.finished_at))
+            self.after_terminal(ev.step)
+        else:
+            self.after_failure(replace(s, output=ev.output), ev.error or {"kind": "exception"})
+        self.check_finished()
+
+    def wake(self, name: str) -> None:
+        s = self.get(name)
+        if self.info.status != RUNNING or s.status != WAITING:
+            return
+        step, action, extra = self.executable(name)
+        self.dispatch(name, step, action, extra)
+        self.check_finished()
+
+    def timeout(self) -> None:
+        limit = self.wf.timeout or 0
+        self.stop(FAILED, {"kind": "timeout", "message": f"the run exceeded its timeout of {limit:g}s"},
+                  "run timed out")
+
+    def stop(self, status: str, error: dict[str, Any], reason: str) -> None:
+        if self.info.status not in (PENDING, RUNNING, WAITING):
+            return
+        names = list(self.wf.steps) + [n for n in self.run.steps if n not in self.wf.steps]
+        for n in names:
+            s = self.get(n)
+            if s.done:
+                continue
+            if s.status in (RUNNING, WAITING) and not self.is_map(n):
+                self.effects.append(Abort(n))
+                if s.status == RUNNING:
+                    self.record(s, CANCELLED, None, {"kind": "cancelled", "message": reason}, self.now)
+            self.set(replace(s, status=CANCELLED, reason=reason, finished_at=self.now, next_at=None))
+        self.finish(status, None, error)
+
+    def retry(self) -> None:
+        if self.info.status not in (FAILED, CANCELLED):
+            return
+        for n, s in self.run.steps.items():
+            if s.status != SUCCEEDED:
+                self.set(StepState(n, PENDING, attempt=s.attempt))
+        deadline = self.now + self.wf.timeout if self.wf.timeout else None
+        self.set_info(status=RUNNING, finished_at=None, output=None, error=None, deadline=deadline)
+        for n in self.wf.steps:
+            if self.get(n).status != PENDING:
+                continue
+            verdict, reason = self.evaluate(n)
+            if verdict == READY:
+                self.activate(n)
+            elif verdict == SKIP:
+                self.skip(n, reason)
+        self.check_finished()
+
+    def resume(self) -> None:
+        if self.info.status != RUNNING:
+            return
+        for n, s in self.run.steps.items():
+            if s.status == RUNNING and not self.is_map(n):
+                step, action, _ = self.executable(n)
+                self.effects.append(Execute(n, s.attempt, action, s.request, step.timeout))
+            elif s.status == WAITING and s.next_at is not None:
+                self.effects.append(Schedule(n, s.next_at))
+        for n, s in self.run.steps.items():
+            if s.status == RUNNING and self.is_map(n):
+                self.fill(n)
+
+    # -- rules --------------------------------------------------------------------------------
+
+    def is_map(self, name: str) -> bool:
+        step = self.wf.steps.get(name)
+        return step is not None and isinstance(step.action, MapOver)
+
+    def executable(self, name: str) -> tuple[Step, HttpCall | PythonCall, dict[str, Any] | None]:
+        child = split_child(name)
+        if child is None:
+            step = self.wf.steps[name]
+            assert isinstance(step.action, HttpCall | PythonCall)
+            return step, step.action, None
+        parent, index = child
+        step = self.wf.steps[parent]
+        assert isinstance(step.action, MapOver)
+        items = self.get(parent).request["items"]
+        return step, step.action.action, {"item": items[index], "index": index}
+
+    def record(self, s: StepState, status: str, output: Any, error: Any, finished: float) -> None:
+        self.attempts.append(Attempt(self.info.id, s.name, s.attempt, status, s.started_at, finished,
+                                     s.request, output, error))
+
+    def activate(self, name: str) -> None:
+        """Start a step whose dependencies allow it."""
+        step = self.wf.steps[name]
+        action = step.action
+        if isinstance(action, HttpCall | PythonCall):
+            self.dispatch(name, step, action, None)
+        elif isinstance(action, Branch):
+            self.run_branch(name, action)
+        elif isinstance(action, Fail):
+            self.run_fail(name, action)
+        else:
+            self.run_map(name, action)
+
+    def dispatch(
+        self, name: str, step: Step, action: HttpCall | PythonCall, extra: dict[str, Any] | None
+    ) -> None:
+        prev = self.get(name)
+        s = replace(prev, status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
+                    started_at=self.now, finished_at=None, next_at=None, output=None, error=None,
+                    reason=None, request=None)
+        try:
+            request = render_request(action, self.context(extra))
+        except TemplateError as exc:
+            error = {"kind": "template", "message": str(exc)}
+            self.record(s, FAILED, None, error, self.now)
+            self.after_failure(s, error)
+            return
+        s = replace(s, request=request)
+        self.set(s)
+        self.effects.append(Execute(name, s.attempt, action, request, step.timeout))
+
+    def inline_result(self, name: str, ok: bool, output: Any, error: dict[str, Any] | None) -> None:
+        """Branch and fail steps decide at once, without an executor."""
+        prev = self.get(name)
+        s = replace(prev, status=SUCCEEDED if ok else FAILED, attempt=prev.attempt + 1,
+                    tries=prev.tries + 1, started_at=self.now, finished_at=self.now, output=output,
+                    error=error, reason=None)
+        self.set(s)
+        self.record(s, s.status, output, error, self.now)
+        self.after_terminal(name)
+
+    def run_branch(self, name: str, branch: Branch) -> None:
+        ctx = self.context()
+        try:
+            chosen = next((then for when, then in branch.cases if evaluate_truth(when, ctx)),
+                          branch.otherwise)
+        except TemplateError as exc:
+            self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
+            return
+        self.inline_result(name, True, {"next": list(chosen)}, None)
+
+    def run_fail(self, name: str, fail: Fail) -> None:
+        try:
+            message = fail.message.render(self.context())
+        except TemplateError as exc:
+            message = f"(message failed to render: {exc})"
+        self.inline_result(name, False, None, {"kind": "fail", "message": str(message)})
+
+    def run_map(self, name: str, spec: MapOver) -> None:
+        prev = self.get(name)
+        try:
+            items = spec.over.render(self.context())
+            if not isinstance(items, list):
+                raise TemplateError(f"map.over must render to a list, got {type(items).__name__}")
+        except TemplateError as exc:
+            self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
+            return
+        self.set(replace(prev, status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
+                         started_at=self.now, finished_at=None, request={"items": items},
+                         output=None, error=None, reason=None))
+        for i in range(len(items)):
+            c = self.get(child_name(name, i))
+            if c.status != SUCCEEDED:
+                self.set(StepState(c.name, PENDING, attempt=c.attempt))
+        self.fill(name)
+
+    def fill(self, parent: str) -> None:
+        """Keep a map's children running up to its concurrency; close the map when they are done."""
+        spec = self.wf.steps[parent].action
+        assert isinstance(spec, MapOver)
+        p = self.get(parent)
+        if p.status != RUNNING:
+            return
+        count = len(p.request["items"])
+        children = [self.get(child_name(parent, i)) for i in range(count)]
+        failed = next((c for c in children if c.status in (FAILED, CANCELLED)), None)
+        if failed is not None:
+            for c in children:
+                if not c.done:
+                    if c.status in (RUNNING, WAITING):
+                        self.effects.append(Abort(c.name))
+                    self.set(replace(c, status=CANCELLED, reason="another item failed",
+                                     finished_at=self.now, next_at=None))
+            err = dict(failed.error or {})
+            err["message"] = f"item {failed.name} failed: {err.get('message', failed.status)}"
+            self.set(replace(p, status=FAILED, error=err, finished_at=self.now))
+            self.after_terminal(parent)
+            return
+        busy = sum(1 for c in children if c.status in (RUNNING, WAITING))
+        step = self.wf.steps[parent]
+        for i, c in enumerate(children):
+            if busy >= spec.concurrency:
+                break
+            if c.status == PENDING:
+                self.dispatch(c.name, step, spec.action, {"item": p.request["items"][i], "index": i})
+                if self.get(parent).status != RUNNING:
+                    return
+                busy += 1
+        children = [self.get(child_name(parent, i)) for i in range(count)]
+        if all(c.status == SUCCEEDED for c in children):
+            self.set(replace(self.get(parent), status=SUCCEEDED,
+                             output=[c.output for c in children], finished_at=self.now))
+            self.after_terminal(parent)
+
+    def after_failure(self, s: StepState, error: dict[str, Any]) -> None:
+        child = split_child(s.name)
+        step = self.wf.steps[child[0] if child else s.name]
+        policy = step.retry
+        if policy.should_retry(str(error.get("kind")), s.tries):
+            at = self.now + policy.delay_for(s.tries, self.rand)
+            self.set(replace(s, status=WAITING, next_at=at, error=error, finished_at=self.now))
+            self.effects.append(Schedule(s.name, at))
+            return
+        self.set(replace(s, status=FAILED, error=error, finished_at=self.now))
+        self.after_terminal(s.name)
+
+    def after_terminal(self, name: str) -> None:
+        child = split_child(name)
+        if child is not None:
+            self.fill(child[0])
+        else:
+            self.propagate(name)
+
+    def propagate(self, name: str) -> None:
+        for d in self.wf.downstream[name]:
+            if self.get(d).status != PENDING:
+                continue
+            verdict, reason = self.evaluate(d)
+            if verdict == READY:
+                self.activate(d)
+            elif verdict == SKIP:
+                self.skip(d, reason)
+
+    def skip(self, name: str, reason: str) -> None:
+        s = self.get(name)
+        self.set(replace(s, status=SKIPPED, reason=reason, finished_at=self.now))
+        self.propagate(name)
+
+    def evaluate(self, name: str) -> tuple[str, str]:
+        """Apply the step's trigger rule to its dependencies' statuses."""
+        step = self.wf.steps[name]
+        if not step.depends_on:
+            return READY, ""
+        statuses: list[str] = []
+        by_branch = False
+        for dep in step.depends_on:
+            ds = self.get(dep)
+            status = ds.status
+            if status == SUCCEEDED and isinstance(self.wf.steps[dep].action, Branch) \
+                    and name not in ds.output["next"]:
+                status, by_branch = SKIPPED, True
+            statuses.append(status)
+        failed = any(st in (FAILED, CANCELLED) for st in statuses)
+        done = all(st in TERMINAL for st in statuses)
+        succeeded = [st == SUCCEEDED for st in statuses]
+        skip_reason = UPSTREAM_FAILED if failed else BRANCH_NOT_TAKEN if by_branch else UPSTREAM_SKIPPED
+        rule = step.trigger
+        if rule == "all_succeeded":
+            if failed or SKIPPED in statuses:
+                return SKIP, skip_reason
+            return (READY, "") if all(succeeded) else (WAIT, "")
+        if rule == "all_done":
+            return (READY, "") if done else (WAIT, "")
+        if rule == "one_succeeded":
+            if any(succeeded):
+                return READY, ""
+            return (SKIP, skip_reason) if done else (WAIT, "")
+        # none_failed: every dependency done, none failed, at least one succeeded.
+        if failed:
+            return SKIP, skip_reason
+        if not done:
+            return WAIT, ""
+        return (READY, "") if any(succeeded) else (SKIP, skip_reason)
+
+    def check_finished(self) -> None:
+        if self.info.status != RUNNING:
+            return
+        states = [self.get(n) for n in self.wf.steps]
+        if any(not s.done for s in states):
+            return
+        failed = next((s for s in states if s.status == FAILED and not self.wf.steps[s.name].optional),
+                      None)
+        if failed is not None:
+            message = (failed.error or {}).get("message", "failed")
+            self.finish(FAILED, None, {"kind": "step_failed", "step": failed.name,
+                                       "message": f"step {failed.name!r} failed: {message}"})
+            return
+        try:
+            output = self.run_output()
+        except TemplateError as exc:
+            self.finish(FAILED, None, {"kind": "output", "message": f"output: {exc}"})
+            return
+        if self.wf.outputs:
+            _, problems = check_object(self.wf.outputs, output, "output", strict=False)
+            if problems:
+                self.finish(FAILED, output, {"kind": "output",
+                                             "message": "; ".join(str(p) for p in problems)})
+                return
+        self.finish(SUCCEEDED, output, None)
+
+    def run_output(self) -> Any:
+        if self.wf.output is not None:
+            return self.wf.output.render(self.context())
+        leaves = [n for n, down in self.wf.downstream.items() if not down]
+        return {n: self.get(n).output for n in leaves if self.get(n).status == SUCCEEDED}
+
+    def finish(self, status: str, output: Any, error: dict[str, Any] | None) -> None:
+        self.set_info(status=status, finished_at=self.now, output=output, error=error)
+        self.effects.append(Finished(status))

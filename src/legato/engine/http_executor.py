@@ -1,0 +1,135 @@
+"""Calls services over HTTP with aiohttp (chosen by measurement: see docs/benchmarks.md).
+
+One pooled session for the process; one semaphore per service holds its concurrency limit across every
+run. The service is looked up at call time, so a changed address applies to the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from legato import __version__
+from legato.engine.ids import traceparent
+from legato.engine.outcome import Outcome
+from legato.model.fields import check_object
+from legato.model.service import DEFAULT_TIMEOUT, Service
+from legato.model.workflow import HttpCall
+
+USER_AGENT = f"legato/{__version__}"
+_BODY_LIMIT_IN_ERROR = 2000
+
+
+class HttpExecutor:
+    def __init__(self, lookup: Callable[[str], Service | None]) -> None:
+        self._lookup = lookup
+        self._session: aiohttp.ClientSession | None = None
+        self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=lambda v: orjson.dumps(v).decode(),
+                timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _semaphore(self, service: Service) -> asyncio.Semaphore:
+        held = self._limits.get(service.name)
+        if held is None or held[0] != service.concurrency:
+            # A changed limit takes effect for calls not yet waiting; calls in flight finish as they are.
+            held = (service.concurrency, asyncio.Semaphore(service.concurrency))
+            self._limits[service.name] = held
+        return held[1]
+
+    async def execute(self, run_id: str, step: str, action: HttpCall, request: dict[str, Any],
+                      timeout: float | None) -> Outcome:
+        service: Service | None = None
+        headers: dict[str, str] = {}
+        if "service" in request:
+            service = self._lookup(request["service"])
+            if service is None:
+                return Outcome.failure("config", f"service {request['service']!r} is not in the directory")
+            url = service.url(request.get("path", ""))
+            headers.update(service.headers)
+            if service.token:
+                headers["Authorization"] = f"Bearer {service.token}"
+            if service.inputs and "json" in request:
+                _, problems = check_object(service.inputs, request["json"], "json", strict=False)
+                if problems:
+                    return Outcome.failure("input", f"request does not match service {service.name!r}: "
+                                           + "; ".join(map(str, problems)))
+        else:
+            url = request["url"]
+            if request.get("path"):
+                url = url.rstrip("/") + "/" + request["path"].lstrip("/")
+        headers.update(request.get("headers", {}))
+        headers["Idempotency-Key"] = f"{run_id}:{step}"
+        headers["traceparent"] = traceparent(run_id)
+        headers.setdefault("User-Agent", USER_AGENT)
+        data: bytes | str | None = None
+        if "json" in request:
+            data = orjson.dumps(request["json"])
+            headers["Content-Type"] = "application/json"
+        elif "body" in request:
+            data = request["body"]
+        method = request["method"]
+        limit = timeout or (service.timeout if service else DEFAULT_TIMEOUT)
+        where = f"{method} {url}"
+        try:
+            if service is not None:
+                async with self._semaphore(service):
+                    status, resp_headers, raw, ctype = await self._send(method, url, request, headers,
+                                                                        data, limit)
+            else:
+                status, resp_headers, raw, ctype = await self._send(method, url, request, headers,
+                                                                    data, limit)
+        except TimeoutError:
+            return Outcome.failure("timeout", f"{where} did not answer within {limit:g}s")
+        except aiohttp.InvalidURL:
+            return Outcome.failure("config", f"{where}: invalid URL")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Outcome.failure("network", f"{where} failed: {type(exc).__name__}: {exc}")
+        body = _parse_body(raw, ctype)
+        output = {"status": status, "headers": resp_headers, "body": body}
+        if not action.is_success(status):
+            kind = "429" if status == 429 else "5xx" if status >= 500 else "4xx" if status >= 400 \
+                else "status"
+            detail = raw[:_BODY_LIMIT_IN_ERROR].decode("utf-8", "replace")
+            return Outcome.failure(kind, f"{where} answered {status}", output, status=status,
+                                   body=detail)
+        if service is not None and service.outputs:
+            _, problems = check_object(service.outputs, body, "body", strict=False)
+            if problems:
+                return Outcome.failure("output", f"reply of service {service.name!r} does not match "
+                                       "its declared outputs: " + "; ".join(map(str, problems)), output)
+        return Outcome(True, output)
+
+    async def _send(self, method: str, url: str, request: dict[str, Any], headers: dict[str, str],
+                    data: bytes | str | None, limit: float) -> tuple[int, dict[str, str], bytes, str]:
+        async with asyncio.timeout(limit):
+            async with self._client().request(method, url, params=request.get("query"), data=data,
+                                              headers=headers, allow_redirects=True) as resp:
+                raw = await resp.read()
+                headers = {str(k): v for k, v in resp.headers.items()}
+                return resp.status, headers, raw, resp.content_type
+
+
+def _parse_body(raw: bytes, content_type: str) -> Any:
+    if not raw:
+        return None
+    if "json" in content_type:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return raw.decode("utf-8", "replace")

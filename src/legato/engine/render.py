@@ -1,0 +1,52 @@
+"""Renders a step's templated arguments into the concrete request its executor sends (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from legato.expressions import Context, TemplateError
+from legato.model.workflow import HttpCall, PythonCall
+
+
+def render_request(action: HttpCall | PythonCall, ctx: Context) -> dict[str, Any]:
+    """Raise TemplateError when a template fails or renders to the wrong shape."""
+    if isinstance(action, PythonCall):
+        args = action.args.render(ctx) if action.args is not None else {}
+        if not isinstance(args, dict):
+            raise TemplateError("python.args must render to a mapping")
+        return {"function": action.function, "args": args}
+    req: dict[str, Any] = {"method": action.method}
+    if action.service is not None:
+        req["service"] = action.service
+    if action.url is not None:
+        url = action.url.render(ctx)
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise TemplateError(f"http.url must render to an absolute http(s) URL, got {url!r}")
+        req["url"] = url
+    path = action.path.render(ctx)
+    if path not in ("", None):
+        req["path"] = str(path)
+    if action.query is not None:
+        req["query"] = _string_map(action.query.render(ctx), "http.query")
+    if action.headers is not None:
+        req["headers"] = _string_map(action.headers.render(ctx), "http.headers")
+    if action.json is not None:
+        req["json"] = action.json.render(ctx)
+    elif action.body is not None:
+        body = action.body.render(ctx)
+        req["body"] = body if isinstance(body, str) else str(body)
+    return req
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise TemplateError(f"{what} must render to a mapping, got {type(value).__name__}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out[str(k)] = str(v)
+    return out

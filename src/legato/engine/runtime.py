@@ -1,0 +1,381 @@
+"""The Engine: applies the decider's decisions durably and carries out their effects on asyncio.
+
+Each event (a run started, a step answered, a timer fired) goes through `decide`; the new state is kept in
+memory at once, queued for the store, and its effects (calls, timers) run only after the batch holding it
+is committed. Batches form by themselves: whatever piles up while one commit is under way goes in the next
+(group commit). A run in memory costs its state and nothing else: no coroutine waits on its behalf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from legato.engine.decider import decide
+from legato.engine.http_executor import HttpExecutor
+from legato.engine.ids import new_run_id
+from legato.engine.outcome import Outcome
+from legato.engine.python_executor import PythonExecutor
+from legato.engine.state import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    Abort,
+    Cancel,
+    Decision,
+    Event,
+    Execute,
+    Finished,
+    Resume,
+    Retry,
+    RunInfo,
+    RunState,
+    Schedule,
+    Start,
+    StepDone,
+    Timeout,
+    Wake,
+)
+from legato.errors import Conflict, DefinitionError, InputError, NotFound
+from legato.formats.loader import Definition, load_definition
+from legato.model.build import build_workflow, unknown_services
+from legato.model.fields import check_object
+from legato.model.service import Service
+from legato.model.workflow import HttpCall, Workflow
+from legato.store.protocol import Store, WorkflowRecord, open_store
+
+log = logging.getLogger("legato.engine")
+
+
+@dataclass(slots=True)
+class _Active:
+    state: RunState
+    wf: Workflow
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    deadline: asyncio.TimerHandle | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class Engine:
+    """Use as `async with Engine.open("sqlite:///legato.db") as engine:`."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._services: dict[str, Service] = {}
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._workflows: dict[tuple[str, int], Workflow] = {}
+        self._runs: dict[str, _Active] = {}
+        self._queue: list[Decision] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self.http = HttpExecutor(self._services.get)
+        self.python = PythonExecutor(self._functions)
+        self.stats = {"commits": 0, "decisions": 0, "step_transitions": 0}
+
+    @classmethod
+    def open(cls, url: str = "sqlite:///legato.db") -> Engine:
+        return cls(open_store(url))
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store, load the directory and resume every run that had not ended."""
+        await self.store.open()
+        self._wake = asyncio.Event()
+        self._batch = asyncio.get_running_loop().create_future()
+        self._flusher = asyncio.create_task(self._flush_forever(), name="legato-commit")
+        for service in await self.store.list_services():
+            self._services[service.name] = service
+        for state in await self.store.load_active_runs():
+            try:
+                wf = await self._workflow(state.info.workflow, state.info.version)
+            except (NotFound, DefinitionError) as exc:
+                log.error("cannot resume run %s: %s", state.info.id, exc)
+                continue
+            active = self._runs[state.info.id] = _Active(state, wf)
+            self._arm_deadline(active)
+            self._event(active, Resume())
+
+    async def close(self) -> None:
+        """Stop taking events, let the last batch commit, and leave in-flight steps resumable."""
+        self._closing = True
+        tasks = [t for a in self._runs.values() for t in a.tasks.values()]
+        for active in self._runs.values():
+            for handle in active.timers.values():
+                handle.cancel()
+            if active.deadline:
+                active.deadline.cancel()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flusher is not None:
+            assert self._wake is not None
+            self._wake.set()
+            await self._flusher
+            self._flusher = None
+        await self.http.close()
+        await self.store.close()
+
+    # -- directory and definitions ------------------------------------------------------------
+
+    def services(self) -> list[Service]:
+        return sorted(self._services.values(), key=lambda s: s.name)
+
+    def service(self, name: str) -> Service | None:
+        return self._services.get(name)
+
+    async def put_service(self, service: Service) -> None:
+        await self.store.put_service(service)
+        self._services[service.name] = service
+
+    async def delete_service(self, name: str) -> None:
+        if not await self.store.delete_service(name):
+            raise NotFound(f"no service named {name!r}")
+        self._services.pop(name, None)
+
+    async def register(self, definition: Workflow | Definition) -> WorkflowRecord:
+        """Store a workflow (and the services its document declares); same definition, same version."""
+        if isinstance(definition, Definition):
+            wf = definition.workflow
+            for service in definition.services:
+                await self.put_service(service)
+        else:
+            wf = definition
+        problems = unknown_services(wf.steps, self._services)
+        if problems:
+            raise DefinitionError(problems)
+        self._functions.update(wf.functions)
+        record = await self.store.save_workflow(wf.name, wf.digest, wf.spec)
+        self._workflows[(wf.name, record.version)] = wf
+        return record
+
+    async def apply(self, document: str | bytes | dict[str, Any]) -> WorkflowRecord:
+        """Validate and register a definition document (YAML, JSON, or an already parsed mapping)."""
+        definition = load_definition(document, functions=self._functions,
+                                     services=self._services.keys())
+        return await self.register(definition)
+
+    async def _workflow(self, name: str, version: int | None = None) -> Workflow:
+        if version is not None and (name, version) in self._workflows:
+            return self._workflows[(name, version)]
+        record = await self.store.get_workflow(name, version)
+        if record is None:
+            raise NotFound(f"no workflow named {name!r}" if version is None
+                           else f"workflow {name!r} has no version {version}")
+        key = (name, record.version)
+        if key not in self._workflows:
+            self._workflows[key] = build_workflow(record.spec, functions=self._functions)
+        return self._workflows[key]
+
+    async def workflow_version(self, name: str, version: int | None = None) -> tuple[Workflow, int]:
+        wf = await self._workflow(name, version)
+        found = next(v for (n, v), w in self._workflows.items() if n == name and w is wf)
+        return wf, found
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def start_run(self, workflow: str, input: dict[str, Any] | None = None, *,
+                        version: int | None = None) -> str:
+        """Validate the input, commit the new run with its first steps, and return its id."""
+        wf, found = await self.workflow_version(workflow, version)
+        data, problems = check_object(wf.inputs, {} if input is None else input, "input")
+        if problems:
+            raise InputError(problems)
+        info = RunInfo(id=new_run_id(), workflow=workflow, version=found, status=PENDING,
+                       input=data, created_at=self.clock())
+        active = self._runs[info.id] = _Active(RunState(info), wf)
+        await self._event(active, Start(), new_run=True)
+        return info.id
+
+    async def run(self, workflow: str, input: dict[str, Any] | None = None,
+                  timeout: float | None = None) -> RunState:
+        """Start a run and wait for it to end."""
+        return await self.wait(await self.start_run(workflow, input), timeout)
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunState:
+        """Wait until the run ends (or `timeout` passes) and return it as committed."""
+        active = self._runs.get(run_id)
+        if active is not None:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            active.waiters.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+        return await self.get_run(run_id)
+
+    async def get_run(self, run_id: str) -> RunState:
+        state = await self.store.get_run(run_id)
+        if state is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        return state
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
+        active = self._runs.get(run_id)
+        if active is None:
+            state = await self.get_run(run_id)
+            raise Conflict(f"run {run_id} has already ended ({state.info.status})")
+        await self._event(active, Cancel(reason))
+
+    async def retry(self, run_id: str) -> None:
+        """Run a failed or cancelled run again from the steps that did not succeed."""
+        if run_id in self._runs:
+            raise Conflict(f"run {run_id} is still {self._runs[run_id].state.info.status}")
+        state = await self.get_run(run_id)
+        if state.info.status not in (FAILED, CANCELLED):
+            raise Conflict(f"run {run_id} {state.info.status}; only failed or cancelled runs retry")
+        wf = await self._workflow(state.info.workflow, state.info.version)
+        active = self._runs[run_id] = _Active(state, wf)
+        await self._event(active, Retry())
+
+    def active_runs(self) -> int:
+        return len(self._runs)
+
+    # -- the decide / commit / act loop -------------------------------------------------------
+
+    def _event(self, active: _Active, event: Event, *, new_run: bool = False) -> asyncio.Future[None]:
+        """Decide, keep the new state in memory, queue it for commit; the future resolves after commit."""
+        decision = decide(active.wf, active.state, event, self.clock(), random.random())
+        decision.new_run = new_run
+        state = active.state
+        if decision.run is not None:
+            state.info = decision.run
+        if decision.steps:
+            state.steps.update(decision.steps)
+        self._queue.append(decision)
+        assert self._wake is not None and self._batch is not None
+        self._wake.set()
+        return self._batch
+
+    async def _flush_forever(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._queue:
+                if self._closing:
+                    return
+                continue
+            batch, done = self._queue, self._batch
+            self._queue, self._batch = [], loop.create_future()
+            await self._commit(batch)
+            self.stats["commits"] += 1
+            self.stats["decisions"] += len(batch)
+            assert done is not None
+            done.set_result(None)
+            for decision in batch:
+                self._act(decision)
+            if self._queue:
+                self._wake.set()
+
+    async def _commit(self, batch: list[Decision]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.store.commit(batch)
+                return
+            except Exception:
+                # Effects wait for the commit, so nothing acts on state that is not durable yet.
+                log.exception("commit of %d decisions failed; retrying in %.2fs", len(batch), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _act(self, decision: Decision) -> None:
+        active = self._runs.get(decision.run_id)
+        if active is None:
+            return
+        self.stats["step_transitions"] += len(decision.steps)
+        if decision.run is not None:
+            self._arm_deadline(active)
+        for effect in decision.effects:
+            if isinstance(effect, Execute):
+                if not self._closing:
+                    active.tasks[effect.step] = asyncio.create_task(self._execute(active, effect))
+            elif isinstance(effect, Schedule):
+                self._schedule(active, effect)
+            elif isinstance(effect, Abort):
+                task = active.tasks.pop(effect.step, None)
+                if task is not None:
+                    task.cancel()
+                handle = active.timers.pop(effect.step, None)
+                if handle is not None:
+                    handle.cancel()
+            elif isinstance(effect, Finished):
+                self._finished(active)
+
+    def _arm_deadline(self, active: _Active) -> None:
+        if active.deadline is not None:
+            active.deadline.cancel()
+            active.deadline = None
+        info = active.state.info
+        if info.status == RUNNING and info.deadline is not None and not self._closing:
+            delay = max(0.0, info.deadline - self.clock())
+            active.deadline = asyncio.get_running_loop().call_later(
+                delay, self._on_timer, active, Timeout())
+
+    def _schedule(self, active: _Active, effect: Schedule) -> None:
+        if self._closing:
+            return
+        delay = max(0.0, effect.at - self.clock())
+        active.timers[effect.step] = asyncio.get_running_loop().call_later(
+            delay, self._on_timer, active, Wake(effect.step))
+
+    def _on_timer(self, active: _Active, event: Event) -> None:
+        if isinstance(event, Wake):
+            active.timers.pop(event.step, None)
+        if self._runs.get(active.state.info.id) is active and not self._closing:
+            self._event(active, event)
+
+    def _finished(self, active: _Active) -> None:
+        self._runs.pop(active.state.info.id, None)
+        if active.deadline is not None:
+            active.deadline.cancel()
+        for handle in active.timers.values():
+            handle.cancel()
+        for t in active.tasks.values():
+            t.cancel()
+        for fut in active.waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _execute(self, active: _Active, effect: Execute) -> None:
+        started = self.clock()
+        try:
+            if isinstance(effect.action, HttpCall):
+                outcome = await self.http.execute(active.state.info.id, effect.step, effect.action,
+                                                  effect.request, effect.timeout)
+            elif effect.timeout:
+                try:
+                    async with asyncio.timeout(effect.timeout):
+                        outcome = await self.python.execute(effect.request)
+                except TimeoutError:
+                    outcome = Outcome.failure("timeout", f"did not return within {effect.timeout:g}s")
+            else:
+                outcome = await self.python.execute(effect.request)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # an executor bug must not strand the run
+            log.exception("executor failed on %s/%s", active.state.info.id, effect.step)
+            outcome = Outcome.failure("exception", f"{type(exc).__name__}: {exc}")
+        if active.tasks.get(effect.step) is asyncio.current_task():
+            del active.tasks[effect.step]
+        if self._closing or self._runs.get(active.state.info.id) is not active:
+            return
+        self._event(active, StepDone(effect.step, effect.attempt, outcome.ok, outcome.output,
+                                     outcome.error, started, self.clock()))
+

@@ -1,0 +1,183 @@
+"""Run and step state as plain immutable data: what the store keeps and what the decider reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from legato.model.workflow import HttpCall, PythonCall
+
+PENDING = "pending"
+RUNNING = "running"
+WAITING = "waiting"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"
+CANCELLED = "cancelled"
+
+STATUSES = (PENDING, RUNNING, WAITING, SUCCEEDED, FAILED, SKIPPED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
+ACTIVE_RUN = frozenset({PENDING, RUNNING, WAITING})
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """A step's current attempt. `attempt` counts every attempt ever made (history numbering);
+    `tries` counts those in the current retry budget, which a run retry resets."""
+
+    name: str
+    status: str = PENDING
+    attempt: int = 0
+    tries: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    next_at: float | None = None
+    request: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One finished attempt of one step, kept as history (the step row only holds the latest)."""
+
+    run_id: str
+    step: str
+    attempt: int
+    status: str
+    started_at: float | None
+    finished_at: float | None
+    request: Any
+    output: Any
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    id: str
+    workflow: str
+    version: int
+    status: str
+    input: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    deadline: float | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status not in ACTIVE_RUN
+
+
+@dataclass(slots=True)
+class RunState:
+    """A run and the steps it has touched; a step absent from `steps` is pending and untouched."""
+
+    info: RunInfo
+    steps: dict[str, StepState] = field(default_factory=dict)
+
+    def step(self, name: str) -> StepState:
+        return self.steps.get(name) or StepState(name)
+
+
+# Events: what happened to a run. The decider answers each with a Decision.
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StepDone:
+    step: str
+    attempt: int
+    ok: bool
+    output: Any
+    error: dict[str, Any] | None
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """A step's retry delay is over."""
+
+    step: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    reason: str = "cancelled by request"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """The run's deadline passed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Run a failed or cancelled run again from the steps that did not succeed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The engine restarted: re-issue the effects that were in flight."""
+
+
+Event = Start | StepDone | Wake | Cancel | Timeout | Retry | Resume
+
+
+# Effects: what the runtime must do once the decision is committed.
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    step: str
+    attempt: int
+    action: HttpCall | PythonCall
+    request: dict[str, Any]
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    step: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    step: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    status: str
+
+
+Effect = Execute | Schedule | Abort | Finished
+
+
+@dataclass(slots=True)
+class Decision:
+    """The changes to commit (all or nothing) and the effects to carry out after the commit."""
+
+    run_id: str
+    run: RunInfo | None = None
+    steps: dict[str, StepState] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    new_run: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self.run is None and not self.steps and not self.attempts

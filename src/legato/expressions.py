@@ -1,0 +1,169 @@
+"""Templated step arguments, rendered to native JSON values in a sandbox.
+
+A string that is exactly one `{{ expression }}` yields the expression's value (a list stays a list, a number a
+number); any other string with `{{` or `{%` renders to text. Templates are compiled once, when a definition is
+validated, so a run only evaluates them; references to `steps.<name>` are collected so validation can refuse
+a step that reads a result it cannot have yet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_SINGLE = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
+Context = Mapping[str, Any]
+
+
+class TemplateError(Exception):
+    """A template failed to compile or to render; the message says which and why."""
+
+
+def _merge(*parts: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in parts:
+        if isinstance(part, Mapping):
+            out.update(part)
+    return out
+
+
+def _pick(value: Any, *keys: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: value[k] for k in keys if k in value}
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """Data first: `input.items` is the input's `items` field, not the dict method of that name."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_JSON_TYPES = (str, int, float, bool, list, dict, tuple, type(None))
+
+
+def _make_env() -> ImmutableSandboxedEnvironment:
+    env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    env.globals["merge"] = _merge
+    env.filters["merge"] = _merge
+    env.filters["pick"] = _pick
+    return env
+
+
+ENV = _make_env()
+
+
+class Template:
+    """A compiled JSON-like value: dicts and lists of constants and templated strings."""
+
+    __slots__ = ("_render", "references", "source")
+
+    def __init__(self, source: Any, render: Callable[[Context], Any], references: frozenset[str]):
+        self.source = source
+        self._render = render
+        self.references = references
+
+    def render(self, context: Context) -> Any:
+        try:
+            return self._render(context)
+        except TemplateError:
+            raise
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"undefined value: {exc}") from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(str(exc)) from None
+        except Exception as exc:  # an expression may divide by zero, index out of range, ...
+            raise TemplateError(f"{type(exc).__name__}: {exc}") from None
+
+    @property
+    def is_constant(self) -> bool:
+        return not _has_template(self.source)
+
+    def __repr__(self) -> str:
+        return f"Template({self.source!r})"
+
+
+def compile_template(source: Any) -> Template:
+    """Compile a JSON-like value; raise TemplateError on a syntax error in any of its strings."""
+    refs: set[str] = set()
+    render = _compile(source, refs)
+    return Template(source, render, frozenset(refs))
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return False
+
+
+def _compile(value: Any, refs: set[str]) -> Callable[[Context], Any]:
+    if not _has_template(value):
+        return lambda _ctx: value
+    if isinstance(value, str):
+        return _compile_string(value, refs)
+    if isinstance(value, dict):
+        parts = [(k, _compile(v, refs)) for k, v in value.items()]
+        return lambda ctx: {k: fn(ctx) for k, fn in parts}
+    items = [_compile(v, refs) for v in value]
+    return lambda ctx: [fn(ctx) for fn in items]
+
+
+def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
+    single = _SINGLE.match(text)
+    if single and "}}" not in single.group(1) and "{{" not in single.group(1):
+        expr = single.group(1).strip()
+        try:
+            refs.update(_step_refs(ENV.parse("{{ " + expr + " }}")))
+            compiled = ENV.compile_expression(expr, undefined_to_none=False)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"bad expression {text!r}: {exc.message}") from None
+
+        def render_expr(ctx: Context) -> Any:
+            result = compiled(**ctx)
+            if isinstance(result, jinja2.Undefined):
+                # StrictUndefined raises on use; a bare undefined result is reported the same way.
+                str(result)
+            if not isinstance(result, _JSON_TYPES):
+                raise TemplateError(f"{text!r} yields a {type(result).__name__}, not a JSON value")
+            return result
+
+        return render_expr
+    try:
+        refs.update(_step_refs(ENV.parse(text)))
+        template = ENV.from_string(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"bad template {text!r}: {exc.message}") from None
+    return lambda ctx: template.render(ctx)
+
+
+def _step_refs(tree: nodes.Node) -> set[str]:
+    """Names of steps read as `steps.<name>` or `steps['<name>']`."""
+    found: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if isinstance(target, nodes.Name) and target.name == "steps":
+            if isinstance(node, nodes.Getattr):
+                found.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                found.add(node.arg.value)
+    return found
+
+
+def evaluate_truth(template: Template, context: Context) -> bool:
+    """Branch conditions: a rendered string counts by its content, so `"false"` and `"0"` are false."""
+    value = template.render(context)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "none", "null")
+    return bool(value)

@@ -1,0 +1,489 @@
+"""Builds a Workflow from its plain form (what YAML, JSON and the DSL all produce), validating everything.
+
+Every problem is collected with its path before anything is refused, so one error message lists them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from legato.errors import DefinitionError, Problem
+from legato.expressions import Template, TemplateError, compile_template
+from legato.model.reader import Reader, join, read_fields
+from legato.model.workflow import (
+    FAILURE_KINDS,
+    STEP_KINDS,
+    TRIGGERS,
+    Action,
+    Branch,
+    Fail,
+    HttpCall,
+    MapOver,
+    PythonCall,
+    RetryPolicy,
+    Step,
+    Workflow,
+)
+
+STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.<>]*$")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+_STATUS_CLASS = re.compile(r"^([1-5])xx$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    retry: RetryPolicy
+    timeout: float | None
+
+
+def build_workflow(
+    data: Any,
+    *,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+    services: Collection[str] | None = None,
+) -> Workflow:
+    """Validate `data` and return the model; raise DefinitionError listing every problem.
+
+    `functions` maps "module:qualname" to callables defined by the DSL; `services`, when given, is the
+    directory's names, so a step calling an unknown service is refused.
+    """
+    problems: list[Problem] = []
+    r = Reader(data, "", problems)
+    if not r.ok:
+        raise DefinitionError(problems)
+    name = r.get("name", str)
+    if name is not None and not WORKFLOW_NAME.match(name):
+        r.problem("name", "must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    description = r.get("description", str, "")
+    inputs = read_fields(r.raw("inputs"), "inputs", problems)
+    outputs = read_fields(r.raw("outputs"), "outputs", problems)
+    output = _template(r, "output")
+    timeout = r.duration("timeout")
+    defaults = _read_defaults(r.raw("defaults"), problems)
+
+    raw_steps = r.raw("steps")
+    step_items: list[tuple[str, Any, str]] = []
+    if isinstance(raw_steps, dict):
+        step_items = [(str(k), v, f"steps.{k}") for k, v in raw_steps.items()]
+    elif isinstance(raw_steps, list):
+        for i, item in enumerate(raw_steps):
+            step_name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(step_name, str):
+                problems.append(Problem(f"steps[{i}].name", "is required"))
+                continue
+            body = {k: v for k, v in item.items() if k != "name"}
+            step_items.append((step_name, body, f"steps.{step_name}"))
+    else:
+        r.problem("steps", "is required: a mapping of step name to step")
+    if isinstance(raw_steps, dict | list) and not raw_steps:
+        r.problem("steps", "must hold at least one step")
+    r.done()
+
+    steps: dict[str, Step] = {}
+    for step_name, body, path in step_items:
+        if not STEP_NAME.match(step_name):
+            problems.append(Problem(path, "a step name must be a letter or '_' then letters, digits, '_'"))
+            continue
+        if step_name in steps:
+            problems.append(Problem(path, "duplicate step name"))
+            continue
+        step = _read_step(step_name, body, path, defaults, problems)
+        if step is not None:
+            steps[step_name] = step
+
+    if not problems:
+        steps = _link_branches(steps)
+        _check_graph(steps, problems)
+    order: list[str] = []
+    if not problems:
+        order = _topological_order(steps, problems)
+    if not problems:
+        _check_references(steps, order, output, problems)
+        if services is not None:
+            problems.extend(unknown_services(steps, services))
+    if problems:
+        raise DefinitionError(problems)
+
+    ordered = {n: steps[n] for n in order}
+    downstream: dict[str, list[str]] = {n: [] for n in ordered}
+    for s in ordered.values():
+        for dep in s.depends_on:
+            downstream[dep].append(s.name)
+    spec = copy.deepcopy(data)
+    if isinstance(raw_steps, list):
+        spec["steps"] = {n: b for n, b, _ in step_items}
+    return Workflow(
+        name=name,
+        steps=ordered,
+        spec=spec,
+        inputs=inputs,
+        outputs=outputs,
+        output=output,
+        timeout=timeout,
+        description=description,
+        functions=dict(functions or {}),
+        downstream={k: tuple(v) for k, v in downstream.items()},
+        roots=tuple(n for n, s in ordered.items() if not s.depends_on),
+    )
+
+
+def _template(r: Reader, key: str, *, required: bool = False) -> Template | None:
+    if not r.has(key):
+        if required:
+            r.problem(key, "is required")
+        r.seen.add(key)
+        return None
+    try:
+        return compile_template(r.raw(key))
+    except TemplateError as exc:
+        r.problem(key, str(exc))
+        return None
+
+
+def _read_defaults(data: Any, problems: list[Problem]) -> _Defaults:
+    if data is None:
+        return _Defaults(RetryPolicy(), None)
+    r = Reader(data, "defaults", problems)
+    base = RetryPolicy()
+    retry = RetryPolicy(
+        retries=_non_negative(r, "retries", base.retries),
+        delay=r.duration("retry_delay", base.delay) or 0.0,
+        backoff=_backoff(r, "retry_backoff", base.backoff),
+        max_delay=r.duration("retry_max_delay", base.max_delay) or 0.0,
+        jitter=r.get("retry_jitter", bool, base.jitter),
+        on=_retry_on(r, "retry_on", base.on),
+    )
+    timeout = r.duration("timeout")
+    r.done()
+    return _Defaults(retry, timeout)
+
+
+def _non_negative(r: Reader, key: str, default: int) -> int:
+    value: int = r.get(key, int, default)
+    if value < 0:
+        r.problem(key, "must not be negative")
+        return default
+    return value
+
+
+def _backoff(r: Reader, key: str, default: float) -> float:
+    value: float = r.get(key, (int, float), default)
+    if value < 1:
+        r.problem(key, "must be at least 1")
+        return default
+    return float(value)
+
+
+def _retry_on(r: Reader, key: str, default: frozenset[str]) -> frozenset[str]:
+    kinds = r.names(key)
+    if not r.has(key):
+        return default
+    unknown = [k for k in kinds if k not in FAILURE_KINDS]
+    if unknown:
+        r.problem(key, f"unknown failure kind {unknown[0]!r}; known: {', '.join(FAILURE_KINDS)}")
+    return frozenset(kinds)
+
+
+def _read_retry(data: Any, path: str, base: RetryPolicy, problems: list[Problem]) -> RetryPolicy:
+    if data is None:
+        return base
+    if isinstance(data, int) and not isinstance(data, bool):
+        data = {"retries": data}
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return base
+    policy = RetryPolicy(
+        retries=_non_negative(r, "retries", base.retries),
+        delay=r.duration("delay", base.delay) or 0.0,
+        backoff=_backoff(r, "backoff", base.backoff),
+        max_delay=r.duration("max_delay", base.max_delay) or 0.0,
+        jitter=r.get("jitter", bool, base.jitter),
+        on=_retry_on(r, "on", base.on),
+    )
+    r.done()
+    return policy
+
+
+def _read_step(
+    name: str, data: Any, path: str, defaults: _Defaults, problems: list[Problem]
+) -> Step | None:
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    before = len(problems)
+    kinds = [k for k in STEP_KINDS if k in r.data]
+    if len(kinds) != 1:
+        found = f" (found {', '.join(kinds)})" if kinds else ""
+        r.problem(None, f"needs exactly one of {', '.join(STEP_KINDS)}{found}")
+        return None
+    kind = kinds[0]
+    r.seen.add(kind)
+    action = _read_action(kind, r.data[kind], r.at(kind), problems)
+    depends_on = r.names("depends_on")
+    trigger = r.get("trigger", str, "all_succeeded")
+    if trigger not in TRIGGERS:
+        r.problem("trigger", f"must be one of {', '.join(TRIGGERS)}")
+    retry = _read_retry(r.raw("retry"), r.at("retry"), defaults.retry, problems)
+    timeout = r.duration("timeout", defaults.timeout)
+    if timeout is not None and timeout <= 0:
+        r.problem("timeout", "must be positive")
+    optional = r.get("optional", bool, False)
+    description = r.get("description", str, "")
+    r.done()
+    if len(problems) > before or action is None:
+        return None
+    if len(set(depends_on)) != len(depends_on):
+        problems.append(Problem(join(path, "depends_on"), "lists a step twice"))
+    return Step(name, action, depends_on, trigger, retry, timeout, optional, description)
+
+
+def _read_action(kind: str, data: Any, path: str, problems: list[Problem]) -> Action | None:
+    if kind == "http":
+        return _read_http(data, path, problems)
+    if kind == "python":
+        return _read_python(data, path, problems)
+    if kind == "branch":
+        return _read_branch(data, path, problems)
+    if kind == "map":
+        return _read_map(data, path, problems)
+    if isinstance(data, str):
+        data = {"message": data}
+    r = Reader(data, path, problems)
+    message = _template(r, "message", required=True)
+    r.done()
+    return Fail(message) if message is not None else None
+
+
+def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None:
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    before = len(problems)
+    service = r.get("service", str, None)
+    url = _template(r, "url")
+    if (service is None) == (not r.has("url")):
+        r.problem(None, "needs exactly one of service (a directory name) or url")
+    method_raw = r.get("method", str, None)
+    json_t = _template(r, "json")
+    body = _template(r, "body")
+    if json_t is not None and body is not None:
+        r.problem("body", "cannot be given with json")
+    method = (method_raw or ("POST" if json_t or body else "GET")).upper()
+    if method not in METHODS:
+        r.problem("method", f"must be one of {', '.join(METHODS)}")
+    path_t = _template(r, "path") or compile_template("")
+    query = _template(r, "query")
+    headers = _template(r, "headers")
+    success = _read_success(r)
+    r.done()
+    if len(problems) > before:
+        return None
+    return HttpCall(service, url, method, path_t, query, headers, json_t, body, success)
+
+
+def _read_success(r: Reader) -> tuple[tuple[int, int], ...]:
+    raw = r.raw("success")
+    if raw is None:
+        return ((200, 299),)
+    items = raw if isinstance(raw, list) else [raw]
+    ranges: list[tuple[int, int]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            ranges.append((item, item))
+        elif isinstance(item, str) and (m := _STATUS_CLASS.match(item)):
+            lo = int(m.group(1)) * 100
+            ranges.append((lo, lo + 99))
+        else:
+            r.problem(f"success[{i}]", "must be a status code (100-599) or a class such as '2xx'")
+    return tuple(ranges)
+
+
+def _read_python(data: Any, path: str, problems: list[Problem]) -> PythonCall | None:
+    if isinstance(data, str):
+        data = {"function": data}
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    function = r.get("function", str)
+    if function is not None and not FUNCTION_PATH.match(function):
+        r.problem("function", "must be an import path such as 'package.module:function'")
+    args = _template(r, "args")
+    if args is not None and not isinstance(args.source, dict):
+        r.problem("args", "must be a mapping of argument name to value")
+    r.done()
+    if function is None:
+        return None
+    return PythonCall(function, args)
+
+
+def _read_branch(data: Any, path: str, problems: list[Problem]) -> Branch | None:
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    cases: list[tuple[Template, tuple[str, ...]]] = []
+    raw_cases = r.get("cases", list, [])
+    for i, item in enumerate(raw_cases):
+        cr = Reader(item, join(r.at("cases"), i), problems)
+        if not cr.ok:
+            continue
+        when = _template(cr, "when", required=True)
+        then = cr.names("then")
+        if not cr.has("then"):
+            cr.problem("then", "is required: the steps to run when this case holds")
+        cr.done()
+        if when is not None:
+            cases.append((when, then))
+    otherwise = r.names("otherwise")
+    if not raw_cases and not otherwise:
+        r.problem("cases", "is required: a list of {when, then}")
+    r.done()
+    return Branch(tuple(cases), otherwise)
+
+
+def _read_map(data: Any, path: str, problems: list[Problem]) -> MapOver | None:
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    over = _template(r, "over", required=True)
+    concurrency = r.get("concurrency", int, 10)
+    if concurrency < 1:
+        r.problem("concurrency", "must be at least 1")
+    inner = r.get("step", dict, None)
+    action: Action | None = None
+    if inner is None:
+        r.problem("step", "is required: {http: ...} or {python: ...} run for each item")
+    else:
+        kinds = [k for k in ("http", "python") if k in inner]
+        extra = [k for k in inner if k not in ("http", "python")]
+        if len(kinds) != 1 or extra:
+            r.problem("step", "must hold exactly one of http or python")
+        else:
+            action = _read_action(kinds[0], inner[kinds[0]], join(r.at("step"), kinds[0]), problems)
+    r.done()
+    if over is None or not isinstance(action, HttpCall | PythonCall):
+        return None
+    return MapOver(over, action, concurrency)
+
+
+def _link_branches(steps: dict[str, Step]) -> dict[str, Step]:
+    """A branch's targets run after it: add the edge where the definition left it implicit."""
+    out = dict(steps)
+    for s in steps.values():
+        if isinstance(s.action, Branch):
+            for target in s.action.targets:
+                t = out.get(target)
+                if t is not None and s.name not in t.depends_on:
+                    out[target] = replace(t, depends_on=(*t.depends_on, s.name))
+    return out
+
+
+def _check_graph(steps: Mapping[str, Step], problems: list[Problem]) -> None:
+    for s in steps.values():
+        for i, dep in enumerate(s.depends_on):
+            if dep not in steps:
+                problems.append(Problem(f"steps.{s.name}.depends_on[{i}]", f"unknown step {dep!r}"))
+            elif dep == s.name:
+                problems.append(Problem(f"steps.{s.name}.depends_on[{i}]", "a step cannot depend on itself"))
+        if isinstance(s.action, Branch):
+            for target in s.action.targets:
+                if target not in steps:
+                    problems.append(Problem(f"steps.{s.name}.branch", f"unknown step {target!r}"))
+
+
+def _topological_order(steps: Mapping[str, Step], problems: list[Problem]) -> list[str]:
+    indegree = {n: len(s.depends_on) for n, s in steps.items()}
+    children: dict[str, list[str]] = {n: [] for n in steps}
+    for s in steps.values():
+        for dep in s.depends_on:
+            children[dep].append(s.name)
+    ready = [n for n, d in indegree.items() if d == 0]
+    order: list[str] = []
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for c in children[n]:
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                ready.append(c)
+    if len(order) != len(steps):
+        cycle = _find_cycle(steps, {n for n in steps if n not in order})
+        problems.append(Problem("steps", f"the steps form a cycle: {' -> '.join(cycle)}"))
+    return order
+
+
+def _find_cycle(steps: Mapping[str, Step], left: set[str]) -> list[str]:
+    start = min(left)
+    path, seen = [start], {start}
+    node = start
+    while True:
+        node = next(d for d in steps[node].depends_on if d in left)
+        if node in seen:
+            cycle = path[path.index(node):] + [node]
+            return list(reversed(cycle))
+        path.append(node)
+        seen.add(node)
+
+
+def _ancestors(steps: Mapping[str, Step], order: list[str]) -> dict[str, set[str]]:
+    anc: dict[str, set[str]] = {}
+    for n in order:
+        acc: set[str] = set()
+        for dep in steps[n].depends_on:
+            acc.add(dep)
+            acc |= anc[dep]
+        anc[n] = acc
+    return anc
+
+
+def _action_templates(action: Action, path: str) -> list[tuple[str, Template]]:
+    out: list[tuple[str, Template | None]] = []
+    if isinstance(action, HttpCall):
+        out = [(f"{path}.url", action.url), (f"{path}.path", action.path), (f"{path}.query", action.query),
+               (f"{path}.headers", action.headers), (f"{path}.json", action.json),
+               (f"{path}.body", action.body)]
+    elif isinstance(action, PythonCall):
+        out = [(f"{path}.args", action.args)]
+    elif isinstance(action, Branch):
+        out = [(f"{path}.cases[{i}].when", t) for i, (t, _) in enumerate(action.cases)]
+    elif isinstance(action, MapOver):
+        return [(f"{path}.over", action.over), *_action_templates(action.action, f"{path}.step.{action.action.kind}")]
+    elif isinstance(action, Fail):
+        out = [(f"{path}.message", action.message)]
+    return [(p, t) for p, t in out if t is not None]
+
+
+def _check_references(
+    steps: Mapping[str, Step], order: list[str], output: Template | None, problems: list[Problem]
+) -> None:
+    anc = _ancestors(steps, order)
+    for n in order:
+        s = steps[n]
+        for where, t in _action_templates(s.action, f"steps.{n}.{s.kind}"):
+            for ref in sorted(t.references):
+                if ref not in steps:
+                    problems.append(Problem(where, f"refers to unknown step {ref!r}"))
+                elif ref not in anc[n]:
+                    problems.append(Problem(
+                        where, f"refers to step {ref!r}, which does not run before {n!r} "
+                        f"(add it to depends_on)"))
+    if output is not None:
+        for ref in sorted(output.references):
+            if ref not in steps:
+                problems.append(Problem("output", f"refers to unknown step {ref!r}"))
+
+
+def unknown_services(steps: Mapping[str, Step], services: Collection[str]) -> list[Problem]:
+    """Problems for every step that calls a service the directory does not have."""
+    problems: list[Problem] = []
+    for s in steps.values():
+        action = s.action.action if isinstance(s.action, MapOver) else s.action
+        if isinstance(action, HttpCall) and action.service is not None and action.service not in services:
+            where = f"steps.{s.name}.{s.kind}" + (".step.http" if isinstance(s.action, MapOver) else "")
+            problems.append(Problem(f"{where}.service", f"unknown service {action.service!r}"))
+    return problems

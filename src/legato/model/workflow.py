@@ -1,0 +1,147 @@
+"""The validated, immutable workflow model that every definition format produces."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from legato.expressions import Template
+from legato.model.fields import Field
+
+# Failure kinds an executor reports; a retry policy names the ones it retries.
+FAILURE_KINDS = (
+    "network", "timeout", "5xx", "429", "4xx", "status", "exception", "input", "output", "template",
+    "config",
+)
+DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
+
+TRIGGERS = ("all_succeeded", "all_done", "one_succeeded", "none_failed")
+STEP_KINDS = ("http", "python", "branch", "map", "fail")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter and a cap: delay = min(max_delay, delay * backoff**n)."""
+
+    retries: int = 0
+    delay: float = 1.0
+    backoff: float = 2.0
+    max_delay: float = 300.0
+    jitter: bool = True
+    on: frozenset[str] = DEFAULT_RETRY_ON
+
+    def should_retry(self, kind: str, tries: int) -> bool:
+        return tries <= self.retries and kind in self.on
+
+    def delay_for(self, tries: int, rand: float) -> float:
+        """`tries` is the number of attempts made so far (1 after the first); `rand` is in [0, 1)."""
+        base = min(self.max_delay, self.delay * self.backoff ** max(0, tries - 1))
+        if self.jitter:
+            # Keep at least half the delay so retries of many runs spread out but never stampede.
+            return base * (0.5 + rand / 2)
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCall:
+    service: str | None
+    url: Template | None
+    method: str
+    path: Template
+    query: Template | None = None
+    headers: Template | None = None
+    json: Template | None = None
+    body: Template | None = None
+    success: tuple[tuple[int, int], ...] = ((200, 299),)
+
+    kind = "http"
+
+    def is_success(self, status: int) -> bool:
+        return any(lo <= status <= hi for lo, hi in self.success)
+
+
+@dataclass(frozen=True, slots=True)
+class PythonCall:
+    function: str  # "module:qualname", also how a stored definition finds it again
+    args: Template | None = None
+    kind = "python"
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    cases: tuple[tuple[Template, tuple[str, ...]], ...]
+    otherwise: tuple[str, ...] = ()
+    kind = "branch"
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for _, then in self.cases:
+            seen.update(dict.fromkeys(then))
+        seen.update(dict.fromkeys(self.otherwise))
+        return tuple(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class MapOver:
+    over: Template
+    action: HttpCall | PythonCall
+    concurrency: int = 10
+    kind = "map"
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    message: Template
+    kind = "fail"
+
+
+Action = HttpCall | PythonCall | Branch | MapOver | Fail
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    action: Action
+    depends_on: tuple[str, ...] = ()
+    trigger: str = "all_succeeded"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    optional: bool = False
+    description: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.action.kind
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """Steps are kept in a topological order; `spec` is the canonical plain form the digest is taken of."""
+
+    name: str
+    steps: Mapping[str, Step]
+    spec: dict[str, Any]
+    inputs: tuple[Field, ...] = ()
+    outputs: tuple[Field, ...] = ()
+    output: Template | None = None
+    timeout: float | None = None
+    description: str = ""
+    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
+    downstream: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    roots: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        return spec_digest(self.spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.spec
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()

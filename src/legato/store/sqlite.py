@@ -1,0 +1,310 @@
+"""The embedded SQLite store: one file in WAL mode, written by one thread, a batch per transaction.
+
+sqlite3 releases the GIL while SQLite works, so a dedicated thread lets commits overlap the event loop's
+HTTP work. `synchronous=NORMAL` (the default) survives any process crash; `?synchronous=full` also
+survives power loss at some cost per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState, StepState
+from legato.errors import LegatoError
+from legato.model.service import Service
+from legato.store.protocol import WorkflowRecord
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS legato_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS workflows (
+    name TEXT NOT NULL, version INTEGER NOT NULL, digest TEXT NOT NULL, spec TEXT NOT NULL,
+    created_at REAL NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, workflow TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
+    input TEXT NOT NULL, output TEXT, error TEXT, created_at REAL NOT NULL, started_at REAL,
+    finished_at REAL, deadline REAL);
+CREATE INDEX IF NOT EXISTS runs_active ON runs (status) WHERE status IN ('pending', 'running', 'waiting');
+CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, id);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, attempt INTEGER NOT NULL,
+    tries INTEGER NOT NULL, started_at REAL, finished_at REAL, next_at REAL, request TEXT,
+    output TEXT, error TEXT, reason TEXT, PRIMARY KEY (run_id, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL, step TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
+    started_at REAL, finished_at REAL, request TEXT, output TEXT, error TEXT,
+    PRIMARY KEY (run_id, step, attempt)) WITHOUT ROWID;
+"""
+
+_UPSERT_RUN = """
+INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
+                  finished_at, deadline)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
+    error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at,
+    deadline = excluded.deadline
+"""
+_UPSERT_STEP = """
+INSERT OR REPLACE INTO steps (run_id, name, status, attempt, tries, started_at, finished_at, next_at,
+                              request, output, error, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_ATTEMPT = """
+INSERT OR REPLACE INTO attempts (run_id, step, attempt, status, started_at, finished_at, request,
+                                 output, error)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_RUN_COLUMNS = "id, workflow, version, status, input, output, error, created_at, started_at, " \
+               "finished_at, deadline"
+_STEP_COLUMNS = "name, status, attempt, tries, started_at, finished_at, next_at, request, output, " \
+                "error, reason"
+
+
+_DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _dump(value: Any) -> str | None:
+    """JSON text; a stray non-JSON value is written as its string rather than stalling the commit."""
+    if value is None:
+        return None
+    return orjson.dumps(value, default=str, option=_DUMP_OPTIONS).decode()
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def sqlite_path(url: str) -> tuple[str, dict[str, list[str]]]:
+    if "://" not in url:
+        return url, {}
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise LegatoError(f"not a sqlite URL: {url!r}")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise LegatoError("sqlite URL needs a file path: sqlite:///legato.db")
+    return path, parse_qs(parts.query)
+
+
+class SQLiteStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path, options = sqlite_path(url)
+        sync = options.get("synchronous", ["normal"])[0].upper()
+        if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise LegatoError(f"synchronous must be off, normal, full or extra, not {sync.lower()!r}")
+        self.synchronous = sync
+        self._pool: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise LegatoError("the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legato-sqlite")
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO legato_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        await self._call(self._close)
+        self._pool.shutdown(wait=True)
+        self._pool = None
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def commit(self, decisions: Sequence[Decision]) -> None:
+        runs: dict[str, tuple[Any, ...]] = {}
+        steps: dict[tuple[str, str], tuple[Any, ...]] = {}
+        attempts: list[tuple[Any, ...]] = []
+        for d in decisions:
+            if d.run is not None:
+                r = d.run
+                runs[r.id] = (r.id, r.workflow, r.version, r.status, _dump(r.input), _dump(r.output),
+                              _dump(r.error), r.created_at, r.started_at, r.finished_at, r.deadline)
+            for s in d.steps.values():
+                steps[(d.run_id, s.name)] = (
+                    d.run_id, s.name, s.status, s.attempt, s.tries, s.started_at, s.finished_at,
+                    s.next_at, _dump(s.request), _dump(s.output), _dump(s.error), s.reason)
+            for a in d.attempts:
+                attempts.append((a.run_id, a.step, a.attempt, a.status, a.started_at, a.finished_at,
+                                 _dump(a.request), _dump(a.output), _dump(a.error)))
+        if runs or steps or attempts:
+            await self._call(self._write, list(runs.values()), list(steps.values()), attempts)
+
+    def _write(self, runs: list[tuple[Any, ...]], steps: list[tuple[Any, ...]],
+               attempts: list[tuple[Any, ...]]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if runs:
+                conn.executemany(_UPSERT_RUN, runs)
+            if steps:
+                conn.executemany(_UPSERT_STEP, steps)
+            if attempts:
+                conn.executemany(_INSERT_ATTEMPT, attempts)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
+        return await self._call(self._save_workflow, name, digest, spec)
+
+    def _save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT version, digest, spec, created_at FROM workflows WHERE name = ? "
+                "ORDER BY version DESC LIMIT 1", (name,)).fetchone()
+            if row is not None and row[1] == digest:
+                conn.execute("COMMIT")
+                return WorkflowRecord(name, row[0], row[1], orjson.loads(row[2]), row[3])
+            version = 1 if row is None else row[0] + 1
+            now = time.time()
+            conn.execute("INSERT INTO workflows VALUES (?, ?, ?, ?, ?)",
+                         (name, version, digest, _dump(spec), now))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return WorkflowRecord(name, version, digest, spec, now, created=True)
+
+    async def put_service(self, service: Service) -> None:
+        await self._call(self._execute, "INSERT OR REPLACE INTO services VALUES (?, ?, ?)",
+                         (service.name, _dump(service.to_dict()), time.time()))
+
+    async def delete_service(self, name: str) -> bool:
+        return await self._call(self._execute, "DELETE FROM services WHERE name = ?", (name,)) > 0
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    async def get_workflow(self, name: str, version: int | None = None) -> WorkflowRecord | None:
+        if version is None:
+            rows = await self._call(self._fetch, "SELECT name, version, digest, spec, created_at FROM "
+                                    "workflows WHERE name = ? ORDER BY version DESC LIMIT 1", (name,))
+        else:
+            rows = await self._call(self._fetch, "SELECT name, version, digest, spec, created_at FROM "
+                                    "workflows WHERE name = ? AND version = ?", (name, version))
+        return _workflow(rows[0]) if rows else None
+
+    async def list_workflows(self) -> list[WorkflowRecord]:
+        rows = await self._call(
+            self._fetch, "SELECT w.name, w.version, w.digest, w.spec, w.created_at FROM workflows w "
+            "JOIN (SELECT name, MAX(version) AS v FROM workflows GROUP BY name) m "
+            "ON w.name = m.name AND w.version = m.v ORDER BY w.name")
+        return [_workflow(r) for r in rows]
+
+    async def list_services(self) -> list[Service]:
+        rows = await self._call(self._fetch, "SELECT spec FROM services ORDER BY name")
+        return [Service.from_dict(orjson.loads(r[0])) for r in rows]
+
+    async def load_active_runs(self) -> list[RunState]:
+        return await self._call(self._load_active)
+
+    def _load_active(self) -> list[RunState]:
+        marks = ", ".join("?" for _ in ACTIVE_RUN)
+        rows = self._fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks})",
+                           tuple(sorted(ACTIVE_RUN)))
+        return [RunState(_run(r), self._steps(r[0])) for r in rows]
+
+    def _steps(self, run_id: str) -> dict[str, StepState]:
+        rows = self._fetch(f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ?", (run_id,))
+        return {r[0]: _step(r) for r in rows}
+
+    async def get_run(self, run_id: str) -> RunState | None:
+        return await self._call(self._get_run, run_id)
+
+    def _get_run(self, run_id: str) -> RunState | None:
+        rows = self._fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            return None
+        return RunState(_run(rows[0]), self._steps(run_id))
+
+    async def get_attempts(self, run_id: str) -> list[Attempt]:
+        rows = await self._call(
+            self._fetch, "SELECT run_id, step, attempt, status, started_at, finished_at, request, "
+            "output, error FROM attempts WHERE run_id = ? ORDER BY started_at, step, attempt", (run_id,))
+        return [Attempt(r[0], r[1], r[2], r[3], r[4], r[5], _load(r[6]), _load(r[7]), _load(r[8]))
+                for r in rows]
+
+    async def list_runs(self, workflow: str | None = None, status: str | None = None, limit: int = 50,
+                        before: str | None = None) -> list[RunInfo]:
+        where, params = [], []
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = await self._call(self._fetch, sql, (*params, limit))
+        return [_run(r) for r in rows]
+
+
+def _workflow(r: tuple[Any, ...]) -> WorkflowRecord:
+    return WorkflowRecord(r[0], r[1], r[2], orjson.loads(r[3]), r[4])
+
+
+def _run(r: tuple[Any, ...]) -> RunInfo:
+    return RunInfo(id=r[0], workflow=r[1], version=r[2], status=r[3], input=orjson.loads(r[4]),
+                   output=_load(r[5]), error=_load(r[6]), created_at=r[7], started_at=r[8],
+                   finished_at=r[9], deadline=r[10])
+
+
+def _step(r: tuple[Any, ...]) -> StepState:
+    return StepState(name=r[0], status=r[1], attempt=r[2], tries=r[3], started_at=r[4],
+                     finished_at=r[5], next_at=r[6], request=_load(r[7]), output=_load(r[8]),
+                     error=_load(r[9]), reason=r[10])
