@@ -122,10 +122,17 @@ def _compile(value: Any, refs: set[str]) -> Callable[[Context], Any]:
 
 def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
     single = _SINGLE.match(text)
-    if single and "}}" not in single.group(1) and "{{" not in single.group(1):
+    is_single = bool(single) and "}}" not in single.group(1) and "{{" not in single.group(1)  # type: ignore[union-attr]
+    try:
+        tree = ENV.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        kind = "expression" if is_single else "template"
+        raise TemplateError(f"bad {kind} {text!r}: {exc.message}") from None
+    refs.update(_step_refs(tree))
+    if is_single:
+        assert single is not None
         expr = single.group(1).strip()
         try:
-            refs.update(_step_refs(ENV.parse("{{ " + expr + " }}")))
             compiled = ENV.compile_expression(expr, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"bad expression {text!r}: {exc.message}") from None
@@ -139,13 +146,111 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
                 raise TemplateError(f"{text!r} yields a {type(result).__name__}, not a JSON value")
             return result
 
-        return render_expr
-    try:
-        refs.update(_step_refs(ENV.parse(text)))
-        template = ENV.from_string(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"bad template {text!r}: {exc.message}") from None
-    return lambda ctx: template.render(ctx)
+        path = _as_path(_single_output(tree))
+        return _fast_path(path, render_expr) if path else render_expr
+    template = ENV.from_string(text)
+
+    def render_text(ctx: Context) -> str:
+        return template.render(ctx)
+
+    parts = _text_parts(tree)
+    return _fast_text(parts, render_text) if parts else render_text
+
+
+# Fast paths. Most templates are plain paths (`{{ steps.a.output.body.id }}`) or text around them;
+# those are looked up directly, which is ~10x cheaper than a Jinja render. Anything the fast path is
+# not sure of (a missing key, an attribute, a global) is handed to Jinja, so the semantics and the
+# error messages are Jinja's.
+
+_Path = tuple[str, tuple[str | int, ...]]
+
+
+def _single_output(tree: nodes.Template) -> nodes.Node | None:
+    if len(tree.body) == 1 and isinstance(tree.body[0], nodes.Output) and len(tree.body[0].nodes) == 1:
+        return tree.body[0].nodes[0]
+    return None
+
+
+def _as_path(node: nodes.Node | None) -> _Path | None:
+    keys: list[str | int] = []
+    while node is not None:
+        if isinstance(node, nodes.Getattr):
+            keys.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                and isinstance(node.arg.value, str | int) and not isinstance(node.arg.value, bool):
+            keys.append(node.arg.value)
+            node = node.node
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            return node.name, tuple(reversed(keys))
+        else:
+            return None
+    return None
+
+
+class _Fallback(Exception):
+    pass
+
+
+def _lookup(path: _Path, ctx: Context) -> Any:
+    root, keys = path
+    if root not in ctx:
+        raise _Fallback
+    value = ctx[root]
+    for key in keys:
+        if isinstance(value, dict) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+            value = value[key]
+        else:
+            raise _Fallback
+    return value
+
+
+def _fast_path(path: _Path, slow: Callable[[Context], Any]) -> Callable[[Context], Any]:
+    def render(ctx: Context) -> Any:
+        try:
+            value = _lookup(path, ctx)
+        except _Fallback:
+            return slow(ctx)
+        if isinstance(value, _JSON_TYPES):
+            return value
+        return slow(ctx)
+
+    return render
+
+
+def _text_parts(tree: nodes.Template) -> list[str | _Path] | None:
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return None
+    parts: list[str | _Path] = []
+    for node in tree.body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            parts.append(node.data)
+        elif (path := _as_path(node)) is not None:
+            parts.append(path)
+        else:
+            return None
+    return parts
+
+
+def _fast_text(parts: list[str | _Path], slow: Callable[[Context], str]) -> Callable[[Context], str]:
+    def render(ctx: Context) -> str:
+        out: list[str] = []
+        try:
+            for part in parts:
+                if isinstance(part, str):
+                    out.append(part)
+                else:
+                    value = _lookup(part, ctx)
+                    if not isinstance(value, str | int | float | bool | type(None)):
+                        raise _Fallback
+                    out.append(str(value))
+        except _Fallback:
+            return slow(ctx)
+        return "".join(out)
+
+    return render
 
 
 def _step_refs(tree: nodes.Node) -> set[str]:

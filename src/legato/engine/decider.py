@@ -5,7 +5,6 @@ microseconds and replays the same way twice.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from legato.expressions import TemplateError, evaluate_truth
@@ -104,7 +103,7 @@ class _Txn:
         self._view = None
 
     def set_info(self, **kw: Any) -> None:
-        self.info = replace(self.info, **kw)
+        self.info = self.info._replace(**kw)
         self.info_changed = True
 
     def decision(self) -> Decision:
@@ -152,10 +151,10 @@ class _Txn:
             return  # late answer of an aborted or superseded attempt: history already closed it
         self.record(s, SUCCEEDED if ev.ok else FAILED, ev.output, ev.error, ev.finished_at)
         if ev.ok:
-            self.set(replace(s, status=SUCCEEDED, output=ev.output, error=None, finished_at=ev.finished_at))
+            self.set(s._replace(status=SUCCEEDED, output=ev.output, error=None, finished_at=ev.finished_at))
             self.after_terminal(ev.step)
         else:
-            self.after_failure(replace(s, output=ev.output), ev.error or {"kind": "exception"})
+            self.after_failure(s._replace(output=ev.output), ev.error or {"kind": "exception"})
         self.check_finished()
 
     def wake(self, name: str) -> None:
@@ -183,7 +182,7 @@ class _Txn:
                 self.effects.append(Abort(n))
                 if s.status == RUNNING:
                     self.record(s, CANCELLED, None, {"kind": "cancelled", "message": reason}, self.now)
-            self.set(replace(s, status=CANCELLED, reason=reason, finished_at=self.now, next_at=None))
+            self.set(s._replace(status=CANCELLED, reason=reason, finished_at=self.now, next_at=None))
         self.finish(status, None, error)
 
     def retry(self) -> None:
@@ -236,6 +235,9 @@ class _Txn:
         return step, step.action.action, {"item": items[index], "index": index}
 
     def record(self, s: StepState, status: str, output: Any, error: Any, finished: float) -> None:
+        """History of an attempt that did not succeed; a succeeded attempt is its step's own row."""
+        if status == SUCCEEDED:
+            return
         self.attempts.append(Attempt(self.info.id, s.name, s.attempt, status, s.started_at, finished,
                                      s.request, output, error))
 
@@ -256,7 +258,7 @@ class _Txn:
         self, name: str, step: Step, action: HttpCall | PythonCall, extra: dict[str, Any] | None
     ) -> None:
         prev = self.get(name)
-        s = replace(prev, status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
+        s = prev._replace(status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
                     started_at=self.now, finished_at=None, next_at=None, output=None, error=None,
                     reason=None, request=None)
         try:
@@ -266,14 +268,14 @@ class _Txn:
             self.record(s, FAILED, None, error, self.now)
             self.after_failure(s, error)
             return
-        s = replace(s, request=request)
+        s = s._replace(request=request)
         self.set(s)
         self.effects.append(Execute(name, s.attempt, action, request, step.timeout))
 
     def inline_result(self, name: str, ok: bool, output: Any, error: dict[str, Any] | None) -> None:
         """Branch and fail steps decide at once, without an executor."""
         prev = self.get(name)
-        s = replace(prev, status=SUCCEEDED if ok else FAILED, attempt=prev.attempt + 1,
+        s = prev._replace(status=SUCCEEDED if ok else FAILED, attempt=prev.attempt + 1,
                     tries=prev.tries + 1, started_at=self.now, finished_at=self.now, output=output,
                     error=error, reason=None)
         self.set(s)
@@ -306,7 +308,7 @@ class _Txn:
         except TemplateError as exc:
             self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
             return
-        self.set(replace(prev, status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
+        self.set(prev._replace(status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
                          started_at=self.now, finished_at=None, request={"items": items},
                          output=None, error=None, reason=None))
         for i in range(len(items)):
@@ -330,11 +332,11 @@ class _Txn:
                 if not c.done:
                     if c.status in (RUNNING, WAITING):
                         self.effects.append(Abort(c.name))
-                    self.set(replace(c, status=CANCELLED, reason="another item failed",
+                    self.set(c._replace(status=CANCELLED, reason="another item failed",
                                      finished_at=self.now, next_at=None))
             err = dict(failed.error or {})
             err["message"] = f"item {failed.name} failed: {err.get('message', failed.status)}"
-            self.set(replace(p, status=FAILED, error=err, finished_at=self.now))
+            self.set(p._replace(status=FAILED, error=err, finished_at=self.now))
             self.after_terminal(parent)
             return
         busy = sum(1 for c in children if c.status in (RUNNING, WAITING))
@@ -349,7 +351,7 @@ class _Txn:
                 busy += 1
         children = [self.get(child_name(parent, i)) for i in range(count)]
         if all(c.status == SUCCEEDED for c in children):
-            self.set(replace(self.get(parent), status=SUCCEEDED,
+            self.set(self.get(parent)._replace(status=SUCCEEDED,
                              output=[c.output for c in children], finished_at=self.now))
             self.after_terminal(parent)
 
@@ -359,10 +361,10 @@ class _Txn:
         policy = step.retry
         if policy.should_retry(str(error.get("kind")), s.tries):
             at = self.now + policy.delay_for(s.tries, self.rand)
-            self.set(replace(s, status=WAITING, next_at=at, error=error, finished_at=self.now))
+            self.set(s._replace(status=WAITING, next_at=at, error=error, finished_at=self.now))
             self.effects.append(Schedule(s.name, at))
             return
-        self.set(replace(s, status=FAILED, error=error, finished_at=self.now))
+        self.set(s._replace(status=FAILED, error=error, finished_at=self.now))
         self.after_terminal(s.name)
 
     def after_terminal(self, name: str) -> None:
@@ -384,7 +386,7 @@ class _Txn:
 
     def skip(self, name: str, reason: str) -> None:
         s = self.get(name)
-        self.set(replace(s, status=SKIPPED, reason=reason, finished_at=self.now))
+        self.set(s._replace(status=SKIPPED, reason=reason, finished_at=self.now))
         self.propagate(name)
 
     def evaluate(self, name: str) -> tuple[str, str]:

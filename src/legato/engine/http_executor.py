@@ -29,6 +29,7 @@ class HttpExecutor:
         self._lookup = lookup
         self._session: aiohttp.ClientSession | None = None
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -116,12 +117,14 @@ class HttpExecutor:
 
     async def _send(self, method: str, url: str, request: dict[str, Any], headers: dict[str, str],
                     data: bytes | str | None, limit: float) -> tuple[int, dict[str, str], bytes, str]:
-        async with asyncio.timeout(limit):
-            async with self._client().request(method, url, params=request.get("query"), data=data,
-                                              headers=headers, allow_redirects=True) as resp:
-                raw = await resp.read()
-                headers = {str(k): v for k, v in resp.headers.items()}
-                return resp.status, headers, raw, resp.content_type
+        timeout = self._timeouts.get(limit)
+        if timeout is None:
+            timeout = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
+        async with self._client().request(method, url, params=request.get("query"), data=data,
+                                          headers=headers, timeout=timeout) as resp:
+            raw = await resp.read()
+            headers = {str(k): v for k, v in resp.headers.items()}
+            return resp.status, headers, raw, resp.content_type
 
 
 def _parse_body(raw: bytes, content_type: str) -> Any:

@@ -9,7 +9,6 @@ is committed. Batches form by themselves: whatever piles up while one commit is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -73,6 +72,7 @@ class Engine:
         self._services: dict[str, Service] = {}
         self._functions: dict[str, Callable[..., Any]] = {}
         self._workflows: dict[tuple[str, int], Workflow] = {}
+        self._latest: dict[str, int] = {}
         self._runs: dict[str, _Active] = {}
         self._queue: list[Decision] = []
         self._batch: asyncio.Future[None] | None = None
@@ -163,6 +163,7 @@ class Engine:
         self._functions.update(wf.functions)
         record = await self.store.save_workflow(wf.name, wf.digest, wf.spec)
         self._workflows[(wf.name, record.version)] = wf
+        self._latest[wf.name] = max(record.version, self._latest.get(wf.name, 0))
         return record
 
     async def apply(self, document: str | bytes | dict[str, Any]) -> WorkflowRecord:
@@ -172,8 +173,14 @@ class Engine:
         return await self.register(definition)
 
     async def _workflow(self, name: str, version: int | None = None) -> Workflow:
+        return (await self.workflow_version(name, version))[0]
+
+    async def workflow_version(self, name: str, version: int | None = None) -> tuple[Workflow, int]:
+        """The compiled workflow and its version (the latest when `version` is None)."""
+        if version is None:
+            version = self._latest.get(name)
         if version is not None and (name, version) in self._workflows:
-            return self._workflows[(name, version)]
+            return self._workflows[(name, version)], version
         record = await self.store.get_workflow(name, version)
         if record is None:
             raise NotFound(f"no workflow named {name!r}" if version is None
@@ -181,12 +188,9 @@ class Engine:
         key = (name, record.version)
         if key not in self._workflows:
             self._workflows[key] = build_workflow(record.spec, functions=self._functions)
-        return self._workflows[key]
-
-    async def workflow_version(self, name: str, version: int | None = None) -> tuple[Workflow, int]:
-        wf = await self._workflow(name, version)
-        found = next(v for (n, v), w in self._workflows.items() if n == name and w is wf)
-        return wf, found
+        if version is None:
+            self._latest[name] = record.version
+        return self._workflows[key], record.version
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -210,13 +214,21 @@ class Engine:
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunState:
         """Wait until the run ends (or `timeout` passes) and return it as committed."""
-        active = self._runs.get(run_id)
-        if active is not None:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            active.waiters.append(fut)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
+        await self.wait_ended(run_id, timeout)
         return await self.get_run(run_id)
+
+    async def wait_ended(self, run_id: str, timeout: float | None = None) -> bool:
+        """Wait until the run's end is committed; False if `timeout` passed first. Reads nothing."""
+        active = self._runs.get(run_id)
+        if active is None:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        active.waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def get_run(self, run_id: str) -> RunState:
         state = await self.store.get_run(run_id)
