@@ -32,12 +32,20 @@ WORKFLOW = {
     "inputs": [{"name": "n", "type": "integer"}],
     "steps": {
         "first": {"http": {"service": "echo", "json": {"n": "{{ input.n }}", "step": 1}}},
-        "second": {"depends_on": "first",
-                   "http": {"service": "echo", "json": {"n": "{{ steps.first.output.body.n }}",
-                                                        "step": 2}}},
-        "third": {"depends_on": "second",
-                  "http": {"service": "echo", "json": {"n": "{{ steps.second.output.body.n }}",
-                                                       "step": 3}}},
+        "second": {
+            "depends_on": "first",
+            "http": {
+                "service": "echo",
+                "json": {"n": "{{ steps.first.output.body.n }}", "step": 2},
+            },
+        },
+        "third": {
+            "depends_on": "second",
+            "http": {
+                "service": "echo",
+                "json": {"n": "{{ steps.second.output.body.n }}", "step": 3},
+            },
+        },
     },
     "output": "{{ steps.third.output.body.n }}",
 }
@@ -65,7 +73,9 @@ def start_services(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("the sample services did not start")
 
 
-async def drive(runs: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> tuple[float, list[float]]:
+async def drive(
+    runs: int, concurrency: int, one: Callable[[int], Awaitable[None]]
+) -> tuple[float, list[float]]:
     latencies: list[float] = []
     next_n = iter(range(runs))
 
@@ -108,8 +118,9 @@ async def bench_plain(base: str, runs: int, concurrency: int) -> dict[str, float
         url = base + "/echo"
 
         async def call(body: dict[str, int]) -> dict[str, int]:
-            async with session.post(url, data=orjson.dumps(body),
-                                    headers={"Content-Type": "application/json"}) as resp:
+            async with session.post(
+                url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+            ) as resp:
                 assert resp.status == 200
                 data: dict[str, int] = orjson.loads(await resp.read())
                 return data
@@ -137,11 +148,17 @@ def summary(elapsed: float, lat: list[float], runs: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64])
-    parser.add_argument("--synchronous", default="normal", choices=["normal", "full"],
-                        help="SQLite synchronous setting (full also survives power loss)")
+    parser.add_argument(
+        "--synchronous",
+        default="normal",
+        choices=["normal", "full"],
+        help="SQLite synchronous setting (full also survives power loss)",
+    )
     parser.add_argument("--only", choices=["engine", "plain"], default=None)
     args = parser.parse_args()
 
@@ -149,9 +166,11 @@ def main() -> None:
     services = start_services(port)
     base = f"http://127.0.0.1:{port}"
     try:
-        print(f"{'mode':<8} {'conc':>5} {'runs/s':>8} {'steps/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'commits':>8} {'cpu/run':>8}  (runs={args.runs}, sqlite synchronous={args.synchronous}, "
-              f"cpus={os.cpu_count()})")
+        print(
+            f"{'mode':<8} {'conc':>5} {'runs/s':>8} {'steps/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'commits':>8} {'cpu/run':>8}  (runs={args.runs}, sqlite synchronous={args.synchronous}, "
+            f"cpus={os.cpu_count()})"
+        )
         for conc in args.concurrency:
             results: dict[str, dict[str, float]] = {}
             if args.only in (None, "plain"):
@@ -161,9 +180,11 @@ def main() -> None:
                     db = f"sqlite:///{Path(tmp) / 'bench.db'}?synchronous={args.synchronous}"
                     results["engine"] = aio.run(bench_engine(base, args.runs, conc, db))
             for mode, r in results.items():
-                print(f"{mode:<8} {conc:>5} {r['runs_per_s']:>8.0f} {r['steps_per_s']:>8.0f} "
-                      f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r.get('commits', 0):>8.0f} "
-                      f"{r['cpu_us_per_run']:>6.0f}us")
+                print(
+                    f"{mode:<8} {conc:>5} {r['runs_per_s']:>8.0f} {r['steps_per_s']:>8.0f} "
+                    f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r.get('commits', 0):>8.0f} "
+                    f"{r['cpu_us_per_run']:>6.0f}us"
+                )
             if len(results) == 2:
                 ratio = results["engine"]["runs_per_s"] / results["plain"]["runs_per_s"]
                 print(f"{'ratio':<8} {conc:>5} {ratio:>8.2f}  engine / plain loop")

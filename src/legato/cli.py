@@ -47,15 +47,20 @@ def _parse_input(text: str | None) -> dict[str, Any]:
 
 def summarize(state: RunState) -> dict[str, Any]:
     info = state.info
-    out: dict[str, Any] = {"id": info.id, "workflow": info.workflow, "version": info.version,
-                           "status": info.status}
+    out: dict[str, Any] = {
+        "id": info.id,
+        "workflow": info.workflow,
+        "version": info.version,
+        "status": info.status,
+    }
     if info.finished_at and info.started_at:
         out["duration_ms"] = round((info.finished_at - info.started_at) * 1000, 1)
     out["output"] = info.output
     if info.error:
         out["error"] = info.error
-    out["steps"] = {n: s.status + (f" ({s.reason})" if s.reason else "")
-                    for n, s in state.steps.items()}
+    out["steps"] = {
+        n: s.status + (f" ({s.reason})" if s.reason else "") for n, s in state.steps.items()
+    }
     return out
 
 
@@ -80,37 +85,41 @@ def validate(file: str) -> None:
         click.echo(f"  {step.name} ({step.kind}){after}")
 
 
-async def _load_services(engine: Engine, path: str | None) -> None:
+def _read_services(path: str | None) -> list[Service]:
     if not path:
-        return
+        return []
     data = parse_document(Path(path).read_bytes())
     items = data.get("services", data) if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise click.BadParameter("must hold a list of services", param_hint="--services")
-    for i, item in enumerate(items):
-        await engine.put_service(Service.from_dict(item, f"services[{i}]"))
+    return [Service.from_dict(item, f"services[{i}]") for i, item in enumerate(items)]
 
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_text", help="The run's input: JSON, or @file.json.")
 @click.option("--db", default=DEFAULT_DB, envvar="LEGATO_DATABASE_URL", show_default=True)
-@click.option("--services", type=click.Path(exists=True, dir_okay=False),
-              help="A YAML/JSON list of services to register first.")
+@click.option(
+    "--services",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A YAML/JSON list of services to register first.",
+)
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the run to end.")
-def run(file: str, input_text: str | None, db: str, services: str | None,
-        timeout: float | None) -> None:
+def run(
+    file: str, input_text: str | None, db: str, services: str | None, timeout: float | None
+) -> None:
     """Register a workflow definition, run it once on the embedded engine and print the result."""
     payload = _parse_input(input_text)
 
-    async def go() -> RunState:
+    async def go(document: bytes, directory: list[Service]) -> RunState:
         async with Engine.open(db) as engine:
-            await _load_services(engine, services)
-            record = await engine.apply(Path(file).read_bytes())
+            for service in directory:
+                await engine.put_service(service)
+            record = await engine.apply(document)
             return await engine.run(record.name, payload, timeout=timeout)
 
     try:
-        state = aio.run(go())
+        state = aio.run(go(Path(file).read_bytes(), _read_services(services)))
     except LegatoError as exc:
         _fail(exc)
     click.echo(_json(summarize(state)))
@@ -153,11 +162,25 @@ def demo(db: str) -> None:
                 for name in ("order.yaml", "process-text.json"):
                     record = await engine.apply(files.joinpath(name).read_bytes())
                     click.echo(f"workflow {record.name} v{record.version}", err=True)
-                runs = [
-                    ("take-order", {"order_id": "A-1001", "email": "ada@example.com", "amount": 42.5,
-                                    "items": ["notebook", "pencil"]}),
-                    ("take-order", {"order_id": "A-1002", "email": "bob@example.com", "amount": 12000,
-                                    "items": ["piano"]}),
+                runs: list[tuple[str, dict[str, Any]]] = [
+                    (
+                        "take-order",
+                        {
+                            "order_id": "A-1001",
+                            "email": "ada@example.com",
+                            "amount": 42.5,
+                            "items": ["notebook", "pencil"],
+                        },
+                    ),
+                    (
+                        "take-order",
+                        {
+                            "order_id": "A-1002",
+                            "email": "bob@example.com",
+                            "amount": 12000,
+                            "items": ["piano"],
+                        },
+                    ),
                     ("process-text", {"message": "durable workflows for microservices"}),
                 ]
                 ids = [await engine.start_run(name, data) for name, data in runs]
@@ -172,8 +195,11 @@ def demo(db: str) -> None:
     for state in states:
         click.echo(_json(summarize(state)))
     ok = all(s.info.status == "succeeded" for s in states)
-    click.secho("demo: all runs succeeded" if ok else "demo: some runs did not succeed",
-                fg="green" if ok else "red", err=True)
+    click.secho(
+        "demo: all runs succeeded" if ok else "demo: some runs did not succeed",
+        fg="green" if ok else "red",
+        err=True,
+    )
     sys.exit(0 if ok else 1)
 
 

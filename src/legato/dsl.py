@@ -25,7 +25,9 @@ from legato.errors import LegatoError
 from legato.model.build import build_workflow
 from legato.model.workflow import Workflow
 
-_builder: contextvars.ContextVar[_Builder | None] = contextvars.ContextVar("legato_dsl", default=None)
+_builder: contextvars.ContextVar[_Builder | None] = contextvars.ContextVar(
+    "legato_dsl", default=None
+)
 
 
 class _Builder:
@@ -101,13 +103,34 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def http(name: str, *, service: str | None = None, url: str | None = None, method: str | None = None,
-         path: str | None = None, query: Any = None, headers: Any = None, json: Any = None,
-         body: Any = None, success: Sequence[int | str] | None = None, **options: Any) -> StepNode:
+def http(
+    name: str,
+    *,
+    service: str | None = None,
+    url: str | None = None,
+    method: str | None = None,
+    path: str | None = None,
+    query: Any = None,
+    headers: Any = None,
+    json: Any = None,
+    body: Any = None,
+    success: Sequence[int | str] | None = None,
+    **options: Any,
+) -> StepNode:
     """An HTTP call to a directory service (or an absolute `url`)."""
-    call = _clean({"service": service, "url": url, "method": method, "path": path, "query": query,
-                   "headers": headers, "json": json, "body": body,
-                   "success": list(success) if success is not None else None})
+    call = _clean(
+        {
+            "service": service,
+            "url": url,
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": headers,
+            "json": json,
+            "body": body,
+            "success": list(success) if success is not None else None,
+        }
+    )
     return StepNode(name, {"http": call, **_common(options)})
 
 
@@ -120,18 +143,28 @@ def _function_path(fn: Callable[..., Any]) -> str:
 
 
 @overload
-def task(fn: Callable[..., Any], *, name: str | None = None, args: dict[str, Any] | None = None,
-         **options: Any) -> StepNode: ...
+def task(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    args: dict[str, Any] | None = None,
+    **options: Any,
+) -> StepNode: ...
 
 
 @overload
-def task(fn: None = None, *, name: str | None = None, args: dict[str, Any] | None = None,
-         **options: Any) -> Callable[[Callable[..., Any]], StepNode]: ...
+def task(
+    fn: None = None, *, name: str | None = None, args: dict[str, Any] | None = None, **options: Any
+) -> Callable[[Callable[..., Any]], StepNode]: ...
 
 
-def task(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-         args: dict[str, Any] | None = None,
-         **options: Any) -> StepNode | Callable[[Callable[..., Any]], StepNode]:
+def task(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    args: dict[str, Any] | None = None,
+    **options: Any,
+) -> StepNode | Callable[[Callable[..., Any]], StepNode]:
     """A Python function as a step (sync functions run in a thread, async ones on the loop).
 
     `args` are templates rendered into keyword arguments; the return value is the step's output.
@@ -144,8 +177,12 @@ def task(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     return make(fn) if fn is not None else make
 
 
-def branch(name: str, cases: Iterable[tuple[str, Sequence[StepNode | str] | StepNode | str]] = (),
-           otherwise: Sequence[StepNode | str] | StepNode | str = (), **options: Any) -> StepNode:
+def branch(
+    name: str,
+    cases: Iterable[tuple[str, Sequence[StepNode | str] | StepNode | str]] = (),
+    otherwise: Sequence[StepNode | str] | StepNode | str = (),
+    **options: Any,
+) -> StepNode:
     """Run the steps of the first case whose condition holds; the other targets are skipped."""
     rendered = [{"when": when, "then": _names(then)} for when, then in cases]
     body: dict[str, Any] = {"cases": rendered}
@@ -159,14 +196,26 @@ def fail(name: str, message: str = "failed", **options: Any) -> StepNode:
     return StepNode(name, {"fail": {"message": message}, **_common(options)})
 
 
-def map_over(name: str, over: Any, *, http: dict[str, Any] | None = None,
-             function: Callable[..., Any] | None = None, args: dict[str, Any] | None = None,
-             concurrency: int = 10, **options: Any) -> StepNode:
+def map_over(
+    name: str,
+    over: Any,
+    *,
+    http: dict[str, Any] | None = None,
+    function: Callable[..., Any] | None = None,
+    args: dict[str, Any] | None = None,
+    concurrency: int = 10,
+    **options: Any,
+) -> StepNode:
     """Run one HTTP call or function per item of a list (`item` and `index` in its templates)."""
     if (http is None) == (function is None):
         raise LegatoError(f"map_over {name!r} needs exactly one of http= or function=")
-    inner: dict[str, Any] = {"http": http} if http is not None else {
-        "python": _clean({"function": _function_path(function), "args": args})} if function else {}
+    inner: dict[str, Any] = (
+        {"http": http}
+        if http is not None
+        else {"python": _clean({"function": _function_path(function), "args": args})}
+        if function
+        else {}
+    )
     body = {"over": over, "concurrency": concurrency, "step": inner}
     return StepNode(name, {"map": body, **_common(options)})
 
@@ -177,10 +226,45 @@ def _names(targets: Sequence[StepNode | str] | StepNode | str) -> list[str]:
     return [t.name if isinstance(t, StepNode) else t for t in targets]
 
 
-def workflow(fn: Callable[[], Any] | None = None, *, name: str | None = None,
-             description: str | None = None, inputs: Any = None, outputs: Any = None,
-             output: Any = None, defaults: dict[str, Any] | None = None,
-             timeout: float | str | timedelta | None = None) -> Any:
+@overload
+def workflow(
+    fn: Callable[[], Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    inputs: Any = None,
+    outputs: Any = None,
+    output: Any = None,
+    defaults: dict[str, Any] | None = None,
+    timeout: float | str | timedelta | None = None,
+) -> Workflow: ...
+
+
+@overload
+def workflow(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    inputs: Any = None,
+    outputs: Any = None,
+    output: Any = None,
+    defaults: dict[str, Any] | None = None,
+    timeout: float | str | timedelta | None = None,
+) -> Callable[[Callable[[], Any]], Workflow]: ...
+
+
+def workflow(
+    fn: Callable[[], Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    inputs: Any = None,
+    outputs: Any = None,
+    output: Any = None,
+    defaults: dict[str, Any] | None = None,
+    timeout: float | str | timedelta | None = None,
+) -> Workflow | Callable[[Callable[[], Any]], Workflow]:
     """Decorate a function whose body declares steps; returns the validated Workflow."""
 
     def make(f: Callable[[], Any]) -> Workflow:
@@ -194,8 +278,12 @@ def workflow(fn: Callable[[], Any] | None = None, *, name: str | None = None,
         doc = description if description is not None else (f.__doc__ or "").strip()
         if doc:
             spec["description"] = doc
-        for key, value in (("inputs", inputs), ("outputs", outputs), ("output", output),
-                           ("timeout", _seconds(timeout))):
+        for key, value in (
+            ("inputs", inputs),
+            ("outputs", outputs),
+            ("output", output),
+            ("timeout", _seconds(timeout)),
+        ):
             if value is not None:
                 spec[key] = value
         if defaults:

@@ -166,7 +166,11 @@ _Path = tuple[str, tuple[str | int, ...]]
 
 
 def _single_output(tree: nodes.Template) -> nodes.Node | None:
-    if len(tree.body) == 1 and isinstance(tree.body[0], nodes.Output) and len(tree.body[0].nodes) == 1:
+    if (
+        len(tree.body) == 1
+        and isinstance(tree.body[0], nodes.Output)
+        and len(tree.body[0].nodes) == 1
+    ):
         return tree.body[0].nodes[0]
     return None
 
@@ -177,8 +181,12 @@ def _as_path(node: nodes.Node | None) -> _Path | None:
         if isinstance(node, nodes.Getattr):
             keys.append(node.attr)
             node = node.node
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
-                and isinstance(node.arg.value, str | int) and not isinstance(node.arg.value, bool):
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str | int)
+            and not isinstance(node.arg.value, bool)
+        ):
             keys.append(node.arg.value)
             node = node.node
         elif isinstance(node, nodes.Name) and node.ctx == "load":
@@ -198,12 +206,16 @@ def _lookup(path: _Path, ctx: Context) -> Any:
         raise _Fallback
     value = ctx[root]
     for key in keys:
-        if isinstance(value, dict) and key in value:
+        if isinstance(value, dict):
+            if key not in value:
+                raise _Fallback
             value = value[key]
-        elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
-            value = value[key]
-        else:
+            continue
+        if not isinstance(value, list) or not isinstance(key, int):
             raise _Fallback
+        if not -len(value) <= key < len(value):
+            raise _Fallback
+        value = value[key]
     return value
 
 
@@ -234,7 +246,9 @@ def _text_parts(tree: nodes.Template) -> list[str | _Path] | None:
     return parts
 
 
-def _fast_text(parts: list[str | _Path], slow: Callable[[Context], str]) -> Callable[[Context], str]:
+def _fast_text(
+    parts: list[str | _Path], slow: Callable[[Context], str]
+) -> Callable[[Context], str]:
     def render(ctx: Context) -> str:
         out: list[str] = []
         try:
@@ -257,12 +271,17 @@ def _step_refs(tree: nodes.Node) -> set[str]:
     """Names of steps read as `steps.<name>` or `steps['<name>']`."""
     found: set[str] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if isinstance(target, nodes.Name) and target.name == "steps":
-            if isinstance(node, nodes.Getattr):
+        if isinstance(node, nodes.Getattr):
+            if isinstance(node.node, nodes.Name) and node.node.name == "steps":
                 found.add(node.attr)
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                found.add(node.arg.value)
+        elif isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name):
+            arg = node.arg
+            if (
+                node.node.name == "steps"
+                and isinstance(arg, nodes.Const)
+                and isinstance(arg.value, str)
+            ):
+                found.add(arg.value)
     return found
 
 

@@ -11,14 +11,32 @@ WORKFLOW = {
     "name": "crashy",
     "inputs": [{"name": "n", "type": "integer"}],
     "steps": {
-        "one": {"http": {"service": "svc", "path": "/slow", "query": {"delay": 0.05},
-                         "json": {"step": "one", "n": "{{ input.n }}"}}},
-        "two": {"depends_on": "one", "http": {
-            "service": "svc", "path": "/slow", "query": {"delay": 0.3},
-            "json": {"step": "two", "n": "{{ steps.one.output.body.echo.n }}"}}},
-        "three": {"depends_on": "two", "http": {
-            "service": "svc", "path": "/slow", "query": {"delay": 0.05},
-            "json": {"step": "three", "n": "{{ steps.two.output.body.echo.n }}"}}},
+        "one": {
+            "http": {
+                "service": "svc",
+                "path": "/slow",
+                "query": {"delay": 0.05},
+                "json": {"step": "one", "n": "{{ input.n }}"},
+            }
+        },
+        "two": {
+            "depends_on": "one",
+            "http": {
+                "service": "svc",
+                "path": "/slow",
+                "query": {"delay": 0.3},
+                "json": {"step": "two", "n": "{{ steps.one.output.body.echo.n }}"},
+            },
+        },
+        "three": {
+            "depends_on": "two",
+            "http": {
+                "service": "svc",
+                "path": "/slow",
+                "query": {"delay": 0.05},
+                "json": {"step": "three", "n": "{{ steps.two.output.body.echo.n }}"},
+            },
+        },
     },
     "output": "{{ steps.three.output.body.echo.n * 10 }}",
 }

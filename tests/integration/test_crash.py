@@ -14,15 +14,24 @@ from legato import Engine
 from tests.integration.testservice import LoopbackService
 
 RUNS = 40
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_sigkill_mid_run_then_resume(tmp_path: Path, service: LoopbackService) -> None:
     db_file = tmp_path / "crash.db"
     db_url = f"sqlite:///{db_file}"
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.integration.crash_child", db_url, service.url, str(RUNS),
-        cwd=root, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)})
+        sys.executable,
+        "-m",
+        "tests.integration.crash_child",
+        db_url,
+        service.url,
+        str(RUNS),
+        cwd=root,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert child.stdout is not None
     line = await asyncio.wait_for(child.stdout.readline(), 30)
     assert line.strip() == b"started"
@@ -34,8 +43,9 @@ async def test_sigkill_mid_run_then_resume(tmp_path: Path, service: LoopbackServ
     assert child.returncode == -signal.SIGKILL
 
     with sqlite3.connect(db_file) as conn:
-        committed = dict(((r, s), st) for r, s, st in conn.execute(
-            "SELECT run_id, name, status FROM steps"))
+        committed = dict(
+            ((r, s), st) for r, s, st in conn.execute("SELECT run_id, name, status FROM steps")
+        )
         active = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
     assert active == RUNS, "the kill left every run unfinished"
     succeeded_before = {k for k, st in committed.items() if st == "succeeded"}

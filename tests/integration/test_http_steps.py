@@ -18,13 +18,27 @@ def spec(steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 async def test_chain_passes_outputs_and_input(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({
-        "first": {"http": {"service": "svc", "path": "/echo", "json": {"n": "{{ input.n }}"}}},
-        "second": {"depends_on": "first", "http": {
-            "service": "svc", "method": "PUT", "path": "/echo/{{ input.n }}",
-            "query": {"q": "{{ steps.first.output.body.echo.n * 2 }}"},
-            "json": "{{ [steps.first.output.status, input.n] }}"}},
-    }, inputs=[{"name": "n", "type": "integer"}], output="{{ steps.second.output.body }}"))
+    await engine.apply(
+        spec(
+            {
+                "first": {
+                    "http": {"service": "svc", "path": "/echo", "json": {"n": "{{ input.n }}"}}
+                },
+                "second": {
+                    "depends_on": "first",
+                    "http": {
+                        "service": "svc",
+                        "method": "PUT",
+                        "path": "/echo/{{ input.n }}",
+                        "query": {"q": "{{ steps.first.output.body.echo.n * 2 }}"},
+                        "json": "{{ [steps.first.output.status, input.n] }}",
+                    },
+                },
+            },
+            inputs=[{"name": "n", "type": "integer"}],
+            output="{{ steps.second.output.body }}",
+        )
+    )
     run = await engine.run("wf", {"n": 21}, timeout=10)
     assert run.info.status == "succeeded", run.info.error
     assert run.info.output == {"echo": [200, 21], "query": {"q": "42"}}
@@ -38,10 +52,16 @@ async def test_chain_passes_outputs_and_input(engine: Engine, service: LoopbackS
 async def test_every_call_carries_idempotency_key_and_traceparent(
     engine: Engine, service: LoopbackService
 ) -> None:
-    await engine.apply(spec({
-        "a": {"http": {"service": "svc", "path": "/flaky", "query": {"fail": 2}},
-              "retry": {"retries": 3, "delay": "10ms"}},
-    }))
+    await engine.apply(
+        spec(
+            {
+                "a": {
+                    "http": {"service": "svc", "path": "/flaky", "query": {"fail": 2}},
+                    "retry": {"retries": 3, "delay": "10ms"},
+                },
+            }
+        )
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "succeeded", run.info.error
     calls = service.seen("/flaky")
@@ -55,11 +75,19 @@ async def test_every_call_carries_idempotency_key_and_traceparent(
     assert run.steps["a"].attempt == 3
 
 
-async def test_retry_waits_with_backoff_then_gives_up(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({
-        "a": {"http": {"service": "svc", "path": "/status/503"},
-              "retry": {"retries": 2, "delay": "50ms", "backoff": 2, "jitter": False}},
-    }))
+async def test_retry_waits_with_backoff_then_gives_up(
+    engine: Engine, service: LoopbackService
+) -> None:
+    await engine.apply(
+        spec(
+            {
+                "a": {
+                    "http": {"service": "svc", "path": "/status/503"},
+                    "retry": {"retries": 2, "delay": "50ms", "backoff": 2, "jitter": False},
+                },
+            }
+        )
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "failed"
     assert run.info.error is not None and run.info.error["step"] == "a"
@@ -73,10 +101,19 @@ async def test_retry_waits_with_backoff_then_gives_up(engine: Engine, service: L
     assert 0.095 <= gap2 < 0.6
 
 
-async def test_client_errors_do_not_retry_by_default(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({
-        "a": {"http": {"service": "svc", "path": "/status/404"}, "retry": {"retries": 5, "delay": 0}},
-    }))
+async def test_client_errors_do_not_retry_by_default(
+    engine: Engine, service: LoopbackService
+) -> None:
+    await engine.apply(
+        spec(
+            {
+                "a": {
+                    "http": {"service": "svc", "path": "/status/404"},
+                    "retry": {"retries": 5, "delay": 0},
+                },
+            }
+        )
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "failed"
     assert len(service.seen("/status/404")) == 1
@@ -84,26 +121,53 @@ async def test_client_errors_do_not_retry_by_default(engine: Engine, service: Lo
 
 
 async def test_429_retries_by_default(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({
-        "a": {"http": {"service": "svc", "path": "/flaky", "query": {"fail": 1, "status": 429}},
-              "retry": {"retries": 1, "delay": "10ms"}},
-    }))
+    await engine.apply(
+        spec(
+            {
+                "a": {
+                    "http": {
+                        "service": "svc",
+                        "path": "/flaky",
+                        "query": {"fail": 1, "status": 429},
+                    },
+                    "retry": {"retries": 1, "delay": "10ms"},
+                },
+            }
+        )
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "succeeded"
     assert len(service.seen("/flaky")) == 2
 
 
-async def test_declared_success_codes_and_branch_on_status(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({
-        "lookup": {"http": {"service": "svc", "path": "/status/404", "success": ["2xx", 404]}},
-        "route": {"depends_on": "lookup", "branch": {
-            "cases": [{"when": "{{ steps.lookup.output.status == 404 }}", "then": "create"}],
-            "otherwise": ["update"]}},
-        "create": {"http": {"service": "svc", "path": "/echo/create"}},
-        "update": {"http": {"service": "svc", "path": "/echo/update"}},
-        "done": {"depends_on": ["create", "update"], "trigger": "none_failed",
-                 "http": {"service": "svc", "path": "/echo/done"}},
-    }))
+async def test_declared_success_codes_and_branch_on_status(
+    engine: Engine, service: LoopbackService
+) -> None:
+    await engine.apply(
+        spec(
+            {
+                "lookup": {
+                    "http": {"service": "svc", "path": "/status/404", "success": ["2xx", 404]}
+                },
+                "route": {
+                    "depends_on": "lookup",
+                    "branch": {
+                        "cases": [
+                            {"when": "{{ steps.lookup.output.status == 404 }}", "then": "create"}
+                        ],
+                        "otherwise": ["update"],
+                    },
+                },
+                "create": {"http": {"service": "svc", "path": "/echo/create"}},
+                "update": {"http": {"service": "svc", "path": "/echo/update"}},
+                "done": {
+                    "depends_on": ["create", "update"],
+                    "trigger": "none_failed",
+                    "http": {"service": "svc", "path": "/echo/done"},
+                },
+            }
+        )
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "succeeded", run.info.error
     assert run.steps["update"].status == "skipped"
@@ -113,11 +177,20 @@ async def test_declared_success_codes_and_branch_on_status(engine: Engine, servi
     assert service.seen("/echo/update") == []
 
 
-async def test_step_timeout_is_a_retryable_failure(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({
-        "a": {"http": {"service": "svc", "path": "/slow", "query": {"delay": 2}},
-              "timeout": "100ms", "retry": {"retries": 1, "delay": 0}},
-    }))
+async def test_step_timeout_is_a_retryable_failure(
+    engine: Engine, service: LoopbackService
+) -> None:
+    await engine.apply(
+        spec(
+            {
+                "a": {
+                    "http": {"service": "svc", "path": "/slow", "query": {"delay": 2}},
+                    "timeout": "100ms",
+                    "retry": {"retries": 1, "delay": 0},
+                },
+            }
+        )
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "failed"
     assert run.steps["a"].error is not None and run.steps["a"].error["kind"] == "timeout"
@@ -125,17 +198,25 @@ async def test_step_timeout_is_a_retryable_failure(engine: Engine, service: Loop
 
 
 async def test_run_timeout_fails_the_run(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({"a": {"http": {"service": "svc", "path": "/slow", "query": {"delay": 3}}}},
-                            timeout="200ms"))
+    await engine.apply(
+        spec(
+            {"a": {"http": {"service": "svc", "path": "/slow", "query": {"delay": 3}}}},
+            timeout="200ms",
+        )
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "failed"
     assert run.info.error is not None and run.info.error["kind"] == "timeout"
     assert run.steps["a"].status == "cancelled"
 
 
-async def test_network_error_is_reported_and_retried(engine: Engine, service: LoopbackService) -> None:
+async def test_network_error_is_reported_and_retried(
+    engine: Engine, service: LoopbackService
+) -> None:
     await engine.put_service(Service(name="gone", base_url="http://127.0.0.1:9", timeout=2))
-    await engine.apply(spec({"a": {"http": {"service": "gone"}, "retry": {"retries": 1, "delay": 0}}}))
+    await engine.apply(
+        spec({"a": {"http": {"service": "gone"}, "retry": {"retries": 1, "delay": 0}}})
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "failed"
     error = run.steps["a"].error
@@ -143,7 +224,9 @@ async def test_network_error_is_reported_and_retried(engine: Engine, service: Lo
     assert run.steps["a"].attempt == 2
 
 
-async def test_changing_a_service_address_moves_the_next_call(engine: Engine, service: LoopbackService) -> None:
+async def test_changing_a_service_address_moves_the_next_call(
+    engine: Engine, service: LoopbackService
+) -> None:
     other = LoopbackService()
     await other.start()
     try:
@@ -158,8 +241,14 @@ async def test_changing_a_service_address_moves_the_next_call(engine: Engine, se
 
 
 async def test_service_headers_and_token_are_sent(engine: Engine, service: LoopbackService) -> None:
-    await engine.put_service(Service(name="auth", base_url=service.url + "/echo",
-                                     headers={"X-Team": "orders"}, token="s3cret"))
+    await engine.put_service(
+        Service(
+            name="auth",
+            base_url=service.url + "/echo",
+            headers={"X-Team": "orders"},
+            token="s3cret",
+        )
+    )
     await engine.apply(spec({"a": {"http": {"service": "auth", "headers": {"X-Step": "a"}}}}))
     assert (await engine.run("wf", {}, timeout=10)).info.status == "succeeded"
     seen = service.seen("/echo")[0]
@@ -172,10 +261,14 @@ async def test_per_service_concurrency_limit_holds_across_runs(
     engine: Engine, service: LoopbackService
 ) -> None:
     await engine.put_service(Service(name="narrow", base_url=service.url, concurrency=3))
-    await engine.apply(spec({
-        "a": {"http": {"service": "narrow", "path": "/slow", "query": {"delay": 0.03}}},
-        "b": {"http": {"service": "narrow", "path": "/slow", "query": {"delay": 0.03}}},
-    }))
+    await engine.apply(
+        spec(
+            {
+                "a": {"http": {"service": "narrow", "path": "/slow", "query": {"delay": 0.03}}},
+                "b": {"http": {"service": "narrow", "path": "/slow", "query": {"delay": 0.03}}},
+            }
+        )
+    )
     ids = [await engine.start_run("wf", {}) for _ in range(20)]
     runs = [await engine.wait(i, timeout=20) for i in ids]
     assert all(r.info.status == "succeeded" for r in runs)
@@ -184,9 +277,15 @@ async def test_per_service_concurrency_limit_holds_across_runs(
 
 
 async def test_typed_service_output_is_checked(engine: Engine, service: LoopbackService) -> None:
-    await engine.put_service(Service.from_dict({
-        "name": "typed", "address": service.url + "/echo",
-        "outputs": [{"name": "echo", "type": "integer"}]}))
+    await engine.put_service(
+        Service.from_dict(
+            {
+                "name": "typed",
+                "address": service.url + "/echo",
+                "outputs": [{"name": "echo", "type": "integer"}],
+            }
+        )
+    )
     await engine.apply(spec({"a": {"http": {"service": "typed", "json": {"x": 1}}}}))
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "failed"
@@ -202,13 +301,18 @@ async def test_text_reply_is_kept_as_text(engine: Engine, service: LoopbackServi
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored(engine: Engine, db_url: str) -> None:
-    await engine.apply(spec({"a": {"http": {"service": "svc", "path": "/echo"}}},
-                            inputs=[{"name": "amount", "type": "number"}]))
+    await engine.apply(
+        spec(
+            {"a": {"http": {"service": "svc", "path": "/echo"}}},
+            inputs=[{"name": "amount", "type": "number"}],
+        )
+    )
     with pytest.raises(InputError) as info:
         await engine.start_run("wf", {"amount": "12"})
     assert info.value.to_dict()["problems"] == [
-        {"path": "input.amount", "message": "must be a number, got string"}]
-    with pytest.raises(InputError, match="input.extra: is not a declared field"):
+        {"path": "input.amount", "message": "must be a number, got string"}
+    ]
+    with pytest.raises(InputError, match=r"input\.extra: is not a declared field"):
         await engine.start_run("wf", {"amount": 1, "extra": True})
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
@@ -230,8 +334,9 @@ async def test_same_definition_same_version_changed_next_version(engine: Engine)
 
 
 async def test_runs_stay_pinned_to_their_version(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply(spec({"a": {"http": {"service": "svc", "path": "/slow",
-                                            "query": {"delay": 0.2}}}}))
+    await engine.apply(
+        spec({"a": {"http": {"service": "svc", "path": "/slow", "query": {"delay": 0.2}}}})
+    )
     run_id = await engine.start_run("wf", {})
     await engine.apply(spec({"a": {"http": {"service": "svc", "path": "/echo/v2"}}}))
     run = await engine.wait(run_id, timeout=10)

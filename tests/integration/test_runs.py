@@ -14,9 +14,15 @@ from tests.integration.testservice import LoopbackService
 
 
 async def test_cancel_stops_a_running_run(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply({"name": "wf", "steps": {
-        "slow": {"http": {"service": "svc", "path": "/slow", "query": {"delay": 5}}},
-        "after": {"depends_on": "slow", "http": {"service": "svc", "path": "/echo"}}}})
+    await engine.apply(
+        {
+            "name": "wf",
+            "steps": {
+                "slow": {"http": {"service": "svc", "path": "/slow", "query": {"delay": 5}}},
+                "after": {"depends_on": "slow", "http": {"service": "svc", "path": "/echo"}},
+            },
+        }
+    )
     run_id = await engine.start_run("wf", {})
     while not service.seen("/slow"):
         await asyncio.sleep(0.01)
@@ -34,10 +40,22 @@ async def test_cancel_stops_a_running_run(engine: Engine, service: LoopbackServi
 
 async def test_retry_runs_only_the_failed_steps(engine: Engine, service: LoopbackService) -> None:
     await engine.put_service(Service(name="later", base_url="http://127.0.0.1:9"))
-    await engine.apply({"name": "wf", "steps": {
-        "first": {"http": {"service": "svc", "path": "/echo/first"}},
-        "second": {"depends_on": "first", "http": {"service": "later", "path": "/echo/second"}},
-        "third": {"depends_on": "second", "http": {"service": "svc", "path": "/echo/third"}}}})
+    await engine.apply(
+        {
+            "name": "wf",
+            "steps": {
+                "first": {"http": {"service": "svc", "path": "/echo/first"}},
+                "second": {
+                    "depends_on": "first",
+                    "http": {"service": "later", "path": "/echo/second"},
+                },
+                "third": {
+                    "depends_on": "second",
+                    "http": {"service": "svc", "path": "/echo/third"},
+                },
+            },
+        }
+    )
     run = await engine.run("wf", {}, timeout=10)
     assert run.info.status == "failed"
     assert run.steps["third"].status == "skipped"
@@ -80,8 +98,12 @@ async def test_python_dsl_workflow_with_sync_and_async_steps(
             calls.append("shout")
             return [w.upper() for w in words]
 
-        @task(args={"words": "{{ steps.shout.output }}"}, retries=2, retry_delay=0,
-              retry={"on": ["exception"]})
+        @task(
+            args={"words": "{{ steps.shout.output }}"},
+            retries=2,
+            retry_delay=0,
+            retry={"on": ["exception"]},
+        )
         async def total(words: list[str]) -> dict[str, Any]:
             calls.append("total")
             if calls.count("total") < 2:
@@ -103,11 +125,22 @@ async def test_python_dsl_workflow_with_sync_and_async_steps(
 async def test_map_calls_each_item_with_bounded_concurrency(
     engine: Engine, service: LoopbackService
 ) -> None:
-    @workflow(inputs={"items": "array"}, output="{{ steps.each.output | map(attribute='body.echo') | list }}")
+    @workflow(
+        inputs={"items": "array"},
+        output="{{ steps.each.output | map(attribute='body.echo') | list }}",
+    )
     def fan() -> None:
-        map_over("each", "{{ input.items }}", concurrency=4, http={
-            "service": "svc", "path": "/slow", "query": {"delay": 0.02},
-            "json": {"i": "{{ index }}", "v": "{{ item }}"}})
+        map_over(
+            "each",
+            "{{ input.items }}",
+            concurrency=4,
+            http={
+                "service": "svc",
+                "path": "/slow",
+                "query": {"delay": 0.02},
+                "json": {"i": "{{ index }}", "v": "{{ item }}"},
+            },
+        )
 
     await engine.register(fan)
     run = await engine.run("fan", {"items": list(range(20))}, timeout=10)
@@ -118,29 +151,46 @@ async def test_map_calls_each_item_with_bounded_concurrency(
 
 
 async def test_services_in_order_form(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply({
-        "name": "chain",
-        "services": [{"name": "one", "address": service.url + "/echo/one"},
-                     {"name": "two", "address": service.url + "/echo/two"}],
-        "inputs": [{"name": "message", "type": "string"}],
-        "outputs": [{"name": "echo", "type": "object"}],
-    })
+    await engine.apply(
+        {
+            "name": "chain",
+            "services": [
+                {"name": "one", "address": service.url + "/echo/one"},
+                {"name": "two", "address": service.url + "/echo/two"},
+            ],
+            "inputs": [{"name": "message", "type": "string"}],
+            "outputs": [{"name": "echo", "type": "object"}],
+        }
+    )
     assert engine.service("one") is not None
     run = await engine.run("chain", {"message": "hi"}, timeout=10)
     assert run.info.status == "succeeded", run.info.error
     assert service.seen("/echo/one")[0].json == {"message": "hi"}
-    assert service.seen("/echo/two")[0].json == {"message": "hi", "echo": {"message": "hi"},
-                                                 "query": {}}
+    assert service.seen("/echo/two")[0].json == {
+        "message": "hi",
+        "echo": {"message": "hi"},
+        "query": {},
+    }
     assert run.info.output == {"echo": {"message": "hi", "echo": {"message": "hi"}, "query": {}}}
 
 
 async def test_thousands_of_concurrent_runs(engine: Engine, service: LoopbackService) -> None:
-    await engine.apply({"name": "wf", "steps": {
-        "a": {"http": {"service": "svc", "path": "/echo/a", "json": {"n": "{{ input.n }}"}}},
-        "b": {"depends_on": "a", "http": {"service": "svc", "path": "/slow",
-                                          "query": {"delay": 0.2}}},
-        "c": {"depends_on": "b", "http": {"service": "svc", "path": "/echo/c"}}},
-        "output": "{{ steps.a.output.body.echo.n }}"})
+    await engine.apply(
+        {
+            "name": "wf",
+            "steps": {
+                "a": {
+                    "http": {"service": "svc", "path": "/echo/a", "json": {"n": "{{ input.n }}"}}
+                },
+                "b": {
+                    "depends_on": "a",
+                    "http": {"service": "svc", "path": "/slow", "query": {"delay": 0.2}},
+                },
+                "c": {"depends_on": "b", "http": {"service": "svc", "path": "/echo/c"}},
+            },
+            "output": "{{ steps.a.output.body.echo.n }}",
+        }
+    )
     count = 2000
     ids = await asyncio.gather(*(engine.start_run("wf", {"n": i}) for i in range(count)))
     runs = await asyncio.gather(*(engine.wait(i, timeout=60) for i in ids))

@@ -37,8 +37,11 @@ class LoopbackService:
         return [r for r in self.requests if r.path == path]
 
     def keys(self, path: str | None = None) -> list[str]:
-        return [r.headers.get("Idempotency-Key", "") for r in self.requests
-                if path is None or r.path == path]
+        return [
+            r.headers.get("Idempotency-Key", "")
+            for r in self.requests
+            if path is None or r.path == path
+        ]
 
     async def _record(self, request: web.Request) -> Seen:
         raw = await request.read()
@@ -93,8 +96,7 @@ class LoopbackService:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        assert site._server is not None
-        port = site._server.sockets[0].getsockname()[1]
+        port = self.runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:

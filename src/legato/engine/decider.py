@@ -7,9 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from legato.expressions import TemplateError, evaluate_truth
-from legato.model.fields import check_object
-from legato.model.workflow import Branch, Fail, HttpCall, MapOver, PythonCall, Step, Workflow
 from legato.engine.render import render_request
 from legato.engine.state import (
     CANCELLED,
@@ -37,6 +34,9 @@ from legato.engine.state import (
     Timeout,
     Wake,
 )
+from legato.expressions import TemplateError, evaluate_truth
+from legato.model.fields import check_object
+from legato.model.workflow import Branch, Fail, HttpCall, MapOver, PythonCall, Step, Workflow
 
 READY, WAIT, SKIP = "ready", "wait", "skip"
 UPSTREAM_FAILED = "upstream_failed"
@@ -151,7 +151,11 @@ class _Txn:
             return  # late answer of an aborted or superseded attempt: history already closed it
         self.record(s, SUCCEEDED if ev.ok else FAILED, ev.output, ev.error, ev.finished_at)
         if ev.ok:
-            self.set(s._replace(status=SUCCEEDED, output=ev.output, error=None, finished_at=ev.finished_at))
+            self.set(
+                s._replace(
+                    status=SUCCEEDED, output=ev.output, error=None, finished_at=ev.finished_at
+                )
+            )
             self.after_terminal(ev.step)
         else:
             self.after_failure(s._replace(output=ev.output), ev.error or {"kind": "exception"})
@@ -167,8 +171,11 @@ class _Txn:
 
     def timeout(self) -> None:
         limit = self.wf.timeout or 0
-        self.stop(FAILED, {"kind": "timeout", "message": f"the run exceeded its timeout of {limit:g}s"},
-                  "run timed out")
+        self.stop(
+            FAILED,
+            {"kind": "timeout", "message": f"the run exceeded its timeout of {limit:g}s"},
+            "run timed out",
+        )
 
     def stop(self, status: str, error: dict[str, Any], reason: str) -> None:
         if self.info.status not in (PENDING, RUNNING, WAITING):
@@ -181,8 +188,12 @@ class _Txn:
             if s.status in (RUNNING, WAITING) and not self.is_map(n):
                 self.effects.append(Abort(n))
                 if s.status == RUNNING:
-                    self.record(s, CANCELLED, None, {"kind": "cancelled", "message": reason}, self.now)
-            self.set(s._replace(status=CANCELLED, reason=reason, finished_at=self.now, next_at=None))
+                    self.record(
+                        s, CANCELLED, None, {"kind": "cancelled", "message": reason}, self.now
+                    )
+            self.set(
+                s._replace(status=CANCELLED, reason=reason, finished_at=self.now, next_at=None)
+            )
         self.finish(status, None, error)
 
     def retry(self) -> None:
@@ -238,8 +249,19 @@ class _Txn:
         """History of an attempt that did not succeed; a succeeded attempt is its step's own row."""
         if status == SUCCEEDED:
             return
-        self.attempts.append(Attempt(self.info.id, s.name, s.attempt, status, s.started_at, finished,
-                                     s.request, output, error))
+        self.attempts.append(
+            Attempt(
+                self.info.id,
+                s.name,
+                s.attempt,
+                status,
+                s.started_at,
+                finished,
+                s.request,
+                output,
+                error,
+            )
+        )
 
     def activate(self, name: str) -> None:
         """Start a step whose dependencies allow it."""
@@ -258,9 +280,18 @@ class _Txn:
         self, name: str, step: Step, action: HttpCall | PythonCall, extra: dict[str, Any] | None
     ) -> None:
         prev = self.get(name)
-        s = prev._replace(status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
-                    started_at=self.now, finished_at=None, next_at=None, output=None, error=None,
-                    reason=None, request=None)
+        s = prev._replace(
+            status=RUNNING,
+            attempt=prev.attempt + 1,
+            tries=prev.tries + 1,
+            started_at=self.now,
+            finished_at=None,
+            next_at=None,
+            output=None,
+            error=None,
+            reason=None,
+            request=None,
+        )
         try:
             request = render_request(action, self.context(extra))
         except TemplateError as exc:
@@ -275,9 +306,16 @@ class _Txn:
     def inline_result(self, name: str, ok: bool, output: Any, error: dict[str, Any] | None) -> None:
         """Branch and fail steps decide at once, without an executor."""
         prev = self.get(name)
-        s = prev._replace(status=SUCCEEDED if ok else FAILED, attempt=prev.attempt + 1,
-                    tries=prev.tries + 1, started_at=self.now, finished_at=self.now, output=output,
-                    error=error, reason=None)
+        s = prev._replace(
+            status=SUCCEEDED if ok else FAILED,
+            attempt=prev.attempt + 1,
+            tries=prev.tries + 1,
+            started_at=self.now,
+            finished_at=self.now,
+            output=output,
+            error=error,
+            reason=None,
+        )
         self.set(s)
         self.record(s, s.status, output, error, self.now)
         self.after_terminal(name)
@@ -285,8 +323,9 @@ class _Txn:
     def run_branch(self, name: str, branch: Branch) -> None:
         ctx = self.context()
         try:
-            chosen = next((then for when, then in branch.cases if evaluate_truth(when, ctx)),
-                          branch.otherwise)
+            chosen = next(
+                (then for when, then in branch.cases if evaluate_truth(when, ctx)), branch.otherwise
+            )
         except TemplateError as exc:
             self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
             return
@@ -308,9 +347,19 @@ class _Txn:
         except TemplateError as exc:
             self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
             return
-        self.set(prev._replace(status=RUNNING, attempt=prev.attempt + 1, tries=prev.tries + 1,
-                         started_at=self.now, finished_at=None, request={"items": items},
-                         output=None, error=None, reason=None))
+        self.set(
+            prev._replace(
+                status=RUNNING,
+                attempt=prev.attempt + 1,
+                tries=prev.tries + 1,
+                started_at=self.now,
+                finished_at=None,
+                request={"items": items},
+                output=None,
+                error=None,
+                reason=None,
+            )
+        )
         for i in range(len(items)):
             c = self.get(child_name(name, i))
             if c.status != SUCCEEDED:
@@ -332,8 +381,14 @@ class _Txn:
                 if not c.done:
                     if c.status in (RUNNING, WAITING):
                         self.effects.append(Abort(c.name))
-                    self.set(c._replace(status=CANCELLED, reason="another item failed",
-                                     finished_at=self.now, next_at=None))
+                    self.set(
+                        c._replace(
+                            status=CANCELLED,
+                            reason="another item failed",
+                            finished_at=self.now,
+                            next_at=None,
+                        )
+                    )
             err = dict(failed.error or {})
             err["message"] = f"item {failed.name} failed: {err.get('message', failed.status)}"
             self.set(p._replace(status=FAILED, error=err, finished_at=self.now))
@@ -345,14 +400,19 @@ class _Txn:
             if busy >= spec.concurrency:
                 break
             if c.status == PENDING:
-                self.dispatch(c.name, step, spec.action, {"item": p.request["items"][i], "index": i})
+                self.dispatch(
+                    c.name, step, spec.action, {"item": p.request["items"][i], "index": i}
+                )
                 if self.get(parent).status != RUNNING:
                     return
                 busy += 1
         children = [self.get(child_name(parent, i)) for i in range(count)]
         if all(c.status == SUCCEEDED for c in children):
-            self.set(self.get(parent)._replace(status=SUCCEEDED,
-                             output=[c.output for c in children], finished_at=self.now))
+            self.set(
+                self.get(parent)._replace(
+                    status=SUCCEEDED, output=[c.output for c in children], finished_at=self.now
+                )
+            )
             self.after_terminal(parent)
 
     def after_failure(self, s: StepState, error: dict[str, Any]) -> None:
@@ -399,14 +459,19 @@ class _Txn:
         for dep in step.depends_on:
             ds = self.get(dep)
             status = ds.status
-            if status == SUCCEEDED and isinstance(self.wf.steps[dep].action, Branch) \
-                    and name not in ds.output["next"]:
+            if (
+                status == SUCCEEDED
+                and isinstance(self.wf.steps[dep].action, Branch)
+                and name not in ds.output["next"]
+            ):
                 status, by_branch = SKIPPED, True
             statuses.append(status)
         failed = any(st in (FAILED, CANCELLED) for st in statuses)
         done = all(st in TERMINAL for st in statuses)
         succeeded = [st == SUCCEEDED for st in statuses]
-        skip_reason = UPSTREAM_FAILED if failed else BRANCH_NOT_TAKEN if by_branch else UPSTREAM_SKIPPED
+        skip_reason = (
+            UPSTREAM_FAILED if failed else BRANCH_NOT_TAKEN if by_branch else UPSTREAM_SKIPPED
+        )
         rule = step.trigger
         if rule == "all_succeeded":
             if failed or SKIPPED in statuses:
@@ -431,12 +496,20 @@ class _Txn:
         states = [self.get(n) for n in self.wf.steps]
         if any(not s.done for s in states):
             return
-        failed = next((s for s in states if s.status == FAILED and not self.wf.steps[s.name].optional),
-                      None)
+        failed = next(
+            (s for s in states if s.status == FAILED and not self.wf.steps[s.name].optional), None
+        )
         if failed is not None:
             message = (failed.error or {}).get("message", "failed")
-            self.finish(FAILED, None, {"kind": "step_failed", "step": failed.name,
-                                       "message": f"step {failed.name!r} failed: {message}"})
+            self.finish(
+                FAILED,
+                None,
+                {
+                    "kind": "step_failed",
+                    "step": failed.name,
+                    "message": f"step {failed.name!r} failed: {message}",
+                },
+            )
             return
         try:
             output = self.run_output()
@@ -446,8 +519,11 @@ class _Txn:
         if self.wf.outputs:
             _, problems = check_object(self.wf.outputs, output, "output", strict=False)
             if problems:
-                self.finish(FAILED, output, {"kind": "output",
-                                             "message": "; ".join(str(p) for p in problems)})
+                self.finish(
+                    FAILED,
+                    output,
+                    {"kind": "output", "message": "; ".join(str(p) for p in problems)},
+                )
                 return
         self.finish(SUCCEEDED, output, None)
 

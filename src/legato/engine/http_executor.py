@@ -35,8 +35,11 @@ class HttpExecutor:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
-                connector=connector, json_serialize=lambda v: orjson.dumps(v).decode(),
-                timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent",))
+                connector=connector,
+                json_serialize=lambda v: orjson.dumps(v).decode(),
+                timeout=aiohttp.ClientTimeout(total=None),
+                skip_auto_headers=("User-Agent",),
+            )
         return self._session
 
     async def close(self) -> None:
@@ -52,14 +55,22 @@ class HttpExecutor:
             self._limits[service.name] = held
         return held[1]
 
-    async def execute(self, run_id: str, step: str, action: HttpCall, request: dict[str, Any],
-                      timeout: float | None) -> Outcome:
+    async def execute(
+        self,
+        run_id: str,
+        step: str,
+        action: HttpCall,
+        request: dict[str, Any],
+        timeout: float | None,
+    ) -> Outcome:
         service: Service | None = None
         headers: dict[str, str] = {}
         if "service" in request:
             service = self._lookup(request["service"])
             if service is None:
-                return Outcome.failure("config", f"service {request['service']!r} is not in the directory")
+                return Outcome.failure(
+                    "config", f"service {request['service']!r} is not in the directory"
+                )
             url = service.url(request.get("path", ""))
             headers.update(service.headers)
             if service.token:
@@ -67,8 +78,11 @@ class HttpExecutor:
             if service.inputs and "json" in request:
                 _, problems = check_object(service.inputs, request["json"], "json", strict=False)
                 if problems:
-                    return Outcome.failure("input", f"request does not match service {service.name!r}: "
-                                           + "; ".join(map(str, problems)))
+                    return Outcome.failure(
+                        "input",
+                        f"request does not match service {service.name!r}: "
+                        + "; ".join(map(str, problems)),
+                    )
         else:
             url = request["url"]
             if request.get("path"):
@@ -89,11 +103,13 @@ class HttpExecutor:
         try:
             if service is not None:
                 async with self._semaphore(service):
-                    status, resp_headers, raw, ctype = await self._send(method, url, request, headers,
-                                                                        data, limit)
+                    status, resp_headers, raw, ctype = await self._send(
+                        method, url, request, headers, data, limit
+                    )
             else:
-                status, resp_headers, raw, ctype = await self._send(method, url, request, headers,
-                                                                    data, limit)
+                status, resp_headers, raw, ctype = await self._send(
+                    method, url, request, headers, data, limit
+                )
         except TimeoutError:
             return Outcome.failure("timeout", f"{where} did not answer within {limit:g}s")
         except aiohttp.InvalidURL:
@@ -103,25 +119,45 @@ class HttpExecutor:
         body = _parse_body(raw, ctype)
         output = {"status": status, "headers": resp_headers, "body": body}
         if not action.is_success(status):
-            kind = "429" if status == 429 else "5xx" if status >= 500 else "4xx" if status >= 400 \
+            kind = (
+                "429"
+                if status == 429
+                else "5xx"
+                if status >= 500
+                else "4xx"
+                if status >= 400
                 else "status"
+            )
             detail = raw[:_BODY_LIMIT_IN_ERROR].decode("utf-8", "replace")
-            return Outcome.failure(kind, f"{where} answered {status}", output, status=status,
-                                   body=detail)
+            return Outcome.failure(
+                kind, f"{where} answered {status}", output, status=status, body=detail
+            )
         if service is not None and service.outputs:
             _, problems = check_object(service.outputs, body, "body", strict=False)
             if problems:
-                return Outcome.failure("output", f"reply of service {service.name!r} does not match "
-                                       "its declared outputs: " + "; ".join(map(str, problems)), output)
+                return Outcome.failure(
+                    "output",
+                    f"reply of service {service.name!r} does not match "
+                    "its declared outputs: " + "; ".join(map(str, problems)),
+                    output,
+                )
         return Outcome(True, output)
 
-    async def _send(self, method: str, url: str, request: dict[str, Any], headers: dict[str, str],
-                    data: bytes | str | None, limit: float) -> tuple[int, dict[str, str], bytes, str]:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        request: dict[str, Any],
+        headers: dict[str, str],
+        data: bytes | str | None,
+        limit: float,
+    ) -> tuple[int, dict[str, str], bytes, str]:
         timeout = self._timeouts.get(limit)
         if timeout is None:
             timeout = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
-        async with self._client().request(method, url, params=request.get("query"), data=data,
-                                          headers=headers, timeout=timeout) as resp:
+        async with self._client().request(
+            method, url, params=request.get("query"), data=data, headers=headers, timeout=timeout
+        ) as resp:
             raw = await resp.read()
             headers = {str(k): v for k, v in resp.headers.items()}
             return resp.status, headers, raw, resp.content_type

@@ -41,8 +41,11 @@ class PythonExecutor:
         path = request["function"]
         fn = self.resolve(path)
         if fn is None:
-            return Outcome.failure("config", f"function {path!r} cannot be found: import it or register "
-                                   "the workflow that defines it in this process")
+            return Outcome.failure(
+                "config",
+                f"function {path!r} cannot be found: import it or register "
+                "the workflow that defines it in this process",
+            )
         args = request.get("args") or {}
         try:
             if inspect.iscoroutinefunction(fn):
@@ -52,9 +55,13 @@ class PythonExecutor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return Outcome.failure("exception", f"{type(exc).__name__}: {exc}", type=type(exc).__name__)
+            return Outcome.failure(
+                "exception", f"{type(exc).__name__}: {exc}", type=type(exc).__name__
+            )
         try:
             orjson.dumps(result)
         except TypeError as exc:
-            return Outcome.failure("output", f"the function returned a value that is not JSON: {exc}")
+            return Outcome.failure(
+                "output", f"the function returned a value that is not JSON: {exc}"
+            )
         return Outcome(True, result)

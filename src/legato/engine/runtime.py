@@ -168,8 +168,9 @@ class Engine:
 
     async def apply(self, document: str | bytes | dict[str, Any]) -> WorkflowRecord:
         """Validate and register a definition document (YAML, JSON, or an already parsed mapping)."""
-        definition = load_definition(document, functions=self._functions,
-                                     services=self._services.keys())
+        definition = load_definition(
+            document, functions=self._functions, services=self._services.keys()
+        )
         return await self.register(definition)
 
     async def _workflow(self, name: str, version: int | None = None) -> Workflow:
@@ -183,8 +184,11 @@ class Engine:
             return self._workflows[(name, version)], version
         record = await self.store.get_workflow(name, version)
         if record is None:
-            raise NotFound(f"no workflow named {name!r}" if version is None
-                           else f"workflow {name!r} has no version {version}")
+            raise NotFound(
+                f"no workflow named {name!r}"
+                if version is None
+                else f"workflow {name!r} has no version {version}"
+            )
         key = (name, record.version)
         if key not in self._workflows:
             self._workflows[key] = build_workflow(record.spec, functions=self._functions)
@@ -194,21 +198,29 @@ class Engine:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    async def start_run(self, workflow: str, input: dict[str, Any] | None = None, *,
-                        version: int | None = None) -> str:
+    async def start_run(
+        self, workflow: str, input: dict[str, Any] | None = None, *, version: int | None = None
+    ) -> str:
         """Validate the input, commit the new run with its first steps, and return its id."""
         wf, found = await self.workflow_version(workflow, version)
         data, problems = check_object(wf.inputs, {} if input is None else input, "input")
         if problems:
             raise InputError(problems)
-        info = RunInfo(id=new_run_id(), workflow=workflow, version=found, status=PENDING,
-                       input=data, created_at=self.clock())
+        info = RunInfo(
+            id=new_run_id(),
+            workflow=workflow,
+            version=found,
+            status=PENDING,
+            input=data,
+            created_at=self.clock(),
+        )
         active = self._runs[info.id] = _Active(RunState(info), wf)
         await self._event(active, Start(), new_run=True)
         return info.id
 
-    async def run(self, workflow: str, input: dict[str, Any] | None = None,
-                  timeout: float | None = None) -> RunState:
+    async def run(
+        self, workflow: str, input: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> RunState:
         """Start a run and wait for it to end."""
         return await self.wait(await self.start_run(workflow, input), timeout)
 
@@ -259,7 +271,9 @@ class Engine:
 
     # -- the decide / commit / act loop -------------------------------------------------------
 
-    def _event(self, active: _Active, event: Event, *, new_run: bool = False) -> asyncio.Future[None]:
+    def _event(
+        self, active: _Active, event: Event, *, new_run: bool = False
+    ) -> asyncio.Future[None]:
         """Decide, keep the new state in memory, queue it for commit; the future resolves after commit."""
         decision = decide(active.wf, active.state, event, self.clock(), random.random())
         decision.new_run = new_run
@@ -338,14 +352,16 @@ class Engine:
         if info.status == RUNNING and info.deadline is not None and not self._closing:
             delay = max(0.0, info.deadline - self.clock())
             active.deadline = asyncio.get_running_loop().call_later(
-                delay, self._on_timer, active, Timeout())
+                delay, self._on_timer, active, Timeout()
+            )
 
     def _schedule(self, active: _Active, effect: Schedule) -> None:
         if self._closing:
             return
         delay = max(0.0, effect.at - self.clock())
         active.timers[effect.step] = asyncio.get_running_loop().call_later(
-            delay, self._on_timer, active, Wake(effect.step))
+            delay, self._on_timer, active, Wake(effect.step)
+        )
 
     def _on_timer(self, active: _Active, event: Event) -> None:
         if isinstance(event, Wake):
@@ -369,14 +385,17 @@ class Engine:
         started = self.clock()
         try:
             if isinstance(effect.action, HttpCall):
-                outcome = await self.http.execute(active.state.info.id, effect.step, effect.action,
-                                                  effect.request, effect.timeout)
+                outcome = await self.http.execute(
+                    active.state.info.id, effect.step, effect.action, effect.request, effect.timeout
+                )
             elif effect.timeout:
                 try:
                     async with asyncio.timeout(effect.timeout):
                         outcome = await self.python.execute(effect.request)
                 except TimeoutError:
-                    outcome = Outcome.failure("timeout", f"did not return within {effect.timeout:g}s")
+                    outcome = Outcome.failure(
+                        "timeout", f"did not return within {effect.timeout:g}s"
+                    )
             else:
                 outcome = await self.python.execute(effect.request)
         except asyncio.CancelledError:
@@ -388,6 +407,15 @@ class Engine:
             del active.tasks[effect.step]
         if self._closing or self._runs.get(active.state.info.id) is not active:
             return
-        self._event(active, StepDone(effect.step, effect.attempt, outcome.ok, outcome.output,
-                                     outcome.error, started, self.clock()))
-
+        self._event(
+            active,
+            StepDone(
+                effect.step,
+                effect.attempt,
+                outcome.ok,
+                outcome.output,
+                outcome.error,
+                started,
+                self.clock(),
+            ),
+        )

@@ -20,7 +20,9 @@ def is_services_in_order(data: Any) -> bool:
     return isinstance(data, dict) and "services" in data and "steps" not in data
 
 
-def to_native(data: dict[str, Any], problems: list[Problem]) -> tuple[dict[str, Any], list[Service]]:
+def to_native(
+    data: dict[str, Any], problems: list[Problem]
+) -> tuple[dict[str, Any], list[Service]]:
     """Return the native spec and the services the document declares inline (with an address)."""
     r = Reader(data, "", problems)
     name = r.raw("name")
@@ -41,7 +43,9 @@ def to_native(data: dict[str, Any], problems: list[Problem]) -> tuple[dict[str, 
             services.append(service)
             service_name = service.name
         else:
-            problems.append(Problem(where, "must be a service name or {name, address, inputs, outputs}"))
+            problems.append(
+                Problem(where, "must be a service name or {name, address, inputs, outputs}")
+            )
             continue
         step = _step_name(service_name, used)
         step_names.append((step, service_name))
@@ -57,7 +61,11 @@ def to_native(data: dict[str, Any], problems: list[Problem]) -> tuple[dict[str, 
     for step, service_name in step_names:
         data_so_far = "merge(input" + "".join(f", {x}" for x in replies) + ")"
         steps[step] = {
-            "http": {"service": service_name, "method": "POST", "json": "{{ " + data_so_far + " }}"},
+            "http": {
+                "service": service_name,
+                "method": "POST",
+                "json": "{{ " + data_so_far + " }}",
+            },
         }
         if replies:
             steps[step]["depends_on"] = [step_names[len(replies) - 1][0]]
@@ -86,5 +94,7 @@ def _output_names(outputs: Any) -> list[str]:
     if isinstance(outputs, dict):
         return [str(k) for k in outputs]
     if isinstance(outputs, list):
-        return [o["name"] for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str)]
+        return [
+            o["name"] for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str)
+        ]
     return []

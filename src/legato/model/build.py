@@ -59,7 +59,10 @@ def build_workflow(
         raise DefinitionError(problems)
     name = r.get("name", str)
     if name is not None and not WORKFLOW_NAME.match(name):
-        r.problem("name", "must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        r.problem(
+            "name",
+            "must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
     description = r.get("description", str, "")
     inputs = read_fields(r.raw("inputs"), "inputs", problems)
     outputs = read_fields(r.raw("outputs"), "outputs", problems)
@@ -88,7 +91,9 @@ def build_workflow(
     steps: dict[str, Step] = {}
     for step_name, body, path in step_items:
         if not STEP_NAME.match(step_name):
-            problems.append(Problem(path, "a step name must be a letter or '_' then letters, digits, '_'"))
+            problems.append(
+                Problem(path, "a step name must be a letter or '_' then letters, digits, '_'")
+            )
             continue
         if step_name in steps:
             problems.append(Problem(path, "duplicate step name"))
@@ -389,7 +394,9 @@ def _check_graph(steps: Mapping[str, Step], problems: list[Problem]) -> None:
             if dep not in steps:
                 problems.append(Problem(f"steps.{s.name}.depends_on[{i}]", f"unknown step {dep!r}"))
             elif dep == s.name:
-                problems.append(Problem(f"steps.{s.name}.depends_on[{i}]", "a step cannot depend on itself"))
+                problems.append(
+                    Problem(f"steps.{s.name}.depends_on[{i}]", "a step cannot depend on itself")
+                )
         if isinstance(s.action, Branch):
             for target in s.action.targets:
                 if target not in steps:
@@ -424,7 +431,7 @@ def _find_cycle(steps: Mapping[str, Step], left: set[str]) -> list[str]:
     while True:
         node = next(d for d in steps[node].depends_on if d in left)
         if node in seen:
-            cycle = path[path.index(node):] + [node]
+            cycle = [*path[path.index(node) :], node]
             return list(reversed(cycle))
         path.append(node)
         seen.add(node)
@@ -444,15 +451,23 @@ def _ancestors(steps: Mapping[str, Step], order: list[str]) -> dict[str, set[str
 def _action_templates(action: Action, path: str) -> list[tuple[str, Template]]:
     out: list[tuple[str, Template | None]] = []
     if isinstance(action, HttpCall):
-        out = [(f"{path}.url", action.url), (f"{path}.path", action.path), (f"{path}.query", action.query),
-               (f"{path}.headers", action.headers), (f"{path}.json", action.json),
-               (f"{path}.body", action.body)]
+        out = [
+            (f"{path}.url", action.url),
+            (f"{path}.path", action.path),
+            (f"{path}.query", action.query),
+            (f"{path}.headers", action.headers),
+            (f"{path}.json", action.json),
+            (f"{path}.body", action.body),
+        ]
     elif isinstance(action, PythonCall):
         out = [(f"{path}.args", action.args)]
     elif isinstance(action, Branch):
         out = [(f"{path}.cases[{i}].when", t) for i, (t, _) in enumerate(action.cases)]
     elif isinstance(action, MapOver):
-        return [(f"{path}.over", action.over), *_action_templates(action.action, f"{path}.step.{action.action.kind}")]
+        return [
+            (f"{path}.over", action.over),
+            *_action_templates(action.action, f"{path}.step.{action.action.kind}"),
+        ]
     elif isinstance(action, Fail):
         out = [(f"{path}.message", action.message)]
     return [(p, t) for p, t in out if t is not None]
@@ -469,9 +484,13 @@ def _check_references(
                 if ref not in steps:
                     problems.append(Problem(where, f"refers to unknown step {ref!r}"))
                 elif ref not in anc[n]:
-                    problems.append(Problem(
-                        where, f"refers to step {ref!r}, which does not run before {n!r} "
-                        f"(add it to depends_on)"))
+                    problems.append(
+                        Problem(
+                            where,
+                            f"refers to step {ref!r}, which does not run before {n!r} "
+                            f"(add it to depends_on)",
+                        )
+                    )
     if output is not None:
         for ref in sorted(output.references):
             if ref not in steps:
@@ -483,7 +502,13 @@ def unknown_services(steps: Mapping[str, Step], services: Collection[str]) -> li
     problems: list[Problem] = []
     for s in steps.values():
         action = s.action.action if isinstance(s.action, MapOver) else s.action
-        if isinstance(action, HttpCall) and action.service is not None and action.service not in services:
-            where = f"steps.{s.name}.{s.kind}" + (".step.http" if isinstance(s.action, MapOver) else "")
+        if (
+            isinstance(action, HttpCall)
+            and action.service is not None
+            and action.service not in services
+        ):
+            where = f"steps.{s.name}.{s.kind}" + (
+                ".step.http" if isinstance(s.action, MapOver) else ""
+            )
             problems.append(Problem(f"{where}.service", f"unknown service {action.service!r}"))
     return problems

@@ -80,7 +80,9 @@ def check_object(
         for key in data:
             if key not in known:
                 where = f"{path}.{key}" if path else key
-                problems.append(Problem(where, f"is not a declared field ({', '.join(sorted(known))})"))
+                problems.append(
+                    Problem(where, f"is not a declared field ({', '.join(sorted(known))})")
+                )
     return out, problems
 
 

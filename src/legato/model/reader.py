@@ -97,7 +97,10 @@ def read_fields(value: Any, path: str, problems: list[Problem]) -> tuple[Field, 
         return ()
     items: list[tuple[str, Any]]
     if isinstance(value, dict):
-        items = [(join(path, k), {"name": k, "type": v} if isinstance(v, str) else v) for k, v in value.items()]
+        items = [
+            (join(path, k), {"name": k, "type": v} if isinstance(v, str) else v)
+            for k, v in value.items()
+        ]
         for (_, item), key in zip(items, value, strict=True):
             if isinstance(item, dict):
                 item.setdefault("name", key)
@@ -133,8 +136,14 @@ def read_fields(value: Any, path: str, problems: list[Problem]) -> tuple[Field, 
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-             dict: "a mapping", list: "a list"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        dict: "a mapping",
+        list: "a list",
+    }
     if isinstance(kind, tuple):
         if set(kind) == {int, float}:
             return "a number"

@@ -14,7 +14,16 @@ from legato.model.fields import Field
 
 # Failure kinds an executor reports; a retry policy names the ones it retries.
 FAILURE_KINDS = (
-    "network", "timeout", "5xx", "429", "4xx", "status", "exception", "input", "output", "template",
+    "network",
+    "timeout",
+    "5xx",
+    "429",
+    "4xx",
+    "status",
+    "exception",
+    "input",
+    "output",
+    "template",
     "config",
 )
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})

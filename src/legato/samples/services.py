@@ -100,17 +100,33 @@ def directory(base_url: str) -> list[Service]:
     """The directory entries for the sample services served at `base_url`."""
     base = base_url.rstrip("/")
     return [
-        Service.from_dict({"name": "upper", "address": f"{base}/upper",
-                           "inputs": [{"name": "message", "type": "string"}],
-                           "outputs": [{"name": "message", "type": "string"}]}),
-        Service.from_dict({"name": "reverse", "address": f"{base}/reverse",
-                           "inputs": [{"name": "message", "type": "string"}],
-                           "outputs": [{"name": "message", "type": "string"}]}),
-        Service.from_dict({"name": "space-counter", "address": f"{base}/space-counter",
-                           "outputs": [{"name": "spaces", "type": "integer"}]}),
+        Service.from_dict(
+            {
+                "name": "upper",
+                "address": f"{base}/upper",
+                "inputs": [{"name": "message", "type": "string"}],
+                "outputs": [{"name": "message", "type": "string"}],
+            }
+        ),
+        Service.from_dict(
+            {
+                "name": "reverse",
+                "address": f"{base}/reverse",
+                "inputs": [{"name": "message", "type": "string"}],
+                "outputs": [{"name": "message", "type": "string"}],
+            }
+        ),
+        Service.from_dict(
+            {
+                "name": "space-counter",
+                "address": f"{base}/space-counter",
+                "outputs": [{"name": "spaces", "type": "integer"}],
+            }
+        ),
         Service(name="stock", base_url=f"{base}/stock", concurrency=50),
-        Service(name="billing", base_url=f"{base}/billing", concurrency=20,
-                token="sample-billing-token"),
+        Service(
+            name="billing", base_url=f"{base}/billing", concurrency=20, token="sample-billing-token"
+        ),
         Service(name="invoicing", base_url=f"{base}/invoicing"),
         Service(name="mail", base_url=f"{base}/mail"),
     ]
@@ -122,9 +138,7 @@ async def start(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, 
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets
-    bound = server.sockets[0].getsockname()[1]
+    bound = runner.addresses[0][1]
     return runner, f"http://{host}:{bound}"
 
 

@@ -38,7 +38,9 @@ class Store(Protocol):
     async def save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
         """Return the latest version if its digest matches, else store the next version."""
 
-    async def get_workflow(self, name: str, version: int | None = None) -> WorkflowRecord | None: ...
+    async def get_workflow(
+        self, name: str, version: int | None = None
+    ) -> WorkflowRecord | None: ...
 
     async def list_workflows(self) -> list[WorkflowRecord]:
         """The latest version of each workflow, by name."""

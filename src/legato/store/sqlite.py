@@ -68,10 +68,13 @@ INSERT OR REPLACE INTO attempts (run_id, step, attempt, status, started_at, fini
                                  output, error)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_RUN_COLUMNS = "id, workflow, version, status, input, output, error, created_at, started_at, " \
-               "finished_at, deadline"
-_STEP_COLUMNS = "name, status, attempt, tries, started_at, finished_at, next_at, request, output, " \
-                "error, reason"
+_RUN_COLUMNS = (
+    "id, workflow, version, status, input, output, error, created_at, started_at, "
+    "finished_at, deadline"
+)
+_STEP_COLUMNS = (
+    "name, status, attempt, tries, started_at, finished_at, next_at, request, output, error, reason"
+)
 
 
 _DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
@@ -106,7 +109,9 @@ class SQLiteStore:
         self.path, options = sqlite_path(url)
         sync = options.get("synchronous", ["normal"])[0].upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise LegatoError(f"synchronous must be off, normal, full or extra, not {sync.lower()!r}")
+            raise LegatoError(
+                f"synchronous must be off, normal, full or extra, not {sync.lower()!r}"
+            )
         self.synchronous = sync
         # Without an fsync per commit, a batch commits in well under a millisecond: doing it on the
         # event loop beats handing it to a thread (measured). With FULL, the fsync goes to a thread.
@@ -140,7 +145,9 @@ class SQLiteStore:
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.executescript(SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO legato_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute(
+            "INSERT OR IGNORE INTO legato_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
         self._conn = conn
 
     async def close(self) -> None:
@@ -164,20 +171,57 @@ class SQLiteStore:
         for d in decisions:
             if d.run is not None:
                 r = d.run
-                runs[r.id] = (r.id, r.workflow, r.version, r.status, _dump(r.input), _dump(r.output),
-                              _dump(r.error), r.created_at, r.started_at, r.finished_at, r.deadline)
+                runs[r.id] = (
+                    r.id,
+                    r.workflow,
+                    r.version,
+                    r.status,
+                    _dump(r.input),
+                    _dump(r.output),
+                    _dump(r.error),
+                    r.created_at,
+                    r.started_at,
+                    r.finished_at,
+                    r.deadline,
+                )
             for s in d.steps.values():
                 steps[(d.run_id, s.name)] = (
-                    d.run_id, s.name, s.status, s.attempt, s.tries, s.started_at, s.finished_at,
-                    s.next_at, _dump(s.request), _dump(s.output), _dump(s.error), s.reason)
+                    d.run_id,
+                    s.name,
+                    s.status,
+                    s.attempt,
+                    s.tries,
+                    s.started_at,
+                    s.finished_at,
+                    s.next_at,
+                    _dump(s.request),
+                    _dump(s.output),
+                    _dump(s.error),
+                    s.reason,
+                )
             for a in d.attempts:
-                attempts.append((a.run_id, a.step, a.attempt, a.status, a.started_at, a.finished_at,
-                                 _dump(a.request), _dump(a.output), _dump(a.error)))
+                attempts.append(
+                    (
+                        a.run_id,
+                        a.step,
+                        a.attempt,
+                        a.status,
+                        a.started_at,
+                        a.finished_at,
+                        _dump(a.request),
+                        _dump(a.output),
+                        _dump(a.error),
+                    )
+                )
         if runs or steps or attempts:
             await self._call(self._write, list(runs.values()), list(steps.values()), attempts)
 
-    def _write(self, runs: list[tuple[Any, ...]], steps: list[tuple[Any, ...]],
-               attempts: list[tuple[Any, ...]]) -> None:
+    def _write(
+        self,
+        runs: list[tuple[Any, ...]],
+        steps: list[tuple[Any, ...]],
+        attempts: list[tuple[Any, ...]],
+    ) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -201,14 +245,18 @@ class SQLiteStore:
         try:
             row = conn.execute(
                 "SELECT version, digest, spec, created_at FROM workflows WHERE name = ? "
-                "ORDER BY version DESC LIMIT 1", (name,)).fetchone()
+                "ORDER BY version DESC LIMIT 1",
+                (name,),
+            ).fetchone()
             if row is not None and row[1] == digest:
                 conn.execute("COMMIT")
                 return WorkflowRecord(name, row[0], row[1], orjson.loads(row[2]), row[3])
             version = 1 if row is None else row[0] + 1
             now = time.time()
-            conn.execute("INSERT INTO workflows VALUES (?, ?, ?, ?, ?)",
-                         (name, version, digest, _dump(spec), now))
+            conn.execute(
+                "INSERT INTO workflows VALUES (?, ?, ?, ?, ?)",
+                (name, version, digest, _dump(spec), now),
+            )
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -216,8 +264,11 @@ class SQLiteStore:
         return WorkflowRecord(name, version, digest, spec, now, created=True)
 
     async def put_service(self, service: Service) -> None:
-        await self._call(self._execute, "INSERT OR REPLACE INTO services VALUES (?, ?, ?)",
-                         (service.name, _dump(service.to_dict()), time.time()))
+        await self._call(
+            self._execute,
+            "INSERT OR REPLACE INTO services VALUES (?, ?, ?)",
+            (service.name, _dump(service.to_dict()), time.time()),
+        )
 
     async def delete_service(self, name: str) -> bool:
         return await self._call(self._execute, "DELETE FROM services WHERE name = ?", (name,)) > 0
@@ -232,18 +283,28 @@ class SQLiteStore:
 
     async def get_workflow(self, name: str, version: int | None = None) -> WorkflowRecord | None:
         if version is None:
-            rows = await self._call(self._fetch, "SELECT name, version, digest, spec, created_at FROM "
-                                    "workflows WHERE name = ? ORDER BY version DESC LIMIT 1", (name,))
+            rows = await self._call(
+                self._fetch,
+                "SELECT name, version, digest, spec, created_at FROM "
+                "workflows WHERE name = ? ORDER BY version DESC LIMIT 1",
+                (name,),
+            )
         else:
-            rows = await self._call(self._fetch, "SELECT name, version, digest, spec, created_at FROM "
-                                    "workflows WHERE name = ? AND version = ?", (name, version))
+            rows = await self._call(
+                self._fetch,
+                "SELECT name, version, digest, spec, created_at FROM "
+                "workflows WHERE name = ? AND version = ?",
+                (name, version),
+            )
         return _workflow(rows[0]) if rows else None
 
     async def list_workflows(self) -> list[WorkflowRecord]:
         rows = await self._call(
-            self._fetch, "SELECT w.name, w.version, w.digest, w.spec, w.created_at FROM workflows w "
+            self._fetch,
+            "SELECT w.name, w.version, w.digest, w.spec, w.created_at FROM workflows w "
             "JOIN (SELECT name, MAX(version) AS v FROM workflows GROUP BY name) m "
-            "ON w.name = m.name AND w.version = m.v ORDER BY w.name")
+            "ON w.name = m.name AND w.version = m.v ORDER BY w.name",
+        )
         return [_workflow(r) for r in rows]
 
     async def list_services(self) -> list[Service]:
@@ -255,8 +316,9 @@ class SQLiteStore:
 
     def _load_active(self) -> list[RunState]:
         marks = ", ".join("?" for _ in ACTIVE_RUN)
-        rows = self._fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks})",
-                           tuple(sorted(ACTIVE_RUN)))
+        rows = self._fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks})", tuple(sorted(ACTIVE_RUN))
+        )
         return [RunState(_run(r), self._steps(r[0])) for r in rows]
 
     def _steps(self, run_id: str) -> dict[str, StepState]:
@@ -276,16 +338,26 @@ class SQLiteStore:
         """Failed and cancelled attempts are rows of `attempts`; a succeeded attempt lives only in its
         step's row (it is the step's last), which spares a write per step on the hot path."""
         rows = await self._call(
-            self._fetch, "SELECT run_id, step, attempt, status, started_at, finished_at, request, "
+            self._fetch,
+            "SELECT run_id, step, attempt, status, started_at, finished_at, request, "
             "output, error FROM attempts WHERE run_id = ? UNION ALL "
             "SELECT run_id, name, attempt, status, started_at, finished_at, request, output, error "
             "FROM steps WHERE run_id = ? AND status = 'succeeded' AND attempt > 0 "
-            "ORDER BY 5, 2, 3", (run_id, run_id))
-        return [Attempt(r[0], r[1], r[2], r[3], r[4], r[5], _load(r[6]), _load(r[7]), _load(r[8]))
-                for r in rows]
+            "ORDER BY 5, 2, 3",
+            (run_id, run_id),
+        )
+        return [
+            Attempt(r[0], r[1], r[2], r[3], r[4], r[5], _load(r[6]), _load(r[7]), _load(r[8]))
+            for r in rows
+        ]
 
-    async def list_runs(self, workflow: str | None = None, status: str | None = None, limit: int = 50,
-                        before: str | None = None) -> list[RunInfo]:
+    async def list_runs(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[RunInfo]:
         where, params = [], []
         if workflow is not None:
             where.append("workflow = ?")
@@ -309,12 +381,32 @@ def _workflow(r: tuple[Any, ...]) -> WorkflowRecord:
 
 
 def _run(r: tuple[Any, ...]) -> RunInfo:
-    return RunInfo(id=r[0], workflow=r[1], version=r[2], status=r[3], input=orjson.loads(r[4]),
-                   output=_load(r[5]), error=_load(r[6]), created_at=r[7], started_at=r[8],
-                   finished_at=r[9], deadline=r[10])
+    return RunInfo(
+        id=r[0],
+        workflow=r[1],
+        version=r[2],
+        status=r[3],
+        input=orjson.loads(r[4]),
+        output=_load(r[5]),
+        error=_load(r[6]),
+        created_at=r[7],
+        started_at=r[8],
+        finished_at=r[9],
+        deadline=r[10],
+    )
 
 
 def _step(r: tuple[Any, ...]) -> StepState:
-    return StepState(name=r[0], status=r[1], attempt=r[2], tries=r[3], started_at=r[4],
-                     finished_at=r[5], next_at=r[6], request=_load(r[7]), output=_load(r[8]),
-                     error=_load(r[9]), reason=r[10])
+    return StepState(
+        name=r[0],
+        status=r[1],
+        attempt=r[2],
+        tries=r[3],
+        started_at=r[4],
+        finished_at=r[5],
+        next_at=r[6],
+        request=_load(r[7]),
+        output=_load(r[8]),
+        error=_load(r[9]),
+        reason=r[10],
+    )
