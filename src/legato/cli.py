@@ -212,3 +212,7 @@ def export(file: str) -> None:
     except ValidationError as exc:
         _fail(exc)
     click.echo(yaml.safe_dump(definition.workflow.to_dict(), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()
