@@ -29,8 +29,10 @@ def test_demo_runs_the_sample_workflows_end_to_end(tmp_path: Path) -> None:
 
 def test_validate_names_the_path_of_each_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nsteps:\n  a: {http: {url: 'http://h/'}, retry: {delay: soon}}\n"
-                   "  b: {http: {url: 'http://h/'}, depends_on: [zzz]}\n")
+    bad.write_text(
+        "name: x\nsteps:\n  a: {http: {url: 'http://h/'}, retry: {delay: soon}}\n"
+        "  b: {http: {url: 'http://h/'}, depends_on: [zzz]}\n"
+    )
     done = run_cli("validate", str(bad))
     assert done.returncode == 2
     assert "steps.a.retry.delay: must be a duration" in done.stderr
@@ -48,29 +50,47 @@ def test_malformed_yaml_is_a_clear_error(tmp_path: Path) -> None:
     assert "malformed YAML at line" in done.stderr
 
 
-async def test_run_registers_services_and_runs_a_file(tmp_path: Path, service: LoopbackService) -> None:
+async def test_run_registers_services_and_runs_a_file(
+    tmp_path: Path, service: LoopbackService
+) -> None:
     (tmp_path / "services.yaml").write_text(f"- {{name: svc, base_url: '{service.url}'}}\n")
     (tmp_path / "wf.yaml").write_text(
         "name: hello\ninputs: {who: string}\nsteps:\n"
         "  greet: {http: {service: svc, path: /echo, json: {who: '{{ input.who }}'}}}\n"
-        "output: '{{ steps.greet.output.body.echo.who }}'\n")
+        "output: '{{ steps.greet.output.body.echo.who }}'\n"
+    )
     proc = await _run_async(
-        "run", str(tmp_path / "wf.yaml"), "--services", str(tmp_path / "services.yaml"),
-        "--input", '{"who": "ada"}', "--db", f"sqlite:///{tmp_path / 'x.db'}")
+        "run",
+        str(tmp_path / "wf.yaml"),
+        "--services",
+        str(tmp_path / "services.yaml"),
+        "--input",
+        '{"who": "ada"}',
+        "--db",
+        f"sqlite:///{tmp_path / 'x.db'}",
+    )
     code, out, err = proc
     assert code == 0, err
     assert orjson.loads(out)["output"] == "ada"
     code, out, err = await _run_async(
-        "run", str(tmp_path / "wf.yaml"), "--input", '{"who": 1}', "--db",
-        f"sqlite:///{tmp_path / 'x.db'}")
+        "run",
+        str(tmp_path / "wf.yaml"),
+        "--input",
+        '{"who": 1}',
+        "--db",
+        f"sqlite:///{tmp_path / 'x.db'}",
+    )
     assert code == 2
     assert "input.who: must be a string, got integer" in err
 
 
 def test_python_dsl_example_runs(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "examples/order_dsl.py"),
-                           f"sqlite:///{tmp_path / 'ex.db'}"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples/order_dsl.py"), f"sqlite:///{tmp_path / 'ex.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout)["output"]["receipt"]["total"] == 120.0
 
@@ -80,6 +100,7 @@ async def _run_async(*args: str) -> tuple[int, str, str]:
     import asyncio
 
     proc = await asyncio.create_subprocess_exec(
-        *LEGATO, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *LEGATO, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
