@@ -8,7 +8,6 @@ a step that reads a result it cannot have yet.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +15,6 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-_SINGLE = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
 Context = Mapping[str, Any]
 
 
@@ -121,17 +119,18 @@ def _compile(value: Any, refs: set[str]) -> Callable[[Context], Any]:
 
 
 def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
-    single = _SINGLE.match(text)
-    is_single = bool(single) and "}}" not in single.group(1) and "{{" not in single.group(1)  # type: ignore[union-attr]
+    stripped = text.strip()
     try:
         tree = ENV.parse(text)
     except jinja2.TemplateSyntaxError as exc:
-        kind = "expression" if is_single else "template"
+        single = stripped.startswith("{{") and stripped.endswith("}}")
+        kind = "expression" if single else "template"
         raise TemplateError(f"bad {kind} {text!r}: {exc.message}") from None
     refs.update(_step_refs(tree))
-    if is_single:
-        assert single is not None
-        expr = single.group(1).strip()
+    # One expression and nothing else (the parse tells `{{ {'a': {'b': 1}} }}` from `{{ a }}{{ b }}`).
+    node = _single_output(ENV.parse(stripped)) if stripped.startswith("{{") else None
+    if node is not None and not isinstance(node, nodes.TemplateData) and stripped.endswith("}}"):
+        expr = stripped[2:-2].strip()
         try:
             compiled = ENV.compile_expression(expr, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
@@ -146,7 +145,7 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
                 raise TemplateError(f"{text!r} yields a {type(result).__name__}, not a JSON value")
             return result
 
-        path = _as_path(_single_output(tree))
+        path = _as_path(node)
         return _fast_path(path, render_expr) if path else render_expr
     template = ENV.from_string(text)
 

@@ -381,6 +381,9 @@ class _Txn:
                 if not c.done:
                     if c.status in (RUNNING, WAITING):
                         self.effects.append(Abort(c.name))
+                    if c.status == RUNNING:
+                        cancelled = {"kind": "cancelled", "message": "another item failed"}
+                        self.record(c, CANCELLED, None, cancelled, self.now)
                     self.set(
                         c._replace(
                             status=CANCELLED,
@@ -391,6 +394,7 @@ class _Txn:
                     )
             err = dict(failed.error or {})
             err["message"] = f"item {failed.name} failed: {err.get('message', failed.status)}"
+            self.record(p, FAILED, None, err, self.now)
             self.set(p._replace(status=FAILED, error=err, finished_at=self.now))
             self.after_terminal(parent)
             return
@@ -455,23 +459,21 @@ class _Txn:
         if not step.depends_on:
             return READY, ""
         statuses: list[str] = []
-        by_branch = False
         for dep in step.depends_on:
             ds = self.get(dep)
-            status = ds.status
+            branch = self.wf.steps[dep].action
             if (
-                status == SUCCEEDED
-                and isinstance(self.wf.steps[dep].action, Branch)
+                isinstance(branch, Branch)
+                and name in branch.targets
+                and ds.status == SUCCEEDED
                 and name not in ds.output["next"]
             ):
-                status, by_branch = SKIPPED, True
-            statuses.append(status)
+                return SKIP, BRANCH_NOT_TAKEN  # an untaken target never runs, whatever its trigger
+            statuses.append(ds.status)
         failed = any(st in (FAILED, CANCELLED) for st in statuses)
         done = all(st in TERMINAL for st in statuses)
         succeeded = [st == SUCCEEDED for st in statuses]
-        skip_reason = (
-            UPSTREAM_FAILED if failed else BRANCH_NOT_TAKEN if by_branch else UPSTREAM_SKIPPED
-        )
+        skip_reason = UPSTREAM_FAILED if failed else UPSTREAM_SKIPPED
         rule = step.trigger
         if rule == "all_succeeded":
             if failed or SKIPPED in statuses:

@@ -68,6 +68,8 @@ def build_workflow(
     outputs = read_fields(r.raw("outputs"), "outputs", problems)
     output = _template(r, "output")
     timeout = r.duration("timeout")
+    if timeout is not None and timeout <= 0:
+        r.problem("timeout", "must be positive")
     defaults = _read_defaults(r.raw("defaults"), problems)
 
     raw_steps = r.raw("steps")
@@ -306,6 +308,8 @@ def _read_success(r: Reader) -> tuple[tuple[int, int], ...]:
             ranges.append((lo, lo + 99))
         else:
             r.problem(f"success[{i}]", "must be a status code (100-599) or a class such as '2xx'")
+    if not items:
+        r.problem("success", "must list at least one status code or class")
     return tuple(ranges)
 
 

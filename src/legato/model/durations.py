@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -13,6 +14,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite duration")
         if value < 0:
             raise ValueError("must not be negative")
         return float(value)

@@ -97,13 +97,13 @@ def read_fields(value: Any, path: str, problems: list[Problem]) -> tuple[Field, 
         return ()
     items: list[tuple[str, Any]]
     if isinstance(value, dict):
-        items = [
-            (join(path, k), {"name": k, "type": v} if isinstance(v, str) else v)
-            for k, v in value.items()
-        ]
-        for (_, item), key in zip(items, value, strict=True):
-            if isinstance(item, dict):
-                item.setdefault("name", key)
+        items = []
+        for key, spec in value.items():
+            if isinstance(spec, str):
+                spec = {"name": key, "type": spec}
+            elif isinstance(spec, dict):
+                spec = {"name": key, **spec}  # a copy: the caller's definition stays as written
+            items.append((join(path, key), spec))
     elif isinstance(value, list):
         items = [(join(path, i), v) for i, v in enumerate(value)]
     else:
