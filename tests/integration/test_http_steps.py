@@ -344,3 +344,15 @@ async def test_runs_stay_pinned_to_their_version(engine: Engine, service: Loopba
     assert run.steps["a"].request["path"] == "/slow"
     newer = await engine.run("wf", {}, timeout=10)
     assert newer.info.version == 2
+
+
+async def test_refused_services_in_order_document_registers_nothing(engine: Engine) -> None:
+    document = {
+        "name": "half",
+        "services": [{"name": "fresh", "address": "http://127.0.0.1:9/fresh"}, "missing"],
+    }
+    with pytest.raises(DefinitionError, match="unknown service 'missing'"):
+        await engine.apply(document)
+    assert engine.service("fresh") is None
+    assert [s.name for s in await engine.store.list_services()] == ["svc"]
+    assert await engine.store.get_workflow("half") is None

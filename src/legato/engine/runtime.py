@@ -151,15 +151,18 @@ class Engine:
 
     async def register(self, definition: Workflow | Definition) -> WorkflowRecord:
         """Store a workflow (and the services its document declares); same definition, same version."""
+        inline: tuple[Service, ...] = ()
         if isinstance(definition, Definition):
-            wf = definition.workflow
-            for service in definition.services:
-                await self.put_service(service)
+            wf, inline = definition.workflow, definition.services
         else:
             wf = definition
-        problems = unknown_services(wf.steps, self._services)
+        # Check everything before writing anything: a refused definition leaves no service behind.
+        known = {*self._services, *(s.name for s in inline)}
+        problems = unknown_services(wf.steps, known)
         if problems:
             raise DefinitionError(problems)
+        for service in inline:
+            await self.put_service(service)
         self._functions.update(wf.functions)
         record = await self.store.save_workflow(wf.name, wf.digest, wf.spec)
         self._workflows[(wf.name, record.version)] = wf
