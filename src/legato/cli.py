@@ -6,7 +6,7 @@ import asyncio
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import orjson
@@ -16,7 +16,7 @@ from legato import aio
 from legato.engine.runtime import Engine
 from legato.engine.state import RunState
 from legato.errors import LegatoError, ValidationError
-from legato.formats.loader import load_definition, parse_document
+from legato.formats.loader import Definition, load_definition, parse_document
 from legato.model.service import Service
 
 DEFAULT_DB = "sqlite:///legato.db"
@@ -26,7 +26,7 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode()
 
 
-def _fail(exc: LegatoError) -> None:
+def _fail(exc: LegatoError) -> NoReturn:
     click.secho(str(exc), fg="red", err=True)
     sys.exit(2)
 
@@ -70,14 +70,19 @@ def main() -> None:
     """Legato: durable workflows across your HTTP microservices."""
 
 
+def _load_file(file: str) -> Definition:
+    """A definition file, or exit 2 with every problem listed by path."""
+    try:
+        return load_definition(Path(file).read_bytes())
+    except ValidationError as exc:
+        _fail(exc)
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def validate(file: str) -> None:
     """Check a workflow definition (YAML or JSON) and print its steps in order."""
-    try:
-        definition = load_definition(Path(file).read_bytes())
-    except ValidationError as exc:
-        _fail(exc)
+    definition = _load_file(file)
     wf = definition.workflow
     click.echo(f"{wf.name}: valid, {len(wf.steps)} steps")
     for step in wf.steps.values():
@@ -207,10 +212,7 @@ def demo(db: str) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def export(file: str) -> None:
     """Print a definition in the native YAML form (services-in-order documents are expanded)."""
-    try:
-        definition = load_definition(Path(file).read_bytes())
-    except ValidationError as exc:
-        _fail(exc)
+    definition = _load_file(file)
     click.echo(yaml.safe_dump(definition.workflow.to_dict(), sort_keys=False))
 
 
