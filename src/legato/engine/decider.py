@@ -263,6 +263,30 @@ class _Txn:
             )
         )
 
+    def new_attempt(
+        self,
+        name: str,
+        status: str,
+        *,
+        request: Any = None,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> StepState:
+        """The step's next attempt, begun now; a terminal status also ends it now."""
+        prev = self.get(name)
+        return prev._replace(
+            status=status,
+            attempt=prev.attempt + 1,
+            tries=prev.tries + 1,
+            started_at=self.now,
+            finished_at=self.now if status in TERMINAL else None,
+            next_at=None,
+            request=request,
+            output=output,
+            error=error,
+            reason=None,
+        )
+
     def activate(self, name: str) -> None:
         """Start a step whose dependencies allow it."""
         step = self.wf.steps[name]
@@ -279,19 +303,7 @@ class _Txn:
     def dispatch(
         self, name: str, step: Step, action: HttpCall | PythonCall, extra: dict[str, Any] | None
     ) -> None:
-        prev = self.get(name)
-        s = prev._replace(
-            status=RUNNING,
-            attempt=prev.attempt + 1,
-            tries=prev.tries + 1,
-            started_at=self.now,
-            finished_at=None,
-            next_at=None,
-            output=None,
-            error=None,
-            reason=None,
-            request=None,
-        )
+        s = self.new_attempt(name, RUNNING)
         try:
             request = render_request(action, self.context(extra))
         except TemplateError as exc:
@@ -305,17 +317,7 @@ class _Txn:
 
     def inline_result(self, name: str, ok: bool, output: Any, error: dict[str, Any] | None) -> None:
         """Branch and fail steps decide at once, without an executor."""
-        prev = self.get(name)
-        s = prev._replace(
-            status=SUCCEEDED if ok else FAILED,
-            attempt=prev.attempt + 1,
-            tries=prev.tries + 1,
-            started_at=self.now,
-            finished_at=self.now,
-            output=output,
-            error=error,
-            reason=None,
-        )
+        s = self.new_attempt(name, SUCCEEDED if ok else FAILED, output=output, error=error)
         self.set(s)
         self.record(s, s.status, output, error, self.now)
         self.after_terminal(name)
@@ -339,7 +341,6 @@ class _Txn:
         self.inline_result(name, False, None, {"kind": "fail", "message": str(message)})
 
     def run_map(self, name: str, spec: MapOver) -> None:
-        prev = self.get(name)
         try:
             items = spec.over.render(self.context())
             if not isinstance(items, list):
@@ -347,19 +348,7 @@ class _Txn:
         except TemplateError as exc:
             self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
             return
-        self.set(
-            prev._replace(
-                status=RUNNING,
-                attempt=prev.attempt + 1,
-                tries=prev.tries + 1,
-                started_at=self.now,
-                finished_at=None,
-                request={"items": items},
-                output=None,
-                error=None,
-                reason=None,
-            )
-        )
+        self.set(self.new_attempt(name, RUNNING, request={"items": items}))
         for i in range(len(items)):
             c = self.get(child_name(name, i))
             if c.status != SUCCEEDED:
