@@ -7,6 +7,7 @@ run. The service is looked up at call time, so a changed address applies to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -101,12 +102,9 @@ class HttpExecutor:
         limit = timeout or (service.timeout if service else DEFAULT_TIMEOUT)
         where = f"{method} {url}"
         try:
-            if service is not None:
-                async with self._semaphore(service):
-                    status, resp_headers, raw, ctype = await self._send(
-                        method, url, request, headers, data, limit
-                    )
-            else:
+            # A call by URL has no directory entry, hence no limit.
+            gate = self._semaphore(service) if service is not None else contextlib.nullcontext()
+            async with gate:
                 status, resp_headers, raw, ctype = await self._send(
                     method, url, request, headers, data, limit
                 )
