@@ -18,12 +18,16 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LEGATO, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def test_demo_runs_the_sample_workflows_end_to_end(tmp_path: Path) -> None:
-    done = run_cli("demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}")
+def test_demo_serves_the_samples_and_runs_the_order_through_the_api(tmp_path: Path) -> None:
+    done = run_cli("demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}", "--port", "0", "--exit")
     assert done.returncode == 0, done.stderr
-    assert "demo: all runs succeeded" in done.stderr
-    assert '"status": "succeeded"' in done.stdout
-    assert "SECIVRESORCIM ROF SWOLFKROW ELBARUD" in done.stdout
+    assert "demo: the order run succeeded" in done.stderr
+    assert "workflow take-order v1" in done.stderr
+    assert "/docs" in done.stderr  # the address to look at
+    run = orjson.loads(done.stdout)
+    assert run["status"] == "succeeded"
+    assert run["output"]["labels"] == ["NOTEBOOK", "PENCIL"]
+    assert run["steps"]["refuse"] == "skipped"
     assert (tmp_path / "demo.db").exists()
 
 

@@ -109,6 +109,7 @@ class _Txn:
     def decision(self) -> Decision:
         return Decision(
             run_id=self.info.id,
+            workflow=self.info.workflow,
             run=self.info if self.info_changed else None,
             steps=self.changed,
             attempts=self.attempts,

@@ -9,10 +9,11 @@ is committed. Batches form by themselves: whatever piles up while one commit is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,15 +43,24 @@ from legato.engine.state import (
     Timeout,
     Wake,
 )
-from legato.errors import Conflict, DefinitionError, InputError, NotFound
+from legato.errors import Conflict, DefinitionError, InputError, NotFound, Problem
 from legato.formats.loader import Definition, load_definition
 from legato.model.build import build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.service import Service
-from legato.model.workflow import HttpCall, Workflow
+from legato.model.workflow import HttpCall, MapOver, PythonCall, Step, Workflow
 from legato.store.protocol import Store, WorkflowRecord, open_store
 
 log = logging.getLogger("legato.engine")
+
+
+def _python_calls(step: Step) -> list[tuple[str, PythonCall]]:
+    action = step.action
+    if isinstance(action, PythonCall):
+        return [("python", action)]
+    if isinstance(action, MapOver) and isinstance(action.action, PythonCall):
+        return [("map.step.python", action.action)]
+    return []
 
 
 @dataclass(slots=True)
@@ -66,7 +76,15 @@ class _Active:
 class Engine:
     """Use as `async with Engine.open("sqlite:///legato.db") as engine:`."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        python_modules: Collection[str] | None = None,
+    ) -> None:
+        """`python_modules`, when given, are the only modules a definition document's Python steps
+        may import functions from (a server passes its allow-list; None allows any import)."""
         self.store = store
         self.clock = clock
         self._services: dict[str, Service] = {}
@@ -79,13 +97,17 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
+        self._draining = False
+        self._listeners: list[Callable[[Decision], None]] = []
         self.http = HttpExecutor(self._services.get)
-        self.python = PythonExecutor(self._functions)
+        self.python = PythonExecutor(self._functions, python_modules)
         self.stats = {"commits": 0, "decisions": 0, "step_transitions": 0}
 
     @classmethod
-    def open(cls, url: str = "sqlite:///legato.db") -> Engine:
-        return cls(open_store(url))
+    def open(
+        cls, url: str = "sqlite:///legato.db", *, python_modules: Collection[str] | None = None
+    ) -> Engine:
+        return cls(open_store(url), python_modules=python_modules)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -112,10 +134,35 @@ class Engine:
             self._arm_deadline(active)
             self._event(active, Resume())
 
-    async def close(self) -> None:
-        """Stop taking events, let the last batch commit, and leave in-flight steps resumable."""
-        self._closing = True
+    def drain(self) -> None:
+        """Start no new step from now on; steps under way finish and their outcomes are committed.
+
+        What the drain leaves undone stays in the store as running or pending, and the next engine on
+        the same database resumes it (with the same Idempotency-Key for a repeated call).
+        """
+        self._draining = True
+        for active in self._runs.values():
+            for fut in active.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            active.waiters.clear()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop taking events, let the last batch commit, and leave in-flight steps resumable.
+
+        With a `grace` period, steps under way get that long to finish (and have their outcome
+        committed) before the rest are abandoned to the next start.
+        """
+        self.drain()
         tasks = [t for a in self._runs.values() for t in a.tasks.values()]
+        if grace > 0 and tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        self._closing = True
+        tasks = [t for t in tasks if not t.done()]
         for active in self._runs.values():
             for handle in active.timers.values():
                 handle.cancel()
@@ -174,7 +221,20 @@ class Engine:
         definition = load_definition(
             document, functions=self._functions, services=self._services.keys()
         )
+        refused = [
+            Problem(f"steps.{step.name}.{where}.function", f"{call.function!r} {self._refusal()}")
+            for step in definition.workflow.steps.values()
+            for where, call in _python_calls(step)
+            if call.function not in self._functions and not self.python.importable(call.function)
+        ]
+        if refused:
+            raise DefinitionError(refused)
         return await self.register(definition)
+
+    def _refusal(self) -> str:
+        modules = self.python.modules or ()
+        allowed = ", ".join(modules) if modules else "none (start the server with --python-module)"
+        return f"is not in a module this engine may import; allowed: {allowed}"
 
     async def _workflow(self, name: str, version: int | None = None) -> Workflow:
         return (await self.workflow_version(name, version))[0]
@@ -233,17 +293,24 @@ class Engine:
         return await self.get_run(run_id)
 
     async def wait_ended(self, run_id: str, timeout: float | None = None) -> bool:
-        """Wait until the run's end is committed; False if `timeout` passed first. Reads nothing."""
+        """Wait until the run's end is committed; False if `timeout` passed first, or if the engine
+        is draining and the run will end only after a restart. Reads nothing."""
         active = self._runs.get(run_id)
         if active is None:
             return True
+        if self._draining:
+            return False
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         active.waiters.append(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return False
-        return True
+        finally:
+            if not fut.done() or fut.cancelled():
+                with contextlib.suppress(ValueError):
+                    active.waiters.remove(fut)
+        return run_id not in self._runs
 
     async def get_run(self, run_id: str) -> RunState:
         state = await self.store.get_run(run_id)
@@ -269,8 +336,30 @@ class Engine:
         active = self._runs[run_id] = _Active(state, wf)
         await self._event(active, Retry())
 
+    def live_run(self, run_id: str) -> RunState | None:
+        """The in-memory state of a run that has not ended (None once it has, or if unknown).
+        It may be ahead of the store by the batch being committed; read it, do not keep it."""
+        active = self._runs.get(run_id)
+        return active.state if active is not None else None
+
     def active_runs(self) -> int:
         return len(self._runs)
+
+    def steps_in_flight(self) -> int:
+        return sum(len(a.tasks) for a in self._runs.values())
+
+    def commit_queue(self) -> int:
+        """Decisions waiting for the next commit."""
+        return len(self._queue)
+
+    def subscribe(self, listener: Callable[[Decision], None]) -> Callable[[], None]:
+        """Call `listener` with every decision once it is committed (metrics, live views).
+
+        Listeners run on the event loop in the commit path: they must be quick and must not raise.
+        Returns a function that unsubscribes.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     # -- the decide / commit / act loop -------------------------------------------------------
 
@@ -309,6 +398,12 @@ class Engine:
             done.set_result(None)
             for decision in batch:
                 self._act(decision)
+            for listener in self._listeners:
+                for decision in batch:
+                    try:
+                        listener(decision)
+                    except Exception:
+                        log.exception("decision listener %r failed", listener)
             if self._queue:
                 self._wake.set()
 
@@ -333,7 +428,7 @@ class Engine:
             self._arm_deadline(active)
         for effect in decision.effects:
             if isinstance(effect, Execute):
-                if not self._closing:
+                if not self._draining:
                     active.tasks[effect.step] = asyncio.create_task(self._execute(active, effect))
             elif isinstance(effect, Schedule):
                 self._schedule(active, effect)
@@ -359,7 +454,7 @@ class Engine:
             )
 
     def _schedule(self, active: _Active, effect: Schedule) -> None:
-        if self._closing:
+        if self._draining:
             return
         delay = max(0.0, effect.at - self.clock())
         active.timers[effect.step] = asyncio.get_running_loop().call_later(
@@ -369,7 +464,7 @@ class Engine:
     def _on_timer(self, active: _Active, event: Event) -> None:
         if isinstance(event, Wake):
             active.timers.pop(event.step, None)
-        if self._runs.get(active.state.info.id) is active and not self._closing:
+        if self._runs.get(active.state.info.id) is active and not self._draining:
             self._event(active, event)
 
     def _finished(self, active: _Active) -> None:

@@ -175,6 +175,7 @@ class Decision:
     """The changes to commit (all or nothing) and the effects to carry out after the commit."""
 
     run_id: str
+    workflow: str = ""
     run: RunInfo | None = None
     steps: dict[str, StepState] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)

@@ -45,6 +45,9 @@ class Store(Protocol):
     async def list_workflows(self) -> list[WorkflowRecord]:
         """The latest version of each workflow, by name."""
 
+    async def list_workflow_versions(self, name: str) -> list[WorkflowRecord]:
+        """Every version of one workflow, oldest first (empty when there is no such workflow)."""
+
     async def put_service(self, service: Service) -> None: ...
 
     async def delete_service(self, name: str) -> bool: ...

@@ -307,6 +307,15 @@ class SQLiteStore:
         )
         return [_workflow(r) for r in rows]
 
+    async def list_workflow_versions(self, name: str) -> list[WorkflowRecord]:
+        rows = await self._call(
+            self._fetch,
+            "SELECT name, version, digest, spec, created_at FROM workflows WHERE name = ? "
+            "ORDER BY version",
+            (name,),
+        )
+        return [_workflow(r) for r in rows]
+
     async def list_services(self) -> list[Service]:
         rows = await self._call(self._fetch, "SELECT spec FROM services ORDER BY name")
         return [Service.from_dict(orjson.loads(r[0])) for r in rows]

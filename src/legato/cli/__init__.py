@@ -1,0 +1,8 @@
+"""The `legato` command line: local commands on a database file, and commands that talk to a server."""
+
+from __future__ import annotations
+
+from legato.cli import local, remote, server
+from legato.cli.common import main
+
+__all__ = ["local", "main", "remote", "server"]

@@ -1,0 +1,48 @@
+"""What every `legato` command shares: the group, JSON output, input parsing and error exits."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import orjson
+
+from legato.errors import LegatoError
+
+DEFAULT_DB = "sqlite:///legato.db"
+
+
+@click.group()
+@click.version_option(package_name="legato")
+def main() -> None:
+    """Legato: durable workflows across your HTTP microservices."""
+
+
+def dump_json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode()
+
+
+def fail(exc: LegatoError) -> NoReturn:
+    """Print the error (and each problem the server named) in red and exit 2."""
+    click.secho(str(exc), fg="red", err=True)
+    for problem in getattr(exc, "problems", None) or []:
+        if isinstance(problem, dict) and problem.get("path"):
+            click.secho(f"  {problem['path']}: {problem.get('message', '')}", fg="red", err=True)
+    sys.exit(2)
+
+
+def parse_input(text: str | None) -> dict[str, Any]:
+    """A JSON object given inline, or as @file.json."""
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--input")
+    return value

@@ -1,0 +1,273 @@
+"""Commands that talk to a Legato server by URL (`--url`, `LEGATO_URL`; `--token`, `LEGATO_API_TOKEN`)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from legato.cli.common import dump_json, fail, main, parse_input
+from legato.client import ACTIVE, DEFAULT_URL, Client
+from legato.errors import LegatoError
+
+F = TypeVar("F", bound=Callable[..., Any])
+STATUS_COLOURS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+
+
+def remote(fn: F) -> F:
+    """Add --url and --token, open a Client for the command, and turn refusals into exit 2."""
+
+    @click.option(
+        "--url", envvar="LEGATO_URL", default=DEFAULT_URL, show_default=True, help="The server."
+    )
+    @click.option("--token", envvar="LEGATO_API_TOKEN", default=None, help="The API token.")
+    @functools.wraps(fn)
+    def wrapper(url: str, token: str | None, **kwargs: Any) -> Any:
+        with Client(url, token) as client:
+            try:
+                return fn(client, **kwargs)
+            except LegatoError as exc:
+                fail(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _seconds(run: dict[str, Any]) -> float | None:
+    start, end = run.get("started_at"), run.get("finished_at")
+    if not start:
+        return None
+    finish = datetime.fromisoformat(end).timestamp() if end else time.time()
+    return finish - datetime.fromisoformat(start).timestamp()
+
+
+def _status(status: str) -> str:
+    return click.style(status, fg=STATUS_COLOURS.get(status))
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+@main.group()
+def service() -> None:
+    """The service directory on the server."""
+
+
+@service.command("add")
+@click.argument("name", required=False)
+@click.argument("address", required=False)
+@click.option(
+    "--file", "file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON list."
+)
+@click.option("--timeout", help="Per-call timeout, e.g. 5s.")
+@click.option("--concurrency", type=int, help="Calls in flight at most.")
+@click.option("--header", multiple=True, help="K=V, sent with every call (repeatable).")
+@click.option("--replace", is_flag=True, help="Replace a service of the same name.")
+@remote
+def service_add(
+    client: Client,
+    name: str | None,
+    address: str | None,
+    file: str | None,
+    timeout: str | None,
+    concurrency: int | None,
+    header: tuple[str, ...],
+    replace: bool,
+) -> None:
+    """Add NAME at ADDRESS, or every service of a --file."""
+    from legato.formats.loader import parse_document
+
+    if file:
+        data = parse_document(Path(file).read_bytes())
+        items = data.get("services", data) if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise click.BadParameter("must hold a list of services", param_hint="--file")
+    elif name and address:
+        entry: dict[str, Any] = {"name": name, "base_url": address}
+        if timeout:
+            entry["timeout"] = timeout
+        if concurrency:
+            entry["concurrency"] = concurrency
+        if header:
+            pairs = [h.split("=", 1) for h in header]
+            if any(len(p) != 2 for p in pairs):
+                raise click.BadParameter("must be K=V", param_hint="--header")
+            entry["headers"] = dict(pairs)
+        items = [entry]
+    else:
+        raise click.UsageError("give NAME and ADDRESS, or --file")
+    for item in items:
+        added = client.add_service(item, replace=replace)
+        click.echo(f"{added['name']}  {added['base_url']}")
+
+
+@service.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote
+def service_list(client: Client, as_json: bool) -> None:
+    """List the directory."""
+    services = client.services()
+    if as_json:
+        click.echo(dump_json(services))
+        return
+    for s in services:
+        click.echo(
+            f"{s['name']:<20} {s['base_url']:<40} timeout {s['timeout']:g}s  "
+            f"concurrency {s['concurrency']}"
+        )
+
+
+# -- workflows and runs ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@remote
+def apply(client: Client, file: Path) -> None:
+    """Register a workflow definition (YAML or JSON) on the server."""
+    record = client.apply(file)
+    state = "new version" if record["created"] else "unchanged"
+    click.echo(f"{record['name']} v{record['version']} ({state})")
+
+
+def _progress(run: dict[str, Any], started: float) -> str:
+    counts = Counter(step["status"] for step in run["steps"])
+    done = sum(counts[s] for s in ("succeeded", "skipped", "failed", "cancelled"))
+    running = [s["name"] for s in run["steps"] if s["status"] == "running"]
+    line = (
+        f"{run['status']}: {done}/{len(run['steps'])} steps done, {time.monotonic() - started:.1f}s"
+    )
+    if running:
+        line += f"; running {', '.join(running[:3])}" + ("..." if len(running) > 3 else "")
+    return line
+
+
+def _wait(client: Client, run_id: str, timeout: float | None) -> dict[str, Any]:
+    """Long-poll the run; on a terminal, keep one status line up to date on stderr."""
+    tty = sys.stderr.isatty()
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    while True:
+        left = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        run: dict[str, Any] = client.run(run_id, wait=left)
+        ended = run["status"] not in ACTIVE
+        if tty:
+            click.echo("\r\033[K" + _progress(run, started), nl=ended, err=True)
+        if ended or (deadline is not None and time.monotonic() >= deadline):
+            if tty and not ended:
+                click.echo(err=True)
+            return run
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--input", "input_text", help="The run's input: JSON, or @file.json.")
+@click.option("--version", type=int, help="Pin a version (the latest by default).")
+@click.option("--wait", is_flag=True, help="Wait for the run to end and print it.")
+@click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
+@remote
+def start(
+    client: Client,
+    workflow: str,
+    input_text: str | None,
+    version: int | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Start a run of WORKFLOW; prints its id, or with --wait the finished run.
+
+    With --wait the exit code is 0 if the run succeeded, 1 if it failed or was cancelled, and 3 if it
+    was still going when --timeout passed.
+    """
+    started = client.start(workflow, parse_input(input_text), version=version)
+    if not wait:
+        click.echo(started["id"])
+        return
+    run = _wait(client, started["id"], timeout)
+    _print_run(run)
+    sys.exit({"succeeded": 0}.get(run["status"], 3 if run["status"] in ACTIVE else 1))
+
+
+@main.command()
+@click.option("--workflow", help="Only this workflow's runs.")
+@click.option("--status", help="Only runs in this status.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--cursor", help="Start after this page cursor (printed at the end of a page).")
+@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
+@remote
+def runs(
+    client: Client,
+    workflow: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """List runs, newest first."""
+    page = client.runs(workflow=workflow, status=status, limit=limit, cursor=cursor)
+    if as_json:
+        click.echo(dump_json(page))
+        return
+    for run in page["runs"]:
+        took = _seconds(run)
+        took_text = f"{took:.2f}s" if took is not None else "-"
+        click.echo(
+            f"{run['id']}  {run['workflow']:<20} v{run['version']:<3} "
+            f"{_status(run['status']):<20} {run['created_at']}  {took_text}"
+        )
+    if page["next_cursor"]:
+        click.echo(f"more: legato runs --cursor {page['next_cursor']}", err=True)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    took = _seconds(run)
+    click.echo(
+        f"run {run['id']}  {run['workflow']} v{run['version']}  {_status(run['status'])}"
+        + (f"  {took:.2f}s" if took is not None else "")
+    )
+    for step in run["steps"]:
+        tries = f"  {step['attempt']} attempts" if step["attempt"] > 1 else ""
+        reason = f"  ({step['reason']})" if step.get("reason") else ""
+        click.echo(f"  {step['name']:<24} {_status(step['status'])}{tries}{reason}")
+        if step.get("error"):
+            click.echo(f"      {step['error'].get('message', step['error'])}")
+    if run.get("error"):
+        click.secho(f"error: {run['error'].get('message', run['error'])}", fg="red")
+    click.echo("output: " + dump_json(run.get("output")))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole run as JSON.")
+@remote
+def show(client: Client, run_id: str, as_json: bool) -> None:
+    """Show a run: status, each step, output or error."""
+    run = client.run(run_id)
+    if as_json:
+        click.echo(dump_json(run))
+    else:
+        _print_run(run)
+
+
+@main.command()
+@click.argument("run_id")
+@remote
+def cancel(client: Client, run_id: str) -> None:
+    """Cancel a run that has not ended."""
+    run = client.cancel(run_id)
+    click.echo(f"{run['id']} {run['status']}")
+
+
+@main.command()
+@click.argument("run_id")
+@remote
+def retry(client: Client, run_id: str) -> None:
+    """Run a failed or cancelled run again from the steps that did not succeed."""
+    run = client.retry(run_id)
+    click.echo(f"{run['id']} {run['status']}")

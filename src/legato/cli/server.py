@@ -1,0 +1,163 @@
+"""`legato serve` and `legato demo`: the server process, and the tour that starts one."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from importlib import resources
+from typing import Any
+
+import click
+
+from legato import aio
+from legato.cli.common import DEFAULT_DB, dump_json, fail, main
+from legato.client import AsyncClient
+from legato.errors import LegatoError
+from legato.server.app import DEFAULT_MAX_BODY
+from legato.server.serve import DrainingServer, announce, build_server, started
+
+DEMO_ORDER = {
+    "order_id": "A-1001",
+    "email": "ada@example.com",
+    "amount": 42.5,
+    "items": ["notebook", "pencil"],
+}
+
+
+def _server_options(fn: Any) -> Any:
+    options = [
+        click.option("--db", default=DEFAULT_DB, envvar="LEGATO_DATABASE_URL", show_default=True),
+        click.option("--host", default="127.0.0.1", show_default=True),
+        click.option("--port", type=int, default=8080, show_default=True),
+        click.option(
+            "--token", envvar="LEGATO_API_TOKEN", default=None, help="Require this bearer token."
+        ),
+        click.option(
+            "--grace",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="Seconds steps under way get to finish on SIGTERM.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@_server_options
+@click.option(
+    "--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True, help="Bytes per request."
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Serve a non-loopback address without a token.",
+)
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    db: str,
+    host: str,
+    port: int,
+    token: str | None,
+    grace: float,
+    max_body: int,
+    allow_unauthenticated: bool,
+    log_level: str,
+) -> None:
+    """Serve the REST API and run the engine, in one process, until SIGTERM or Ctrl-C."""
+
+    async def go() -> None:
+        server = build_server(
+            db,
+            host=host,
+            port=port,
+            token=token,
+            grace=grace,
+            max_body=max_body,
+            allow_open=allow_unauthenticated,
+            log_level=log_level,
+        )
+        task = asyncio.create_task(server.serve())
+        await started(server, task)
+        announce(server, db, token)
+        await task
+
+    try:
+        aio.run(go())
+    except LegatoError as exc:
+        fail(exc)
+
+
+async def _tour(server: DrainingServer, base: str, token: str | None) -> dict[str, Any]:
+    """Through the API, as any client would: register, apply, run one order, return it."""
+    from legato.samples import services as samples
+
+    files = resources.files("legato.samples")
+    async with AsyncClient(server.address, token) as client:
+        for service in samples.directory(base):
+            await client.add_service(service, replace=True)
+        for name in ("order.yaml", "process-text.json"):
+            record = await client.apply(files.joinpath(name).read_bytes())
+            click.echo(f"workflow {record['name']} v{record['version']}", err=True)
+        run: dict[str, Any] = await client.start("take-order", DEMO_ORDER, wait=60)
+        return run
+
+
+@main.command()
+@_server_options
+@click.option("--exit", "exit_after", is_flag=True, help="Stop after the run instead of serving.")
+def demo(db: str, host: str, port: int, token: str | None, grace: float, exit_after: bool) -> None:
+    """Start the server with the sample services, run the sample order, and keep serving."""
+    from legato.samples import services as samples
+
+    async def go() -> dict[str, Any]:
+        runner, base = await samples.start()
+        server = build_server(db, host=host, port=port, token=token, grace=grace)
+        task = asyncio.create_task(server.serve())
+        try:
+            await started(server, task)
+            click.echo(f"sample services on {base}", err=True)
+            run = await _tour(server, base, token)
+            click.echo(dump_json(_brief(run)))
+            ok = run["status"] == "succeeded"
+            click.secho(
+                f"demo: the order run {run['status']}",
+                fg="green" if ok else "red",
+                err=True,
+            )
+            announce(server, db, token)
+            if exit_after:
+                server.should_exit = True
+            else:
+                click.echo(
+                    f"  this run   {server.address}/api/runs/{run['id']}\n"
+                    f"  try        legato runs --url {server.address}\n"
+                    "  Ctrl-C stops the server",
+                    err=True,
+                )
+            await task
+            return run
+        finally:
+            if not task.done():
+                server.should_exit = True
+                await task
+            await runner.cleanup()
+
+    try:
+        run = aio.run(go())
+    except LegatoError as exc:
+        fail(exc)
+    sys.exit(0 if run["status"] == "succeeded" else 1)
+
+
+def _brief(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": run["id"],
+        "workflow": run["workflow"],
+        "status": run["status"],
+        "output": run["output"],
+        "error": run["error"],
+        "steps": {s["name"]: s["status"] for s in run["steps"]},
+    }

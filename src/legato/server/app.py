@@ -1,0 +1,100 @@
+"""The ASGI application: routes, the bearer-token gate, error handling, and the engine's lifespan.
+
+The engine runs in the server's own event loop: a run started by a request is decided, committed and
+executed by the same process, with no queue in between.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from legato.engine.runtime import Engine
+from legato.errors import LegatoError
+from legato.server import docs, routes
+from legato.server.errors import ApiError, error_response, handle
+from legato.server.metrics import Metrics
+
+DEFAULT_MAX_BODY = 1024 * 1024
+OPEN_PATHS = ("/healthz", "/docs")
+
+
+class BearerToken:
+    """Every path but the health check (and the static docs page) needs `Authorization: Bearer`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if not hmac.compare_digest(given, self.expected):
+            message = (
+                "this server needs Authorization: Bearer <token>"
+                if not given
+                else "the bearer token is not valid"
+            )
+            response = error_response(ApiError(401, message, "Authorization"))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    engine: Engine,
+    *,
+    token: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    grace: float = 10.0,
+) -> ASGIApp:
+    """The API for `engine`; the app starts the engine at startup and drains it at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.close(grace)
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", routes.healthz),
+            Route("/metrics", routes.metrics),
+            Route("/openapi.json", docs.openapi),
+            Route("/docs", docs.page),
+            Mount("/docs/static", StaticFiles(directory=docs.SWAGGER_DIR), name="docs-static"),
+            Route("/api/services", routes.list_services),
+            Route("/api/services", routes.create_service, methods=["POST"]),
+            Route("/api/services/{name}", routes.get_service),
+            Route("/api/services/{name}", routes.put_service, methods=["PUT"]),
+            Route("/api/services/{name}", routes.delete_service, methods=["DELETE"]),
+            Route("/api/workflows", routes.list_workflows),
+            Route("/api/workflows", routes.apply_workflow, methods=["POST"]),
+            Route("/api/workflows/{name}", routes.get_workflow),
+            Route("/api/workflows/{name}/versions/{version}", routes.get_workflow_version),
+            Route("/api/workflows/{name}/graph", routes.workflow_graph_route),
+            Route("/api/workflows/{name}/runs", routes.start_run, methods=["POST"]),
+            Route("/api/runs", routes.list_runs),
+            Route("/api/runs/{run_id}", routes.get_run),
+            Route("/api/runs/{run_id}/cancel", routes.cancel_run, methods=["POST"]),
+            Route("/api/runs/{run_id}/retry", routes.retry_run, methods=["POST"]),
+            Route("/e/{workflow}", routes.event, methods=["POST"]),
+        ],
+        exception_handlers={ApiError: handle, LegatoError: handle, HTTPException: handle},
+        lifespan=lifespan,
+    )
+    app.state.legato = routes.Context(engine, Metrics(engine), max_body)
+    if token:
+        return BearerToken(app, token)
+    return app

@@ -1,0 +1,486 @@
+"""The OpenAPI 3.0 document of the REST API, kept beside the routes it describes.
+
+Written out rather than generated: the routes read raw bodies (JSON or YAML, sized as they stream), and
+the document is also what the property-based tests generate requests from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from legato import __version__
+from legato.engine.state import STATUSES
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _content(_ref("Error"))}
+
+
+ERRORS = {
+    "400": _error("Malformed request: bad JSON or YAML, or a bad query parameter."),
+    "401": _error("A token is configured and the request did not carry it."),
+    "404": _error("No such workflow, version, run or service."),
+    "413": _error("The body is over the server's size limit."),
+    "415": _error("The Content-Type is not one this route reads."),
+    "422": _error("The document or input is not valid; `problems` names each field."),
+}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    tag: str,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    errors: tuple[str, ...] = ("400", "401", "404"),
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": dict(responses)}
+    for code in errors:
+        op["responses"][code] = ERRORS[code]
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": _content(schema)}
+
+
+def _path_param(
+    name: str, description: str, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+WAIT = _query(
+    "wait",
+    "Answer when the run ends or after this many seconds, with the whole run.",
+    {"type": "number", "minimum": 0, "maximum": 3600},
+)
+NAME = _path_param("name", "A workflow's name.")
+RUN_ID = _path_param("run_id", "A run's id (32 hex digits).")
+SERVICE = _path_param("name", "A service's name.")
+ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "A stable kind, e.g. invalid_input."},
+            "message": {"type": "string"},
+            "problems": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "Field": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "type": {
+                "type": "string",
+                "enum": ["string", "integer", "number", "boolean", "object", "array", "any"],
+            },
+            "required": {"type": "boolean"},
+            "default": {},
+            "description": {"type": "string"},
+        },
+    },
+    "Service": {
+        "type": "object",
+        "description": "A directory entry. `address` is accepted in place of `base_url`.",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"},
+            "base_url": {"type": "string", "format": "uri"},
+            "address": {"type": "string", "format": "uri"},
+            "description": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "token": {"type": "string", "description": "Sent as a bearer token; shown as ***."},
+            "timeout": {"oneOf": [{"type": "number"}, {"type": "string"}]},
+            "concurrency": {"type": "integer", "minimum": 1},
+            "inputs": {"type": "array", "items": _ref("Field")},
+            "outputs": {"type": "array", "items": _ref("Field")},
+        },
+    },
+    "Workflow": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "description": {"type": "string"},
+            "steps": {"type": "integer", "description": "How many steps it has."},
+            "created": {"type": "boolean", "description": "False when the definition was known."},
+            "definition": ANY_OBJECT,
+            "versions": {"type": "array", "items": ANY_OBJECT},
+        },
+    },
+    "Definition": {
+        "type": "object",
+        "description": "A workflow in the native form (`steps`) or services-in-order form "
+        "(`services`); see docs/reference.md.",
+        "additionalProperties": True,
+    },
+    "Graph": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "nodes": {"type": "array", "items": ANY_OBJECT},
+            "edges": {"type": "array", "items": ANY_OBJECT},
+            "roots": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "StartRun": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "input": ANY_OBJECT,
+            "version": {"type": "integer", "minimum": 1, "description": "Pin a version."},
+        },
+    },
+    "Started": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["data"],
+        "properties": {"data": ANY_OBJECT},
+    },
+    "EventAck": {
+        "type": "object",
+        "properties": {
+            "event_id": {"type": "string", "description": "The id of the run it started."},
+            "ack_date": {"type": "string", "format": "date-time"},
+            "status": {"type": "string"},
+        },
+    },
+    "RunSummary": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "workflow": {"type": "string"},
+            "version": {"type": "integer"},
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": NULLABLE_TIME,
+            "finished_at": NULLABLE_TIME,
+            "error": {"type": "object", "nullable": True},
+        },
+    },
+    "Step": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string"},
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "attempt": {"type": "integer"},
+            "started_at": NULLABLE_TIME,
+            "finished_at": NULLABLE_TIME,
+            "next_attempt_at": NULLABLE_TIME,
+            "request": {"nullable": True},
+            "output": {"nullable": True},
+            "error": {"type": "object", "nullable": True},
+            "reason": {"type": "string", "nullable": True},
+            "attempts": {"type": "array", "items": ANY_OBJECT},
+        },
+    },
+    "Run": {
+        "allOf": [
+            _ref("RunSummary"),
+            {
+                "type": "object",
+                "properties": {
+                    "input": ANY_OBJECT,
+                    "output": {"nullable": True},
+                    "deadline": NULLABLE_TIME,
+                    "steps": {"type": "array", "items": _ref("Step")},
+                },
+            },
+        ]
+    },
+}
+
+
+def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": _content(schema)}
+
+
+def build() -> dict[str, Any]:
+    services = {
+        "type": "object",
+        "properties": {"services": {"type": "array", "items": _ref("Service")}},
+    }
+    runs_page = {
+        "type": "object",
+        "properties": {
+            "runs": {"type": "array", "items": _ref("RunSummary")},
+            "next_cursor": {"type": "string", "nullable": True},
+        },
+    }
+    definition_body = {
+        "required": True,
+        "content": {
+            JSON: {"schema": _ref("Definition")},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: 200 while serving, 503 while draining. Needs no token.",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": _ok("Serving.", ANY_OBJECT),
+                    "503": _ok("Draining before exit.", ANY_OBJECT),
+                },
+            }
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics: runs and steps by status, step latency, queue depth.",
+                {
+                    "200": {
+                        "description": "Text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="operations",
+                errors=("401",),
+            )
+        },
+        "/api/services": {
+            "get": _op(
+                "List the service directory.",
+                {"200": _ok("The directory.", services)},
+                tag="services",
+                errors=("401",),
+            ),
+            "post": _op(
+                "Add a service.",
+                {
+                    "201": _ok("Added.", _ref("Service")),
+                    "409": _error("A service of that name exists."),
+                },
+                tag="services",
+                body=_json_body(_ref("Service")),
+                errors=("400", "401", "413", "415", "422"),
+            ),
+        },
+        "/api/services/{name}": {
+            "get": _op(
+                "Show a service.",
+                {"200": _ok("The service.", _ref("Service"))},
+                tag="services",
+                params=[SERVICE],
+            ),
+            "put": _op(
+                "Add or replace a service.",
+                {"200": _ok("Replaced.", _ref("Service")), "201": _ok("Added.", _ref("Service"))},
+                tag="services",
+                params=[SERVICE],
+                body=_json_body(_ref("Service")),
+                errors=("400", "401", "413", "415", "422"),
+            ),
+            "delete": _op(
+                "Remove a service.",
+                {"204": {"description": "Removed."}},
+                tag="services",
+                params=[SERVICE],
+            ),
+        },
+        "/api/workflows": {
+            "get": _op(
+                "List workflows (latest version of each).",
+                {
+                    "200": _ok(
+                        "Workflows.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "workflows": {"type": "array", "items": _ref("Workflow")}
+                            },
+                        },
+                    )
+                },
+                tag="workflows",
+                errors=("401",),
+            ),
+            "post": _op(
+                "Register a definition (JSON or YAML). The same definition keeps its version; a changed one gets the next.",
+                {
+                    "201": _ok("A new version.", _ref("Workflow")),
+                    "200": _ok("Already registered.", _ref("Workflow")),
+                },
+                tag="workflows",
+                body=definition_body,
+                errors=("400", "401", "413", "415", "422"),
+            ),
+        },
+        "/api/workflows/{name}": {
+            "get": _op(
+                "A workflow's latest definition and its versions.",
+                {"200": _ok("The workflow.", _ref("Workflow"))},
+                tag="workflows",
+                params=[NAME],
+            ),
+        },
+        "/api/workflows/{name}/versions/{version}": {
+            "get": _op(
+                "One version's definition.",
+                {"200": _ok("The version.", _ref("Workflow"))},
+                tag="workflows",
+                params=[
+                    NAME,
+                    _path_param("version", "A version number.", {"type": "integer", "minimum": 1}),
+                ],
+            ),
+        },
+        "/api/workflows/{name}/graph": {
+            "get": _op(
+                "Steps as nodes and dependencies as edges.",
+                {"200": _ok("The graph.", _ref("Graph"))},
+                tag="workflows",
+                params=[
+                    NAME,
+                    _query(
+                        "version",
+                        "A version (the latest by default).",
+                        {"type": "integer", "minimum": 1},
+                    ),
+                ],
+            ),
+        },
+        "/api/workflows/{name}/runs": {
+            "post": _op(
+                "Start a run. It is durable when this answers.",
+                {
+                    "202": _ok("Started (or still running after `wait`).", _ref("Started")),
+                    "200": _ok("Ended within `wait`.", _ref("Run")),
+                    "409": _error("The stored version cannot be built."),
+                },
+                tag="runs",
+                params=[NAME, WAIT],
+                body=_json_body(_ref("StartRun"), required=False),
+                errors=("400", "401", "404", "413", "415", "422"),
+            ),
+        },
+        "/e/{workflow}": {
+            "post": _op(
+                "Event form: start the workflow with the event's data as input.",
+                {"202": _ok("Accepted; event_id is the run's id.", _ref("EventAck"))},
+                tag="runs",
+                params=[_path_param("workflow", "A workflow's name.")],
+                body=_json_body(_ref("Event")),
+                errors=("400", "401", "404", "413", "415", "422"),
+            ),
+        },
+        "/api/runs": {
+            "get": _op(
+                "Runs, newest first, one page at a time.",
+                {"200": _ok("A page.", runs_page)},
+                tag="runs",
+                params=[
+                    _query("workflow", "Only this workflow's runs.", {"type": "string"}),
+                    _query(
+                        "status",
+                        "Only runs in this status.",
+                        {"type": "string", "enum": list(STATUSES)},
+                    ),
+                    _query(
+                        "limit",
+                        "Page size.",
+                        {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                    ),
+                    _query("cursor", "The next_cursor of the previous page.", {"type": "string"}),
+                ],
+                errors=("400", "401"),
+            ),
+        },
+        "/api/runs/{run_id}": {
+            "get": _op(
+                "A run with every step and attempt.",
+                {"200": _ok("The run.", _ref("Run"))},
+                tag="runs",
+                params=[RUN_ID, WAIT],
+            ),
+        },
+        "/api/runs/{run_id}/cancel": {
+            "post": _op(
+                "Cancel a run.",
+                {"200": _ok("Cancelled.", _ref("RunSummary")), "409": _error("The run has ended.")},
+                tag="runs",
+                params=[RUN_ID],
+            ),
+        },
+        "/api/runs/{run_id}/retry": {
+            "post": _op(
+                "Run a failed or cancelled run again from the steps that did not succeed.",
+                {
+                    "202": _ok("Running again.", _ref("RunSummary")),
+                    "409": _error("The run has not failed."),
+                },
+                tag="runs",
+                params=[RUN_ID],
+            ),
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Legato",
+            "version": __version__,
+            "description": "Durable workflows across HTTP microservices. Errors are JSON: "
+            "`{error, message, problems: [{path, message}]}`.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }

@@ -1,0 +1,289 @@
+"""The REST API's handlers: each reads and checks its request, asks the engine, and shapes the answer.
+
+Nothing here decides anything about runs; the engine does. A handler either answers or raises an
+error that `errors.error_response` turns into a 4xx JSON body.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from legato.engine.runtime import Engine
+from legato.engine.state import ACTIVE_RUN, STATUSES, RunState
+from legato.errors import DefinitionError, NotFound
+from legato.model.graph import workflow_graph
+from legato.model.service import Service
+from legato.server import bodies, payloads
+from legato.server.errors import ApiError, json_response
+from legato.server.metrics import CONTENT_TYPE, Metrics
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_WAIT = 3600.0
+SECRET_HEADER = re.compile(r"authorization|cookie|token|secret|key|password", re.IGNORECASE)
+
+
+@dataclass
+class Context:
+    engine: Engine
+    metrics: Metrics
+    max_body: int
+
+
+def _ctx(request: Request) -> Context:
+    ctx: Context = request.app.state.legato
+    return ctx
+
+
+def _run_id(request: Request) -> str:
+    run_id: str = request.path_params["run_id"]
+    if not RUN_ID.match(run_id):
+        raise ApiError(404, f"no run with id {run_id!r} (run ids are 32 hex digits)", "run_id")
+    return run_id
+
+
+# -- health and metrics ---------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    engine = _ctx(request).engine
+    if engine.draining:
+        return json_response({"status": "draining"}, 503)
+    return json_response({"status": "ok", "active_runs": engine.active_runs()})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_ctx(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+def service_payload(service: Service) -> dict[str, Any]:
+    """A service as stored, with its token and secret-looking header values hidden."""
+    out = service.to_dict()
+    if "token" in out:
+        out["token"] = "***"
+    if "headers" in out:
+        out["headers"] = {
+            k: "***" if SECRET_HEADER.search(k) else v for k, v in out["headers"].items()
+        }
+    return out
+
+
+async def list_services(request: Request) -> Response:
+    services = _ctx(request).engine.services()
+    return json_response({"services": [service_payload(s) for s in services]})
+
+
+async def create_service(request: Request) -> Response:
+    ctx = _ctx(request)
+    body = await bodies.json_object(request, ctx.max_body)
+    service = Service.from_dict(body)
+    if ctx.engine.service(service.name) is not None:
+        raise ApiError(
+            409,
+            f"service {service.name!r} exists; PUT /api/services/{service.name} replaces it",
+            "name",
+        )
+    await ctx.engine.put_service(service)
+    return json_response(
+        service_payload(service), 201, {"Location": f"/api/services/{service.name}"}
+    )
+
+
+async def get_service(request: Request) -> Response:
+    name = request.path_params["name"]
+    service = _ctx(request).engine.service(name)
+    if service is None:
+        raise ApiError(404, f"no service named {name!r}", "name")
+    return json_response(service_payload(service))
+
+
+async def put_service(request: Request) -> Response:
+    ctx = _ctx(request)
+    name = request.path_params["name"]
+    body = await bodies.json_object(request, ctx.max_body)
+    if body.setdefault("name", name) != name:
+        raise ApiError(422, f"must match the name in the path ({name!r})", "name")
+    service = Service.from_dict(body)
+    existed = ctx.engine.service(name) is not None
+    await ctx.engine.put_service(service)
+    return json_response(service_payload(service), 200 if existed else 201)
+
+
+async def delete_service(request: Request) -> Response:
+    name = request.path_params["name"]
+    try:
+        await _ctx(request).engine.delete_service(name)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "name") from None
+    return Response(status_code=204)
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+
+async def apply_workflow(request: Request) -> Response:
+    ctx = _ctx(request)
+    document = await bodies.document(request, ctx.max_body)
+    record = await ctx.engine.apply(document)
+    body = payloads.workflow_summary(record)
+    body["created"] = record.created
+    headers = {"Location": f"/api/workflows/{record.name}/versions/{record.version}"}
+    return json_response(body, 201 if record.created else 200, headers)
+
+
+async def list_workflows(request: Request) -> Response:
+    records = await _ctx(request).engine.store.list_workflows()
+    return json_response({"workflows": [payloads.workflow_summary(r) for r in records]})
+
+
+async def get_workflow(request: Request) -> Response:
+    name = request.path_params["name"]
+    versions = await _ctx(request).engine.store.list_workflow_versions(name)
+    if not versions:
+        raise ApiError(404, f"no workflow named {name!r}", "name")
+    return json_response(payloads.workflow_detail(versions[-1], versions))
+
+
+def _version(text: str | None, where: str) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 2**31:
+        raise ApiError(400, f"must be a positive integer, not {text!r}", where)
+    return int(text)
+
+
+async def get_workflow_version(request: Request) -> Response:
+    name = request.path_params["name"]
+    version = _version(request.path_params["version"], "version")
+    record = await _ctx(request).engine.store.get_workflow(name, version)
+    if record is None:
+        raise ApiError(404, f"workflow {name!r} has no version {version}", "version")
+    return json_response(payloads.workflow_detail(record, []))
+
+
+async def workflow_graph_route(request: Request) -> Response:
+    name = request.path_params["name"]
+    version = _version(request.query_params.get("version"), "version")
+    try:
+        wf, found = await _ctx(request).engine.workflow_version(name, version)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "name" if version is None else "version") from None
+    graph = workflow_graph(wf)
+    graph["version"] = found
+    return json_response(graph)
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+async def _start(ctx: Context, workflow: str, data: dict[str, Any], version: int | None) -> str:
+    try:
+        return await ctx.engine.start_run(workflow, data, version=version)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "workflow" if version is None else "version") from None
+    except DefinitionError as exc:  # a stored version that no longer builds (e.g. a lost function)
+        raise ApiError(409, str(exc), "workflow") from None
+
+
+async def start_run(request: Request) -> Response:
+    ctx = _ctx(request)
+    wait = bodies.query_seconds(request, "wait", MAX_WAIT)
+    body = await bodies.json_object(request, ctx.max_body, required=False)
+    bodies.only_fields(body, ("input", "version"))
+    data = bodies.object_field(body, "input")
+    raw_version = body.get("version")
+    if raw_version is not None and (
+        not isinstance(raw_version, int) or isinstance(raw_version, bool) or raw_version < 1
+    ):
+        raise ApiError(422, "must be a positive integer", "version")
+    run_id = await _start(ctx, request.path_params["name"], data, raw_version)
+    headers = {"Location": f"/api/runs/{run_id}"}
+    if wait is not None:
+        await ctx.engine.wait_ended(run_id, wait)
+        detail = await _detail(ctx.engine, await ctx.engine.get_run(run_id))
+        return json_response(detail, 202 if detail["status"] in ACTIVE_RUN else 200, headers)
+    live = ctx.engine.live_run(run_id)
+    created = live.info.created_at if live is not None else time.time()
+    status = live.info.status if live is not None else "pending"
+    return json_response(
+        {"id": run_id, "status": status, "created_at": payloads.iso(created)}, 202, headers
+    )
+
+
+async def event(request: Request) -> Response:
+    ctx = _ctx(request)
+    body = await bodies.json_object(request, ctx.max_body)
+    bodies.only_fields(body, ("data",))
+    data = bodies.object_field(body, "data")
+    run_id = await _start(ctx, request.path_params["workflow"], data, None)
+    return json_response(
+        {"event_id": run_id, "ack_date": payloads.iso(time.time()), "status": "accepted"},
+        202,
+        {"Location": f"/api/runs/{run_id}"},
+    )
+
+
+async def _detail(engine: Engine, state: RunState) -> dict[str, Any]:
+    try:
+        wf = (await engine.workflow_version(state.info.workflow, state.info.version))[0]
+    except (NotFound, DefinitionError):
+        wf = None
+    attempts = await engine.store.get_attempts(state.info.id)
+    return payloads.run_detail(state, wf, attempts)
+
+
+async def list_runs(request: Request) -> Response:
+    engine = _ctx(request).engine
+    status = bodies.query_choice(request, "status", STATUSES)
+    limit = bodies.query_int(request, "limit", 50, 1, 500)
+    cursor = request.query_params.get("cursor")
+    if cursor is not None and not RUN_ID.match(cursor):
+        raise ApiError(400, "must be the next_cursor of a previous page", "cursor")
+    workflow = request.query_params.get("workflow")
+    infos = await engine.store.list_runs(workflow, status, limit + 1, cursor)
+    page = infos[:limit]
+    next_cursor = page[-1].id if len(infos) > limit else None
+    return json_response(
+        {"runs": [payloads.run_summary(i) for i in page], "next_cursor": next_cursor}
+    )
+
+
+async def get_run(request: Request) -> Response:
+    engine = _ctx(request).engine
+    run_id = _run_id(request)
+    try:
+        state = await engine.get_run(run_id)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "run_id") from None
+    wait = bodies.query_seconds(request, "wait", MAX_WAIT)
+    if wait is not None and not state.info.done and await engine.wait_ended(run_id, wait):
+        state = await engine.get_run(run_id)
+    return json_response(await _detail(engine, state))
+
+
+async def cancel_run(request: Request) -> Response:
+    engine = _ctx(request).engine
+    run_id = _run_id(request)
+    try:
+        await engine.cancel(run_id)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "run_id") from None
+    return json_response(payloads.run_summary((await engine.get_run(run_id)).info))
+
+
+async def retry_run(request: Request) -> Response:
+    engine = _ctx(request).engine
+    run_id = _run_id(request)
+    try:
+        await engine.retry(run_id)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "run_id") from None
+    return json_response(payloads.run_summary((await engine.get_run(run_id)).info), 202)
