@@ -92,7 +92,7 @@ class LoopbackService:
         app.router.add_route("*", "/status/{code}", self.status)
         app.router.add_route("*", "/slow", self.slow)
         app.router.add_route("*", "/text", self.text)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -55,6 +55,13 @@ def _server_options(fn: Any) -> Any:
     is_flag=True,
     help="Serve a non-loopback address without a token.",
 )
+@click.option(
+    "--python-module",
+    "python_modules",
+    multiple=True,
+    envvar="LEGATO_PYTHON_MODULES",
+    help="A module whose functions definitions' Python steps may call (repeatable). None by default.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     db: str,
@@ -64,6 +71,7 @@ def serve(
     grace: float,
     max_body: int,
     allow_unauthenticated: bool,
+    python_modules: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Serve the REST API and run the engine, in one process, until SIGTERM or Ctrl-C."""
@@ -78,6 +86,7 @@ def serve(
             max_body=max_body,
             allow_open=allow_unauthenticated,
             log_level=log_level,
+            python_modules=python_modules,
         )
         task = asyncio.create_task(server.serve())
         await started(server, task)

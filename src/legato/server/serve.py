@@ -64,6 +64,7 @@ def build_server(
     max_body: int = DEFAULT_MAX_BODY,
     allow_open: bool = False,
     log_level: str = "warning",
+    python_modules: tuple[str, ...] = (),
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`."""
     if not token and not is_loopback(host) and not allow_open:
@@ -71,7 +72,7 @@ def build_server(
             f"refusing to serve {host} without a token: set LEGATO_API_TOKEN, bind to "
             "127.0.0.1, or pass --allow-unauthenticated"
         )
-    engine = Engine.open(db)
+    engine = Engine.open(db, python_modules=python_modules)
     app = create_app(engine, token=token, max_body=max_body, grace=grace)
     config = uvicorn.Config(
         app,
