@@ -4,7 +4,11 @@ Starts the sample services in their own process, then runs N three-step workflow
 service and the next step's body is templated from the previous reply) at a given concurrency, on a fresh
 SQLite file; then makes the same 3 calls per run with a plain aiohttp loop and no durability.
 
-    python bench/throughput.py --runs 5000 --concurrency 64
+Modes: `plain` (the loop), `engine` (the embedded engine, in this process), `api` (a `legato serve`
+process; a concurrent client starts each run with POST /api/workflows/three-steps/runs?wait=60 and the
+latency is from that request to the answer with the finished run; cpu/run is the server's).
+
+    python bench/throughput.py --runs 5000 --concurrency 64 --modes plain engine api
 """
 
 from __future__ import annotations
@@ -135,6 +139,70 @@ async def bench_plain(base: str, runs: int, concurrency: int) -> dict[str, float
     return summary(elapsed, lat, runs)
 
 
+def start_server(db_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "legato.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            db_url,
+            "--log-level",
+            "warning",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("legato serve did not start")
+
+
+async def bench_api(base: str, runs: int, concurrency: int, db_url: str) -> dict[str, float]:
+    import psutil
+
+    server, url = start_server(db_url)
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(url, connector=connector) as http:
+            service = {"name": "echo", "base_url": base + "/echo", "concurrency": 1000}
+            async with http.put("/api/services/echo", json=service) as resp:
+                assert resp.status in (200, 201), await resp.text()
+            async with http.post("/api/workflows", json=WORKFLOW) as resp:
+                assert resp.status in (200, 201), await resp.text()
+
+            async def one(n: int) -> None:
+                body = orjson.dumps({"input": {"n": n}})
+                async with http.post(
+                    "/api/workflows/three-steps/runs?wait=60",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
+                    run = orjson.loads(await resp.read())
+                assert resp.status == 200 and run["status"] == "succeeded", run
+
+            await one(-1)
+            proc = psutil.Process(server.pid)
+            cpu = sum(proc.cpu_times()[:2])
+            elapsed, lat = await drive(runs, concurrency, one)
+            global LAST_CPU
+            LAST_CPU = sum(proc.cpu_times()[:2]) - cpu
+    finally:
+        server.terminate()
+        server.wait()
+    return summary(elapsed, lat, runs)
+
+
 def summary(elapsed: float, lat: list[float], runs: int) -> dict[str, float]:
     lat.sort()
     return {
@@ -159,7 +227,9 @@ def main() -> None:
         choices=["normal", "full"],
         help="SQLite synchronous setting (full also survives power loss)",
     )
-    parser.add_argument("--only", choices=["engine", "plain"], default=None)
+    parser.add_argument(
+        "--modes", nargs="+", choices=["plain", "engine", "api"], default=["plain", "engine", "api"]
+    )
     args = parser.parse_args()
 
     port = free_port()
@@ -173,19 +243,21 @@ def main() -> None:
         )
         for conc in args.concurrency:
             results: dict[str, dict[str, float]] = {}
-            if args.only in (None, "plain"):
-                results["plain"] = aio.run(bench_plain(base, args.runs, conc))
-            if args.only in (None, "engine"):
+            for mode in args.modes:
+                if mode == "plain":
+                    results["plain"] = aio.run(bench_plain(base, args.runs, conc))
+                    continue
                 with tempfile.TemporaryDirectory() as tmp:
                     db = f"sqlite:///{Path(tmp) / 'bench.db'}?synchronous={args.synchronous}"
-                    results["engine"] = aio.run(bench_engine(base, args.runs, conc, db))
+                    bench = bench_engine if mode == "engine" else bench_api
+                    results[mode] = aio.run(bench(base, args.runs, conc, db))
             for mode, r in results.items():
                 print(
                     f"{mode:<8} {conc:>5} {r['runs_per_s']:>8.0f} {r['steps_per_s']:>8.0f} "
                     f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r.get('commits', 0):>8.0f} "
                     f"{r['cpu_us_per_run']:>6.0f}us"
                 )
-            if len(results) == 2:
+            if "plain" in results and "engine" in results:
                 ratio = results["engine"]["runs_per_s"] / results["plain"]["runs_per_s"]
                 print(f"{'ratio':<8} {conc:>5} {ratio:>8.2f}  engine / plain loop")
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from legato.client import ApiError, AsyncClient, Client
 from legato.dsl import branch, fail, http, map_over, task, workflow
 from legato.engine.runtime import Engine
 from legato.errors import (
@@ -17,6 +18,9 @@ from legato.model.service import Service
 from legato.model.workflow import Workflow
 
 __all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
     "Conflict",
     "DefinitionError",
     "Engine",

@@ -33,12 +33,51 @@ def parse_document(text: str | bytes, fmt: str = "auto") -> Any:
             if fmt == "json":
                 raise DefinitionError([Problem("", f"malformed JSON: {exc}")]) from None
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise DefinitionError([Problem("", f"malformed YAML{where}: {reason}")]) from None
+
+
+# Aliases let a small YAML text stand for a huge document ("billion laughs"); a definition is far smaller.
+MAX_YAML_NODES = 200_000
+
+
+def _load_yaml(text: str | bytes) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand past MAX_YAML_NODES or loop."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise DefinitionError(
+                [Problem("", f"the YAML expands to more than {MAX_YAML_NODES} values through aliases")]
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values in the document once every alias is copied out; shared nodes are counted once each
+    time they are referenced, without walking them again."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] < 0:
+            raise DefinitionError([Problem("", "the YAML holds an alias to itself (a loop)")])
+        return sizes[key]
+    sizes[key] = -1
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    total = min(total, MAX_YAML_NODES + 1)
+    sizes[key] = total
+    return total
 
 
 def load_definition(

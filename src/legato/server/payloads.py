@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from legato.engine.state import Attempt, RunInfo, RunState, StepState
-from legato.model.workflow import Workflow
+from legato.model.workflow import MapOver, Workflow
 from legato.store.protocol import WorkflowRecord
 
 
@@ -61,6 +61,19 @@ def _step(step: StepState, kind: str, history: list[Attempt]) -> dict[str, Any]:
     }
 
 
+def _kind(wf: Workflow | None, name: str) -> str:
+    """A step's kind; a map's child (`name[3]`) has the kind of the call the map makes."""
+    if wf is None:
+        return "unknown"
+    step = wf.steps.get(name)
+    if step is not None:
+        return step.kind
+    parent = wf.steps.get(name.split("[", 1)[0])
+    if parent is not None and isinstance(parent.action, MapOver):
+        return parent.action.action.kind
+    return "unknown"
+
+
 def run_detail(state: RunState, wf: Workflow | None, attempts: list[Attempt]) -> dict[str, Any]:
     """The whole run: every step of its workflow version (untouched ones as pending), then the
     children a map step made, each with its attempts."""
@@ -72,13 +85,7 @@ def run_detail(state: RunState, wf: Workflow | None, attempts: list[Attempt]) ->
     names = list(wf.steps) if wf is not None else []
     names += [n for n in state.steps if wf is None or n not in wf.steps]
     for name in names:
-        step = state.step(name)
-        if wf is not None and name in wf.steps:
-            kind = wf.steps[name].kind
-        else:
-            parent = wf.steps.get(name.split("[", 1)[0]) if wf is not None else None
-            kind = parent.kind if parent is not None else "unknown"
-        steps.append(_step(step, kind, by_step.get(name, [])))
+        steps.append(_step(state.step(name), _kind(wf, name), by_step.get(name, [])))
     out = run_summary(info)
     out.update(
         input=info.input,

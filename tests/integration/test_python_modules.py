@@ -1,0 +1,52 @@
+"""A definition document may call Python functions only from the modules the engine allows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from legato import DefinitionError, Engine
+
+
+def doc(function: str) -> dict[str, object]:
+    return {
+        "name": "py",
+        "steps": {
+            "call": {"python": {"function": function, "args": {"obj": [3, 1, 2]}}},
+            "each": {"map": {"over": "{{ [1, 2] }}", "step": {"python": {"function": function}}}},
+        },
+    }
+
+
+async def test_a_document_naming_a_module_outside_the_allow_list_is_refused(tmp_path: Path) -> None:
+    async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}", python_modules=["json"]) as engine:
+        with pytest.raises(DefinitionError) as caught:
+            await engine.apply(doc("os:system"))
+        paths = [p.path for p in caught.value.problems]
+        assert paths == ["steps.call.python.function", "steps.each.map.step.python.function"]
+        assert "allowed: json" in str(caught.value)
+        assert await engine.store.list_workflows() == []
+        await engine.apply(
+            {
+                "name": "ok",
+                "steps": {"dump": {"python": {"function": "json:dumps", "args": {"obj": [1]}}}},
+            }
+        )
+        run = await engine.run("ok", {}, timeout=10)
+        assert run.info.status == "succeeded"
+        assert run.steps["dump"].output == "[1]"
+
+
+async def test_with_no_allow_list_nothing_may_be_imported_by_a_server_engine(
+    tmp_path: Path,
+) -> None:
+    async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}", python_modules=()) as engine:
+        with pytest.raises(DefinitionError, match="start the server with --python-module"):
+            await engine.apply(doc("json:dumps"))
+
+
+async def test_the_embedded_engine_imports_any_function_by_default(tmp_path: Path) -> None:
+    async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}") as engine:
+        record = await engine.apply(doc("json:dumps"))
+        assert record.version == 1

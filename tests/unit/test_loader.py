@@ -1,0 +1,37 @@
+"""Reading definition documents: YAML aliases that would blow up, and the ones people really use."""
+
+from __future__ import annotations
+
+import pytest
+
+from legato.errors import DefinitionError
+from legato.formats.loader import parse_document
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        refs = ", ".join([f"*l{i - 1}"] * 10)
+        lines.append(f"l{i}: &l{i} [{refs}]")
+    with pytest.raises(DefinitionError, match="expands to more than"):
+        parse_document("\n".join(lines), "yaml")
+
+
+def test_an_alias_to_itself_is_refused() -> None:
+    with pytest.raises(DefinitionError, match="loop"):
+        parse_document("a: &a [1, *a]", "yaml")
+
+
+def test_merge_keys_and_shared_anchors_still_work() -> None:
+    doc = parse_document(
+        "defaults: &d {retries: 3, timeout: 5s}\n"
+        "steps:\n  a: {<<: *d, http: {url: 'http://h/'}}\n  b: {<<: *d, retries: 1}\n",
+        "yaml",
+    )
+    assert doc["steps"]["a"]["retries"] == 3
+    assert doc["steps"]["b"] == {"retries": 1, "timeout": "5s"}
+
+
+def test_an_empty_yaml_document_is_none() -> None:
+    assert parse_document("", "yaml") is None
+    assert parse_document("# nothing\n", "yaml") is None
