@@ -54,7 +54,11 @@ def _load_yaml(text: str | bytes) -> Any:
             return None
         if _expanded_size(node, {}) > MAX_YAML_NODES:
             raise DefinitionError(
-                [Problem("", f"the YAML expands to more than {MAX_YAML_NODES} values through aliases")]
+                [
+                    Problem(
+                        "", f"the YAML expands to more than {MAX_YAML_NODES} values through aliases"
+                    )
+                ]
             )
         return loader.construct_document(node)
     finally:
