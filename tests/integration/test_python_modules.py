@@ -50,3 +50,15 @@ async def test_the_embedded_engine_imports_any_function_by_default(tmp_path: Pat
     async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}") as engine:
         record = await engine.apply(doc("json:dumps"))
         assert record.version == 1
+
+
+async def test_an_input_json_cannot_hold_is_refused_before_anything_is_stored(
+    tmp_path: Path,
+) -> None:
+    from legato import InputError
+
+    async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}") as engine:
+        await engine.apply({"name": "any", "steps": {"f": {"fail": "no"}}})
+        with pytest.raises(InputError, match="JSON cannot"):
+            await engine.start_run("any", {"big": 2**70})
+        assert await engine.store.list_runs() == []

@@ -35,3 +35,16 @@ def test_merge_keys_and_shared_anchors_still_work() -> None:
 def test_an_empty_yaml_document_is_none() -> None:
     assert parse_document("", "yaml") is None
     assert parse_document("# nothing\n", "yaml") is None
+
+
+def test_yaml_scalars_follow_yaml_1_2() -> None:
+    doc = parse_document("retry: {on: [5xx]}\nanswer: yes\nflag: true\nday: 2024-01-01\n", "yaml")
+    assert doc == {"retry": {"on": ["5xx"]}, "answer": "yes", "flag": True, "day": "2024-01-01"}
+
+
+@pytest.mark.parametrize(
+    "text", ["a: 123456789012345678901234567890", "a: !!set {x, y}", "{1: 2}", "a: !!binary aGk="]
+)
+def test_values_json_cannot_hold_are_refused(text: str) -> None:
+    with pytest.raises(DefinitionError, match="JSON cannot"):
+        parse_document(text, "yaml")

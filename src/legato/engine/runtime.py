@@ -17,6 +17,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from legato.engine.decider import decide
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id
@@ -269,6 +271,10 @@ class Engine:
         data, problems = check_object(wf.inputs, {} if input is None else input, "input")
         if problems:
             raise InputError(problems)
+        try:
+            orjson.dumps(data)
+        except TypeError as exc:  # e.g. an int past 64 bits, a set: the store could never write it
+            raise InputError([Problem("input", f"holds a value JSON cannot: {exc}")]) from None
         info = RunInfo(
             id=new_run_id(),
             workflow=workflow,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,24 +46,43 @@ def parse_document(text: str | bytes, fmt: str = "auto") -> Any:
 MAX_YAML_NODES = 200_000
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans and dates stay strings. YAML 1.1 also reads
+    on/off/yes/no as booleans, which would turn a retry policy's `on:` key into `True`, and reads
+    2024-01-01 as a date, which JSON has not."""
+
+
+_YAML_11_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML_11_ONLY]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 def _load_yaml(text: str | bytes) -> Any:
-    """`yaml.safe_load`, refusing documents whose aliases expand past MAX_YAML_NODES or loop."""
-    loader = yaml.SafeLoader(text)
+    """Safe YAML, refusing documents whose aliases expand past MAX_YAML_NODES or loop, and values JSON
+    cannot hold (sets, bytes, integers past 64 bits, non-string keys): a definition is JSON data."""
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise DefinitionError(
-                [
-                    Problem(
-                        "", f"the YAML expands to more than {MAX_YAML_NODES} values through aliases"
-                    )
-                ]
-            )
-        return loader.construct_document(node)
+            message = f"the YAML expands to more than {MAX_YAML_NODES} values through aliases"
+            raise DefinitionError([Problem("", message)])
+        value = loader.construct_document(node)
     finally:
         loader.dispose()
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise DefinitionError([Problem("", f"the YAML holds a value JSON cannot: {exc}")]) from None
+    return value
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:

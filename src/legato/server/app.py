@@ -91,7 +91,12 @@ def create_app(
             Route("/api/runs/{run_id}/retry", routes.retry_run, methods=["POST"]),
             Route("/e/{workflow}", routes.event, methods=["POST"]),
         ],
-        exception_handlers={ApiError: handle, LegatoError: handle, HTTPException: handle},
+        exception_handlers={
+            ApiError: handle,
+            LegatoError: handle,
+            HTTPException: handle,
+            Exception: handle,
+        },
         lifespan=lifespan,
     )
     app.state.legato = routes.Context(engine, Metrics(engine), max_body)
