@@ -71,6 +71,18 @@ class _Request:
     pick: str | None = None  # answer with this key of the JSON body
     timeout: float | None = None  # on top of the client's, for long waits
 
+    def send_args(self, timeout: float) -> dict[str, Any]:
+        """httpx's `request()` arguments; a long wait adds its length to the client's timeout."""
+        return {
+            "method": self.method,
+            "url": self.path,
+            "json": self.json,
+            "content": self.content,
+            "params": self.params,
+            "headers": self.headers,
+            "timeout": timeout + self.timeout if self.timeout else timeout,
+        }
+
     def result(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             _raise_for(response.status_code, response.content)
@@ -207,10 +219,6 @@ def _unreachable(url: str, exc: Exception) -> LegatoError:
     return LegatoError(f"cannot reach Legato at {url}: {exc}")
 
 
-def _timeout(base: float, extra: float | None) -> float:
-    return base + extra if extra else base
-
-
 class Client(_Verbs[Any]):
     """A blocking client; use as a context manager or call `close()`."""
 
@@ -221,15 +229,7 @@ class Client(_Verbs[Any]):
 
     def _send(self, request: _Request) -> Any:
         try:
-            response = self._http.request(
-                request.method,
-                request.path,
-                json=request.json,
-                content=request.content,
-                params=request.params,
-                headers=request.headers,
-                timeout=_timeout(self.timeout, request.timeout),
-            )
+            response = self._http.request(**request.send_args(self.timeout))
         except httpx.TransportError as exc:
             raise _unreachable(self.url, exc) from None
         return request.result(response)
@@ -273,15 +273,7 @@ class AsyncClient(_Verbs[Awaitable[Any]]):
 
     async def _request(self, request: _Request) -> Any:
         try:
-            response = await self._http.request(
-                request.method,
-                request.path,
-                json=request.json,
-                content=request.content,
-                params=request.params,
-                headers=request.headers,
-                timeout=_timeout(self.timeout, request.timeout),
-            )
+            response = await self._http.request(**request.send_args(self.timeout))
         except httpx.TransportError as exc:
             raise _unreachable(self.url, exc) from None
         return request.result(response)

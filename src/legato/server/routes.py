@@ -269,21 +269,20 @@ async def get_run(request: Request) -> Response:
     return json_response(await _detail(engine, state))
 
 
-async def cancel_run(request: Request) -> Response:
+async def _control(request: Request, action: str, status: int) -> Response:
+    """Cancel or retry: the engine says whether the run's state allows it (409 if not)."""
     engine = _ctx(request).engine
     run_id = _run_id(request)
     try:
-        await engine.cancel(run_id)
+        await (engine.cancel if action == "cancel" else engine.retry)(run_id)
     except NotFound as exc:
         raise ApiError(404, str(exc), "run_id") from None
-    return json_response(payloads.run_summary((await engine.get_run(run_id)).info))
+    return json_response(payloads.run_summary((await engine.get_run(run_id)).info), status)
+
+
+async def cancel_run(request: Request) -> Response:
+    return await _control(request, "cancel", 200)
 
 
 async def retry_run(request: Request) -> Response:
-    engine = _ctx(request).engine
-    run_id = _run_id(request)
-    try:
-        await engine.retry(run_id)
-    except NotFound as exc:
-        raise ApiError(404, str(exc), "run_id") from None
-    return json_response(payloads.run_summary((await engine.get_run(run_id)).info), 202)
+    return await _control(request, "retry", 202)
