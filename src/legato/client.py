@@ -71,7 +71,7 @@ class _Request:
     pick: str | None = None  # answer with this key of the JSON body
     timeout: float | None = None  # on top of the client's, for long waits
 
-    def send_args(self, timeout: float) -> dict[str, Any]:
+    def send_args(self, timeout: float | None) -> dict[str, Any]:
         """httpx's `request()` arguments; a long wait adds its length to the client's timeout."""
         return {
             "method": self.method,
@@ -80,7 +80,7 @@ class _Request:
             "content": self.content,
             "params": self.params,
             "headers": self.headers,
-            "timeout": timeout + self.timeout if self.timeout else timeout,
+            "timeout": timeout + self.timeout if timeout is not None and self.timeout else timeout,
         }
 
     def result(self, response: httpx.Response) -> Any:
@@ -103,9 +103,9 @@ def _definition(document: str | bytes | Path | dict[str, Any] | Workflow) -> _Re
         return _Request("POST", "/api/workflows", content=data, headers={"Content-Type": kind})
     if isinstance(document, dict):
         return _Request("POST", "/api/workflows", json=document)
+    # A text may be JSON or YAML (and YAML may start with "{"): the server tells them apart.
     data = document.encode() if isinstance(document, str) else document
-    kind = "application/json" if data.lstrip()[:1] in (b"{", b"[") else "application/yaml"
-    return _Request("POST", "/api/workflows", content=data, headers={"Content-Type": kind})
+    return _Request("POST", "/api/workflows", content=data, headers={"Content-Type": "text/plain"})
 
 
 def _service(service: Service | dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +222,9 @@ def _unreachable(url: str, exc: Exception) -> LegatoError:
 class Client(_Verbs[Any]):
     """A blocking client; use as a context manager or call `close()`."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, timeout: float | None = 30.0
+    ):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, headers=_headers(token), timeout=timeout)
@@ -266,7 +268,9 @@ class Client(_Verbs[Any]):
 class AsyncClient(_Verbs[Awaitable[Any]]):
     """The same verbs as `Client`, as coroutines; use `async with` or `await close()`."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, timeout: float | None = 30.0
+    ):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(token), timeout=timeout)

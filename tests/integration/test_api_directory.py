@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -234,3 +235,61 @@ async def test_a_body_over_the_limit_is_refused_with_413(server: ServerProcess) 
     assert answer.status_code == 413
     assert answer.json()["problems"][0]["path"] == "body"
     assert streamed.status_code == 413  # no Content-Length: counted as it streams
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "field"),
+    [
+        ("POST", "/api/services", {"name": "a", "base_url": "http://["}, 422, "base_url"),
+        ("PUT", "/api/services/a", {"base_url": "http://["}, 422, "base_url"),
+        ("POST", "/api/services", {"name": "sv\n", "base_url": "http://h"}, 422, "name"),
+        ("POST", "/api/workflows", {"name": "abc\n", "steps": {"f": {"fail": "x"}}}, 422, "name"),
+        (
+            "POST",
+            "/api/workflows",
+            {"name": "w3", "timeout": "99999999999d", "steps": {"f": {"fail": "x"}}},
+            422,
+            "timeout",
+        ),
+        (
+            "POST",
+            "/api/workflows",
+            {"name": "w4", "timeout": 1e308, "steps": {"f": {"fail": "x"}}},
+            422,
+            "timeout",
+        ),
+        ("GET", "/api/workflows/x/versions/%C2%B2", None, 400, "version"),
+        ("GET", "/api/workflows/x/graph?version=%C2%B2", None, 400, "version"),
+    ],
+)
+async def test_edge_values_get_a_4xx_not_a_500(
+    server: ServerProcess, method: str, path: str, body: object, status: int, field: str
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        answer = await http.request(method, path, json=body)
+        services = [s["name"] for s in (await http.get("/api/services")).json()["services"]]
+    assert answer.status_code == status, answer.text
+    assert any(p["path"] == field for p in answer.json()["problems"]), answer.json()
+    assert "sv\n" not in services
+
+
+async def test_a_definition_nested_too_deep_stores_nothing_not_even_its_services(
+    server: ServerProcess,
+) -> None:
+    deep: object = 1
+    for _ in range(300):
+        deep = [deep]
+    doc = {
+        "name": "deep",
+        "services": [{"name": "inline-deep", "address": "http://127.0.0.1:9/x"}],
+        "inputs": [{"name": "x", "type": "any", "required": False, "default": deep}],
+    }
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        answer = await http.post(
+            "/api/workflows",
+            content=json.dumps(doc),  # the standard library nests deeper than orjson writes
+            headers={"Content-Type": "application/json"},
+        )
+        service = await http.get("/api/services/inline-deep")
+    assert answer.status_code in (400, 422), answer.text
+    assert service.status_code == 404

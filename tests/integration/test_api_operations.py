@@ -170,3 +170,67 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
         pytest.raises(Exception, match="cannot reach Legato"),
     ):
         client.services()
+
+
+def test_a_405_names_the_methods_allowed(server: ServerProcess) -> None:
+    wrong = httpx.delete(server.url + "/api/workflows")
+    assert wrong.status_code == 405
+    assert set(wrong.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+def test_the_bearer_scheme_is_case_insensitive(guarded: ServerProcess) -> None:
+    for header in ("bearer t0ken", "BEARER t0ken", "Bearer  t0ken"):
+        answer = httpx.get(guarded.url + "/api/runs", headers={"Authorization": header})
+        assert answer.status_code == 200, header
+    for header in ("Basic t0ken", "t0ken", "Bearer t0ken2", "Bearer"):
+        answer = httpx.get(guarded.url + "/api/runs", headers={"Authorization": header})
+        assert answer.status_code == 401, header
+
+
+def test_a_client_without_a_timeout_can_still_wait(server: ServerProcess) -> None:
+    with Client(server.url, timeout=None) as client:
+        client.apply({"name": "no-timeout", "steps": {"f": {"fail": "stop"}}})
+        assert client.start("no-timeout", {}, wait=5)["status"] == "failed"
+
+
+def test_a_port_in_use_is_a_clear_error(server: ServerProcess, tmp_path: Path) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "legato.cli",
+            "serve",
+            "--port",
+            port,
+            "--db",
+            f"sqlite:///{tmp_path / 'y.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert f"the server could not start on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_database_that_cannot_open_is_a_clear_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "legato.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--db",
+            "sqlite:////proc/no.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "cannot open the database sqlite:////proc/no.db" in done.stderr
+    assert "Traceback" not in done.stderr

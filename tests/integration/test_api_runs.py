@@ -220,3 +220,18 @@ async def test_many_runs_started_at_once_all_finish(api: AsyncClient) -> None:
     started = await asyncio.gather(*(api.start("burst", {"who": f"b{i}"}) for i in range(100)))
     runs = await asyncio.gather(*(api.wait(s["id"], timeout=30) for s in started))
     assert [r["output"] for r in runs] == [f"B{i}" for i in range(100)]
+
+
+async def test_edge_run_requests_get_a_4xx(server: ServerProcess, api: AsyncClient) -> None:
+    await api.apply(CHAIN)
+    deep = "[" * 300 + "]" * 300
+    cases = [
+        (b'{"input": {"who": "x"}, "version": 9223372036854775808}', 422, "version"),
+        (b'{"input": {"who": "x"}, "version": 18446744073709551615}', 422, "version"),
+        (b'{"input": {"who": "x", "n": 1, "deep": ' + deep.encode() + b"}}", 422, "body"),
+    ]
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for body, status, field in cases:
+            answer = await http.post("/api/workflows/chain/runs", content=body)
+            assert answer.status_code == status, answer.text
+            assert answer.json()["problems"][0]["path"] == field

@@ -148,3 +148,10 @@ async def test_a_long_wait_shows_progress_on_a_terminal(
     assert b"succeeded: 1/1 steps done" in shown
     assert b"\r" in shown  # one line, rewritten in place
     assert b"steps done" not in out  # progress never pollutes the output
+
+
+async def test_an_input_file_that_cannot_be_read_is_a_usage_error(server: ServerProcess) -> None:
+    code, _, err = await legato(server, "start", "cli-hello", "--input", "@/no/such/file.json")
+    assert code == 2
+    assert "cannot read /no/such/file.json" in err
+    assert "Traceback" not in err

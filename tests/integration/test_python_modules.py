@@ -38,6 +38,40 @@ async def test_a_document_naming_a_module_outside_the_allow_list_is_refused(tmp_
         assert run.steps["dump"].output == "[1]"
 
 
+def exits(code: int = 0) -> None:
+    raise SystemExit(code)
+
+
+async def test_a_function_may_not_be_reached_through_another_module(tmp_path: Path) -> None:
+    async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}", python_modules=["json"]) as engine:
+        for path in ("json:codecs.builtins.open", "json:decoder.re.compile", "json:codecs.open"):
+            with pytest.raises(DefinitionError, match="not a function defined in a module"):
+                await engine.apply({"name": "esc", "steps": {"f": {"python": {"function": path}}}})
+        assert engine.python.resolve("json:codecs.builtins.open") is None  # also at run time
+        assert engine.python.resolve("json:dumps") is not None
+
+
+async def test_a_step_that_raises_system_exit_fails_and_the_engine_goes_on(tmp_path: Path) -> None:
+    async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}") as engine:
+        fn = f"{__name__}:exits"
+        await engine.apply({"name": "bye", "steps": {"f": {"python": {"function": fn}}}})
+        await engine.apply(
+            {
+                "name": "bye-async",
+                "steps": {"f": {"python": {"function": f"{__name__}:exits_async"}}},
+            }
+        )
+        for name in ("bye", "bye-async"):
+            run = await engine.run(name, {}, timeout=10)
+            assert run.info.status == "failed"
+            assert run.steps["f"].error is not None
+            assert "SystemExit" in run.steps["f"].error["message"]
+
+
+async def exits_async(code: int = 0) -> None:
+    raise SystemExit(code)
+
+
 async def test_with_no_allow_list_nothing_may_be_imported_by_a_server_engine(
     tmp_path: Path,
 ) -> None:

@@ -78,3 +78,32 @@ async def test_steps_longer_than_the_grace_period_are_left_to_resume_with_the_sa
     assert [r["status"] for r in runs] == ["succeeded"] * 5
     assert sorted(service.keys("/slow")) == sorted(first_keys * 2)  # each redone once, same key
     assert len(service.seen("/echo")) == 5
+
+
+async def test_a_blocking_python_step_cannot_hold_the_process_past_its_grace(
+    tmp_path: Path,
+) -> None:
+    server = start_server(tmp_path, "--grace", "1", "--python-module", "tests.integration.blocking")
+    async with AsyncClient(server.url) as api:
+        await api.apply(
+            {
+                "name": "blocked",
+                "steps": {
+                    "nap": {
+                        "python": {
+                            "function": "tests.integration.blocking:nap",
+                            "args": {"seconds": 60},
+                        }
+                    }
+                },
+            }
+        )
+        run = await api.start("blocked", {}, wait=0.5)
+        assert run["steps"][0]["status"] == "running"
+    began = time.monotonic()
+    code = await asyncio.to_thread(server.stop, signal.SIGINT)  # Ctrl-C
+    took = time.monotonic() - began
+    assert code == 130, server.output()
+    assert took < 4, took  # the 1 s grace, not the 60 s nap
+    assert "1 unfinished run(s) resume on the next start" in server.output()
+    assert "Traceback" not in server.output()

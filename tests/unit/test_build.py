@@ -859,3 +859,17 @@ def test_definition_error_to_dict() -> None:
         "problems": [{"path": "steps.a.depends_on[0]", "message": "unknown step 'ghost'"}],
     }
     assert info.value.problems == [Problem("steps.a.depends_on[0]", "unknown step 'ghost'")]
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\n\n", "a b"])
+def test_names_must_match_whole(name: str) -> None:
+    assert "name" in problems(wf({"a": http()}, name=name))
+    assert "steps" in " ".join(problems(wf({name: http()})))
+
+
+def test_service_names_and_addresses_are_checked_whole() -> None:
+    from legato.model.service import Service
+
+    with pytest.raises(DefinitionError) as caught:
+        Service.from_dict({"name": "svc\n", "base_url": "http://["})
+    assert {p.path for p in caught.value.problems} == {"name", "base_url"}

@@ -93,3 +93,9 @@ def test_format_duration(seconds: float, text: str) -> None:
 @pytest.mark.parametrize("seconds", [0.0, 0.25, 1.0, 45.0, 120.0, 5400.0, 7200.0, 172800.0])
 def test_format_then_parse_round_trips(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("value", ["99999999999d", 1e308, "3661d", 10 * 366 * 86400 + 1])
+def test_durations_past_ten_years_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="at most 3660d"):
+        parse_duration(value)

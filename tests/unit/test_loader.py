@@ -46,5 +46,16 @@ def test_yaml_scalars_follow_yaml_1_2() -> None:
     "text", ["a: 123456789012345678901234567890", "a: !!set {x, y}", "{1: 2}", "a: !!binary aGk="]
 )
 def test_values_json_cannot_hold_are_refused(text: str) -> None:
-    with pytest.raises(DefinitionError, match="JSON cannot"):
+    with pytest.raises(DefinitionError, match="cannot be stored as JSON"):
         parse_document(text, "yaml")
+
+
+def test_yaml_1_1_numbers_are_not_guessed() -> None:
+    doc = parse_document("at: 12:30\nzip: 010\nn: 10\nx: 0x1F\nf: 1.5\ne: 1e3\nv: =\n", "yaml")
+    assert doc == {"at": "12:30", "zip": "010", "n": 10, "x": 31, "f": 1.5, "e": 1000.0, "v": "="}
+
+
+def test_json_nested_past_what_the_store_writes_is_refused() -> None:
+    deep = b'{"name": "x", "steps": {}, "description": ' + b"[" * 300 + b"]" * 300 + b"}"
+    with pytest.raises(DefinitionError, match="cannot be stored as JSON"):
+        parse_document(deep, "json")

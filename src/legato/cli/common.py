@@ -38,7 +38,12 @@ def parse_input(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     if text.startswith("@"):
-        text = Path(text[1:]).read_text()
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {text[1:]}: {exc.strerror}", param_hint="--input"
+            ) from None
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:

@@ -97,6 +97,10 @@ def serve(
         aio.run(go())
     except LegatoError as exc:
         fail(exc)
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C, after the drain: the shell's code for it, without "Aborted!"
+        sys.exit(130)
 
 
 async def _tour(server: DrainingServer, base: str, token: str | None) -> dict[str, Any]:
@@ -158,6 +162,8 @@ def demo(db: str, host: str, port: int, token: str | None, grace: float, exit_af
         run = aio.run(go())
     except LegatoError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
     sys.exit(0 if run["status"] == "succeeded" else 1)
 
 

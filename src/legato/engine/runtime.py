@@ -210,10 +210,16 @@ class Engine:
         problems = unknown_services(wf.steps, known)
         if problems:
             raise DefinitionError(problems)
+        try:
+            digest = (
+                wf.digest
+            )  # before any write: a spec JSON cannot encode must leave nothing behind
+        except TypeError as exc:
+            raise DefinitionError([Problem("", f"cannot be stored as JSON: {exc}")]) from None
         for service in inline:
             await self.put_service(service)
         self._functions.update(wf.functions)
-        record = await self.store.save_workflow(wf.name, wf.digest, wf.spec)
+        record = await self.store.save_workflow(wf.name, digest, wf.spec)
         self._workflows[(wf.name, record.version)] = wf
         self._latest[wf.name] = max(record.version, self._latest.get(wf.name, 0))
         return record
@@ -227,7 +233,9 @@ class Engine:
             Problem(f"steps.{step.name}.{where}.function", f"{call.function!r} {self._refusal()}")
             for step in definition.workflow.steps.values()
             for where, call in _python_calls(step)
-            if call.function not in self._functions and not self.python.importable(call.function)
+            if call.function not in self._functions
+            and self.python.modules is not None
+            and self.python.resolve(call.function) is None
         ]
         if refused:
             raise DefinitionError(refused)
@@ -236,7 +244,7 @@ class Engine:
     def _refusal(self) -> str:
         modules = self.python.modules or ()
         allowed = ", ".join(modules) if modules else "none (start the server with --python-module)"
-        return f"is not in a module this engine may import; allowed: {allowed}"
+        return f"is not a function defined in a module this engine may import; allowed: {allowed}"
 
     async def _workflow(self, name: str, version: int | None = None) -> Workflow:
         return (await self.workflow_version(name, version))[0]

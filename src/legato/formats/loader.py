@@ -29,7 +29,7 @@ def parse_document(text: str | bytes, fmt: str = "auto") -> Any:
     """Parse JSON or YAML (`fmt` is "json", "yaml" or "auto"); a syntax error becomes a DefinitionError."""
     if fmt in ("json", "auto"):
         try:
-            return orjson.loads(text)
+            return _storable(orjson.loads(text), "JSON")
         except orjson.JSONDecodeError as exc:
             if fmt == "json":
                 raise DefinitionError([Problem("", f"malformed JSON: {exc}")]) from None
@@ -47,20 +47,31 @@ MAX_YAML_NODES = 200_000
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 scalars: only true/false are booleans and dates stay strings. YAML 1.1 also reads
-    on/off/yes/no as booleans, which would turn a retry policy's `on:` key into `True`, and reads
-    2024-01-01 as a date, which JSON has not."""
+    """Plain scalars as YAML 1.2's core schema reads them. YAML 1.1 (PyYAML's default) reads on/off/
+    yes/no as booleans (a retry policy's `on:` key would become True), 12:30 as 750, 010 as 8, and
+    2024-01-01 as a date, which JSON has not; here those stay strings (010 too, rather than guess)."""
 
 
-_YAML_11_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
+_REPLACED = {f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "timestamp", "value")}
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML_11_ONLY]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
 )
 
 
@@ -78,10 +89,15 @@ def _load_yaml(text: str | bytes) -> Any:
         value = loader.construct_document(node)
     finally:
         loader.dispose()
+    return _storable(value, "YAML")
+
+
+def _storable(value: Any, fmt: str) -> Any:
+    """The value, if the store can write it as JSON (orjson refuses what nests past 254 levels)."""
     try:
         orjson.dumps(value)
     except TypeError as exc:
-        raise DefinitionError([Problem("", f"the YAML holds a value JSON cannot: {exc}")]) from None
+        raise DefinitionError([Problem("", f"the {fmt} cannot be stored as JSON: {exc}")]) from None
     return value
 
 

@@ -58,7 +58,7 @@ def build_workflow(
     if not r.ok:
         raise DefinitionError(problems)
     name = r.get("name", str)
-    if name is not None and not WORKFLOW_NAME.match(name):
+    if name is not None and not WORKFLOW_NAME.fullmatch(name):
         r.problem(
             "name",
             "must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit",
@@ -92,7 +92,7 @@ def build_workflow(
 
     steps: dict[str, Step] = {}
     for step_name, body, path in step_items:
-        if not STEP_NAME.match(step_name):
+        if not STEP_NAME.fullmatch(step_name):
             problems.append(
                 Problem(path, "a step name must be a letter or '_' then letters, digits, '_'")
             )
@@ -303,7 +303,7 @@ def _read_success(r: Reader) -> tuple[tuple[int, int], ...]:
     for i, item in enumerate(items):
         if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
             ranges.append((item, item))
-        elif isinstance(item, str) and (m := _STATUS_CLASS.match(item)):
+        elif isinstance(item, str) and (m := _STATUS_CLASS.fullmatch(item)):
             lo = int(m.group(1)) * 100
             ranges.append((lo, lo + 99))
         else:
@@ -320,7 +320,7 @@ def _read_python(data: Any, path: str, problems: list[Problem]) -> PythonCall | 
     if not r.ok:
         return None
     function = r.get("function", str)
-    if function is not None and not FUNCTION_PATH.match(function):
+    if function is not None and not FUNCTION_PATH.fullmatch(function):
         r.problem("function", "must be an import path such as 'package.module:function'")
     args = _template(r, "args")
     if args is not None and not isinstance(args.source, dict):

@@ -18,7 +18,7 @@ def parse_duration(value: object) -> float:
             raise ValueError("must be a finite duration")
         if value < 0:
             raise ValueError("must not be negative")
-        return float(value)
+        return _bounded(float(value))
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a duration")
     text = value.strip().replace(" ", "")
@@ -30,7 +30,17 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if pos != len(text) or pos == 0:
         raise ValueError("must be a duration such as 500ms, 30s, 5m, 1h or a number of seconds")
-    return total
+    return _bounded(total)
+
+
+# Ten years: longer than any timer or timeout means anything, short enough that every due time is a date.
+MAX_DURATION = 10 * 366 * 86400.0
+
+
+def _bounded(seconds: float) -> float:
+    if seconds > MAX_DURATION:
+        raise ValueError("must be at most 3660d (ten years)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

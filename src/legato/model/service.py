@@ -61,7 +61,10 @@ class Service:
 
 
 def check_url(url: str) -> str | None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[" (an unclosed IPv6 bracket)
+        return f"is not a URL: {exc}"
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return "must be an absolute http:// or https:// URL"
     return None
@@ -74,7 +77,7 @@ def read_service(data: Any, path: str, problems: list[Problem]) -> Service | Non
         return None
     before = len(problems)
     name = r.get("name", str)
-    if name is not None and not SERVICE_NAME.match(name):
+    if name is not None and not SERVICE_NAME.fullmatch(name):
         r.problem("name", "must be 1-128 letters, digits, '_', '.' or '-'")
     key = "address" if r.has("address") and not r.has("base_url") else "base_url"
     base_url = r.get(key, str)

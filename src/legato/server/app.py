@@ -7,11 +7,13 @@ executed by the same process, with no queue in between.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,6 +25,7 @@ from legato.server.errors import ApiError, error_response, handle
 from legato.server.metrics import Metrics
 
 DEFAULT_MAX_BODY = 1024 * 1024
+Endpoint = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = ("/healthz", "/docs")
 
 
@@ -31,14 +34,18 @@ class BearerToken:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if not hmac.compare_digest(given, self.expected):
+        scheme, _, credentials = given.strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(
+            credentials.strip(), self.expected
+        ):
             message = (
                 "this server needs Authorization: Bearer <token>"
                 if not given
@@ -50,17 +57,32 @@ class BearerToken:
         await self.app(scope, receive, send)
 
 
+def _route(path: str, **handlers: Endpoint) -> Route:
+    """One route per path with a handler per method, so a 405 lists every method the path allows."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, dispatch, methods=list(handlers))
+
+
 def create_app(
     engine: Engine,
     *,
     token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     grace: float = 10.0,
+    own_engine: bool = True,
 ) -> ASGIApp:
-    """The API for `engine`; the app starts the engine at startup and drains it at shutdown."""
+    """The API for `engine`. With `own_engine` (for any ASGI server) the app's lifespan starts the
+    engine and closes it with the grace period; `legato serve` runs the engine around the server."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not own_engine:
+            yield
+            return
         await engine.start()
         try:
             yield
@@ -74,13 +96,14 @@ def create_app(
             Route("/openapi.json", docs.openapi),
             Route("/docs", docs.page),
             Mount("/docs/static", StaticFiles(directory=docs.SWAGGER_DIR), name="docs-static"),
-            Route("/api/services", routes.list_services),
-            Route("/api/services", routes.create_service, methods=["POST"]),
-            Route("/api/services/{name}", routes.get_service),
-            Route("/api/services/{name}", routes.put_service, methods=["PUT"]),
-            Route("/api/services/{name}", routes.delete_service, methods=["DELETE"]),
-            Route("/api/workflows", routes.list_workflows),
-            Route("/api/workflows", routes.apply_workflow, methods=["POST"]),
+            _route("/api/services", GET=routes.list_services, POST=routes.create_service),
+            _route(
+                "/api/services/{name}",
+                GET=routes.get_service,
+                PUT=routes.put_service,
+                DELETE=routes.delete_service,
+            ),
+            _route("/api/workflows", GET=routes.list_workflows, POST=routes.apply_workflow),
             Route("/api/workflows/{name}", routes.get_workflow),
             Route("/api/workflows/{name}/versions/{version}", routes.get_workflow_version),
             Route("/api/workflows/{name}/graph", routes.workflow_graph_route),

@@ -51,6 +51,10 @@ async def json_object(request: Request, limit: int, *, required: bool = True) ->
         raise ApiError(400, f"malformed JSON: {exc}", "body", "malformed_json") from None
     if not isinstance(value, dict):
         raise ApiError(422, f"must be a JSON object, not {type(value).__name__}", "body")
+    try:
+        orjson.dumps(value)  # what the store writes back must be writable (depth past 254 is not)
+    except TypeError as exc:
+        raise ApiError(422, f"cannot be stored as JSON: {exc}", "body") from None
     return value
 
 

@@ -70,7 +70,8 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, Conflict):
         return json_response(ApiError(409, str(exc)).body(), 409)
     if isinstance(exc, HTTPException):
-        return json_response(ApiError(exc.status_code, str(exc.detail)).body(), exc.status_code)
+        body = ApiError(exc.status_code, str(exc.detail)).body()
+        return json_response(body, exc.status_code, dict(exc.headers or {}))  # keeps 405's Allow
     if isinstance(exc, LegatoError):
         return json_response(ApiError(400, str(exc)).body(), 400)
     log.exception("unexpected error", exc_info=exc)

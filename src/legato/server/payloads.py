@@ -16,7 +16,11 @@ from legato.store.protocol import WorkflowRecord
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        moment = datetime.fromtimestamp(ts, UTC)
+    except (ValueError, OverflowError, OSError):  # past year 9999: show the number rather than fail
+        return str(ts)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def run_summary(info: RunInfo) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from legato.server.metrics import CONTENT_TYPE, Metrics
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT = 3600.0
+MAX_VERSION = 2**31
 SECRET_HEADER = re.compile(r"authorization|cookie|token|secret|key|password", re.IGNORECASE)
 
 
@@ -42,7 +43,7 @@ def _ctx(request: Request) -> Context:
 
 def _run_id(request: Request) -> str:
     run_id: str = request.path_params["run_id"]
-    if not RUN_ID.match(run_id):
+    if not RUN_ID.fullmatch(run_id):
         raise ApiError(404, f"no run with id {run_id!r} (run ids are 32 hex digits)", "run_id")
     return run_id
 
@@ -155,7 +156,7 @@ async def get_workflow(request: Request) -> Response:
 def _version(text: str | None, where: str) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or not 0 < int(text) < 2**31:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < MAX_VERSION:
         raise ApiError(400, f"must be a positive integer, not {text!r}", where)
     return int(text)
 
@@ -201,9 +202,11 @@ async def start_run(request: Request) -> Response:
     data = bodies.object_field(body, "input")
     raw_version = body.get("version")
     if raw_version is not None and (
-        not isinstance(raw_version, int) or isinstance(raw_version, bool) or raw_version < 1
+        not isinstance(raw_version, int)
+        or isinstance(raw_version, bool)
+        or not 0 < raw_version < MAX_VERSION
     ):
-        raise ApiError(422, "must be a positive integer", "version")
+        raise ApiError(422, f"must be an integer from 1 to {MAX_VERSION - 1}", "version")
     run_id = await _start(ctx, request.path_params["name"], data, raw_version)
     headers = {"Location": f"/api/runs/{run_id}"}
     if wait is not None:
@@ -245,7 +248,7 @@ async def list_runs(request: Request) -> Response:
     status = bodies.query_choice(request, "status", STATUSES)
     limit = bodies.query_int(request, "limit", 50, 1, 500)
     cursor = request.query_params.get("cursor")
-    if cursor is not None and not RUN_ID.match(cursor):
+    if cursor is not None and not RUN_ID.fullmatch(cursor):
         raise ApiError(400, "must be the next_cursor of a previous page", "cursor")
     workflow = request.query_params.get("workflow")
     infos = await engine.store.list_runs(workflow, status, limit + 1, cursor)

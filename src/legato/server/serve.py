@@ -34,14 +34,53 @@ def is_loopback(host: str) -> bool:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the engine to drain the moment a stop signal arrives."""
+    """uvicorn's server around the engine: it opens the engine before it listens, tells it to drain the
+    moment a stop signal arrives, and closes it (with the grace period) after the last connection."""
 
-    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+    def __init__(self, config: uvicorn.Config, engine: Engine, grace: float) -> None:
         super().__init__(config)
         self.engine = engine
+        self.grace = grace
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine_closed = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Run until stopped; a failure to start is a LegatoError saying why, not a SystemExit."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self.engine.start()
+        except Exception as exc:
+            raise LegatoError(f"cannot open the database {self.engine.store.url}: {exc}") from None
+        try:
+            await super().serve(sockets)
+        except SystemExit:
+            raise LegatoError(
+                f"the server could not start on {self.config.host}:{self.config.port} "
+                "(the error above says why)"
+            ) from None
+        finally:
+            await self._close_engine()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Here, not after serve(): once serve() returns, uvicorn re-raises the stop signal.
+        await super().shutdown(sockets)
+        await self._close_engine()
+
+    async def _close_engine(self) -> None:
+        if not self._engine_closed:
+            self._engine_closed = True
+            await self.engine.close(self.grace)
+            left = self.engine.active_runs()
+            if left and self.started:
+                print(
+                    f"Legato stopped; {left} unfinished run(s) resume on the next start",
+                    file=sys.stderr,
+                )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.engine.drain()
+        # A signal handler runs between any two bytecodes; the engine is only touched from its loop.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.engine.drain)
         super().handle_exit(sig, frame)
 
     @property
@@ -73,19 +112,19 @@ def build_server(
             "127.0.0.1, or pass --allow-unauthenticated"
         )
     engine = Engine.open(db, python_modules=python_modules)
-    app = create_app(engine, token=token, max_body=max_body, grace=grace)
+    app = create_app(engine, token=token, max_body=max_body, own_engine=False)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         http="httptools",
-        lifespan="on",
+        lifespan="off",
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=max(1, math.ceil(grace)),
         server_header=False,
     )
-    return DrainingServer(config, engine)
+    return DrainingServer(config, engine, grace)
 
 
 async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:
