@@ -47,8 +47,10 @@ def _seconds(run: dict[str, Any]) -> float | None:
     return finish - datetime.fromisoformat(start).timestamp()
 
 
-def _status(status: str) -> str:
-    return click.style(status, fg=STATUS_COLOURS.get(status))
+def _status(status: str, width: int = 0) -> str:
+    """Coloured on a terminal (click drops the colour elsewhere); padded before colouring so columns
+    line up either way."""
+    return click.style(f"{status:<{width}}", fg=STATUS_COLOURS.get(status))
 
 
 # -- services --------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def runs(
         took_text = f"{took:.2f}s" if took is not None else "-"
         click.echo(
             f"{run['id']}  {run['workflow']:<20} v{run['version']:<3} "
-            f"{_status(run['status']):<20} {run['created_at']}  {took_text}"
+            f"{_status(run['status'], 10)} {run['created_at']}  {took_text}"
         )
     if page["next_cursor"]:
         click.echo(f"more: legato runs --cursor {page['next_cursor']}", err=True)
@@ -234,7 +236,7 @@ def _print_run(run: dict[str, Any]) -> None:
     for step in run["steps"]:
         tries = f"  {step['attempt']} attempts" if step["attempt"] > 1 else ""
         reason = f"  ({step['reason']})" if step.get("reason") else ""
-        click.echo(f"  {step['name']:<24} {_status(step['status'])}{tries}{reason}")
+        click.echo(f"  {step['name']:<24} {_status(step['status'], 10)}{tries}{reason}")
         if step.get("error"):
             click.echo(f"      {step['error'].get('message', step['error'])}")
     if run.get("error"):
