@@ -234,3 +234,34 @@ def test_a_database_that_cannot_open_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "cannot open the database sqlite:////proc/no.db" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--grace", "nan"),
+        ("--grace", "-1"),
+        ("--port", "99999"),
+        ("--max-body", "-1"),
+        ("--log-level", "bogus"),
+    ],
+)
+def test_bad_serve_options_are_usage_errors(tmp_path: Path, option: str, value: str) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "legato.cli",
+            "serve",
+            option,
+            value,
+            "--db",
+            f"sqlite:///{tmp_path / 'x.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert f"Invalid value for '{option}'" in done.stderr
+    assert "Traceback" not in done.stderr

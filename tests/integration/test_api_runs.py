@@ -235,3 +235,23 @@ async def test_edge_run_requests_get_a_4xx(server: ServerProcess, api: AsyncClie
             answer = await http.post("/api/workflows/chain/runs", content=body)
             assert answer.status_code == status, answer.text
             assert answer.json()["problems"][0]["path"] == field
+
+
+async def test_reading_a_run_with_wait_shows_it_as_it_is_after_the_wait(api: AsyncClient) -> None:
+    await api.apply(
+        {
+            "name": "two-naps",
+            "steps": {
+                "a": {"http": {"service": "svc", "path": "/slow", "query": {"delay": "0.2"}}},
+                "b": {
+                    "depends_on": "a",
+                    "http": {"service": "svc", "path": "/slow", "query": {"delay": "5"}},
+                },
+            },
+        }
+    )
+    started = await api.start("two-naps", {})
+    run = await api.run(started["id"], wait=1)  # a has ended by then, b has not
+    steps = {s["name"]: s["status"] for s in run["steps"]}
+    assert steps == {"a": "succeeded", "b": "running"}
+    await api.cancel(started["id"])

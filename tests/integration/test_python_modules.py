@@ -44,7 +44,17 @@ def exits(code: int = 0) -> None:
 
 async def test_a_function_may_not_be_reached_through_another_module(tmp_path: Path) -> None:
     async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}", python_modules=["json"]) as engine:
-        for path in ("json:codecs.builtins.open", "json:decoder.re.compile", "json:codecs.open"):
+        for path in (
+            "json:codecs.builtins.open",
+            "json:decoder.re.compile",
+            "json:codecs.open",
+            "json:__builtins__.clear",
+            "json:loads.__globals__.get",
+            "json:JSONDecoder.mro",
+            "json:JSONDecoder.__new__",
+            "json.__init__:loads",
+            "json.nosuchmodule:loads",
+        ):
             with pytest.raises(DefinitionError, match="not a function defined in a module"):
                 await engine.apply({"name": "esc", "steps": {"f": {"python": {"function": path}}}})
         assert engine.python.resolve("json:codecs.builtins.open") is None  # also at run time
@@ -96,3 +106,11 @@ async def test_an_input_json_cannot_hold_is_refused_before_anything_is_stored(
         with pytest.raises(InputError, match="JSON cannot"):
             await engine.start_run("any", {"big": 2**70})
         assert await engine.store.list_runs() == []
+
+
+async def test_private_and_main_modules_are_never_imported_by_name(tmp_path: Path) -> None:
+    async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}", python_modules=["legato"]) as engine:
+        with pytest.raises(DefinitionError, match="not a function defined in a module"):
+            await engine.apply(
+                {"name": "m", "steps": {"f": {"python": {"function": "legato.cli.__main__:main"}}}}
+            )

@@ -79,6 +79,12 @@ class LoopbackService:
             self.in_flight -= 1
         return _json({"slept": True, "echo": seen.json})
 
+    async def deep(self, request: web.Request) -> web.Response:
+        """JSON nested `levels` deep: more than a store can write back as it came."""
+        await self._record(request)
+        levels = int(request.query.get("levels", "300"))
+        return web.Response(body=b"[" * levels + b"]" * levels, content_type="application/json")
+
     async def text(self, request: web.Request) -> web.Response:
         await self._record(request)
         return web.Response(text="plain words")
@@ -92,6 +98,7 @@ class LoopbackService:
         app.router.add_route("*", "/status/{code}", self.status)
         app.router.add_route("*", "/slow", self.slow)
         app.router.add_route("*", "/text", self.text)
+        app.router.add_route("*", "/deep", self.deep)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -371,7 +371,7 @@ def test_retry_problems_have_exact_paths() -> None:
     ) == {
         "steps.charge.retry.retries": "must not be negative",
         "steps.charge.retry.delay": "must be a duration such as 500ms, 30s, 5m, 1h or a number of seconds",
-        "steps.charge.retry.backoff": "must be at least 1",
+        "steps.charge.retry.backoff": "must be from 1 to 100",
         "steps.charge.retry.on": "unknown failure kind 'teapot'; known: network, timeout, 5xx, 429, 4xx, "
         "status, exception, input, output, template, config",
         "steps.charge.retry.jitter": "must be a boolean",
@@ -873,3 +873,16 @@ def test_service_names_and_addresses_are_checked_whole() -> None:
     with pytest.raises(DefinitionError) as caught:
         Service.from_dict({"name": "svc\n", "base_url": "http://["})
     assert {p.path for p in caught.value.problems} == {"name", "base_url"}
+
+
+def test_a_long_retry_budget_never_overflows_the_backoff() -> None:
+    p = RetryPolicy(retries=10**6, delay=1.0, backoff=2.0, max_delay=60.0, jitter=False)
+    assert p.delay_for(5000, 0.0) == 60.0
+    q = RetryPolicy(retries=10, delay=0.001, backoff=100.0, max_delay=0.001, jitter=True)
+    assert q.delay_for(400, 0.5) == pytest.approx(0.00075)
+
+
+@pytest.mark.parametrize("backoff", [0.5, 101, float("nan")])
+def test_backoff_is_bounded(backoff: float) -> None:
+    found = problems(wf({"a": http(retry={"retries": 1, "backoff": backoff})}))
+    assert found["steps.a.retry.backoff"] == "must be from 1 to 100"

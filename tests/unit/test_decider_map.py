@@ -364,3 +364,13 @@ def test_map_output_usable_in_downstream_templates_and_run_output() -> None:
     run.ok("m[1]", "two")
     run.ok("n")
     assert run.state.info.output == ["one", "two"]
+
+
+def test_a_map_over_too_many_items_fails_with_the_limit() -> None:
+    from legato.engine.decider import MAX_MAP_ITEMS
+
+    run = map_run(list(range(MAX_MAP_ITEMS + 1)), concurrency=2)
+    run.start()
+    m = run.step("m")
+    assert m.status == "failed"
+    assert m.error is not None and f"at most {MAX_MAP_ITEMS}" in m.error["message"]

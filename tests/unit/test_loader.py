@@ -59,3 +59,11 @@ def test_json_nested_past_what_the_store_writes_is_refused() -> None:
     deep = b'{"name": "x", "steps": {}, "description": ' + b"[" * 300 + b"]" * 300 + b"}"
     with pytest.raises(DefinitionError, match="cannot be stored as JSON"):
         parse_document(deep, "json")
+
+
+def test_yaml_infinities_and_nans_stay_strings() -> None:
+    assert parse_document("a: .inf\nb: -.inf\nc: .nan\n", "yaml") == {
+        "a": ".inf",
+        "b": "-.inf",
+        "c": ".nan",
+    }

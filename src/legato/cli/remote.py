@@ -68,7 +68,7 @@ def service() -> None:
     "--file", "file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON list."
 )
 @click.option("--timeout", help="Per-call timeout, e.g. 5s.")
-@click.option("--concurrency", type=int, help="Calls in flight at most.")
+@click.option("--concurrency", type=click.IntRange(1), help="Calls in flight at most.")
 @click.option("--header", multiple=True, help="K=V, sent with every call (repeatable).")
 @click.option("--replace", is_flag=True, help="Replace a service of the same name.")
 @remote
@@ -94,7 +94,7 @@ def service_add(
         entry: dict[str, Any] = {"name": name, "base_url": address}
         if timeout:
             entry["timeout"] = timeout
-        if concurrency:
+        if concurrency is not None:
             entry["concurrency"] = concurrency
         if header:
             pairs = [h.split("=", 1) for h in header]

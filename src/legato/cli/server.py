@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from importlib import resources
 from typing import Any
@@ -24,17 +25,24 @@ DEMO_ORDER = {
 }
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):  # FloatRange lets NaN through (NaN compares false with both ends)
+        raise click.BadParameter("must be a number of seconds")
+    return value
+
+
 def _server_options(fn: Any) -> Any:
     options = [
         click.option("--db", default=DEFAULT_DB, envvar="LEGATO_DATABASE_URL", show_default=True),
         click.option("--host", default="127.0.0.1", show_default=True),
-        click.option("--port", type=int, default=8080, show_default=True),
+        click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
         click.option(
             "--token", envvar="LEGATO_API_TOKEN", default=None, help="Require this bearer token."
         ),
         click.option(
             "--grace",
-            type=float,
+            type=click.FloatRange(0, 3600),
+            callback=_finite,
             default=10.0,
             show_default=True,
             help="Seconds steps under way get to finish on SIGTERM.",
@@ -48,7 +56,11 @@ def _server_options(fn: Any) -> Any:
 @main.command()
 @_server_options
 @click.option(
-    "--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True, help="Bytes per request."
+    "--max-body",
+    type=click.IntRange(1024),
+    default=DEFAULT_MAX_BODY,
+    show_default=True,
+    help="Bytes per request.",
 )
 @click.option(
     "--allow-unauthenticated",
@@ -62,7 +74,12 @@ def _server_options(fn: Any) -> Any:
     envvar="LEGATO_PYTHON_MODULES",
     help="A module whose functions definitions' Python steps may call (repeatable). None by default.",
 )
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
 def serve(
     db: str,
     host: str,

@@ -42,6 +42,9 @@ READY, WAIT, SKIP = "ready", "wait", "skip"
 UPSTREAM_FAILED = "upstream_failed"
 UPSTREAM_SKIPPED = "upstream_skipped"
 BRANCH_NOT_TAKEN = "branch_not_taken"
+# A map's bookkeeping looks at every child on each child's event, so its cost grows with the square of
+# its size; past this many items, split the work (or use a sub-workflow per batch).
+MAX_MAP_ITEMS = 2000
 
 
 def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 0.5) -> Decision:
@@ -346,6 +349,10 @@ class _Txn:
             items = spec.over.render(self.context())
             if not isinstance(items, list):
                 raise TemplateError(f"map.over must render to a list, got {type(items).__name__}")
+            if len(items) > MAX_MAP_ITEMS:
+                raise TemplateError(
+                    f"map.over rendered {len(items)} items; a map takes at most {MAX_MAP_ITEMS}"
+                )
         except TemplateError as exc:
             self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
             return

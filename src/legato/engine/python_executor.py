@@ -18,6 +18,7 @@ import inspect
 import queue
 import threading
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
 from types import ModuleType
 from typing import Any
 
@@ -29,49 +30,56 @@ MAX_THREADS = 32
 
 
 class _DaemonPool:
-    """Runs blocking calls on up to MAX_THREADS daemon threads, started as the load needs them."""
+    """Runs blocking calls on up to MAX_THREADS daemon threads, started as the load needs them.
+
+    A call whose step was cancelled before a thread took it never runs; a call that ends after its
+    event loop closed is dropped (asyncio.wrap_future sees to both).
+    """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
         )
+        self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
-        self._lock = threading.Lock()
+        self._queued = 0
 
     async def run(self, call: Callable[[], Any]) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        job: Future[Any] = Future()
         with self._lock:
-            if self._idle == 0 and self._threads < MAX_THREADS:
+            self._queued += 1
+            if self._queued > self._idle and self._threads < MAX_THREADS:
                 self._threads += 1
                 threading.Thread(target=self._work, name="legato-python", daemon=True).start()
-        self._jobs.put((call, fut))
-        return await fut
+        self._jobs.put((call, job))
+        return await asyncio.wrap_future(job)
 
     def _work(self) -> None:
         while True:
             with self._lock:
                 self._idle += 1
-            job = self._jobs.get()
+            item = self._jobs.get()
             with self._lock:
                 self._idle -= 1
-            call, fut = job
+                if item is None:
+                    self._threads -= 1
+                    return
+                self._queued -= 1
+            call, job = item
+            if not job.set_running_or_notify_cancel():
+                continue
             try:
-                result, error = call(), None
-            except (
-                BaseException
-            ) as exc:  # SystemExit included: it must fail the step, not the thread
-                result, error = None, exc
-            fut.get_loop().call_soon_threadsafe(_settle, fut, result, error)
+                job.set_result(call())
+            except BaseException as exc:  # SystemExit included: it fails the step, not the thread
+                job.set_exception(exc)
 
-
-def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.done():  # the step was cancelled meanwhile
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
+    def close(self) -> None:
+        """Let idle threads end; a busy one ends after its call (it is a daemon: exit won't wait)."""
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
 
 
 class PythonExecutor:
@@ -95,20 +103,31 @@ class PythonExecutor:
         module_name, _, qualname = path.partition(":")
         if "<locals>" in qualname or not self._allowed_module(module_name):
             return None
+        parts = qualname.split(".")
+        if self.modules is not None and any(
+            p.startswith("_") for p in (*module_name.split("."), *parts)
+        ):
+            return None  # __globals__, __builtins__, __main__...: not a function of the module
         try:
             obj: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
+            for part in parts:
                 obj = getattr(obj, part)
                 if isinstance(obj, ModuleType):  # through another module: not what was allowed
                     return None
-        except (ImportError, AttributeError):
+        except Exception:  # an import that fails, whatever the reason, finds nothing
             return None
         if not callable(obj):
             return None
-        if self.modules is not None and not self._allowed_module(getattr(obj, "__module__", "")):
+        owner = getattr(obj, "__module__", None)
+        if self.modules is not None and not (
+            isinstance(owner, str) and self._allowed_module(owner)
+        ):
             return None  # a name the module imported from elsewhere
         self._imported[path] = obj
         return obj  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._pool.close()
 
     async def execute(self, request: dict[str, Any]) -> Outcome:
         path = request["function"]
@@ -125,8 +144,11 @@ class PythonExecutor:
                 result = await fn(**args)
             else:
                 result = await self._pool.run(lambda: fn(**args))
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the step itself was cancelled
+            return Outcome.failure("exception", f"CancelledError raised by the function: {exc}")
         except BaseException as exc:  # SystemExit or KeyboardInterrupt from a step fails the step
             return Outcome.failure(
                 "exception", f"{type(exc).__name__}: {exc}", type=type(exc).__name__

@@ -56,6 +56,22 @@ from legato.store.protocol import Store, WorkflowRecord, open_store
 log = logging.getLogger("legato.engine")
 
 
+def _broken(state: RunState, exc: Exception, now: float) -> Decision:
+    """The run fails with an internal error; calls under way are stopped."""
+    info = state.info
+    error = {
+        "kind": "internal",
+        "message": f"the engine could not decide: {type(exc).__name__}: {exc}",
+    }
+    running = [s.name for s in state.steps.values() if s.status == RUNNING]
+    return Decision(
+        run_id=info.id,
+        workflow=info.workflow,
+        run=info._replace(status=FAILED, finished_at=now, error=error),
+        effects=[*(Abort(name) for name in running), Finished(FAILED)],
+    )
+
+
 def _python_calls(step: Step) -> list[tuple[str, PythonCall]]:
     action = step.action
     if isinstance(action, PythonCall):
@@ -100,6 +116,7 @@ class Engine:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._draining = False
+        self._retrying: set[str] = set()
         self._listeners: list[Callable[[Decision], None]] = []
         self.http = HttpExecutor(self._services.get)
         self.python = PythonExecutor(self._functions, python_modules)
@@ -179,6 +196,7 @@ class Engine:
             await self._flusher
             self._flusher = None
         await self.http.close()
+        self.python.close()
         await self.store.close()
 
     # -- directory and definitions ------------------------------------------------------------
@@ -343,11 +361,19 @@ class Engine:
         """Run a failed or cancelled run again from the steps that did not succeed."""
         if run_id in self._runs:
             raise Conflict(f"run {run_id} is still {self._runs[run_id].state.info.status}")
-        state = await self.get_run(run_id)
-        if state.info.status not in (FAILED, CANCELLED):
-            raise Conflict(f"run {run_id} {state.info.status}; only failed or cancelled runs retry")
-        wf = await self._workflow(state.info.workflow, state.info.version)
-        active = self._runs[run_id] = _Active(state, wf)
+        if run_id in self._retrying:  # another retry of it is between its reads (they yield)
+            raise Conflict(f"run {run_id} is being retried already")
+        self._retrying.add(run_id)
+        try:
+            state = await self.get_run(run_id)
+            if state.info.status not in (FAILED, CANCELLED):
+                raise Conflict(
+                    f"run {run_id} {state.info.status}; only failed or cancelled runs retry"
+                )
+            wf = await self._workflow(state.info.workflow, state.info.version)
+            active = self._runs[run_id] = _Active(state, wf)
+        finally:
+            self._retrying.discard(run_id)
         await self._event(active, Retry())
 
     def live_run(self, run_id: str) -> RunState | None:
@@ -381,7 +407,12 @@ class Engine:
         self, active: _Active, event: Event, *, new_run: bool = False
     ) -> asyncio.Future[None]:
         """Decide, keep the new state in memory, queue it for commit; the future resolves after commit."""
-        decision = decide(active.wf, active.state, event, self.clock(), random.random())
+        now = self.clock()
+        try:
+            decision = decide(active.wf, active.state, event, now, random.random())
+        except Exception as exc:  # a decider bug must end the run visibly, not strand it
+            log.exception("deciding %s for run %s failed", event, active.state.info.id)
+            decision = _broken(active.state, exc, now)
         decision.new_run = new_run
         state = active.state
         if decision.run is not None:

@@ -181,8 +181,8 @@ def _non_negative(r: Reader, key: str, default: int) -> int:
 
 def _backoff(r: Reader, key: str, default: float) -> float:
     value: float = r.get(key, (int, float), default)
-    if value < 1:
-        r.problem(key, "must be at least 1")
+    if not 1 <= value <= 100:  # also refuses NaN
+        r.problem(key, "must be from 1 to 100")
         return default
     return float(value)
 

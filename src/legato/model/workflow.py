@@ -48,7 +48,10 @@ class RetryPolicy:
 
     def delay_for(self, tries: int, rand: float) -> float:
         """`tries` is the number of attempts made so far (1 after the first); `rand` is in [0, 1)."""
-        base = min(self.max_delay, self.delay * self.backoff ** max(0, tries - 1))
+        try:
+            base = min(self.max_delay, self.delay * self.backoff ** max(0, tries - 1))
+        except OverflowError:  # a long retry budget: the cap was reached long ago
+            base = self.max_delay
         if self.jitter:
             # Keep at least half the delay so retries of many runs spread out but never stampede.
             return base * (0.5 + rand / 2)

@@ -62,6 +62,8 @@ def error_response(exc: Exception) -> Response:
     """The one mapping from an exception to an HTTP answer."""
     if isinstance(exc, ApiError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 503:
+            headers = {"Retry-After": "5"}
         return json_response(exc.body(), exc.status, headers)
     if isinstance(exc, ValidationError):
         return json_response(exc.to_dict(), 422)

@@ -185,7 +185,13 @@ async def workflow_graph_route(request: Request) -> Response:
 # -- runs ------------------------------------------------------------------------------------
 
 
+def _refuse_while_draining(engine: Engine) -> None:
+    if engine.draining:
+        raise ApiError(503, "the server is shutting down; try again shortly", "", "draining")
+
+
 async def _start(ctx: Context, workflow: str, data: dict[str, Any], version: int | None) -> str:
+    _refuse_while_draining(ctx.engine)
     try:
         return await ctx.engine.start_run(workflow, data, version=version)
     except NotFound as exc:
@@ -267,8 +273,9 @@ async def get_run(request: Request) -> Response:
     except NotFound as exc:
         raise ApiError(404, str(exc), "run_id") from None
     wait = bodies.query_seconds(request, "wait", MAX_WAIT)
-    if wait is not None and not state.info.done and await engine.wait_ended(run_id, wait):
-        state = await engine.get_run(run_id)
+    if wait is not None and not state.info.done:
+        await engine.wait_ended(run_id, wait)
+        state = await engine.get_run(run_id)  # ended or not, as it is now
     return json_response(await _detail(engine, state))
 
 
@@ -276,6 +283,8 @@ async def _control(request: Request, action: str, status: int) -> Response:
     """Cancel or retry: the engine says whether the run's state allows it (409 if not)."""
     engine = _ctx(request).engine
     run_id = _run_id(request)
+    if action == "retry":
+        _refuse_while_draining(engine)
     try:
         await (engine.cancel if action == "cancel" else engine.retry)(run_id)
     except NotFound as exc:

@@ -21,6 +21,7 @@ import orjson
 from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store.jsontext import dump_json
 from legato.store.protocol import WorkflowRecord
 
 T = TypeVar("T")
@@ -77,14 +78,7 @@ _STEP_COLUMNS = (
 )
 
 
-_DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
-
-
-def _dump(value: Any) -> str | None:
-    """JSON text; a stray non-JSON value is written as its string rather than stalling the commit."""
-    if value is None:
-        return None
-    return orjson.dumps(value, default=str, option=_DUMP_OPTIONS).decode()
+_dump = dump_json
 
 
 def _load(text: str | None) -> Any:
