@@ -116,23 +116,27 @@ def test_without_a_token_the_server_says_it_is_open_to_loopback_only(server: Ser
     assert "no LEGATO_API_TOKEN: the API is open to this machine only" in server.output()
 
 
-def test_without_a_token_a_public_address_is_refused(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "legato.cli",
-            "serve",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(free_port()),
-            "--db",
-            f"sqlite:///{tmp_path / 'x.db'}",
-        ],
+def serve_and_fail(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `legato serve` with arguments it must refuse, and return how it ended."""
+    return subprocess.run(
+        [sys.executable, "-m", "legato.cli", "serve", *args],
         capture_output=True,
         text=True,
         timeout=30,
+        env=env,
+    )
+
+
+def test_without_a_token_a_public_address_is_refused(tmp_path: Path) -> None:
+    done = serve_and_fail(
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
+        "--db",
+        f"sqlite:///{tmp_path / 'x.db'}",
         env={"PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 2
@@ -195,42 +199,14 @@ def test_a_client_without_a_timeout_can_still_wait(server: ServerProcess) -> Non
 
 def test_a_port_in_use_is_a_clear_error(server: ServerProcess, tmp_path: Path) -> None:
     port = server.url.rsplit(":", 1)[1]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "legato.cli",
-            "serve",
-            "--port",
-            port,
-            "--db",
-            f"sqlite:///{tmp_path / 'y.db'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = serve_and_fail("--port", port, "--db", f"sqlite:///{tmp_path / 'y.db'}")
     assert done.returncode == 2
     assert f"the server could not start on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_a_database_that_cannot_open_is_a_clear_error(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "legato.cli",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--db",
-            "sqlite:////proc/no.db",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = serve_and_fail("--port", str(free_port()), "--db", "sqlite:////proc/no.db")
     assert done.returncode == 2
     assert "cannot open the database sqlite:////proc/no.db" in done.stderr
     assert "Traceback" not in done.stderr
@@ -247,21 +223,7 @@ def test_a_database_that_cannot_open_is_a_clear_error(tmp_path: Path) -> None:
     ],
 )
 def test_bad_serve_options_are_usage_errors(tmp_path: Path, option: str, value: str) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "legato.cli",
-            "serve",
-            option,
-            value,
-            "--db",
-            f"sqlite:///{tmp_path / 'x.db'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = serve_and_fail(option, value, "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert done.returncode == 2
     assert f"Invalid value for '{option}'" in done.stderr
     assert "Traceback" not in done.stderr
