@@ -31,6 +31,13 @@ def test_demo_serves_the_samples_and_runs_the_order_through_the_api(tmp_path: Pa
     assert (tmp_path / "demo.db").exists()
 
 
+def test_demo_without_a_terminal_stops_after_its_run(tmp_path: Path) -> None:
+    done = run_cli("demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}", "--port", "0")
+    assert done.returncode == 0, done.stderr  # run_cli gives it pipes, not a terminal: it ends
+    assert "demo: the order run succeeded" in done.stderr
+    assert "Ctrl-C stops the server" not in done.stderr
+
+
 def test_validate_names_the_path_of_each_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

@@ -137,9 +137,23 @@ async def _tour(server: DrainingServer, base: str, token: str | None) -> dict[st
 
 @main.command()
 @_server_options
-@click.option("--exit", "exit_after", is_flag=True, help="Stop after the run instead of serving.")
-def demo(db: str, host: str, port: int, token: str | None, grace: float, exit_after: bool) -> None:
-    """Start the server with the sample services, run the sample order, and keep serving."""
+@click.option(
+    "--serve/--exit",
+    "keep_serving",
+    default=None,
+    help="Keep serving after the run, or stop. By default: serve when run from a terminal.",
+)
+def demo(
+    db: str, host: str, port: int, token: str | None, grace: float, keep_serving: bool | None
+) -> None:
+    """Start the server with the sample services, run the sample order, and keep serving.
+
+    From a terminal the server stays up for you to look at (Ctrl-C stops it); from a script or CI,
+    where nobody will look, it stops after the run.
+    """
+    if keep_serving is None:
+        keep_serving = sys.stdin.isatty() and sys.stdout.isatty()
+    exit_after = not keep_serving
     from legato.samples import services as samples
 
     async def go() -> dict[str, Any]:
