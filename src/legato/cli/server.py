@@ -75,6 +75,11 @@ def _server_options(fn: Any) -> Any:
     help="A module whose functions definitions' Python steps may call (repeatable). None by default.",
 )
 @click.option(
+    "--public-url",
+    envvar="LEGATO_PUBLIC_URL",
+    help="The base URL services use to reach this server (callback URLs); its own address by default.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -89,6 +94,7 @@ def serve(
     max_body: int,
     allow_unauthenticated: bool,
     python_modules: tuple[str, ...],
+    public_url: str | None,
     log_level: str,
 ) -> None:
     """Serve the REST API and run the engine, in one process, until SIGTERM or Ctrl-C."""
@@ -104,6 +110,7 @@ def serve(
             allow_open=allow_unauthenticated,
             log_level=log_level,
             python_modules=python_modules,
+            public_url=public_url,
         )
         task = asyncio.create_task(server.serve())
         await started(server, task)

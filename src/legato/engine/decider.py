@@ -19,6 +19,7 @@ from legato.engine.state import (
     WAITING,
     Abort,
     Attempt,
+    Callback,
     Cancel,
     Decision,
     Event,
@@ -42,6 +43,7 @@ READY, WAIT, SKIP = "ready", "wait", "skip"
 UPSTREAM_FAILED = "upstream_failed"
 UPSTREAM_SKIPPED = "upstream_skipped"
 BRANCH_NOT_TAKEN = "branch_not_taken"
+CALLBACK = "callback"  # the reason of a step waiting for its async call's callback
 # A map's bookkeeping looks at every child on each child's event, so its cost grows with the square of
 # its size; past this many items, split the work (or use a sub-workflow per batch).
 MAX_MAP_ITEMS = 2000
@@ -54,6 +56,8 @@ def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 
         t.start()
     elif isinstance(event, StepDone):
         t.step_done(event)
+    elif isinstance(event, Callback):
+        t.callback(event)
     elif isinstance(event, Wake):
         t.wake(event.step)
     elif isinstance(event, Cancel):
@@ -153,21 +157,94 @@ class _Txn:
         s = self.get(ev.step)
         if self.info.status != RUNNING or s.status != RUNNING or s.attempt != ev.attempt:
             return  # late answer of an aborted or superseded attempt: history already closed it
-        self.record(s, SUCCEEDED if ev.ok else FAILED, ev.output, ev.error, ev.finished_at)
         if ev.ok:
+            step, action, _ = self.executable(ev.step)
+            if isinstance(action, HttpCall) and action.callback:
+                self.await_callback(s, step, action, ev.output)
+                return
+        self.end_attempt(s, ev.ok, ev.output, ev.error, ev.finished_at)
+
+    def end_attempt(
+        self, s: StepState, ok: bool, output: Any, error: dict[str, Any] | None, finished: float
+    ) -> None:
+        self.record(s, SUCCEEDED if ok else FAILED, output, error, finished)
+        if ok:
             self.set(
                 s._replace(
-                    status=SUCCEEDED, output=ev.output, error=None, finished_at=ev.finished_at
+                    status=SUCCEEDED, output=output, error=None, reason=None, finished_at=finished
                 )
             )
-            self.after_terminal(ev.step)
+            self.after_terminal(s.name)
         else:
-            self.after_failure(s._replace(output=ev.output), ev.error or {"kind": "exception"})
+            self.after_failure(
+                s._replace(output=output, reason=None), error or {"kind": "exception"}
+            )
         self.check_finished()
+
+    def await_callback(self, s: StepState, step: Step, action: HttpCall, accepted: Any) -> None:
+        """The service took the job: wait for its callback until the deadline (if any)."""
+        at = self.callback_deadline(s, step, action)
+        self.set(s._replace(status=WAITING, reason=CALLBACK, output=accepted, next_at=at))
+        if at is not None:
+            self.effects.append(Schedule(s.name, at))
+
+    def callback_deadline(self, s: StepState, step: Step, action: HttpCall) -> float | None:
+        """The earlier of the attempt's timeout and the next heartbeat due."""
+        due = []
+        if step.timeout and s.started_at is not None:
+            due.append(s.started_at + step.timeout)
+        if action.heartbeat:
+            due.append(self.now + action.heartbeat)
+        return min(due) if due else None
+
+    def callback(self, ev: Callback) -> None:
+        """A callback for the current attempt of a step waiting for one; anything else changes nothing
+        (the runtime answers that as a conflict)."""
+        s = self.get(ev.step)
+        if (
+            self.info.status != RUNNING
+            or s.status != WAITING
+            or s.reason != CALLBACK
+            or s.attempt != ev.attempt
+        ):
+            return
+        if ev.heartbeat:
+            step, action, _ = self.executable(ev.step)
+            assert isinstance(action, HttpCall)
+            at = self.callback_deadline(s, step, action)
+            self.set(s._replace(next_at=at))
+            if at is not None:
+                self.effects.append(Schedule(s.name, at))
+            return
+        ok = ev.error is None
+        error = None if ok else {"kind": "callback", **(ev.error or {})}
+        self.end_attempt(s._replace(next_at=None), ok, ev.output, error, self.now)
 
     def wake(self, name: str) -> None:
         s = self.get(name)
         if self.info.status != RUNNING or s.status != WAITING:
+            return
+        if s.reason == CALLBACK:
+            if s.next_at is None:
+                return
+            if self.now < s.next_at:
+                # A timer that fired early (the loop's clock is not the wall clock) or one a
+                # heartbeat replaced: keep one timer armed for the deadline as it is now.
+                self.effects.append(Schedule(name, s.next_at))
+                return
+            step, action, _ = self.executable(name)
+            beat = isinstance(action, HttpCall) and action.heartbeat
+            late = (
+                step.timeout is not None
+                and s.started_at is not None
+                and self.now >= s.started_at + step.timeout
+            )
+            what = (
+                f"no callback within the step's timeout of {step.timeout:g}s"
+                if late or not beat
+                else f"no heartbeat within {beat:g}s"
+            )
+            self.end_attempt(s, False, s.output, {"kind": "timeout", "message": what}, self.now)
             return
         step, action, extra = self.executable(name)
         self.dispatch(name, step, action, extra)
@@ -191,7 +268,7 @@ class _Txn:
                 continue
             if s.status in (RUNNING, WAITING) and not self.is_map(n):
                 self.effects.append(Abort(n))
-                if s.status == RUNNING:
+                if s.status == RUNNING or s.reason == CALLBACK:
                     self.record(
                         s, CANCELLED, None, {"kind": "cancelled", "message": reason}, self.now
                     )

@@ -63,6 +63,7 @@ class HttpExecutor:
         action: HttpCall,
         request: dict[str, Any],
         timeout: float | None,
+        extra_headers: dict[str, str] | None = None,
     ) -> Outcome:
         service: Service | None = None
         headers: dict[str, str] = {}
@@ -91,6 +92,8 @@ class HttpExecutor:
         headers.update(request.get("headers", {}))
         headers["Idempotency-Key"] = f"{run_id}:{step}"
         headers["traceparent"] = traceparent(run_id)
+        if extra_headers:
+            headers.update(extra_headers)
         headers.setdefault("User-Agent", USER_AGENT)
         data: bytes | str | None = None
         if "json" in request:

@@ -30,6 +30,7 @@ from legato.engine.state import (
     PENDING,
     RUNNING,
     Abort,
+    Callback,
     Cancel,
     Decision,
     Event,
@@ -45,6 +46,7 @@ from legato.engine.state import (
     Timeout,
     Wake,
 )
+from legato.engine.tokens import TaskTokens
 from legato.errors import Conflict, DefinitionError, InputError, NotFound, Problem
 from legato.formats.loader import Definition, load_definition
 from legato.model.build import build_workflow, unknown_services
@@ -119,6 +121,9 @@ class Engine:
         self._retrying: set[str] = set()
         self._listeners: list[Callable[[Decision], None]] = []
         self.http = HttpExecutor(self._services.get)
+        self.tokens: TaskTokens | None = None
+        # Where services send callbacks: `legato serve` sets it to its own address (or --public-url).
+        self.callback_base: str | None = None
         self.python = PythonExecutor(self._functions, python_modules)
         self.stats = {"commits": 0, "decisions": 0, "step_transitions": 0}
 
@@ -138,6 +143,7 @@ class Engine:
     async def start(self) -> None:
         """Open the store, load the directory and resume every run that had not ended."""
         await self.store.open()
+        self.tokens = TaskTokens(await self.store.secret("callbacks"))
         self._wake = asyncio.Event()
         self._batch = asyncio.get_running_loop().create_future()
         self._flusher = asyncio.create_task(self._flush_forever(), name="legato-commit")
@@ -403,10 +409,49 @@ class Engine:
 
     # -- the decide / commit / act loop -------------------------------------------------------
 
+    async def complete(
+        self,
+        token: str,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        heartbeat: bool = False,
+    ) -> None:
+        """A service's callback for an async call: its output, its error, or a heartbeat.
+
+        NotFound for a token this store did not sign (or a run that does not exist); Conflict when
+        that attempt is no longer waiting (completed already, timed out, retried, or the run ended).
+        Returns once the outcome is committed.
+        """
+        ref = self.tokens.read(token) if self.tokens is not None else None
+        if ref is None:
+            raise NotFound("unknown task token")
+        active = self._runs.get(ref.run_id)
+        if active is None:
+            state = await self.store.get_run(ref.run_id)
+            if state is None:
+                raise NotFound("unknown task token")
+            raise Conflict(f"run {ref.run_id} has ended ({state.info.status})")
+        decision, committed = self._decide(
+            active, Callback(ref.step, ref.attempt, output, error, heartbeat)
+        )
+        if decision.empty:
+            s = active.state.step(ref.step)
+            raise Conflict(
+                f"step {ref.step!r} attempt {ref.attempt} is not waiting for a callback "
+                f"(it is {s.status}, attempt {s.attempt})"
+            )
+        await committed
+
     def _event(
         self, active: _Active, event: Event, *, new_run: bool = False
     ) -> asyncio.Future[None]:
         """Decide, keep the new state in memory, queue it for commit; the future resolves after commit."""
+        return self._decide(active, event, new_run=new_run)[1]
+
+    def _decide(
+        self, active: _Active, event: Event, *, new_run: bool = False
+    ) -> tuple[Decision, asyncio.Future[None]]:
         now = self.clock()
         try:
             decision = decide(active.wf, active.state, event, now, random.random())
@@ -422,7 +467,7 @@ class Engine:
         self._queue.append(decision)
         assert self._wake is not None and self._batch is not None
         self._wake.set()
-        return self._batch
+        return decision, self._batch
 
     async def _flush_forever(self) -> None:
         assert self._wake is not None
@@ -502,6 +547,9 @@ class Engine:
         if self._draining:
             return
         delay = max(0.0, effect.at - self.clock())
+        old = active.timers.get(effect.step)
+        if old is not None:  # a heartbeat moved the deadline
+            old.cancel()
         active.timers[effect.step] = asyncio.get_running_loop().call_later(
             delay, self._on_timer, active, Wake(effect.step)
         )
@@ -511,6 +559,21 @@ class Engine:
             active.timers.pop(event.step, None)
         if self._runs.get(active.state.info.id) is active and not self._draining:
             self._event(active, event)
+
+    async def _call_async(self, active: _Active, effect: Execute, action: HttpCall) -> Outcome:
+        """Send an async call with where and how to report back; the step's timeout bounds the wait
+        for the callback, not this request (which has the service's timeout)."""
+        if self.callback_base is None or self.tokens is None:
+            return Outcome.failure(
+                "config", "an async call needs a callback address: run it under `legato serve`"
+            )
+        run_id = active.state.info.id
+        token = self.tokens.issue(run_id, effect.step, effect.attempt)
+        extra = {
+            "Legato-Callback-Url": f"{self.callback_base.rstrip('/')}/api/callbacks/{token}",
+            "Legato-Task-Token": token,
+        }
+        return await self.http.execute(run_id, effect.step, action, effect.request, None, extra)
 
     def _finished(self, active: _Active) -> None:
         self._runs.pop(active.state.info.id, None)
@@ -527,7 +590,9 @@ class Engine:
     async def _execute(self, active: _Active, effect: Execute) -> None:
         started = self.clock()
         try:
-            if isinstance(effect.action, HttpCall):
+            if isinstance(effect.action, HttpCall) and effect.action.callback:
+                outcome = await self._call_async(active, effect, effect.action)
+            elif isinstance(effect.action, HttpCall):
                 outcome = await self.http.execute(
                     active.state.info.id, effect.step, effect.action, effect.request, effect.timeout
                 )

@@ -110,6 +110,17 @@ class StepDone:
 
 
 @dataclass(frozen=True, slots=True)
+class Callback:
+    """A service reported on an async call: its output, its error, or a heartbeat (still working)."""
+
+    step: str
+    attempt: int
+    output: Any = None
+    error: dict[str, Any] | None = None
+    heartbeat: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Wake:
     """A step's retry delay is over."""
 
@@ -136,7 +147,7 @@ class Resume:
     """The engine restarted: re-issue the effects that were in flight."""
 
 
-Event = Start | StepDone | Wake | Cancel | Timeout | Retry | Resume
+Event = Start | StepDone | Callback | Wake | Cancel | Timeout | Retry | Resume
 
 
 # Effects: what the runtime must do once the decision is committed.

@@ -288,10 +288,18 @@ def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None
     query = _template(r, "query")
     headers = _template(r, "headers")
     success = _read_success(r)
+    callback = r.get("async", bool, False)
+    heartbeat = r.duration("heartbeat", None)
+    if heartbeat is not None and not callback:
+        r.problem("heartbeat", "applies only to an async call (async: true)")
+    if heartbeat is not None and heartbeat <= 0:
+        r.problem("heartbeat", "must be positive")
     r.done()
     if len(problems) > before:
         return None
-    return HttpCall(service, url, method, path_t, query, headers, json_t, body, success)
+    return HttpCall(
+        service, url, method, path_t, query, headers, json_t, body, success, callback, heartbeat
+    )
 
 
 def _read_success(r: Reader) -> tuple[tuple[int, int], ...]:

@@ -25,6 +25,7 @@ FAILURE_KINDS = (
     "output",
     "template",
     "config",
+    "callback",  # an async call's service reported an error through its callback
 )
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 
@@ -69,6 +70,10 @@ class HttpCall:
     json: Template | None = None
     body: Template | None = None
     success: tuple[tuple[int, int], ...] = ((200, 299),)
+    # `async: true`: a success answer only accepts the job; the step then waits for its callback
+    # (POST /api/callbacks/{token}), within the step's timeout and, if set, a heartbeat interval.
+    callback: bool = False
+    heartbeat: float | None = None
 
     kind = "http"
 

@@ -26,7 +26,8 @@ from legato.server.metrics import Metrics
 
 DEFAULT_MAX_BODY = 1024 * 1024
 Endpoint = Callable[[Request], Awaitable[Response]]
-OPEN_PATHS = ("/healthz", "/docs")
+# The health check, the static docs page, and callbacks (their signed task token is the credential).
+OPEN_PATHS = ("/healthz", "/docs", "/api/callbacks/")
 
 
 class BearerToken:
@@ -113,6 +114,7 @@ def create_app(
             Route("/api/runs/{run_id}/cancel", routes.cancel_run, methods=["POST"]),
             Route("/api/runs/{run_id}/retry", routes.retry_run, methods=["POST"]),
             Route("/e/{workflow}", routes.event, methods=["POST"]),
+            Route("/api/callbacks/{token}", routes.callback, methods=["POST"]),
         ],
         exception_handlers={
             ApiError: handle,

@@ -190,6 +190,16 @@ SCHEMAS: dict[str, Any] = {
         "required": ["data"],
         "properties": {"data": ANY_OBJECT},
     },
+    "CallbackReport": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Exactly one of output, error (an object or a message) or heartbeat: true.",
+        "properties": {
+            "output": {},
+            "error": {"oneOf": [ANY_OBJECT, {"type": "string"}]},
+            "heartbeat": {"type": "boolean", "enum": [True]},
+        },
+    },
     "EventAck": {
         "type": "object",
         "properties": {
@@ -418,6 +428,25 @@ def build() -> dict[str, Any]:
                 body=_json_body(_ref("Event")),
                 errors=("400", "401", "404", "413", "415", "422"),
             ),
+        },
+        "/api/callbacks/{token}": {
+            "post": {
+                **_op(
+                    "Report on an async call: its output, its error, or a heartbeat. The signed task "
+                    "token (sent to the service as Legato-Task-Token) is the credential.",
+                    {
+                        "200": _ok("Taken.", ANY_OBJECT),
+                        "409": _error(
+                            "That attempt is no longer waiting (completed, timed out, retried)."
+                        ),
+                    },
+                    tag="runs",
+                    params=[_path_param("token", "The task token.")],
+                    body=_json_body(_ref("CallbackReport")),
+                    errors=("400", "404", "413", "415", "422"),
+                ),
+                "security": [],
+            },
         },
         "/api/runs": {
             "get": _op(

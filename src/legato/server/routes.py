@@ -182,6 +182,35 @@ async def workflow_graph_route(request: Request) -> Response:
     return json_response(graph)
 
 
+# -- callbacks -------------------------------------------------------------------------------
+
+
+async def callback(request: Request) -> Response:
+    """A service reports on an async call. The signed token is the credential: services need no
+    API token to call back, and a token completes only the one attempt it names."""
+    ctx = _ctx(request)
+    body = await bodies.json_object(request, ctx.max_body)
+    bodies.only_fields(body, ("output", "error", "heartbeat"))
+    given = [k for k in ("output", "error", "heartbeat") if k in body]
+    if len(given) != 1:
+        raise ApiError(422, "send exactly one of output, error or heartbeat", "body")
+    error = body.get("error")
+    if isinstance(error, str):
+        error = {"message": error}
+    if "error" in body and not isinstance(error, dict):
+        raise ApiError(422, "must be an object (or a message)", "error")
+    if "heartbeat" in body and body["heartbeat"] is not True:
+        raise ApiError(422, "must be true", "heartbeat")
+    _refuse_while_draining(ctx.engine)
+    await ctx.engine.complete(
+        request.path_params["token"],
+        output=body.get("output"),
+        error=error,
+        heartbeat="heartbeat" in body,
+    )
+    return json_response({"status": "extended" if "heartbeat" in body else "accepted"})
+
+
 # -- runs ------------------------------------------------------------------------------------
 
 

@@ -37,16 +37,20 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server around the engine: it opens the engine before it listens, tells it to drain the
     moment a stop signal arrives, and closes it (with the grace period) after the last connection."""
 
-    def __init__(self, config: uvicorn.Config, engine: Engine, grace: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, engine: Engine, grace: float, public_url: str | None = None
+    ) -> None:
         super().__init__(config)
         self.engine = engine
         self.grace = grace
+        self.public_url = public_url
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine_closed = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Run until stopped; a failure to start is a LegatoError saying why, not a SystemExit."""
         self._loop = asyncio.get_running_loop()
+        self.engine.callback_base = self.public_url or self._own_url()
         try:
             await self.engine.start()
         except Exception as exc:
@@ -60,6 +64,22 @@ class DrainingServer(uvicorn.Server):
             ) from None
         finally:
             await self._close_engine()
+
+    def _own_url(self) -> str | None:
+        """Where services reach this server: its host (this machine's name for a wildcard bind)."""
+        if not self.config.port:
+            return None  # known once bound (see startup)
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.config.port}"
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.engine.callback_base is None and self.servers:
+            self.engine.callback_base = self.address
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Here, not after serve(): once serve() returns, uvicorn re-raises the stop signal.
@@ -104,6 +124,7 @@ def build_server(
     allow_open: bool = False,
     log_level: str = "warning",
     python_modules: tuple[str, ...] = (),
+    public_url: str | None = None,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`."""
     if not token and not is_loopback(host) and not allow_open:
@@ -124,7 +145,7 @@ def build_server(
         timeout_graceful_shutdown=max(1, math.ceil(grace)),
         server_header=False,
     )
-    return DrainingServer(config, engine, grace)
+    return DrainingServer(config, engine, grace, public_url)
 
 
 async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:

@@ -45,6 +45,10 @@ class Store(Protocol):
     async def list_workflows(self) -> list[WorkflowRecord]:
         """The latest version of each workflow, by name."""
 
+    async def secret(self, name: str) -> str:
+        """A random secret kept with the data, made on first use; every process sharing the store
+        reads the same one (callback tokens are signed with it, so they outlive restarts)."""
+
     async def list_workflow_versions(self, name: str) -> list[WorkflowRecord]:
         """Every version of one workflow, oldest first (empty when there is no such workflow)."""
 

@@ -8,6 +8,7 @@ dedicated thread so the fsync does not stall the loop.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -300,6 +301,16 @@ class SQLiteStore:
             "ON w.name = m.name AND w.version = m.v ORDER BY w.name",
         )
         return [_workflow(r) for r in rows]
+
+    async def secret(self, name: str) -> str:
+        return await self._call(self._secret, name)
+
+    def _secret(self, name: str) -> str:
+        key = f"secret:{name}"
+        self.conn.execute(
+            "INSERT OR IGNORE INTO legato_meta VALUES (?, ?)", (key, secrets.token_urlsafe(32))
+        )
+        return str(self._fetch("SELECT value FROM legato_meta WHERE key = ?", (key,))[0][0])
 
     async def list_workflow_versions(self, name: str) -> list[WorkflowRecord]:
         rows = await self._call(
