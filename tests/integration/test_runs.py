@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -197,3 +198,19 @@ async def test_thousands_of_concurrent_runs(engine: Engine, service: LoopbackSer
     assert sorted(r.info.output for r in runs) == list(range(count))
     assert service.max_in_flight > 50, "runs wait on the slow step side by side"
     assert engine.active_runs() == 0
+
+
+async def test_a_wait_survives_a_restart_neither_lost_nor_shortened(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'wait.db'}"
+    async with Engine.open(url) as engine:
+        await engine.apply({"name": "nap", "steps": {"pause": {"wait": "1500ms"}}})
+        began = time.time()
+        run_id = await engine.start_run("nap", {})
+        await asyncio.sleep(0.3)
+    async with Engine.open(url) as engine:
+        state = await engine.wait(run_id, timeout=10)
+    ended = time.time()
+    assert state.info.status == "succeeded"
+    assert ended - began >= 1.5  # not shortened by the restart
+    assert ended - began < 3.0  # nor restarted from zero, nor lost
+    assert state.steps["pause"].output == {"until": pytest.approx(began + 1.5, abs=0.1)}

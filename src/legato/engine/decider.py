@@ -36,14 +36,25 @@ from legato.engine.state import (
     Wake,
 )
 from legato.expressions import TemplateError, evaluate_truth
+from legato.model.durations import parse_time
 from legato.model.fields import check_object
-from legato.model.workflow import Branch, Fail, HttpCall, MapOver, PythonCall, Step, Workflow
+from legato.model.workflow import (
+    Branch,
+    Fail,
+    HttpCall,
+    MapOver,
+    PythonCall,
+    Step,
+    Wait,
+    Workflow,
+)
 
 READY, WAIT, SKIP = "ready", "wait", "skip"
 UPSTREAM_FAILED = "upstream_failed"
 UPSTREAM_SKIPPED = "upstream_skipped"
 BRANCH_NOT_TAKEN = "branch_not_taken"
 CALLBACK = "callback"  # the reason of a step waiting for its async call's callback
+TIMER = "timer"  # the reason of a wait step's wait
 # A map's bookkeeping looks at every child on each child's event, so its cost grows with the square of
 # its size; past this many items, split the work (or use a sub-workflow per batch).
 MAX_MAP_ITEMS = 2000
@@ -224,6 +235,23 @@ class _Txn:
         s = self.get(name)
         if self.info.status != RUNNING or s.status != WAITING:
             return
+        if s.reason == TIMER:
+            if s.next_at is not None and self.now < s.next_at:
+                self.effects.append(Schedule(name, s.next_at))  # fired early: keep waiting
+                return
+            self.record(s, SUCCEEDED, None, None, self.now)
+            self.set(
+                s._replace(
+                    status=SUCCEEDED,
+                    reason=None,
+                    next_at=None,
+                    output={"until": s.next_at},
+                    finished_at=self.now,
+                )
+            )
+            self.after_terminal(name)
+            self.check_finished()
+            return
         if s.reason == CALLBACK:
             if s.next_at is None:
                 return
@@ -378,8 +406,29 @@ class _Txn:
             self.run_branch(name, action)
         elif isinstance(action, Fail):
             self.run_fail(name, action)
+        elif isinstance(action, Wait):
+            self.run_wait(name, action)
         else:
             self.run_map(name, action)
+
+    def run_wait(self, name: str, wait: Wait) -> None:
+        """A durable timer: the due time is stored, and a restart re-arms it as it was."""
+        if wait.until is None:
+            due = self.now + (wait.duration or 0.0)
+        else:
+            try:
+                due = parse_time(wait.until.render(self.context()))
+            except (TemplateError, ValueError) as exc:
+                self.inline_result(
+                    name, False, None, {"kind": "template", "message": f"until {exc}"}
+                )
+                return
+        if due <= self.now:
+            self.inline_result(name, True, {"until": due}, None)
+            return
+        s = self.new_attempt(name, WAITING)
+        self.set(s._replace(reason=TIMER, next_at=due, request={"until": due}))
+        self.effects.append(Schedule(name, due))
 
     def dispatch(
         self, name: str, step: Step, action: HttpCall | PythonCall, extra: dict[str, Any] | None

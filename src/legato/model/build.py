@@ -26,6 +26,7 @@ from legato.model.workflow import (
     PythonCall,
     RetryPolicy,
     Step,
+    Wait,
     Workflow,
 )
 
@@ -259,12 +260,33 @@ def _read_action(kind: str, data: Any, path: str, problems: list[Problem]) -> Ac
         return _read_branch(data, path, problems)
     if kind == "map":
         return _read_map(data, path, problems)
+    if kind == "wait":
+        return _read_wait(data, path, problems)
     if isinstance(data, str):
         data = {"message": data}
     r = Reader(data, path, problems)
     message = _template(r, "message", required=True)
     r.done()
     return Fail(message) if message is not None else None
+
+
+def _read_wait(data: Any, path: str, problems: list[Problem]) -> Wait | None:
+    """`wait: 10m`, `wait: {for: 10m}` or `wait: {until: "{{ input.ship_at }}"}`."""
+    if not isinstance(data, dict):
+        data = {"for": data}
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    if r.has("for") == r.has("until"):
+        r.problem(None, "needs exactly one of for (a duration) or until (a time)")
+        r.done()
+        return None
+    duration = r.duration("for", None)
+    until = _template(r, "until")
+    r.done()
+    if duration is None and until is None:
+        return None
+    return Wait(duration, until)
 
 
 def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None:
@@ -482,6 +504,8 @@ def _action_templates(action: Action, path: str) -> list[tuple[str, Template]]:
         ]
     elif isinstance(action, Fail):
         out = [(f"{path}.message", action.message)]
+    elif isinstance(action, Wait):
+        out = [(f"{path}.until", action.until)]
     return [(p, t) for p, t in out if t is not None]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -41,6 +42,28 @@ def _bounded(seconds: float) -> float:
     if seconds > MAX_DURATION:
         raise ValueError("must be at most 3660d (ten years)")
     return seconds
+
+
+def parse_time(value: object) -> float:
+    """Epoch seconds from an ISO 8601 date-time (UTC unless it names an offset) or a number of epoch
+    seconds; ValueError with a readable reason otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("must be a time")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite time")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"must be an ISO 8601 time or epoch seconds, not {type(value).__name__}")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"must be an ISO 8601 time such as 2026-12-01T09:00:00Z, not {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def format_duration(seconds: float) -> str:

@@ -30,7 +30,7 @@ FAILURE_KINDS = (
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 
 TRIGGERS = ("all_succeeded", "all_done", "one_succeeded", "none_failed")
-STEP_KINDS = ("http", "python", "branch", "map", "fail")
+STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,17 @@ class Fail:
     kind = "fail"
 
 
-Action = HttpCall | PythonCall | Branch | MapOver | Fail
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A durable timer: `duration` seconds from the step's start, or `until` a time (an ISO 8601
+    date-time, UTC unless it says otherwise, or epoch seconds) rendered when the step starts."""
+
+    duration: float | None = None
+    until: Template | None = None
+    kind = "wait"
+
+
+Action = HttpCall | PythonCall | Branch | MapOver | Fail | Wait
 
 
 @dataclass(frozen=True, slots=True)
