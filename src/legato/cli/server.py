@@ -14,6 +14,7 @@ from legato import aio
 from legato.cli.common import DEFAULT_DB, dump_json, fail, main
 from legato.client import AsyncClient
 from legato.errors import LegatoError
+from legato.model.durations import parse_duration
 from legato.server.app import DEFAULT_MAX_BODY
 from legato.server.serve import DrainingServer, announce, build_server, started
 
@@ -29,6 +30,13 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not math.isfinite(value):  # FloatRange lets NaN through (NaN compares false with both ends)
         raise click.BadParameter("must be a number of seconds")
     return value
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _server_options(fn: Any) -> Any:
@@ -75,6 +83,13 @@ def _server_options(fn: Any) -> Any:
     help="A module whose functions definitions' Python steps may call (repeatable). None by default.",
 )
 @click.option(
+    "--event-retention",
+    default="1h",
+    show_default=True,
+    callback=_duration,
+    help="How long an event nobody listens for yet is kept for a listener that starts later.",
+)
+@click.option(
     "--public-url",
     envvar="LEGATO_PUBLIC_URL",
     help="The base URL services use to reach this server (callback URLs); its own address by default.",
@@ -95,6 +110,7 @@ def serve(
     allow_unauthenticated: bool,
     python_modules: tuple[str, ...],
     public_url: str | None,
+    event_retention: float,
     log_level: str,
 ) -> None:
     """Serve the REST API and run the engine, in one process, until SIGTERM or Ctrl-C."""
@@ -111,6 +127,7 @@ def serve(
             log_level=log_level,
             python_modules=python_modules,
             public_url=public_url,
+            event_retention=event_retention,
         )
         task = asyncio.create_task(server.serve())
         await started(server, task)

@@ -23,8 +23,10 @@ from legato.engine.state import (
     Cancel,
     Decision,
     Event,
+    EventArrived,
     Execute,
     Finished,
+    Listening,
     Resume,
     Retry,
     RunState,
@@ -42,6 +44,7 @@ from legato.model.workflow import (
     Branch,
     Fail,
     HttpCall,
+    Listen,
     MapOver,
     PythonCall,
     Step,
@@ -55,6 +58,7 @@ UPSTREAM_SKIPPED = "upstream_skipped"
 BRANCH_NOT_TAKEN = "branch_not_taken"
 CALLBACK = "callback"  # the reason of a step waiting for its async call's callback
 TIMER = "timer"  # the reason of a wait step's wait
+EVENT = "event"  # the reason of a listen step's wait
 # A map's bookkeeping looks at every child on each child's event, so its cost grows with the square of
 # its size; past this many items, split the work (or use a sub-workflow per batch).
 MAX_MAP_ITEMS = 2000
@@ -69,6 +73,8 @@ def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 
         t.step_done(event)
     elif isinstance(event, Callback):
         t.callback(event)
+    elif isinstance(event, EventArrived):
+        t.event_arrived(event)
     elif isinstance(event, Wake):
         t.wake(event.step)
     elif isinstance(event, Cancel):
@@ -80,6 +86,17 @@ def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 
     elif isinstance(event, Resume):
         t.resume()
     return t.decision()
+
+
+def event_key(value: Any) -> str:
+    """Keys compare as text, so `42` from a template and `"42"` from an event are the same key."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def child_name(parent: str, index: int) -> str:
@@ -105,6 +122,7 @@ class _Txn:
         self.info_changed = False
         self.changed: dict[str, StepState] = {}
         self.attempts: list[Attempt] = []
+        self.consumed_events: list[str] = []
         self.effects: list[Any] = []
         self._view: dict[str, Any] | None = None
 
@@ -132,6 +150,7 @@ class _Txn:
             steps=self.changed,
             attempts=self.attempts,
             effects=self.effects,
+            consumed_events=self.consumed_events,
         )
 
     def context(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -235,6 +254,29 @@ class _Txn:
         s = self.get(name)
         if self.info.status != RUNNING or s.status != WAITING:
             return
+        if s.reason == EVENT:
+            if s.next_at is None:
+                return
+            if self.now < s.next_at:
+                self.effects.append(Schedule(name, s.next_at))
+                return
+            req = s.request or {}
+            step = self.wf.steps[name]
+            error = {
+                "kind": "timeout",
+                "message": f"no {req.get('event')!r} event for key {req.get('key')!r} "
+                f"within the step's timeout of {step.timeout or 0:g}s",
+            }
+            # No retry: listening again would wait for the same event a second time.
+            self.record(s, FAILED, None, error, self.now)
+            self.set(
+                s._replace(
+                    status=FAILED, error=error, reason=None, next_at=None, finished_at=self.now
+                )
+            )
+            self.after_terminal(name)
+            self.check_finished()
+            return
         if s.reason == TIMER:
             if s.next_at is not None and self.now < s.next_at:
                 self.effects.append(Schedule(name, s.next_at))  # fired early: keep waiting
@@ -332,6 +374,8 @@ class _Txn:
                 self.effects.append(Execute(n, s.attempt, action, s.request, step.timeout))
             elif s.status == WAITING and s.next_at is not None:
                 self.effects.append(Schedule(n, s.next_at))
+            if s.status == WAITING and s.reason == EVENT and s.request:
+                self.effects.append(Listening(n, s.attempt, s.request["event"], s.request["key"]))
         for n, s in self.run.steps.items():
             if s.status == RUNNING and self.is_map(n):
                 self.fill(n)
@@ -408,8 +452,38 @@ class _Txn:
             self.run_fail(name, action)
         elif isinstance(action, Wait):
             self.run_wait(name, action)
+        elif isinstance(action, Listen):
+            self.run_listen(self.wf.steps[name], action)
         else:
             self.run_map(name, action)
+
+    def run_listen(self, step: Step, listen: Listen) -> None:
+        """Wait for the event; the step's timeout, if any, bounds the wait."""
+        name = step.name
+        try:
+            key = event_key(listen.key.render(self.context()) if listen.key else None)
+        except TemplateError as exc:
+            self.inline_result(name, False, None, {"kind": "template", "message": f"key {exc}"})
+            return
+        due = self.now + step.timeout if step.timeout else None
+        s = self.new_attempt(name, WAITING, request={"event": listen.event, "key": key})
+        self.set(s._replace(reason=EVENT, next_at=due))
+        self.effects.append(Listening(name, s.attempt, listen.event, key))
+        if due is not None:
+            self.effects.append(Schedule(name, due))
+
+    def event_arrived(self, ev: EventArrived) -> None:
+        s = self.get(ev.step)
+        if (
+            self.info.status != RUNNING
+            or s.status != WAITING
+            or s.reason != EVENT
+            or s.attempt != ev.attempt
+        ):
+            return
+        if ev.kept is not None:
+            self.consumed_events.append(ev.kept)
+        self.end_attempt(s._replace(reason=None, next_at=None), True, ev.data, None, self.now)
 
     def run_wait(self, name: str, wait: Wait) -> None:
         """A durable timer: the due time is stored, and a restart re-arms it as it was."""

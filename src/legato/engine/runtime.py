@@ -15,11 +15,11 @@ import random
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from legato.engine.decider import decide
+from legato.engine.decider import EVENT, decide, event_key
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id
 from legato.engine.outcome import Outcome
@@ -29,13 +29,16 @@ from legato.engine.state import (
     FAILED,
     PENDING,
     RUNNING,
+    WAITING,
     Abort,
     Callback,
     Cancel,
     Decision,
     Event,
+    EventArrived,
     Execute,
     Finished,
+    Listening,
     Resume,
     Retry,
     RunInfo,
@@ -53,9 +56,16 @@ from legato.model.build import build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.service import Service
 from legato.model.workflow import HttpCall, MapOver, PythonCall, Step, Workflow
-from legato.store.protocol import Store, WorkflowRecord, open_store
+from legato.store.protocol import KeptEvent, Store, WorkflowRecord, open_store
 
 log = logging.getLogger("legato.engine")
+DEFAULT_EVENT_RETENTION = 3600.0
+
+
+class PublishResult(NamedTuple):
+    id: str
+    delivered_to: list[str]  # the runs whose listening steps took the event
+    kept_until: float | None  # when nobody was listening: how long it waits for a listener
 
 
 def _broken(state: RunState, exc: Exception, now: float) -> Decision:
@@ -119,11 +129,14 @@ class Engine:
         self._closing = False
         self._draining = False
         self._retrying: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[Decision], None]] = []
         self.http = HttpExecutor(self._services.get)
         self.tokens: TaskTokens | None = None
         # Where services send callbacks: `legato serve` sets it to its own address (or --public-url).
         self.callback_base: str | None = None
+        self.event_retention = DEFAULT_EVENT_RETENTION
+        self._claimed_events: set[str] = set()
         self.python = PythonExecutor(self._functions, python_modules)
         self.stats = {"commits": 0, "decisions": 0, "step_transitions": 0}
 
@@ -443,6 +456,57 @@ class Engine:
             )
         await committed
 
+    async def publish(
+        self, type: str, key: Any, data: Any, *, keep_for: float | None = None
+    ) -> PublishResult:
+        """Deliver an event to every step waiting for its type and key; if none is, keep it for
+        `keep_for` seconds (the engine's `event_retention` by default) for a step that starts
+        listening later. Returns once the deliveries (or the kept event) are committed."""
+        key = event_key(key)
+        now = self.clock()
+        delivered: list[str] = []
+        commits: list[asyncio.Future[None]] = []
+        for run_id, active in list(self._runs.items()):
+            for s in list(active.state.steps.values()):
+                if s.status != WAITING or s.reason != EVENT or not s.request:
+                    continue
+                if s.request.get("event") != type or s.request.get("key") != key:
+                    continue
+                decision, committed = self._decide(active, EventArrived(s.name, s.attempt, data))
+                if not decision.empty:
+                    delivered.append(run_id)
+                    commits.append(committed)
+        if commits:
+            await asyncio.gather(*commits)
+            return PublishResult(new_run_id(), delivered, None)
+        keep = self.event_retention if keep_for is None else keep_for
+        kept = KeptEvent(new_run_id(), type, key, data, now, now + keep)
+        if keep > 0:
+            await self.store.keep_event(kept)
+        return PublishResult(kept.id, [], kept.expires_at if keep > 0 else None)
+
+    async def _deliver_kept(self, active: _Active, effect: Listening) -> None:
+        """A step began listening: give it the oldest kept event that matches, if there is one."""
+        try:
+            events = await self.store.kept_events(effect.type, effect.key, self.clock())
+        except Exception:
+            log.exception("reading kept events for %s failed", effect.step)
+            return
+        for kept in events:
+            if kept.id in self._claimed_events:
+                continue
+            if self._runs.get(active.state.info.id) is not active or self._draining:
+                return
+            self._claimed_events.add(kept.id)
+            try:
+                arrived = EventArrived(effect.step, effect.attempt, kept.data, kept.id)
+                decision, committed = self._decide(active, arrived)
+                if not decision.empty:
+                    await committed
+            finally:
+                self._claimed_events.discard(kept.id)
+            return
+
     def _event(
         self, active: _Active, event: Event, *, new_run: bool = False
     ) -> asyncio.Future[None]:
@@ -522,6 +586,11 @@ class Engine:
                     active.tasks[effect.step] = asyncio.create_task(self._execute(active, effect))
             elif isinstance(effect, Schedule):
                 self._schedule(active, effect)
+            elif isinstance(effect, Listening):
+                if not self._draining:
+                    lookup = asyncio.create_task(self._deliver_kept(active, effect))
+                    self._background.add(lookup)
+                    lookup.add_done_callback(self._background.discard)
             elif isinstance(effect, Abort):
                 task = active.tasks.pop(effect.step, None)
                 if task is not None:

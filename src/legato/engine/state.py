@@ -121,6 +121,16 @@ class Callback:
 
 
 @dataclass(frozen=True, slots=True)
+class EventArrived:
+    """An event for a step listening for it; `kept` is the id of a kept event it consumes."""
+
+    step: str
+    attempt: int
+    data: Any
+    kept: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Wake:
     """A step's retry delay is over."""
 
@@ -147,7 +157,7 @@ class Resume:
     """The engine restarted: re-issue the effects that were in flight."""
 
 
-Event = Start | StepDone | Callback | Wake | Cancel | Timeout | Retry | Resume
+Event = Start | StepDone | Callback | EventArrived | Wake | Cancel | Timeout | Retry | Resume
 
 
 # Effects: what the runtime must do once the decision is committed.
@@ -169,6 +179,16 @@ class Schedule:
 
 
 @dataclass(frozen=True, slots=True)
+class Listening:
+    """A step began waiting for an event: the runtime looks for a kept one that matches."""
+
+    step: str
+    attempt: int
+    type: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Abort:
     step: str
 
@@ -178,7 +198,7 @@ class Finished:
     status: str
 
 
-Effect = Execute | Schedule | Abort | Finished
+Effect = Execute | Schedule | Listening | Abort | Finished
 
 
 @dataclass(slots=True)
@@ -192,6 +212,7 @@ class Decision:
     attempts: list[Attempt] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     new_run: bool = False
+    consumed_events: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:

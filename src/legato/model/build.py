@@ -22,6 +22,7 @@ from legato.model.workflow import (
     Branch,
     Fail,
     HttpCall,
+    Listen,
     MapOver,
     PythonCall,
     RetryPolicy,
@@ -262,6 +263,8 @@ def _read_action(kind: str, data: Any, path: str, problems: list[Problem]) -> Ac
         return _read_map(data, path, problems)
     if kind == "wait":
         return _read_wait(data, path, problems)
+    if kind == "listen":
+        return _read_listen(data, path, problems)
     if isinstance(data, str):
         data = {"message": data}
     r = Reader(data, path, problems)
@@ -287,6 +290,21 @@ def _read_wait(data: Any, path: str, problems: list[Problem]) -> Wait | None:
     if duration is None and until is None:
         return None
     return Wait(duration, until)
+
+
+def _read_listen(data: Any, path: str, problems: list[Problem]) -> Listen | None:
+    """`listen: {event: payment.received, key: "{{ input.order_id }}"}` (or just the event type)."""
+    if isinstance(data, str):
+        data = {"event": data}
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    event = r.get("event", str, None)
+    if event is None or not event.strip():
+        r.problem("event", "is required: the event type to wait for")
+    key = _template(r, "key")
+    r.done()
+    return Listen(event, key) if event else None
 
 
 def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None:
@@ -506,6 +524,8 @@ def _action_templates(action: Action, path: str) -> list[tuple[str, Template]]:
         out = [(f"{path}.message", action.message)]
     elif isinstance(action, Wait):
         out = [(f"{path}.until", action.until)]
+    elif isinstance(action, Listen):
+        out = [(f"{path}.key", action.key)]
     return [(p, t) for p, t in out if t is not None]
 
 

@@ -30,7 +30,7 @@ FAILURE_KINDS = (
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 
 TRIGGERS = ("all_succeeded", "all_done", "one_succeeded", "none_failed")
-STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait")
+STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait", "listen")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,17 @@ class Wait:
     kind = "wait"
 
 
-Action = HttpCall | PythonCall | Branch | MapOver | Fail | Wait
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Wait for an event of type `event` whose key equals `key` (rendered when the step starts, e.g.
+    `{{ input.order_id }}`); the event's data is the step's output."""
+
+    event: str
+    key: Template | None = None
+    kind = "listen"
+
+
+Action = HttpCall | PythonCall | Branch | MapOver | Fail | Wait | Listen
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,7 @@ def create_app(
             Route("/api/runs/{run_id}/retry", routes.retry_run, methods=["POST"]),
             Route("/e/{workflow}", routes.event, methods=["POST"]),
             Route("/api/callbacks/{token}", routes.callback, methods=["POST"]),
+            Route("/api/events", routes.publish_event, methods=["POST"]),
         ],
         exception_handlers={
             ApiError: handle,

@@ -190,6 +190,20 @@ SCHEMAS: dict[str, Any] = {
         "required": ["data"],
         "properties": {"data": ANY_OBJECT},
     },
+    "PublishedEvent": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "minLength": 1},
+            "key": {
+                "oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}],
+                "nullable": True,
+            },
+            "data": {},
+            "keep_for": {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]},
+        },
+    },
     "CallbackReport": {
         "type": "object",
         "additionalProperties": False,
@@ -447,6 +461,16 @@ def build() -> dict[str, Any]:
                 ),
                 "security": [],
             },
+        },
+        "/api/events": {
+            "post": _op(
+                "Publish an event: every step listening for its type and key takes it; if none is, "
+                "it is kept (keep_for, or the server's retention) for the first that starts.",
+                {"202": _ok("Delivered or kept.", ANY_OBJECT)},
+                tag="runs",
+                body=_json_body(_ref("PublishedEvent")),
+                errors=("400", "401", "413", "415", "422"),
+            ),
         },
         "/api/runs": {
             "get": _op(

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES, RunState
 from legato.errors import DefinitionError, NotFound
+from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
 from legato.model.service import Service
 from legato.server import bodies, payloads
@@ -209,6 +210,35 @@ async def callback(request: Request) -> Response:
         heartbeat="heartbeat" in body,
     )
     return json_response({"status": "extended" if "heartbeat" in body else "accepted"})
+
+
+async def publish_event(request: Request) -> Response:
+    """An event for the steps listening for its type and key (kept a while if none is yet)."""
+    ctx = _ctx(request)
+    body = await bodies.json_object(request, ctx.max_body)
+    bodies.only_fields(body, ("type", "key", "data", "keep_for"))
+    kind = body.get("type")
+    if not isinstance(kind, str) or not kind.strip():
+        raise ApiError(422, "is required: the event's type, a non-empty string", "type")
+    key = body.get("key")
+    if key is not None and (isinstance(key, dict | list)):
+        raise ApiError(422, "must be a string or a number", "key")
+    keep_for = None
+    if "keep_for" in body:
+        try:
+            keep_for = parse_duration(body["keep_for"])
+        except ValueError as exc:
+            raise ApiError(422, str(exc), "keep_for") from None
+    _refuse_while_draining(ctx.engine)
+    result = await ctx.engine.publish(kind, key, body.get("data"), keep_for=keep_for)
+    return json_response(
+        {
+            "id": result.id,
+            "delivered_to": result.delivered_to,
+            "kept_until": payloads.iso(result.kept_until),
+        },
+        202,
+    )
 
 
 # -- runs ------------------------------------------------------------------------------------

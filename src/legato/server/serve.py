@@ -125,6 +125,7 @@ def build_server(
     log_level: str = "warning",
     python_modules: tuple[str, ...] = (),
     public_url: str | None = None,
+    event_retention: float | None = None,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`."""
     if not token and not is_loopback(host) and not allow_open:
@@ -133,6 +134,8 @@ def build_server(
             "127.0.0.1, or pass --allow-unauthenticated"
         )
     engine = Engine.open(db, python_modules=python_modules)
+    if event_retention is not None:
+        engine.event_retention = event_retention
     app = create_app(engine, token=token, max_body=max_body, own_engine=False)
     config = uvicorn.Config(
         app,

@@ -25,6 +25,18 @@ class WorkflowRecord:
     created: bool = False  # True when save_workflow made this version just now
 
 
+@dataclass(frozen=True, slots=True)
+class KeptEvent:
+    """An event that arrived when no step was listening for it, kept until `expires_at`."""
+
+    id: str
+    type: str
+    key: str
+    data: Any
+    created_at: float
+    expires_at: float
+
+
 class Store(Protocol):
     url: str
 
@@ -44,6 +56,13 @@ class Store(Protocol):
 
     async def list_workflows(self) -> list[WorkflowRecord]:
         """The latest version of each workflow, by name."""
+
+    async def keep_event(self, event: KeptEvent) -> None:
+        """Keep an event nobody listened for (and drop the expired ones)."""
+
+    async def kept_events(self, type: str, key: str, now: float) -> list[KeptEvent]:
+        """Unexpired kept events of that type and key, oldest first. A decision that delivers one
+        lists its id in `consumed_events`, and the commit deletes it with the step it completed."""
 
     async def secret(self, name: str) -> str:
         """A random secret kept with the data, made on first use; every process sharing the store

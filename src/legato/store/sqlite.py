@@ -23,7 +23,7 @@ from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
 from legato.store.jsontext import dump_json
-from legato.store.protocol import WorkflowRecord
+from legato.store.protocol import KeptEvent, WorkflowRecord
 
 T = TypeVar("T")
 
@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, step TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
     started_at REAL, finished_at REAL, request TEXT, output TEXT, error TEXT,
     PRIMARY KEY (run_id, step, attempt)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, key TEXT NOT NULL, data TEXT,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_key ON events (type, key, id);
 """
 
 _UPSERT_RUN = """
@@ -208,18 +212,24 @@ class SQLiteStore:
                         _dump(a.error),
                     )
                 )
-        if runs or steps or attempts:
-            await self._call(self._write, list(runs.values()), list(steps.values()), attempts)
+        consumed = [(e,) for d in decisions for e in d.consumed_events]
+        if runs or steps or attempts or consumed:
+            await self._call(
+                self._write, list(runs.values()), list(steps.values()), attempts, consumed
+            )
 
     def _write(
         self,
         runs: list[tuple[Any, ...]],
         steps: list[tuple[Any, ...]],
         attempts: list[tuple[Any, ...]],
+        consumed: list[tuple[str]],
     ) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if consumed:  # a kept event goes in the same transaction as the step it completed
+                conn.executemany("DELETE FROM events WHERE id = ?", consumed)
             if runs:
                 conn.executemany(_UPSERT_RUN, runs)
             if steps:
@@ -301,6 +311,45 @@ class SQLiteStore:
             "ON w.name = m.name AND w.version = m.v ORDER BY w.name",
         )
         return [_workflow(r) for r in rows]
+
+    async def keep_event(self, event: KeptEvent) -> None:
+        await self._call(
+            self._execute_many,
+            [
+                ("DELETE FROM events WHERE expires_at <= ?", (event.created_at,)),
+                (
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        event.id,
+                        event.type,
+                        event.key,
+                        _dump(event.data),
+                        event.created_at,
+                        event.expires_at,
+                    ),
+                ),
+            ],
+        )
+
+    def _execute_many(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                conn.execute(sql, params)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def kept_events(self, type: str, key: str, now: float) -> list[KeptEvent]:
+        rows = await self._call(
+            self._fetch,
+            "SELECT id, type, key, data, created_at, expires_at FROM events "
+            "WHERE type = ? AND key = ? AND expires_at > ? ORDER BY id",
+            (type, key, now),
+        )
+        return [KeptEvent(r[0], r[1], r[2], _load(r[3]), r[4], r[5]) for r in rows]
 
     async def secret(self, name: str) -> str:
         return await self._call(self._secret, name)
