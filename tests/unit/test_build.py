@@ -373,7 +373,7 @@ def test_retry_problems_have_exact_paths() -> None:
         "steps.charge.retry.delay": "must be a duration such as 500ms, 30s, 5m, 1h or a number of seconds",
         "steps.charge.retry.backoff": "must be from 1 to 100",
         "steps.charge.retry.on": "unknown failure kind 'teapot'; known: network, timeout, 5xx, 429, 4xx, "
-        "status, exception, input, output, template, config, callback",
+        "status, exception, input, output, template, config, callback, child",
         "steps.charge.retry.jitter": "must be a boolean",
         "steps.charge.retry.x": "is not a known field",
     }
@@ -465,13 +465,13 @@ def test_empty_success_list_is_refused() -> None:
 
 def test_exactly_one_step_kind_none() -> None:
     assert problems(wf({"a": {"depends_on": []}})) == {
-        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen"
+        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen, workflow"
     }
 
 
 def test_exactly_one_step_kind_two() -> None:
     assert problems(wf({"a": {"http": {"url": URL}, "fail": "x"}})) == {
-        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen (found http, fail)"
+        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen, workflow (found http, fail)"
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from legato.engine.ids import child_run_id
 from legato.engine.render import render_request
 from legato.engine.state import (
     CANCELLED,
@@ -21,6 +22,7 @@ from legato.engine.state import (
     Attempt,
     Callback,
     Cancel,
+    ChildDone,
     Decision,
     Event,
     EventArrived,
@@ -32,6 +34,7 @@ from legato.engine.state import (
     RunState,
     Schedule,
     Start,
+    StartChild,
     StepDone,
     StepState,
     Timeout,
@@ -48,6 +51,7 @@ from legato.model.workflow import (
     MapOver,
     PythonCall,
     Step,
+    SubWorkflow,
     Wait,
     Workflow,
 )
@@ -59,6 +63,7 @@ BRANCH_NOT_TAKEN = "branch_not_taken"
 CALLBACK = "callback"  # the reason of a step waiting for its async call's callback
 TIMER = "timer"  # the reason of a wait step's wait
 EVENT = "event"  # the reason of a listen step's wait
+CHILD = "child"  # the reason of a sub-workflow step's wait
 # A map's bookkeeping looks at every child on each child's event, so its cost grows with the square of
 # its size; past this many items, split the work (or use a sub-workflow per batch).
 MAX_MAP_ITEMS = 2000
@@ -75,6 +80,8 @@ def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 
         t.callback(event)
     elif isinstance(event, EventArrived):
         t.event_arrived(event)
+    elif isinstance(event, ChildDone):
+        t.child_done(event)
     elif isinstance(event, Wake):
         t.wake(event.step)
     elif isinstance(event, Cancel):
@@ -316,6 +323,11 @@ class _Txn:
             )
             self.end_attempt(s, False, s.output, {"kind": "timeout", "message": what}, self.now)
             return
+        top = self.wf.steps.get(name)
+        if top is not None and not isinstance(top.action, HttpCall | PythonCall):
+            self.activate(name)  # a retry of a step no executor runs (a sub-workflow): start again
+            self.check_finished()
+            return
         step, action, extra = self.executable(name)
         self.dispatch(name, step, action, extra)
         self.check_finished()
@@ -376,6 +388,11 @@ class _Txn:
                 self.effects.append(Schedule(n, s.next_at))
             if s.status == WAITING and s.reason == EVENT and s.request:
                 self.effects.append(Listening(n, s.attempt, s.request["event"], s.request["key"]))
+            if s.status == WAITING and s.reason == CHILD and s.request:
+                r = s.request
+                self.effects.append(
+                    StartChild(n, s.attempt, r["run_id"], r["workflow"], r["version"], r["input"])
+                )
         for n, s in self.run.steps.items():
             if s.status == RUNNING and self.is_map(n):
                 self.fill(n)
@@ -454,8 +471,35 @@ class _Txn:
             self.run_wait(name, action)
         elif isinstance(action, Listen):
             self.run_listen(self.wf.steps[name], action)
+        elif isinstance(action, SubWorkflow):
+            self.run_child(name, action)
         else:
             self.run_map(name, action)
+
+    def run_child(self, name: str, sub: SubWorkflow) -> None:
+        try:
+            data = sub.input.render(self.context()) if sub.input is not None else {}
+            if not isinstance(data, dict):
+                raise TemplateError(f"must render to an object, got {type(data).__name__}")
+        except TemplateError as exc:
+            self.inline_result(name, False, None, {"kind": "template", "message": f"input {exc}"})
+            return
+        s = self.new_attempt(name, WAITING)
+        child = child_run_id(self.info.id, name, s.attempt, self.now)
+        request = {"workflow": sub.name, "version": sub.version, "input": data, "run_id": child}
+        self.set(s._replace(reason=CHILD, request=request))
+        self.effects.append(StartChild(name, s.attempt, child, sub.name, sub.version, data))
+
+    def child_done(self, ev: ChildDone) -> None:
+        s = self.get(ev.step)
+        if (
+            self.info.status != RUNNING
+            or s.status != WAITING
+            or s.reason != CHILD
+            or s.attempt != ev.attempt
+        ):
+            return
+        self.end_attempt(s._replace(reason=None), ev.ok, ev.output, ev.error, self.now)
 
     def run_listen(self, step: Step, listen: Listen) -> None:
         """Wait for the event; the step's timeout, if any, bounds the wait."""

@@ -7,6 +7,7 @@ the cheap PRNG serves (a syscall per id showed in profiles).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 
@@ -14,6 +15,14 @@ import time
 def new_run_id() -> str:
     ms = int(time.time() * 1000) & 0xFFFFFFFFFFFF
     return f"{ms:012x}{random.getrandbits(80):020x}"
+
+
+def child_run_id(parent: str, step: str, attempt: int, started_at: float) -> str:
+    """The id of the run a sub-workflow step starts: time-ordered like any id, and the same every
+    time for one attempt, which makes starting it idempotent."""
+    ms = int(started_at * 1000) & 0xFFFFFFFFFFFF
+    digest = hashlib.sha256(f"{parent}:{step}:{attempt}".encode()).hexdigest()
+    return f"{ms:012x}{digest[:20]}"
 
 
 def traceparent(run_id: str) -> str:

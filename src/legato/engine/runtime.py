@@ -29,10 +29,12 @@ from legato.engine.state import (
     FAILED,
     PENDING,
     RUNNING,
+    SUCCEEDED,
     WAITING,
     Abort,
     Callback,
     Cancel,
+    ChildDone,
     Decision,
     Event,
     EventArrived,
@@ -45,6 +47,7 @@ from legato.engine.state import (
     RunState,
     Schedule,
     Start,
+    StartChild,
     StepDone,
     Timeout,
     Wake,
@@ -137,6 +140,8 @@ class Engine:
         self.callback_base: str | None = None
         self.event_retention = DEFAULT_EVENT_RETENTION
         self._claimed_events: set[str] = set()
+        # A sub-workflow run's id -> (parent run, step, attempt) waiting for it to end.
+        self._child_waiters: dict[str, tuple[str, str, int]] = {}
         self.python = PythonExecutor(self._functions, python_modules)
         self.stats = {"commits": 0, "decisions": 0, "step_transitions": 0}
 
@@ -309,9 +314,15 @@ class Engine:
     # -- runs ---------------------------------------------------------------------------------
 
     async def start_run(
-        self, workflow: str, input: dict[str, Any] | None = None, *, version: int | None = None
+        self,
+        workflow: str,
+        input: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        run_id: str | None = None,
     ) -> str:
-        """Validate the input, commit the new run with its first steps, and return its id."""
+        """Validate the input, commit the new run with its first steps, and return its id.
+        (`run_id` is for sub-workflows, whose ids their parent's attempt fixes.)"""
         wf, found = await self.workflow_version(workflow, version)
         data, problems = check_object(wf.inputs, {} if input is None else input, "input")
         if problems:
@@ -321,7 +332,7 @@ class Engine:
         except TypeError as exc:  # e.g. an int past 64 bits, a set: the store could never write it
             raise InputError([Problem("input", f"holds a value JSON cannot: {exc}")]) from None
         info = RunInfo(
-            id=new_run_id(),
+            id=run_id or new_run_id(),
             workflow=workflow,
             version=found,
             status=PENDING,
@@ -586,12 +597,18 @@ class Engine:
                     active.tasks[effect.step] = asyncio.create_task(self._execute(active, effect))
             elif isinstance(effect, Schedule):
                 self._schedule(active, effect)
+            elif isinstance(effect, StartChild):
+                if not self._draining:
+                    start = asyncio.create_task(self._start_child(active, effect))
+                    self._background.add(start)
+                    start.add_done_callback(self._background.discard)
             elif isinstance(effect, Listening):
                 if not self._draining:
                     lookup = asyncio.create_task(self._deliver_kept(active, effect))
                     self._background.add(lookup)
                     lookup.add_done_callback(self._background.discard)
             elif isinstance(effect, Abort):
+                self._abort_child(active, effect.step)
                 task = active.tasks.pop(effect.step, None)
                 if task is not None:
                     task.cancel()
@@ -644,8 +661,64 @@ class Engine:
         }
         return await self.http.execute(run_id, effect.step, action, effect.request, None, extra)
 
+    async def _start_child(self, active: _Active, effect: StartChild) -> None:
+        """Start the sub-workflow's run once; when it ends, the parent's step hears of it."""
+        parent = active.state.info.id
+        self._child_waiters[effect.run_id] = (parent, effect.step, effect.attempt)
+        if effect.run_id in self._runs:
+            return  # started already (a resume): its end will be reported
+        error: dict[str, Any] | None = None
+        try:
+            existing = await self.store.get_run(effect.run_id)
+            if existing is not None:
+                if existing.info.done:
+                    self._report_child(existing.info)
+                return
+            await self.start_run(
+                effect.workflow, effect.input, version=effect.version, run_id=effect.run_id
+            )
+        except InputError as exc:
+            error = {"kind": "input", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
+        except (NotFound, DefinitionError) as exc:
+            error = {"kind": "config", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
+        if error is not None:
+            self._child_waiters.pop(effect.run_id, None)
+            if self._runs.get(parent) is active:
+                self._event(active, ChildDone(effect.step, effect.attempt, False, None, error))
+
+    def _report_child(self, info: RunInfo) -> None:
+        waiter = self._child_waiters.pop(info.id, None)
+        if waiter is None:
+            return
+        parent_id, step, attempt = waiter
+        parent = self._runs.get(parent_id)
+        if parent is None or self._draining:
+            return
+        if info.status == SUCCEEDED:
+            self._event(parent, ChildDone(step, attempt, True, info.output))
+            return
+        cause = (info.error or {}).get("message", info.status)
+        error = {
+            "kind": "child",
+            "message": f"sub-workflow {info.workflow!r} run {info.id} {info.status}: {cause}",
+            "run_id": info.id,
+        }
+        self._event(parent, ChildDone(step, attempt, False, None, error))
+
+    def _abort_child(self, active: _Active, step: str) -> None:
+        """A cancelled sub-workflow step cancels the run it started."""
+        definition = active.wf.steps.get(step)
+        state = active.state.steps.get(step)
+        if definition is None or definition.kind != "workflow" or state is None:
+            return
+        child = (state.request or {}).get("run_id")
+        if child and self._child_waiters.pop(child, None) is not None and child in self._runs:
+            reason = f"its parent run {active.state.info.id} stopped"
+            self._event(self._runs[child], Cancel(reason))
+
     def _finished(self, active: _Active) -> None:
         self._runs.pop(active.state.info.id, None)
+        self._report_child(active.state.info)
         if active.deadline is not None:
             active.deadline.cancel()
         for handle in active.timers.values():

@@ -131,6 +131,17 @@ class EventArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class ChildDone:
+    """A sub-workflow's run ended (or could not start: `error` says why)."""
+
+    step: str
+    attempt: int
+    ok: bool
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Wake:
     """A step's retry delay is over."""
 
@@ -157,7 +168,18 @@ class Resume:
     """The engine restarted: re-issue the effects that were in flight."""
 
 
-Event = Start | StepDone | Callback | EventArrived | Wake | Cancel | Timeout | Retry | Resume
+Event = (
+    Start
+    | StepDone
+    | Callback
+    | EventArrived
+    | ChildDone
+    | Wake
+    | Cancel
+    | Timeout
+    | Retry
+    | Resume
+)
 
 
 # Effects: what the runtime must do once the decision is committed.
@@ -189,6 +211,19 @@ class Listening:
 
 
 @dataclass(frozen=True, slots=True)
+class StartChild:
+    """Start the sub-workflow run `run_id` (an id fixed by the attempt, so a restart that issues
+    this again finds the run it started rather than starting a second)."""
+
+    step: str
+    attempt: int
+    run_id: str
+    workflow: str
+    version: int | None
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Abort:
     step: str
 
@@ -198,7 +233,7 @@ class Finished:
     status: str
 
 
-Effect = Execute | Schedule | Listening | Abort | Finished
+Effect = Execute | Schedule | Listening | StartChild | Abort | Finished
 
 
 @dataclass(slots=True)

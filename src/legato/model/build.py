@@ -27,6 +27,7 @@ from legato.model.workflow import (
     PythonCall,
     RetryPolicy,
     Step,
+    SubWorkflow,
     Wait,
     Workflow,
 )
@@ -265,6 +266,8 @@ def _read_action(kind: str, data: Any, path: str, problems: list[Problem]) -> Ac
         return _read_wait(data, path, problems)
     if kind == "listen":
         return _read_listen(data, path, problems)
+    if kind == "workflow":
+        return _read_subworkflow(data, path, problems)
     if isinstance(data, str):
         data = {"message": data}
     r = Reader(data, path, problems)
@@ -290,6 +293,24 @@ def _read_wait(data: Any, path: str, problems: list[Problem]) -> Wait | None:
     if duration is None and until is None:
         return None
     return Wait(duration, until)
+
+
+def _read_subworkflow(data: Any, path: str, problems: list[Problem]) -> SubWorkflow | None:
+    """`workflow: {name: invoice, input: {...}, version: 2}` (or just the name)."""
+    if isinstance(data, str):
+        data = {"name": data}
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    name = r.get("name", str, None)
+    if name is None or not WORKFLOW_NAME.fullmatch(name):
+        r.problem("name", "is required: the name of the workflow to run")
+    input_t = _template(r, "input")
+    version = r.get("version", int, None)
+    if version is not None and version < 1:
+        r.problem("version", "must be at least 1")
+    r.done()
+    return SubWorkflow(name, input_t, version) if name else None
 
 
 def _read_listen(data: Any, path: str, problems: list[Problem]) -> Listen | None:
@@ -526,6 +547,8 @@ def _action_templates(action: Action, path: str) -> list[tuple[str, Template]]:
         out = [(f"{path}.until", action.until)]
     elif isinstance(action, Listen):
         out = [(f"{path}.key", action.key)]
+    elif isinstance(action, SubWorkflow):
+        out = [(f"{path}.input", action.input)]
     return [(p, t) for p, t in out if t is not None]
 
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from legato.model.workflow import Branch, HttpCall, MapOver, PythonCall, Step, Workflow
+from legato.model.workflow import (
+    Branch,
+    HttpCall,
+    Listen,
+    MapOver,
+    PythonCall,
+    Step,
+    SubWorkflow,
+    Workflow,
+)
 
 
 def _target(step: Step) -> dict[str, Any]:
@@ -20,6 +29,10 @@ def _target(step: Step) -> dict[str, Any]:
         return {"service": action.service, "method": action.method, "target": where}
     if isinstance(action, PythonCall):
         return {"function": action.function, "target": action.function}
+    if isinstance(action, SubWorkflow):
+        return {"workflow": action.name, "target": action.name}
+    if isinstance(action, Listen):
+        return {"event": action.event, "target": action.event}
     return {}
 
 

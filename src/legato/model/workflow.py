@@ -26,11 +26,12 @@ FAILURE_KINDS = (
     "template",
     "config",
     "callback",  # an async call's service reported an error through its callback
+    "child",  # a sub-workflow's run failed or was cancelled
 )
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 
 TRIGGERS = ("all_succeeded", "all_done", "one_succeeded", "none_failed")
-STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait", "listen")
+STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait", "listen", "workflow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,17 @@ class Listen:
     kind = "listen"
 
 
-Action = HttpCall | PythonCall | Branch | MapOver | Fail | Wait | Listen
+@dataclass(frozen=True, slots=True)
+class SubWorkflow:
+    """Start another workflow with `input` (templated) and wait for it; its output is the step's."""
+
+    name: str
+    input: Template | None = None
+    version: int | None = None
+    kind = "workflow"
+
+
+Action = HttpCall | PythonCall | Branch | MapOver | Fail | Wait | Listen | SubWorkflow
 
 
 @dataclass(frozen=True, slots=True)
