@@ -220,6 +220,8 @@ def test_a_database_that_cannot_open_is_a_clear_error(tmp_path: Path) -> None:
         ("--port", "99999"),
         ("--max-body", "-1"),
         ("--log-level", "bogus"),
+        ("--transport", "nonsense"),
+        ("--subscribe", "nocolon"),
     ],
 )
 def test_bad_serve_options_are_usage_errors(tmp_path: Path, option: str, value: str) -> None:

@@ -465,13 +465,13 @@ def test_empty_success_list_is_refused() -> None:
 
 def test_exactly_one_step_kind_none() -> None:
     assert problems(wf({"a": {"depends_on": []}})) == {
-        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen, workflow"
+        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen, workflow, emit"
     }
 
 
 def test_exactly_one_step_kind_two() -> None:
     assert problems(wf({"a": {"http": {"url": URL}, "fail": "x"}})) == {
-        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen, workflow (found http, fail)"
+        "steps.a": "needs exactly one of http, python, branch, map, fail, wait, listen, workflow, emit (found http, fail)"
     }
 
 

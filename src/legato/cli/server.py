@@ -32,6 +32,13 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
+def _pair(value: str, sep: str, shape: str) -> tuple[str, str]:
+    name, found, rest = value.partition(sep)
+    if not found or not name or not rest:
+        raise click.BadParameter(f"must be {shape}, not {value!r}")
+    return name, rest
+
+
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
         return parse_duration(value)
@@ -83,6 +90,20 @@ def _server_options(fn: Any) -> Any:
     help="A module whose functions definitions' Python steps may call (repeatable). None by default.",
 )
 @click.option(
+    "--transport",
+    "transports",
+    multiple=True,
+    callback=lambda ctx, param, values: tuple(_pair(v, "=", "NAME=URL") for v in values),
+    help="A broker emit steps can name: NAME=nats://..., NAME=amqp://..., NAME=kafka://... (repeatable).",
+)
+@click.option(
+    "--subscribe",
+    "subscriptions",
+    multiple=True,
+    callback=lambda ctx, param, values: tuple(_pair(v, ":", "NAME:DESTINATION") for v in values),
+    help="Turn messages on a transport's subject, queue or topic into events: NAME:DESTINATION.",
+)
+@click.option(
     "--event-retention",
     default="1h",
     show_default=True,
@@ -111,6 +132,8 @@ def serve(
     python_modules: tuple[str, ...],
     public_url: str | None,
     event_retention: float,
+    transports: tuple[tuple[str, str], ...],
+    subscriptions: tuple[tuple[str, str], ...],
     log_level: str,
 ) -> None:
     """Serve the REST API and run the engine, in one process, until SIGTERM or Ctrl-C."""
@@ -128,6 +151,8 @@ def serve(
             python_modules=python_modules,
             public_url=public_url,
             event_retention=event_retention,
+            transports=transports,
+            subscriptions=subscriptions,
         )
         task = asyncio.create_task(server.serve())
         await started(server, task)

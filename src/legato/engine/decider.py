@@ -45,6 +45,8 @@ from legato.model.durations import parse_time
 from legato.model.fields import check_object
 from legato.model.workflow import (
     Branch,
+    Call,
+    Emit,
     Fail,
     HttpCall,
     Listen,
@@ -324,7 +326,7 @@ class _Txn:
             self.end_attempt(s, False, s.output, {"kind": "timeout", "message": what}, self.now)
             return
         top = self.wf.steps.get(name)
-        if top is not None and not isinstance(top.action, HttpCall | PythonCall):
+        if top is not None and not isinstance(top.action, HttpCall | PythonCall | Emit):
             self.activate(name)  # a retry of a step no executor runs (a sub-workflow): start again
             self.check_finished()
             return
@@ -403,11 +405,11 @@ class _Txn:
         step = self.wf.steps.get(name)
         return step is not None and isinstance(step.action, MapOver)
 
-    def executable(self, name: str) -> tuple[Step, HttpCall | PythonCall, dict[str, Any] | None]:
+    def executable(self, name: str) -> tuple[Step, Call, dict[str, Any] | None]:
         child = split_child(name)
         if child is None:
             step = self.wf.steps[name]
-            assert isinstance(step.action, HttpCall | PythonCall)
+            assert isinstance(step.action, HttpCall | PythonCall | Emit)
             return step, step.action, None
         parent, index = child
         step = self.wf.steps[parent]
@@ -461,7 +463,7 @@ class _Txn:
         """Start a step whose dependencies allow it."""
         step = self.wf.steps[name]
         action = step.action
-        if isinstance(action, HttpCall | PythonCall):
+        if isinstance(action, HttpCall | PythonCall | Emit):
             self.dispatch(name, step, action, None)
         elif isinstance(action, Branch):
             self.run_branch(name, action)
@@ -548,9 +550,7 @@ class _Txn:
         self.set(s._replace(reason=TIMER, next_at=due, request={"until": due}))
         self.effects.append(Schedule(name, due))
 
-    def dispatch(
-        self, name: str, step: Step, action: HttpCall | PythonCall, extra: dict[str, Any] | None
-    ) -> None:
+    def dispatch(self, name: str, step: Step, action: Call, extra: dict[str, Any] | None) -> None:
         s = self.new_attempt(name, RUNNING)
         try:
             request = render_request(action, self.context(extra))

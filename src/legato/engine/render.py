@@ -6,11 +6,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from legato.expressions import Context, TemplateError
-from legato.model.workflow import HttpCall, PythonCall
+from legato.model.workflow import Call, Emit, PythonCall
 
 
-def render_request(action: HttpCall | PythonCall, ctx: Context) -> dict[str, Any]:
+def render_request(action: Call, ctx: Context) -> dict[str, Any]:
     """Raise TemplateError when a template fails or renders to the wrong shape."""
+    if isinstance(action, Emit):
+        to = action.to.render(ctx)
+        if not isinstance(to, str) or not to:
+            raise TemplateError(f"emit.to must render to a destination name, got {to!r}")
+        out: dict[str, Any] = {"transport": action.transport, "to": to}
+        out["message"] = action.message.render(ctx) if action.message is not None else None
+        if action.headers is not None:
+            out["headers"] = _string_map(action.headers.render(ctx), "emit.headers")
+        return out
     if isinstance(action, PythonCall):
         args = action.args.render(ctx) if action.args is not None else {}
         if not isinstance(args, dict):

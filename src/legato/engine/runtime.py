@@ -53,13 +53,21 @@ from legato.engine.state import (
     Wake,
 )
 from legato.engine.tokens import TaskTokens
-from legato.errors import Conflict, DefinitionError, InputError, NotFound, Problem
+from legato.errors import (
+    Conflict,
+    DefinitionError,
+    InputError,
+    LegatoError,
+    NotFound,
+    Problem,
+)
 from legato.formats.loader import Definition, load_definition
 from legato.model.build import build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.service import Service
-from legato.model.workflow import HttpCall, MapOver, PythonCall, Step, Workflow
+from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
 from legato.store.protocol import KeptEvent, Store, WorkflowRecord, open_store
+from legato.transports import Message, Transport, open_transport
 
 log = logging.getLogger("legato.engine")
 DEFAULT_EVENT_RETENTION = 3600.0
@@ -139,6 +147,8 @@ class Engine:
         # Where services send callbacks: `legato serve` sets it to its own address (or --public-url).
         self.callback_base: str | None = None
         self.event_retention = DEFAULT_EVENT_RETENTION
+        self.transports: dict[str, Transport] = {}
+        self._subscriptions: list[tuple[str, str]] = []
         self._claimed_events: set[str] = set()
         # A sub-workflow run's id -> (parent run, step, attempt) waiting for it to end.
         self._child_waiters: dict[str, tuple[str, str, int]] = {}
@@ -162,6 +172,15 @@ class Engine:
         """Open the store, load the directory and resume every run that had not ended."""
         await self.store.open()
         self.tokens = TaskTokens(await self.store.secret("callbacks"))
+        for name, transport in self.transports.items():
+            try:
+                await transport.connect()
+            except Exception as exc:
+                raise LegatoError(
+                    f"cannot connect transport {name!r} ({transport.url}): {exc}"
+                ) from exc
+        for name, destination in self._subscriptions:
+            await self.transports[name].subscribe(destination, self._on_message)
         self._wake = asyncio.Event()
         self._batch = asyncio.get_running_loop().create_future()
         self._flusher = asyncio.create_task(self._flush_forever(), name="legato-commit")
@@ -221,6 +240,11 @@ class Engine:
             self._flusher = None
         await self.http.close()
         self.python.close()
+        for transport in self.transports.values():
+            try:
+                await transport.close()
+            except Exception:
+                log.exception("closing transport %s failed", transport.url)
         await self.store.close()
 
     # -- directory and definitions ------------------------------------------------------------
@@ -466,6 +490,59 @@ class Engine:
                 f"(it is {s.status}, attempt {s.attempt})"
             )
         await committed
+
+    def add_transport(self, name: str, transport: Transport | str) -> None:
+        """A broker emit steps can name (`transport: <name>`); connected when the engine starts."""
+        self.transports[name] = (
+            open_transport(transport) if isinstance(transport, str) else transport
+        )
+
+    def subscribe_events(self, transport: str, destination: str) -> None:
+        """Turn every message on `destination` into an event for listen steps (see `_on_message`)."""
+        if transport not in self.transports:
+            raise LegatoError(f"no transport named {transport!r}; add it first")
+        self._subscriptions.append((transport, destination))
+
+    async def _on_message(self, message: Message) -> None:
+        """A broker message as an event. Its type and key come from the headers Legato-Event-Type
+        and Legato-Event-Key (or Legato-Run-Id, for a reply to an emit), or from a JSON body
+        `{"type", "key", "data"}`; failing both, the type is the destination and the body the data."""
+        headers = {k.lower(): v for k, v in message.headers.items()}
+        try:
+            body: Any = orjson.loads(message.data) if message.data else None
+        except orjson.JSONDecodeError:
+            body = message.data.decode("utf-8", "replace")
+        kind = headers.get("legato-event-type")
+        key: Any = headers.get("legato-event-key") or headers.get("legato-run-id")
+        data = body
+        if kind is None and isinstance(body, dict) and isinstance(body.get("type"), str):
+            kind, key, data = body["type"], body.get("key", key), body.get("data")
+        await self.publish(kind or message.destination, key, data)
+
+    async def _emit(self, active: _Active, effect: Execute) -> Outcome:
+        request = effect.request
+        transport = self.transports.get(request["transport"])
+        if transport is None:
+            return Outcome.failure("config", f"no transport named {request['transport']!r}")
+        run_id = active.state.info.id
+        headers = {
+            "Legato-Run-Id": run_id,
+            "Legato-Step": effect.step,
+            "Idempotency-Key": f"{run_id}:{effect.step}",
+            **request.get("headers", {}),
+        }
+        where = f"{request['transport']}:{request['to']}"
+        limit = effect.timeout or 30.0
+        try:
+            async with asyncio.timeout(limit):
+                await transport.publish(request["to"], orjson.dumps(request["message"]), headers)
+        except TimeoutError:
+            return Outcome.failure("timeout", f"publishing to {where} took over {limit:g}s")
+        except Exception as exc:
+            return Outcome.failure(
+                "network", f"publishing to {where} failed: {type(exc).__name__}: {exc}"
+            )
+        return Outcome(True, {"published": where, "run_id": run_id})
 
     async def publish(
         self, type: str, key: Any, data: Any, *, keep_for: float | None = None
@@ -732,7 +809,9 @@ class Engine:
     async def _execute(self, active: _Active, effect: Execute) -> None:
         started = self.clock()
         try:
-            if isinstance(effect.action, HttpCall) and effect.action.callback:
+            if isinstance(effect.action, Emit):
+                outcome = await self._emit(active, effect)
+            elif isinstance(effect.action, HttpCall) and effect.action.callback:
                 outcome = await self._call_async(active, effect, effect.action)
             elif isinstance(effect.action, HttpCall):
                 outcome = await self.http.execute(

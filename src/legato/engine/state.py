@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from legato.model.workflow import HttpCall, PythonCall
+from legato.model.workflow import Call
 
 PENDING = "pending"
 RUNNING = "running"
@@ -189,7 +189,7 @@ Event = (
 class Execute:
     step: str
     attempt: int
-    action: HttpCall | PythonCall
+    action: Call
     request: dict[str, Any]
     timeout: float | None
 

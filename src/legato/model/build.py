@@ -20,6 +20,7 @@ from legato.model.workflow import (
     TRIGGERS,
     Action,
     Branch,
+    Emit,
     Fail,
     HttpCall,
     Listen,
@@ -268,6 +269,8 @@ def _read_action(kind: str, data: Any, path: str, problems: list[Problem]) -> Ac
         return _read_listen(data, path, problems)
     if kind == "workflow":
         return _read_subworkflow(data, path, problems)
+    if kind == "emit":
+        return _read_emit(data, path, problems)
     if isinstance(data, str):
         data = {"message": data}
     r = Reader(data, path, problems)
@@ -311,6 +314,23 @@ def _read_subworkflow(data: Any, path: str, problems: list[Problem]) -> SubWorkf
         r.problem("version", "must be at least 1")
     r.done()
     return SubWorkflow(name, input_t, version) if name else None
+
+
+def _read_emit(data: Any, path: str, problems: list[Problem]) -> Emit | None:
+    """`emit: {transport: nats, to: billing.commands, message: {...}, headers: {...}}`."""
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    transport = r.get("transport", str, None)
+    if not transport:
+        r.problem("transport", "is required: the name of a transport the server was given")
+    to = _template(r, "to", required=True)
+    message = _template(r, "message")
+    headers = _template(r, "headers")
+    r.done()
+    if not transport or to is None:
+        return None
+    return Emit(transport, to, message, headers)
 
 
 def _read_listen(data: Any, path: str, problems: list[Problem]) -> Listen | None:
@@ -549,6 +569,12 @@ def _action_templates(action: Action, path: str) -> list[tuple[str, Template]]:
         out = [(f"{path}.key", action.key)]
     elif isinstance(action, SubWorkflow):
         out = [(f"{path}.input", action.input)]
+    elif isinstance(action, Emit):
+        out = [
+            (f"{path}.to", action.to),
+            (f"{path}.message", action.message),
+            (f"{path}.headers", action.headers),
+        ]
     return [(p, t) for p, t in out if t is not None]
 
 

@@ -31,7 +31,7 @@ FAILURE_KINDS = (
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 
 TRIGGERS = ("all_succeeded", "all_done", "one_succeeded", "none_failed")
-STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait", "listen", "workflow")
+STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait", "listen", "workflow", "emit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,20 @@ class SubWorkflow:
     kind = "workflow"
 
 
-Action = HttpCall | PythonCall | Branch | MapOver | Fail | Wait | Listen | SubWorkflow
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Publish `message` (templated JSON) to `to` (a subject, queue or topic) on a named transport.
+    The message carries the run's id, so a reply can come back as an event keyed by it."""
+
+    transport: str
+    to: Template
+    message: Template | None = None
+    headers: Template | None = None
+    kind = "emit"
+
+
+Call = HttpCall | PythonCall | Emit  # what an executor carries out
+Action = HttpCall | PythonCall | Branch | MapOver | Fail | Wait | Listen | SubWorkflow | Emit
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,8 @@ class DrainingServer(uvicorn.Server):
         self.engine.callback_base = self.public_url or self._own_url()
         try:
             await self.engine.start()
+        except LegatoError:
+            raise
         except Exception as exc:
             raise LegatoError(f"cannot open the database {self.engine.store.url}: {exc}") from None
         try:
@@ -126,6 +128,8 @@ def build_server(
     python_modules: tuple[str, ...] = (),
     public_url: str | None = None,
     event_retention: float | None = None,
+    transports: tuple[tuple[str, str], ...] = (),
+    subscriptions: tuple[tuple[str, str], ...] = (),
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`."""
     if not token and not is_loopback(host) and not allow_open:
@@ -136,6 +140,10 @@ def build_server(
     engine = Engine.open(db, python_modules=python_modules)
     if event_retention is not None:
         engine.event_retention = event_retention
+    for name, url in transports:
+        engine.add_transport(name, url)
+    for name, destination in subscriptions:
+        engine.subscribe_events(name, destination)
     app = create_app(engine, token=token, max_body=max_body, own_engine=False)
     config = uvicorn.Config(
         app,

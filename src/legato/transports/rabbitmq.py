@@ -1,0 +1,58 @@
+"""RabbitMQ through aio-pika: durable queues, persistent messages, publisher confirms, manual acks.
+
+A destination is a queue name (published through the default exchange).
+"""
+
+from __future__ import annotations
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+
+from legato.transports import Handler, Message
+
+
+class RabbitTransport:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._queues: set[str] = set()
+
+    async def connect(self) -> None:
+        self._conn = await aio_pika.connect_robust(self.url, timeout=5)
+        self._channel = await self._conn.channel(publisher_confirms=True)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    def _chan(self) -> AbstractRobustChannel:
+        if self._channel is None:
+            raise RuntimeError("the RabbitMQ transport is not connected")
+        return self._channel
+
+    async def _queue(self, name: str) -> aio_pika.abc.AbstractQueue:
+        return await self._chan().declare_queue(name, durable=True)
+
+    async def publish(self, destination: str, data: bytes, headers: dict[str, str]) -> None:
+        if destination not in self._queues:
+            await self._queue(destination)
+            self._queues.add(destination)
+        message = aio_pika.Message(
+            data,
+            headers=dict(headers),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+        )
+        await self._chan().default_exchange.publish(message, routing_key=destination)
+
+    async def subscribe(self, destination: str, handler: Handler) -> None:
+        queue = await self._queue(destination)
+
+        async def deliver(incoming: AbstractIncomingMessage) -> None:
+            headers = {str(k): str(v) for k, v in (incoming.headers or {}).items()}
+            async with incoming.process(requeue=True):
+                await handler(Message(destination, incoming.body, headers))
+
+        await queue.consume(deliver)
