@@ -104,6 +104,11 @@ def _server_options(fn: Any) -> Any:
     help="Turn messages on a transport's subject, queue or topic into events: NAME:DESTINATION.",
 )
 @click.option(
+    "--s3-endpoint",
+    envvar="LEGATO_S3_ENDPOINT",
+    help="An S3-compatible endpoint for polled results (AWS's by default; credentials as for AWS).",
+)
+@click.option(
     "--event-retention",
     default="1h",
     show_default=True,
@@ -131,6 +136,7 @@ def serve(
     allow_unauthenticated: bool,
     python_modules: tuple[str, ...],
     public_url: str | None,
+    s3_endpoint: str | None,
     event_retention: float,
     transports: tuple[tuple[str, str], ...],
     subscriptions: tuple[tuple[str, str], ...],
@@ -153,6 +159,7 @@ def serve(
             event_retention=event_retention,
             transports=transports,
             subscriptions=subscriptions,
+            s3_endpoint=s3_endpoint,
         )
         task = asyncio.create_task(server.serve())
         await started(server, task)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from legato.engine.ids import child_run_id
+from legato.engine.ids import child_run_id, result_key
 from legato.engine.render import render_request
 from legato.engine.state import (
     CANCELLED,
@@ -27,6 +27,8 @@ from legato.engine.state import (
     Event,
     EventArrived,
     Execute,
+    Fetch,
+    Fetched,
     Finished,
     Listening,
     Resume,
@@ -51,6 +53,7 @@ from legato.model.workflow import (
     HttpCall,
     Listen,
     MapOver,
+    Poll,
     PythonCall,
     Step,
     SubWorkflow,
@@ -66,6 +69,7 @@ CALLBACK = "callback"  # the reason of a step waiting for its async call's callb
 TIMER = "timer"  # the reason of a wait step's wait
 EVENT = "event"  # the reason of a listen step's wait
 CHILD = "child"  # the reason of a sub-workflow step's wait
+POLL = "poll"  # the reason of a step waiting for its polled result
 # A map's bookkeeping looks at every child on each child's event, so its cost grows with the square of
 # its size; past this many items, split the work (or use a sub-workflow per batch).
 MAX_MAP_ITEMS = 2000
@@ -84,6 +88,8 @@ def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 
         t.event_arrived(event)
     elif isinstance(event, ChildDone):
         t.child_done(event)
+    elif isinstance(event, Fetched):
+        t.fetched(event)
     elif isinstance(event, Wake):
         t.wake(event.step)
     elif isinstance(event, Cancel):
@@ -95,6 +101,13 @@ def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 
     elif isinstance(event, Resume):
         t.resume()
     return t.decision()
+
+
+def _where(request: Any) -> str:
+    poll = (request or {}).get("poll", {})
+    if "url" in poll:
+        return str(poll["url"])
+    return f"s3://{poll.get('bucket')}/{poll.get('key')}"
 
 
 def event_key(value: Any) -> str:
@@ -201,6 +214,9 @@ class _Txn:
             if isinstance(action, HttpCall) and action.callback:
                 self.await_callback(s, step, action, ev.output)
                 return
+            if isinstance(action, HttpCall) and action.poll is not None:
+                self.await_result(s, step, action.poll, ev.output)
+                return
         self.end_attempt(s, ev.ok, ev.output, ev.error, ev.finished_at)
 
     def end_attempt(
@@ -226,6 +242,56 @@ class _Txn:
         self.set(s._replace(status=WAITING, reason=CALLBACK, output=accepted, next_at=at))
         if at is not None:
             self.effects.append(Schedule(s.name, at))
+
+    def await_result(self, s: StepState, step: Step, poll: Poll, accepted: Any) -> None:
+        """The job was accepted: look for its result every `poll.every` seconds."""
+        if poll.bucket is not None:
+            location = {"bucket": poll.bucket, "key": result_key(self.info.id, s.name, s.attempt)}
+        else:
+            assert poll.url is not None
+            try:
+                url = poll.url.render(self.context({"accepted": accepted}))
+                if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                    raise TemplateError(f"must render to an absolute http(s) URL, got {url!r}")
+            except TemplateError as exc:
+                error = {"kind": "template", "message": f"poll.url {exc}"}
+                self.end_attempt(s, False, accepted, error, self.now)
+                return
+            location = {"url": url}
+        at = self.now + poll.every
+        request = {**(s.request or {}), "poll": location}
+        self.set(
+            s._replace(status=WAITING, reason=POLL, output=accepted, request=request, next_at=at)
+        )
+        self.effects.append(Schedule(s.name, at))
+
+    def fetched(self, ev: Fetched) -> None:
+        s = self.get(ev.step)
+        if (
+            self.info.status != RUNNING
+            or s.status != WAITING
+            or s.reason != POLL
+            or s.attempt != ev.attempt
+        ):
+            return
+        if ev.found or ev.error is not None:
+            done = s._replace(reason=None, next_at=None)
+            self.end_attempt(done, ev.error is None, ev.output, ev.error, self.now)
+            return
+        step, action, _ = self.executable(ev.step)
+        assert isinstance(action, HttpCall) and action.poll is not None
+        if step.timeout and s.started_at is not None and self.now >= s.started_at + step.timeout:
+            error = {
+                "kind": "timeout",
+                "message": f"no result at {_where(s.request)} within the step's timeout of {step.timeout:g}s",
+            }
+            self.end_attempt(
+                s._replace(reason=None, next_at=None), False, s.output, error, self.now
+            )
+            return
+        at = self.now + action.poll.every
+        self.set(s._replace(next_at=at))
+        self.effects.append(Schedule(s.name, at))
 
     def callback_deadline(self, s: StepState, step: Step, action: HttpCall) -> float | None:
         """The earlier of the attempt's timeout and the next heartbeat due."""
@@ -262,6 +328,12 @@ class _Txn:
     def wake(self, name: str) -> None:
         s = self.get(name)
         if self.info.status != RUNNING or s.status != WAITING:
+            return
+        if s.reason == POLL:
+            if s.next_at is not None and self.now < s.next_at:
+                self.effects.append(Schedule(name, s.next_at))
+                return
+            self.effects.append(Fetch(name, s.attempt, (s.request or {}).get("poll", {})))
             return
         if s.reason == EVENT:
             if s.next_at is None:

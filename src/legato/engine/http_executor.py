@@ -144,6 +144,31 @@ class HttpExecutor:
                 )
         return Outcome(True, output)
 
+    async def fetch(self, url: str) -> Outcome | None:
+        """GET a polled result: its body on 200, None on 404 (not there yet), a failure otherwise."""
+        try:
+            status, _, raw, ctype = await self._send(
+                "GET", url, {}, {"User-Agent": USER_AGENT}, None, 30.0
+            )
+        except TimeoutError:
+            return Outcome.failure("timeout", f"GET {url} did not answer within 30s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Outcome.failure("network", f"GET {url} failed: {type(exc).__name__}: {exc}")
+        if status == 404:
+            return None
+        if status >= 300:
+            kind = (
+                "429"
+                if status == 429
+                else "5xx"
+                if status >= 500
+                else "4xx"
+                if status >= 400
+                else "status"
+            )
+            return Outcome.failure(kind, f"GET {url} answered {status}", status=status)
+        return Outcome(True, _parse_body(raw, ctype))
+
     async def _send(
         self,
         method: str,

@@ -25,6 +25,11 @@ def child_run_id(parent: str, step: str, attempt: int, started_at: float) -> str
     return f"{ms:012x}{digest[:20]}"
 
 
+def result_key(run_id: str, step: str, attempt: int) -> str:
+    """The object key a polled service writes an attempt's result to: unique per step of a run."""
+    return f"{run_id}/{step}/{attempt}.json"
+
+
 def traceparent(run_id: str) -> str:
     """A W3C traceparent: the run is the trace, each attempt a new span."""
     return f"00-{run_id}-{random.getrandbits(64) or 1:016x}-01"

@@ -21,9 +21,10 @@ import orjson
 
 from legato.engine.decider import EVENT, decide, event_key
 from legato.engine.http_executor import HttpExecutor
-from legato.engine.ids import new_run_id
+from legato.engine.ids import new_run_id, result_key
 from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
+from legato.engine.results import S3Results
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -39,6 +40,8 @@ from legato.engine.state import (
     Event,
     EventArrived,
     Execute,
+    Fetch,
+    Fetched,
     Finished,
     Listening,
     Resume,
@@ -148,6 +151,7 @@ class Engine:
         self.callback_base: str | None = None
         self.event_retention = DEFAULT_EVENT_RETENTION
         self.transports: dict[str, Transport] = {}
+        self.results = S3Results()
         self._subscriptions: list[tuple[str, str]] = []
         self._claimed_events: set[str] = set()
         # A sub-workflow run's id -> (parent run, step, attempt) waiting for it to end.
@@ -239,6 +243,7 @@ class Engine:
             await self._flusher
             self._flusher = None
         await self.http.close()
+        await self.results.close()
         self.python.close()
         for transport in self.transports.values():
             try:
@@ -679,6 +684,11 @@ class Engine:
                     start = asyncio.create_task(self._start_child(active, effect))
                     self._background.add(start)
                     start.add_done_callback(self._background.discard)
+            elif isinstance(effect, Fetch):
+                if not self._draining:
+                    look = asyncio.create_task(self._fetch(active, effect))
+                    self._background.add(look)
+                    look.add_done_callback(self._background.discard)
             elif isinstance(effect, Listening):
                 if not self._draining:
                     lookup = asyncio.create_task(self._deliver_kept(active, effect))
@@ -722,6 +732,22 @@ class Engine:
             active.timers.pop(event.step, None)
         if self._runs.get(active.state.info.id) is active and not self._draining:
             self._event(active, event)
+
+    async def _fetch(self, active: _Active, effect: Fetch) -> None:
+        where = effect.location
+        if "url" in where:
+            outcome = await self.http.fetch(where["url"])
+        else:
+            outcome = await self.results.fetch(where["bucket"], where["key"])
+        if self._runs.get(active.state.info.id) is not active:
+            return
+        if outcome is None:
+            self._event(active, Fetched(effect.step, effect.attempt, False))
+        else:
+            self._event(
+                active,
+                Fetched(effect.step, effect.attempt, outcome.ok, outcome.output, outcome.error),
+            )
 
     async def _call_async(self, active: _Active, effect: Execute, action: HttpCall) -> Outcome:
         """Send an async call with where and how to report back; the step's timeout bounds the wait
@@ -813,6 +839,19 @@ class Engine:
                 outcome = await self._emit(active, effect)
             elif isinstance(effect.action, HttpCall) and effect.action.callback:
                 outcome = await self._call_async(active, effect, effect.action)
+            elif isinstance(effect.action, HttpCall) and effect.action.poll is not None:
+                # The service is told where to leave the result; the step's timeout bounds the
+                # whole wait for it, not this request (which has the service's timeout).
+                extra = None
+                if effect.action.poll.bucket is not None:
+                    run_id = active.state.info.id
+                    extra = {
+                        "Legato-Result-Bucket": effect.action.poll.bucket,
+                        "Legato-Result-Key": result_key(run_id, effect.step, effect.attempt),
+                    }
+                outcome = await self.http.execute(
+                    active.state.info.id, effect.step, effect.action, effect.request, None, extra
+                )
             elif isinstance(effect.action, HttpCall):
                 outcome = await self.http.execute(
                     active.state.info.id, effect.step, effect.action, effect.request, effect.timeout

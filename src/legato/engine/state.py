@@ -142,6 +142,17 @@ class ChildDone:
 
 
 @dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a look at a polled result location found: nothing yet, the result, or an error."""
+
+    step: str
+    attempt: int
+    found: bool
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Wake:
     """A step's retry delay is over."""
 
@@ -174,6 +185,7 @@ Event = (
     | Callback
     | EventArrived
     | ChildDone
+    | Fetched
     | Wake
     | Cancel
     | Timeout
@@ -224,6 +236,15 @@ class StartChild:
 
 
 @dataclass(frozen=True, slots=True)
+class Fetch:
+    """Look at a polled result location: `{"url": ...}` or `{"bucket": ..., "key": ...}`."""
+
+    step: str
+    attempt: int
+    location: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class Abort:
     step: str
 
@@ -233,7 +254,7 @@ class Finished:
     status: str
 
 
-Effect = Execute | Schedule | Listening | StartChild | Abort | Finished
+Effect = Execute | Schedule | Listening | StartChild | Fetch | Abort | Finished
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from legato.model.workflow import (
     HttpCall,
     Listen,
     MapOver,
+    Poll,
     PythonCall,
     RetryPolicy,
     Step,
@@ -370,6 +371,9 @@ def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None
     headers = _template(r, "headers")
     success = _read_success(r)
     callback = r.get("async", bool, False)
+    poll = _read_poll(r.raw("poll"), r.at("poll"), problems) if r.has("poll") else None
+    if poll is not None and callback:
+        r.problem("poll", "cannot be combined with async: the result comes one way or the other")
     heartbeat = r.duration("heartbeat", None)
     if heartbeat is not None and not callback:
         r.problem("heartbeat", "applies only to an async call (async: true)")
@@ -379,8 +383,43 @@ def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None
     if len(problems) > before:
         return None
     return HttpCall(
-        service, url, method, path_t, query, headers, json_t, body, success, callback, heartbeat
+        service,
+        url,
+        method,
+        path_t,
+        query,
+        headers,
+        json_t,
+        body,
+        success,
+        callback,
+        heartbeat,
+        poll,
     )
+
+
+def _read_poll(data: Any, path: str, problems: list[Problem]) -> Poll | None:
+    """`poll: {every: 2s, url: "{{ accepted.body.result_url }}"}` or `poll: {every: 2s, s3: {bucket: b}}`."""
+    r = Reader(data, path, problems)
+    if not r.ok:
+        return None
+    every = r.duration("every", 1.0)
+    if every is not None and every <= 0:
+        r.problem("every", "must be positive")
+    url = _template(r, "url")
+    s3 = r.get("s3", dict, None)
+    bucket = None
+    if s3 is not None:
+        bucket = s3.get("bucket")
+        if not isinstance(bucket, str) or not bucket or set(s3) != {"bucket"}:
+            r.problem("s3", "must be {bucket: <name>}")
+            bucket = None
+    if (url is None) == (s3 is None):
+        r.problem(None, "needs exactly one of url or s3")
+    r.done()
+    if every is None or (url is None and bucket is None):
+        return None
+    return Poll(every, url, bucket)
 
 
 def _read_success(r: Reader) -> tuple[tuple[int, int], ...]:

@@ -61,6 +61,17 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Poll:
+    """Where an accepted job's result appears, checked every `every` seconds: a URL (templated; it
+    may use `accepted`, the acceptance answer) answering 404 until the result exists, or an object
+    in an S3 bucket whose key Legato chooses and sends with the request."""
+
+    every: float
+    url: Template | None = None
+    bucket: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HttpCall:
     service: str | None
     url: Template | None
@@ -75,6 +86,7 @@ class HttpCall:
     # (POST /api/callbacks/{token}), within the step's timeout and, if set, a heartbeat interval.
     callback: bool = False
     heartbeat: float | None = None
+    poll: Poll | None = None
 
     kind = "http"
 

@@ -17,6 +17,7 @@ from types import FrameType
 
 import uvicorn
 
+from legato.engine.results import S3Results
 from legato.engine.runtime import Engine
 from legato.errors import LegatoError
 from legato.server.app import DEFAULT_MAX_BODY, create_app
@@ -130,6 +131,7 @@ def build_server(
     event_retention: float | None = None,
     transports: tuple[tuple[str, str], ...] = (),
     subscriptions: tuple[tuple[str, str], ...] = (),
+    s3_endpoint: str | None = None,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`."""
     if not token and not is_loopback(host) and not allow_open:
@@ -140,6 +142,8 @@ def build_server(
     engine = Engine.open(db, python_modules=python_modules)
     if event_retention is not None:
         engine.event_retention = event_retention
+    if s3_endpoint:
+        engine.results = S3Results(s3_endpoint)
     for name, url in transports:
         engine.add_transport(name, url)
     for name, destination in subscriptions:
