@@ -162,3 +162,34 @@ async def test_an_embedded_engine_without_a_server_cannot_make_async_calls(
     assert run.info.status == "failed"
     assert run.steps["job"].error is not None
     assert "needs a callback address" in run.steps["job"].error["message"]
+
+
+async def test_a_callback_that_comes_before_the_answer_to_the_call_counts(
+    api: AsyncClient, service: LoopbackService
+) -> None:
+    await api.apply(
+        {
+            "name": "cb-fast",
+            "steps": {
+                "job": {
+                    "http": {
+                        "service": "svc",
+                        "path": "/callback-first",
+                        "async": True,
+                        "json": {"n": 1},
+                    }
+                }
+            },
+            "output": "{{ steps.job.output }}",
+        }
+    )
+    done = await api.start("cb-fast", {}, wait=10)
+    assert done["status"] == "succeeded"
+    assert done["output"] == {"early": True, "echo": {"n": 1}}
+    assert service.early_reports == [200]
+
+
+async def test_a_token_with_odd_characters_is_unknown(server: ServerProcess) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"{server.url}/api/callbacks/a.b.c.%C3%A9", json={"output": 1})
+    assert answer.status_code == 404

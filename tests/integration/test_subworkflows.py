@@ -116,3 +116,37 @@ async def test_a_restart_neither_loses_nor_duplicates_the_child(
     assert run.info.status == "succeeded" and run.info.output == "INV-A-4"
     assert len(listed) == 1  # one child run, started once and resumed
     assert len({s.headers["Idempotency-Key"] for s in service.seen("/slow")}) == 1
+
+
+async def test_a_parent_cancelled_as_it_starts_leaves_no_child_running(engine: Engine) -> None:
+    await engine.apply(CHILD)
+    await engine.apply(PARENT)
+    for i in range(5):
+        run_id = await engine.start_run("order", {"id": f"C-{i}", "delay": "30"})
+        await engine.cancel(run_id)
+    await asyncio.sleep(0.3)
+    children = await engine.store.list_runs(workflow="make-invoice")
+    assert all(c.status == "cancelled" for c in children), children
+
+
+async def test_a_sub_workflow_step_timeout_fails_it_and_cancels_the_child(engine: Engine) -> None:
+    await engine.apply(CHILD)
+    invoice = {
+        "workflow": {
+            "name": "make-invoice",
+            "input": {"order": "{{ input.id }}", "delay": "{{ input.delay }}"},
+        }
+    }
+    await engine.apply(
+        {
+            "name": "impatient",
+            "inputs": PARENT["inputs"],
+            "steps": {"invoice": {**invoice, "timeout": "300ms"}},
+        }
+    )
+    run = await engine.run("impatient", {"id": "T-1", "delay": "30"}, timeout=10)
+    step = run.steps["invoice"]
+    assert run.info.status == "failed" and step.error is not None
+    assert step.error["kind"] == "timeout" and "did not end within" in step.error["message"]
+    child = await engine.wait(step.request["run_id"], timeout=5)
+    assert child.info.status == "cancelled"

@@ -134,3 +134,11 @@ async def test_an_unknown_transport_fails_the_emit_step(tmp_path: object) -> Non
         and error["kind"] == "config"
         and "no transport named 'nowhere'" in error["message"]
     )
+
+
+def test_nats_names_are_distinct_for_distinct_subjects() -> None:
+    from legato.transports.nats import _name
+
+    assert _name("a.b") != _name("a_b")
+    assert _name("x.*") != _name("x.>")
+    assert _name("orders.created") == _name("orders.created")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 
 @dataclass
@@ -29,6 +29,7 @@ class LoopbackService:
     url: str = ""
     requests: list[Seen] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
+    early_reports: list[int] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
     runner: web.AppRunner | None = None
@@ -85,6 +86,15 @@ class LoopbackService:
         levels = int(request.query.get("levels", "300"))
         return web.Response(body=b"[" * levels + b"]" * levels, content_type="application/json")
 
+    async def callback_first(self, request: web.Request) -> web.Response:
+        """A fast async service: it reports through its callback before answering the call."""
+        seen = await self._record(request)
+        async with ClientSession() as http:
+            report = {"output": {"early": True, "echo": seen.json}}
+            async with http.post(request.headers["Legato-Callback-Url"], json=report) as answer:
+                self.early_reports.append(answer.status)
+        return _json({"accepted": True}, 202)
+
     async def text(self, request: web.Request) -> web.Response:
         await self._record(request)
         return web.Response(text="plain words")
@@ -99,6 +109,7 @@ class LoopbackService:
         app.router.add_route("*", "/slow", self.slow)
         app.router.add_route("*", "/text", self.text)
         app.router.add_route("*", "/deep", self.deep)
+        app.router.add_route("*", "/callback-first", self.callback_first)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -293,6 +293,12 @@ class _Txn:
         self.set(s._replace(next_at=at))
         self.effects.append(Schedule(s.name, at))
 
+    def is_async_call(self, name: str) -> bool:
+        if self.is_map(name) or (split_child(name) is None and name not in self.wf.steps):
+            return False
+        _, action, _ = self.executable(name)
+        return isinstance(action, HttpCall) and action.callback
+
     def callback_deadline(self, s: StepState, step: Step, action: HttpCall) -> float | None:
         """The earlier of the attempt's timeout and the next heartbeat due."""
         due = []
@@ -306,12 +312,12 @@ class _Txn:
         """A callback for the current attempt of a step waiting for one; anything else changes nothing
         (the runtime answers that as a conflict)."""
         s = self.get(ev.step)
-        if (
-            self.info.status != RUNNING
-            or s.status != WAITING
-            or s.reason != CALLBACK
-            or s.attempt != ev.attempt
-        ):
+        if self.info.status != RUNNING or s.attempt != ev.attempt:
+            return
+        waiting = s.status == WAITING and s.reason == CALLBACK
+        # A fast service may report before its 2xx to the call itself is in: that counts too.
+        early = s.status == RUNNING and not ev.heartbeat and self.is_async_call(ev.step)
+        if not (waiting or early):
             return
         if ev.heartbeat:
             step, action, _ = self.executable(ev.step)
@@ -328,6 +334,20 @@ class _Txn:
     def wake(self, name: str) -> None:
         s = self.get(name)
         if self.info.status != RUNNING or s.status != WAITING:
+            return
+        if s.reason == CHILD:
+            if s.next_at is None:
+                return
+            if self.now < s.next_at:
+                self.effects.append(Schedule(name, s.next_at))
+                return
+            timeout = self.wf.steps[name].timeout or 0
+            error = {
+                "kind": "timeout",
+                "message": f"the sub-workflow did not end within the step's timeout of {timeout:g}s",
+            }
+            self.effects.append(Abort(name))  # the runtime cancels the child run
+            self.end_attempt(s._replace(reason=None, next_at=None), False, None, error, self.now)
             return
         if s.reason == POLL:
             if s.next_at is not None and self.now < s.next_at:
@@ -561,8 +581,12 @@ class _Txn:
         s = self.new_attempt(name, WAITING)
         child = child_run_id(self.info.id, name, s.attempt, self.now)
         request = {"workflow": sub.name, "version": sub.version, "input": data, "run_id": child}
-        self.set(s._replace(reason=CHILD, request=request))
+        timeout = self.wf.steps[name].timeout
+        due = self.now + timeout if timeout else None
+        self.set(s._replace(reason=CHILD, request=request, next_at=due))
         self.effects.append(StartChild(name, s.attempt, child, sub.name, sub.version, data))
+        if due is not None:
+            self.effects.append(Schedule(name, due))
 
     def child_done(self, ev: ChildDone) -> None:
         s = self.get(ev.step)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from legato.engine.decider import EVENT, decide, event_key
+from legato.engine.decider import CHILD, EVENT, decide, event_key
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
 from legato.engine.outcome import Outcome
@@ -156,6 +156,7 @@ class Engine:
         self._claimed_events: set[str] = set()
         # A sub-workflow run's id -> (parent run, step, attempt) waiting for it to end.
         self._child_waiters: dict[str, tuple[str, str, int]] = {}
+        self._aborted_children: set[str] = set()
         self.python = PythonExecutor(self._functions, python_modules)
         self.stats = {"commits": 0, "decisions": 0, "step_transitions": 0}
 
@@ -227,6 +228,13 @@ class Engine:
         tasks = [t for a in self._runs.values() for t in a.tasks.values()]
         if grace > 0 and tasks:
             await asyncio.wait(tasks, timeout=grace)
+        # Brokers first, while commits still flow: a message being handled finishes (and is acked)
+        # or is refused (and redelivered later); none waits on a commit loop that has stopped.
+        for transport in self.transports.values():
+            try:
+                await transport.close()
+            except Exception:
+                log.exception("closing transport %s failed", transport.url)
         self._closing = True
         tasks = [t for t in tasks if not t.done()]
         for active in self._runs.values():
@@ -245,11 +253,6 @@ class Engine:
         await self.http.close()
         await self.results.close()
         self.python.close()
-        for transport in self.transports.values():
-            try:
-                await transport.close()
-            except Exception:
-                log.exception("closing transport %s failed", transport.url)
         await self.store.close()
 
     # -- directory and definitions ------------------------------------------------------------
@@ -485,6 +488,9 @@ class Engine:
             if state is None:
                 raise NotFound("unknown task token")
             raise Conflict(f"run {ref.run_id} has ended ({state.info.status})")
+        current = active.state.step(ref.step)
+        if heartbeat and current.status == RUNNING and current.attempt == ref.attempt:
+            return  # still sending its answer to the call: alive, and the wait has not begun
         decision, committed = self._decide(
             active, Callback(ref.step, ref.attempt, output, error, heartbeat)
         )
@@ -555,6 +561,8 @@ class Engine:
         """Deliver an event to every step waiting for its type and key; if none is, keep it for
         `keep_for` seconds (the engine's `event_retention` by default) for a step that starts
         listening later. Returns once the deliveries (or the kept event) are committed."""
+        if self._closing:
+            raise LegatoError("the engine is closing; send the event again after it restarts")
         key = event_key(key)
         now = self.clock()
         delivered: list[str] = []
@@ -764,9 +772,20 @@ class Engine:
         }
         return await self.http.execute(run_id, effect.step, action, effect.request, None, extra)
 
+    def _still_waits_for(self, active: _Active, effect: StartChild) -> bool:
+        """Is the parent's step still waiting for this child (not cancelled, timed out or moved on)?"""
+        if self._runs.get(active.state.info.id) is not active:
+            return False
+        if effect.run_id in self._aborted_children:
+            return False
+        s = active.state.step(effect.step)
+        return s.status == WAITING and s.reason == CHILD and s.attempt == effect.attempt
+
     async def _start_child(self, active: _Active, effect: StartChild) -> None:
         """Start the sub-workflow's run once; when it ends, the parent's step hears of it."""
         parent = active.state.info.id
+        if not self._still_waits_for(active, effect):
+            return
         self._child_waiters[effect.run_id] = (parent, effect.step, effect.attempt)
         if effect.run_id in self._runs:
             return  # started already (a resume): its end will be reported
@@ -777,9 +796,15 @@ class Engine:
                 if existing.info.done:
                     self._report_child(existing.info)
                 return
+            if not self._still_waits_for(active, effect):
+                self._child_waiters.pop(effect.run_id, None)
+                return
             await self.start_run(
                 effect.workflow, effect.input, version=effect.version, run_id=effect.run_id
             )
+            if not self._still_waits_for(active, effect) and effect.run_id in self._runs:
+                reason = f"its parent run {parent} stopped"
+                self._event(self._runs[effect.run_id], Cancel(reason))
         except InputError as exc:
             error = {"kind": "input", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
         except (NotFound, DefinitionError) as exc:
@@ -815,6 +840,8 @@ class Engine:
         if definition is None or definition.kind != "workflow" or state is None:
             return
         child = (state.request or {}).get("run_id")
+        if child:
+            self._aborted_children.add(child)
         if child and self._child_waiters.pop(child, None) is not None and child in self._runs:
             reason = f"its parent run {active.state.info.id} stopped"
             self._event(self._runs[child], Cancel(reason))

@@ -45,7 +45,7 @@ class TaskTokens:
             return None
         run_id, attempt, step, signature = parts
         body = f"{run_id}.{attempt}.{step}"
-        if not hmac.compare_digest(signature, self._sign(body)):
+        if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
             return None
         try:
             return TaskRef(run_id, _unb64(step).decode(), int(attempt))

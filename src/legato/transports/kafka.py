@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from legato.transports import Handler, Message
+
+log = logging.getLogger("legato.transports.kafka")
 
 
 class KafkaTransport:
@@ -54,14 +57,23 @@ class KafkaTransport:
         await consumer.start()
 
         async def consume() -> None:
-            async for record in consumer:
-                headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
-                while True:
-                    try:
-                        await handler(Message(destination, record.value or b"", headers))
-                        break
-                    except Exception:  # at least once: the same record again, after a pause
-                        await asyncio.sleep(1)
-                await consumer.commit()
+            while True:
+                try:
+                    async for record in consumer:
+                        headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+                        message = Message(destination, record.value or b"", headers)
+                        while True:
+                            try:
+                                await handler(message)
+                                break
+                            except Exception:  # at least once: the same record, after a pause
+                                log.exception("handling a message from %s failed", destination)
+                                await asyncio.sleep(1)
+                        await consumer.commit()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a failed commit or a rebalance: uncommitted records come again
+                    log.exception("consuming %s failed; resuming", destination)
+                    await asyncio.sleep(1)
 
         self._consumers.append((consumer, asyncio.create_task(consume())))

@@ -6,6 +6,7 @@ stream per subject, named after it), so the first emit never disappears into a s
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import nats
@@ -20,7 +21,9 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def _name(subject: str) -> str:
-    return "LEGATO_" + _NOT_NAME.sub("_", subject)
+    """A stream or consumer name for a subject: readable, and distinct for distinct subjects."""
+    digest = hashlib.sha256(subject.encode()).hexdigest()[:10]
+    return f"LEGATO_{_NOT_NAME.sub('_', subject)[:40]}_{digest}"
 
 
 class NatsTransport:
