@@ -1,0 +1,184 @@
+"""Cheap waiting: park N runs on async callbacks in a `legato serve` process, then complete them all.
+
+A service in this process accepts every async call at once (202) and keeps its task token; the runs
+then wait. Prints the park rate, the server's RSS per waiting run, callback-to-completion latency
+(each callback's POST answers once the run's end is committed) and the time to drain them all.
+
+    python bench/waiting.py --runs 10000 --concurrency 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import psutil
+from aiohttp import web
+
+from legato import aio
+
+WORKFLOW = {
+    "name": "parked",
+    "inputs": [{"name": "n", "type": "integer"}],
+    "steps": {
+        "job": {
+            "http": {
+                "service": "worker",
+                "path": "/jobs",
+                "async": True,
+                "json": {"n": "{{ input.n }}"},
+            }
+        }
+    },
+    "output": "{{ steps.job.output }}",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(db: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "legato.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            db,
+            "--log-level",
+            "warning",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("legato serve did not start")
+
+
+async def bench(runs: int, concurrency: int, db: str) -> None:
+    tokens: list[str] = []
+    all_parked = asyncio.Event()
+
+    async def accept(request: web.Request) -> web.Response:
+        tokens.append(request.headers["Legato-Task-Token"])
+        if len(tokens) >= runs:
+            all_parked.set()
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/jobs", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    worker = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    server, url = start_server(db)
+    proc = psutil.Process(server.pid)
+    try:
+        async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=0)) as http:
+            await http.put(
+                "/api/services/worker",
+                json={"name": "worker", "base_url": worker, "concurrency": 1000},
+            )
+            async with http.post("/api/workflows", json=WORKFLOW) as resp:
+                assert resp.status in (200, 201), await resp.text()
+            await asyncio.sleep(0.5)
+            rss_before = proc.memory_info().rss
+
+            async def start(n: int) -> None:
+                async with http.post(
+                    "/api/workflows/parked/runs", data=orjson.dumps({"input": {"n": n}})
+                ) as resp:
+                    assert resp.status == 202, await resp.text()
+
+            queue = iter(range(runs))
+
+            async def starter() -> None:
+                for n in queue:
+                    await start(n)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(starter() for _ in range(concurrency)))
+            await asyncio.wait_for(all_parked.wait(), 120)
+            park_seconds = time.perf_counter() - began
+            await asyncio.sleep(1.0)  # let the last commits settle
+            gc.collect()
+            rss_parked = proc.memory_info().rss
+            latencies: list[float] = []
+            pending = iter(list(tokens))
+
+            async def complete() -> None:
+                for token in pending:
+                    t0 = time.perf_counter()
+                    async with http.post(
+                        f"/api/callbacks/{token}", data=b'{"output": {"ok": true}}'
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                    latencies.append(time.perf_counter() - t0)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(complete() for _ in range(concurrency)))
+            drain_seconds = time.perf_counter() - began
+            async with http.get(
+                "/api/runs", params={"workflow": "parked", "status": "running", "limit": 1}
+            ) as resp:
+                left = (await resp.json())["runs"]
+    finally:
+        server.terminate()
+        server.wait()
+        await runner.cleanup()
+    latencies.sort()
+    per_run = (rss_parked - rss_before) / runs
+    print(f"runs parked on callbacks: {runs}, client concurrency {concurrency}")
+    print(f"park rate:                {runs / park_seconds:,.0f} runs/s ({park_seconds:.1f} s)")
+    print(
+        f"server RSS:               {rss_before / 2**20:.0f} MB idle, {rss_parked / 2**20:.0f} MB with {runs} waiting"
+    )
+    print(f"RSS per waiting run:      {per_run / 1024:.2f} KB")
+    print(
+        f"callback to completion:   p50 {statistics.median(latencies) * 1000:.1f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms"
+    )
+    print(
+        f"drain:                    {runs} completed in {drain_seconds:.2f} s ({runs / drain_seconds:,.0f}/s)"
+    )
+    print(f"runs still running:       {len(left)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=10000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        aio.run(bench(args.runs, args.concurrency, f"sqlite:///{Path(tmp) / 'waiting.db'}"))
+
+
+if __name__ == "__main__":
+    main()
