@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ import psutil
 from aiohttp import web
 
 from legato import aio
+from throughput import start_server  # the same `legato serve` launcher
 
 WORKFLOW = {
     "name": "parked",
@@ -42,40 +40,6 @@ WORKFLOW = {
     },
     "output": "{{ steps.job.output }}",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(db: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "legato.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--db",
-            db,
-            "--log-level",
-            "warning",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("legato serve did not start")
 
 
 async def bench(runs: int, concurrency: int, db: str) -> None:

@@ -120,15 +120,7 @@ class HttpExecutor:
         body = _parse_body(raw, ctype)
         output = {"status": status, "headers": resp_headers, "body": body}
         if not action.is_success(status):
-            kind = (
-                "429"
-                if status == 429
-                else "5xx"
-                if status >= 500
-                else "4xx"
-                if status >= 400
-                else "status"
-            )
+            kind = status_kind(status)
             detail = raw[:_BODY_LIMIT_IN_ERROR].decode("utf-8", "replace")
             return Outcome.failure(
                 kind, f"{where} answered {status}", output, status=status, body=detail
@@ -157,15 +149,7 @@ class HttpExecutor:
         if status == 404:
             return None
         if status >= 300:
-            kind = (
-                "429"
-                if status == 429
-                else "5xx"
-                if status >= 500
-                else "4xx"
-                if status >= 400
-                else "status"
-            )
+            kind = status_kind(status)
             return Outcome.failure(kind, f"GET {url} answered {status}", status=status)
         return Outcome(True, _parse_body(raw, ctype))
 
@@ -187,6 +171,17 @@ class HttpExecutor:
             raw = await resp.read()
             headers = {str(k): v for k, v in resp.headers.items()}
             return resp.status, headers, raw, resp.content_type
+
+
+def status_kind(status: int) -> str:
+    """The failure kind of an answer that is not a success (retry policies name these)."""
+    if status == 429:
+        return "429"
+    if status >= 500:
+        return "5xx"
+    if status >= 400:
+        return "4xx"
+    return "status"
 
 
 def _parse_body(raw: bytes, content_type: str) -> Any:
