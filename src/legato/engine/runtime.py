@@ -785,6 +785,7 @@ class Engine:
         """Start the sub-workflow's run once; when it ends, the parent's step hears of it."""
         parent = active.state.info.id
         if not self._still_waits_for(active, effect):
+            self._aborted_children.discard(effect.run_id)  # never started: nothing to remember
             return
         self._child_waiters[effect.run_id] = (parent, effect.step, effect.attempt)
         if effect.run_id in self._runs:
@@ -848,6 +849,7 @@ class Engine:
 
     def _finished(self, active: _Active) -> None:
         self._runs.pop(active.state.info.id, None)
+        self._aborted_children.discard(active.state.info.id)
         self._report_child(active.state.info)
         if active.deadline is not None:
             active.deadline.cancel()
