@@ -44,6 +44,29 @@ async def test_a_result_url_is_polled_until_it_answers(
     assert len(service.seen("/flaky/result")) == 3  # two 404s, then the result
 
 
+async def test_a_poll_url_that_is_not_a_url_fails_the_step(engine: Engine) -> None:
+    await engine.apply(
+        {
+            "name": "render-bad-url",
+            "steps": {
+                "job": {
+                    "timeout": "5s",
+                    "http": {
+                        "service": "svc",
+                        "path": "/echo",
+                        "json": {"result": "http://a..b/r"},
+                        "poll": {"every": "50ms", "url": "{{ accepted.body.echo.result }}"},
+                    },
+                }
+            },
+        }
+    )
+    run = await engine.run("render-bad-url", {}, timeout=10)
+    error = run.steps["job"].error
+    assert run.info.status == "failed" and error is not None
+    assert error["kind"] == "config" and "invalid URL" in error["message"]
+
+
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Any:
     from moto.server import ThreadedMotoServer

@@ -18,6 +18,7 @@ def fetches(run: Run) -> list[Fetch]:
 
 
 def polled(poll: dict[str, object], **step: object) -> Run:
+    step.setdefault("timeout", 3600)
     run = Run(
         build(
             {
@@ -65,8 +66,11 @@ def test_the_timeout_bounds_the_polling_and_errors_fail_the_attempt() -> None:
     assert "no result at http://svc.test/r" in job.error["message"]
     other = polled({"every": 5, "url": "http://svc.test/r"})
     other.ok("job", status=202)
-    other.send(Fetched("job", 1, False, None, {"kind": "5xx", "message": "GET answered 500"}))
-    assert other.status("job") == "failed"
+    d = other.send(Fetched("job", 1, False, None, {"kind": "5xx", "message": "GET answered 500"}))
+    assert other.status("job") == "waiting"  # a read that may pass: look again, the job goes on
+    assert [s.at for s in schedules(d)] == [105.0]
+    other.send(Fetched("job", 1, False, None, {"kind": "4xx", "message": "GET answered 403"}))
+    assert other.status("job") == "failed"  # one that will not pass fails the attempt
 
 
 def test_stale_fetches_change_nothing_and_resume_rearms_the_poll() -> None:
@@ -88,6 +92,11 @@ def test_stale_fetches_change_nothing_and_resume_rearms_the_poll() -> None:
 def test_bad_polls_are_refused(poll: dict[str, object], message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
         build({"job": {"http": {"url": URL, "poll": poll}}})
+
+
+def test_a_polled_step_needs_a_timeout() -> None:
+    with pytest.raises(DefinitionError, match="timeout: is required with poll"):
+        build({"job": {"http": {"url": URL, "poll": {"url": "http://x/"}}}})
 
 
 def test_poll_and_async_do_not_mix() -> None:

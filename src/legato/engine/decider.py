@@ -70,6 +70,9 @@ TIMER = "timer"  # the reason of a wait step's wait
 EVENT = "event"  # the reason of a listen step's wait
 CHILD = "child"  # the reason of a sub-workflow step's wait
 POLL = "poll"  # the reason of a step waiting for its polled result
+# A failed look at a polled result that may pass: keep looking until the step's timeout rather than
+# fail the attempt (whose retry would submit the job a second time).
+PASSING_FETCH_ERRORS = frozenset({"network", "timeout", "5xx", "429"})
 # A map's bookkeeping looks at every child on each child's event, so its cost grows with the square of
 # its size; past this many items, split the work (or use a sub-workflow per batch).
 MAX_MAP_ITEMS = 2000
@@ -274,10 +277,12 @@ class _Txn:
             or s.attempt != ev.attempt
         ):
             return
-        if ev.found or ev.error is not None:
+        passing = ev.error is not None and ev.error.get("kind") in PASSING_FETCH_ERRORS
+        if ev.found or (ev.error is not None and not passing):
             done = s._replace(reason=None, next_at=None)
             self.end_attempt(done, ev.error is None, ev.output, ev.error, self.now)
             return
+        # Not there yet, or a read that failed for a while (the job itself goes on): look again.
         step, action, _ = self.executable(ev.step)
         assert isinstance(action, HttpCall) and action.poll is not None
         if step.timeout and s.started_at is not None and self.now >= s.started_at + step.timeout:

@@ -146,6 +146,8 @@ class HttpExecutor:
             return Outcome.failure("timeout", f"GET {url} did not answer within 30s")
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome.failure("network", f"GET {url} failed: {type(exc).__name__}: {exc}")
+        except ValueError as exc:  # not a URL aiohttp can use (e.g. an empty host label)
+            return Outcome.failure("config", f"GET {url}: invalid URL: {exc}")
         if status == 404:
             return None
         if status >= 300:

@@ -52,7 +52,8 @@ class S3Results:
                 raw = await body.read()
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-            if code in ("NoSuchKey", "404", "NotFound"):
+            # Without s3:ListBucket, a missing object answers 403 AccessDenied, not 404.
+            if code in ("NoSuchKey", "404", "NotFound", "AccessDenied", "403"):
                 return None
             return Outcome.failure(
                 "network", f"reading {where} failed: {type(exc).__name__}: {exc}"

@@ -743,11 +743,15 @@ class Engine:
 
     async def _fetch(self, active: _Active, effect: Fetch) -> None:
         where = effect.location
-        if "url" in where:
-            outcome = await self.http.fetch(where["url"])
-        else:
-            outcome = await self.results.fetch(where["bucket"], where["key"])
-        if self._runs.get(active.state.info.id) is not active:
+        try:
+            if "url" in where:
+                outcome = await self.http.fetch(where["url"])
+            else:
+                outcome = await self.results.fetch(where["bucket"], where["key"])
+        except Exception as exc:  # a reader's bug must fail the step, not strand it
+            log.exception("fetching %s for %s failed", where, active.state.info.id)
+            outcome = Outcome.failure("exception", f"{type(exc).__name__}: {exc}")
+        if self._runs.get(active.state.info.id) is not active or self._closing:
             return
         if outcome is None:
             self._event(active, Fetched(effect.step, effect.attempt, False))

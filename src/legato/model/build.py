@@ -252,6 +252,10 @@ def _read_step(
         return None
     if len(set(depends_on)) != len(depends_on):
         problems.append(Problem(join(path, "depends_on"), "lists a step twice"))
+    if isinstance(action, HttpCall) and action.poll is not None and timeout is None:
+        problems.append(
+            Problem(join(path, "timeout"), "is required with poll: how long to look for the result")
+        )
     return Step(name, action, depends_on, trigger, retry, timeout, optional, description)
 
 
