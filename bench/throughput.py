@@ -228,6 +228,10 @@ def main() -> None:
         help="SQLite synchronous setting (full also survives power loss)",
     )
     parser.add_argument(
+        "--db",
+        help="A database URL instead of a fresh SQLite file, e.g. postgresql://postgres@127.0.0.1/test?schema=bench",
+    )
+    parser.add_argument(
         "--modes", nargs="+", choices=["plain", "engine", "api"], default=["plain", "engine", "api"]
     )
     args = parser.parse_args()
@@ -238,7 +242,7 @@ def main() -> None:
     try:
         print(
             f"{'mode':<8} {'conc':>5} {'runs/s':>8} {'steps/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'commits':>8} {'cpu/run':>8}  (runs={args.runs}, sqlite synchronous={args.synchronous}, "
+            f"{'commits':>8} {'cpu/run':>8}  (runs={args.runs}, db={args.db or 'sqlite synchronous=' + args.synchronous}, "
             f"cpus={os.cpu_count()})"
         )
         for conc in args.concurrency:
@@ -248,7 +252,10 @@ def main() -> None:
                     results["plain"] = aio.run(bench_plain(base, args.runs, conc))
                     continue
                 with tempfile.TemporaryDirectory() as tmp:
-                    db = f"sqlite:///{Path(tmp) / 'bench.db'}?synchronous={args.synchronous}"
+                    db = (
+                        args.db
+                        or f"sqlite:///{Path(tmp) / 'bench.db'}?synchronous={args.synchronous}"
+                    )
                     bench = bench_engine if mode == "engine" else bench_api
                     results[mode] = aio.run(bench(base, args.runs, conc, db))
             for mode, r in results.items():

@@ -1,4 +1,4 @@
-"""The brokers the transport tests run against: real servers on this machine.
+"""The servers the backend and transport tests run against: real ones on this machine.
 
 A broker that does not answer skips its tests with the reason, except under CI=true, where it fails
 them (CI's machine runs NATS and RabbitMQ). Kafka is not run here: its tests run where LEGATO_KAFKA_URL
@@ -19,7 +19,8 @@ BROKERS = {
     "rabbitmq": os.environ.get("LEGATO_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
     "kafka": os.environ.get("LEGATO_KAFKA_URL", "kafka://127.0.0.1:9092"),
 }
-REQUIRED_IN_CI = {"nats", "rabbitmq"}
+REQUIRED_IN_CI = {"nats", "rabbitmq", "postgres"}
+POSTGRES = os.environ.get("LEGATO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _reachable(url: str) -> bool:
@@ -31,6 +32,16 @@ def _reachable(url: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def postgres_url() -> str:
+    """PostgreSQL's URL, or skip (fail under CI=true: CI's machine runs it)."""
+    if not _reachable(POSTGRES):
+        reason = f"PostgreSQL is not reachable at {POSTGRES}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}, and CI must test it")
+        pytest.skip(reason)
+    return POSTGRES
 
 
 def broker_url(name: str) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 
 from legato import Engine, Service
 from legato.client import AsyncClient
+from tests.integration.brokers import postgres_url
 from tests.integration.serverprocess import ServerProcess, start_server
 from tests.integration.testservice import LoopbackService
 
@@ -19,9 +21,22 @@ async def service() -> AsyncIterator[LoopbackService]:
     await svc.stop()
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'legato.db'}"
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each engine test runs on every backend: a SQLite file, and a fresh schema in PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'legato.db'}"
+        return
+    base = postgres_url()
+    schema = f"legato_test_{uuid.uuid4().hex[:12]}"
+    yield f"{base}?schema={schema}"
+    import asyncpg
+
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

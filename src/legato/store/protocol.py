@@ -95,10 +95,16 @@ class Store(Protocol):
 
 
 def open_store(url: str) -> Store:
-    """`sqlite:///relative.db`, `sqlite:////absolute.db`, or a bare file path."""
+    """`sqlite:///relative.db`, `sqlite:////absolute.db`, a bare file path, or `postgresql://...`."""
     if url.startswith("sqlite:") or "://" not in url:
         from legato.store.sqlite import SQLiteStore
 
         return SQLiteStore(url)
     scheme = url.split("://", 1)[0]
-    raise LegatoError(f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db")
+    if scheme in ("postgresql", "postgres"):
+        from legato.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise LegatoError(
+        f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db or postgresql://..."
+    )

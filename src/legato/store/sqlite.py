@@ -22,8 +22,31 @@ import orjson
 from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
-from legato.store.jsontext import dump_json
 from legato.store.protocol import KeptEvent, WorkflowRecord
+from legato.store.rows import (
+    RUN_COLUMNS as _RUN_COLUMNS,
+)
+from legato.store.rows import (
+    STEP_COLUMNS as _STEP_COLUMNS,
+)
+from legato.store.rows import (
+    decision_rows,
+)
+from legato.store.rows import (
+    dump as _dump,
+)
+from legato.store.rows import (
+    load as _load,
+)
+from legato.store.rows import (
+    run_info as _run,
+)
+from legato.store.rows import (
+    step_state as _step,
+)
+from legato.store.rows import (
+    workflow_record as _workflow,
+)
 
 T = TypeVar("T")
 
@@ -74,20 +97,6 @@ INSERT OR REPLACE INTO attempts (run_id, step, attempt, status, started_at, fini
                                  output, error)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_RUN_COLUMNS = (
-    "id, workflow, version, status, input, output, error, created_at, started_at, "
-    "finished_at, deadline"
-)
-_STEP_COLUMNS = (
-    "name, status, attempt, tries, started_at, finished_at, next_at, request, output, error, reason"
-)
-
-
-_dump = dump_json
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
 
 
 def sqlite_path(url: str) -> tuple[str, dict[str, list[str]]]:
@@ -164,59 +173,9 @@ class SQLiteStore:
     # -- writes -------------------------------------------------------------------------------
 
     async def commit(self, decisions: Sequence[Decision]) -> None:
-        runs: dict[str, tuple[Any, ...]] = {}
-        steps: dict[tuple[str, str], tuple[Any, ...]] = {}
-        attempts: list[tuple[Any, ...]] = []
-        for d in decisions:
-            if d.run is not None:
-                r = d.run
-                runs[r.id] = (
-                    r.id,
-                    r.workflow,
-                    r.version,
-                    r.status,
-                    _dump(r.input),
-                    _dump(r.output),
-                    _dump(r.error),
-                    r.created_at,
-                    r.started_at,
-                    r.finished_at,
-                    r.deadline,
-                )
-            for s in d.steps.values():
-                steps[(d.run_id, s.name)] = (
-                    d.run_id,
-                    s.name,
-                    s.status,
-                    s.attempt,
-                    s.tries,
-                    s.started_at,
-                    s.finished_at,
-                    s.next_at,
-                    _dump(s.request),
-                    _dump(s.output),
-                    _dump(s.error),
-                    s.reason,
-                )
-            for a in d.attempts:
-                attempts.append(
-                    (
-                        a.run_id,
-                        a.step,
-                        a.attempt,
-                        a.status,
-                        a.started_at,
-                        a.finished_at,
-                        _dump(a.request),
-                        _dump(a.output),
-                        _dump(a.error),
-                    )
-                )
-        consumed = [(e,) for d in decisions for e in d.consumed_events]
+        runs, steps, attempts, consumed = decision_rows(decisions)
         if runs or steps or attempts or consumed:
-            await self._call(
-                self._write, list(runs.values()), list(steps.values()), attempts, consumed
-            )
+            await self._call(self._write, runs, steps, attempts, consumed)
 
     def _write(
         self,
@@ -437,39 +396,3 @@ class SQLiteStore:
         sql += " ORDER BY id DESC LIMIT ?"
         rows = await self._call(self._fetch, sql, (*params, limit))
         return [_run(r) for r in rows]
-
-
-def _workflow(r: tuple[Any, ...]) -> WorkflowRecord:
-    return WorkflowRecord(r[0], r[1], r[2], orjson.loads(r[3]), r[4])
-
-
-def _run(r: tuple[Any, ...]) -> RunInfo:
-    return RunInfo(
-        id=r[0],
-        workflow=r[1],
-        version=r[2],
-        status=r[3],
-        input=orjson.loads(r[4]),
-        output=_load(r[5]),
-        error=_load(r[6]),
-        created_at=r[7],
-        started_at=r[8],
-        finished_at=r[9],
-        deadline=r[10],
-    )
-
-
-def _step(r: tuple[Any, ...]) -> StepState:
-    return StepState(
-        name=r[0],
-        status=r[1],
-        attempt=r[2],
-        tries=r[3],
-        started_at=r[4],
-        finished_at=r[5],
-        next_at=r[6],
-        request=_load(r[7]),
-        output=_load(r[8]),
-        error=_load(r[9]),
-        reason=r[10],
-    )
