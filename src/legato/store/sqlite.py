@@ -24,28 +24,14 @@ from legato.errors import LegatoError
 from legato.model.service import Service
 from legato.store.protocol import KeptEvent, WorkflowRecord
 from legato.store.rows import (
-    RUN_COLUMNS as _RUN_COLUMNS,
-)
-from legato.store.rows import (
-    STEP_COLUMNS as _STEP_COLUMNS,
-)
-from legato.store.rows import (
+    RUN_COLUMNS,
+    STEP_COLUMNS,
     decision_rows,
-)
-from legato.store.rows import (
-    dump as _dump,
-)
-from legato.store.rows import (
-    load as _load,
-)
-from legato.store.rows import (
-    run_info as _run,
-)
-from legato.store.rows import (
-    step_state as _step,
-)
-from legato.store.rows import (
-    workflow_record as _workflow,
+    dump,
+    load,
+    run_info,
+    step_state,
+    workflow_record,
 )
 
 T = TypeVar("T")
@@ -219,7 +205,7 @@ class SQLiteStore:
             now = time.time()
             conn.execute(
                 "INSERT INTO workflows VALUES (?, ?, ?, ?, ?)",
-                (name, version, digest, _dump(spec), now),
+                (name, version, digest, dump(spec), now),
             )
         except BaseException:
             conn.execute("ROLLBACK")
@@ -231,7 +217,7 @@ class SQLiteStore:
         await self._call(
             self._execute,
             "INSERT OR REPLACE INTO services VALUES (?, ?, ?)",
-            (service.name, _dump(service.to_dict()), time.time()),
+            (service.name, dump(service.to_dict()), time.time()),
         )
 
     async def delete_service(self, name: str) -> bool:
@@ -260,7 +246,7 @@ class SQLiteStore:
                 "workflows WHERE name = ? AND version = ?",
                 (name, version),
             )
-        return _workflow(rows[0]) if rows else None
+        return workflow_record(rows[0]) if rows else None
 
     async def list_workflows(self) -> list[WorkflowRecord]:
         rows = await self._call(
@@ -269,7 +255,7 @@ class SQLiteStore:
             "JOIN (SELECT name, MAX(version) AS v FROM workflows GROUP BY name) m "
             "ON w.name = m.name AND w.version = m.v ORDER BY w.name",
         )
-        return [_workflow(r) for r in rows]
+        return [workflow_record(r) for r in rows]
 
     async def keep_event(self, event: KeptEvent) -> None:
         await self._call(
@@ -282,7 +268,7 @@ class SQLiteStore:
                         event.id,
                         event.type,
                         event.key,
-                        _dump(event.data),
+                        dump(event.data),
                         event.created_at,
                         event.expires_at,
                     ),
@@ -308,7 +294,7 @@ class SQLiteStore:
             "WHERE type = ? AND key = ? AND expires_at > ? ORDER BY id",
             (type, key, now),
         )
-        return [KeptEvent(r[0], r[1], r[2], _load(r[3]), r[4], r[5]) for r in rows]
+        return [KeptEvent(r[0], r[1], r[2], load(r[3]), r[4], r[5]) for r in rows]
 
     async def secret(self, name: str) -> str:
         return await self._call(self._secret, name)
@@ -327,7 +313,7 @@ class SQLiteStore:
             "ORDER BY version",
             (name,),
         )
-        return [_workflow(r) for r in rows]
+        return [workflow_record(r) for r in rows]
 
     async def list_services(self) -> list[Service]:
         rows = await self._call(self._fetch, "SELECT spec FROM services ORDER BY name")
@@ -339,22 +325,22 @@ class SQLiteStore:
     def _load_active(self) -> list[RunState]:
         marks = ", ".join("?" for _ in ACTIVE_RUN)
         rows = self._fetch(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks})", tuple(sorted(ACTIVE_RUN))
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({marks})", tuple(sorted(ACTIVE_RUN))
         )
-        return [RunState(_run(r), self._steps(r[0])) for r in rows]
+        return [RunState(run_info(r), self._steps(r[0])) for r in rows]
 
     def _steps(self, run_id: str) -> dict[str, StepState]:
-        rows = self._fetch(f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ?", (run_id,))
-        return {r[0]: _step(r) for r in rows}
+        rows = self._fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?", (run_id,))
+        return {r[0]: step_state(r) for r in rows}
 
     async def get_run(self, run_id: str) -> RunState | None:
         return await self._call(self._get_run, run_id)
 
     def _get_run(self, run_id: str) -> RunState | None:
-        rows = self._fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        rows = self._fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if not rows:
             return None
-        return RunState(_run(rows[0]), self._steps(run_id))
+        return RunState(run_info(rows[0]), self._steps(run_id))
 
     async def get_attempts(self, run_id: str) -> list[Attempt]:
         """Failed and cancelled attempts are rows of `attempts`; a succeeded attempt lives only in its
@@ -369,7 +355,7 @@ class SQLiteStore:
             (run_id, run_id),
         )
         return [
-            Attempt(r[0], r[1], r[2], r[3], r[4], r[5], _load(r[6]), _load(r[7]), _load(r[8]))
+            Attempt(r[0], r[1], r[2], r[3], r[4], r[5], load(r[6]), load(r[7]), load(r[8]))
             for r in rows
         ]
 
@@ -390,9 +376,9 @@ class SQLiteStore:
         if before is not None:
             where.append("id < ?")
             params.append(before)
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        sql = f"SELECT {RUN_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         rows = await self._call(self._fetch, sql, (*params, limit))
-        return [_run(r) for r in rows]
+        return [run_info(r) for r in rows]
