@@ -17,6 +17,7 @@ from legato.engine.state import RunState
 from legato.errors import LegatoError, ValidationError
 from legato.formats.loader import Definition, load_definition, parse_document
 from legato.model.service import Service
+from legato.store.protocol import open_store
 
 
 def summarize(state: RunState) -> dict[str, Any]:
@@ -116,6 +117,29 @@ def resume(db: str) -> None:
         aio.run(go())
     except LegatoError as exc:
         fail(exc)
+
+
+@main.command()
+@click.option("--db", default=DEFAULT_DB, envvar="LEGATO_DATABASE_URL", show_default=True)
+def migrate(db: str) -> None:
+    """Bring the database's schema up to this version of Legato (a new one is created)."""
+
+    async def go() -> tuple[int, int]:
+        store = open_store(db, migrate=True)
+        await store.open()
+        try:
+            return store.found_version, store.version
+        finally:
+            await store.close()
+
+    try:
+        before, after = aio.run(go())
+    except LegatoError as exc:
+        fail(exc)
+    if before == after:
+        click.echo(f"schema version {after}: up to date")
+    else:
+        click.echo(f"schema version {before or 'none'} -> {after}")
 
 
 @main.command("export")

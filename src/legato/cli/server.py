@@ -103,6 +103,7 @@ def _server_options(fn: Any) -> Any:
     callback=lambda ctx, param, values: tuple(_pair(v, ":", "NAME:DESTINATION") for v in values),
     help="Turn messages on a transport's subject, queue or topic into events: NAME:DESTINATION.",
 )
+@click.option("--migrate", is_flag=True, help="Upgrade an older database schema at start.")
 @click.option(
     "--s3-endpoint",
     envvar="LEGATO_S3_ENDPOINT",
@@ -136,6 +137,7 @@ def serve(
     allow_unauthenticated: bool,
     python_modules: tuple[str, ...],
     public_url: str | None,
+    migrate: bool,
     s3_endpoint: str | None,
     event_retention: float,
     transports: tuple[tuple[str, str], ...],
@@ -160,6 +162,7 @@ def serve(
             transports=transports,
             subscriptions=subscriptions,
             s3_endpoint=s3_endpoint,
+            migrate=migrate,
         )
         task = asyncio.create_task(server.serve())
         await started(server, task)
@@ -214,7 +217,8 @@ def demo(
 
     async def go() -> dict[str, Any]:
         runner, base = await samples.start()
-        server = build_server(db, host=host, port=port, token=token, grace=grace)
+        # The demo's database is a scratch one: bring an older one up to date rather than stop.
+        server = build_server(db, host=host, port=port, token=token, grace=grace, migrate=True)
         task = asyncio.create_task(server.serve())
         try:
             await started(server, task)

@@ -162,9 +162,14 @@ class Engine:
 
     @classmethod
     def open(
-        cls, url: str = "sqlite:///legato.db", *, python_modules: Collection[str] | None = None
+        cls,
+        url: str = "sqlite:///legato.db",
+        *,
+        python_modules: Collection[str] | None = None,
+        migrate: bool = False,
     ) -> Engine:
-        return cls(open_store(url), python_modules=python_modules)
+        """`migrate`: upgrade a database with an older schema (a new one is always created)."""
+        return cls(open_store(url, migrate=migrate), python_modules=python_modules)
 
     async def __aenter__(self) -> Engine:
         await self.start()

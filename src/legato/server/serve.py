@@ -132,6 +132,7 @@ def build_server(
     transports: tuple[tuple[str, str], ...] = (),
     subscriptions: tuple[tuple[str, str], ...] = (),
     s3_endpoint: str | None = None,
+    migrate: bool = False,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`."""
     if not token and not is_loopback(host) and not allow_open:
@@ -139,7 +140,7 @@ def build_server(
             f"refusing to serve {host} without a token: set LEGATO_API_TOKEN, bind to "
             "127.0.0.1, or pass --allow-unauthenticated"
         )
-    engine = Engine.open(db, python_modules=python_modules)
+    engine = Engine.open(db, python_modules=python_modules, migrate=migrate)
     if event_retention is not None:
         engine.event_retention = event_retention
     if s3_endpoint:

@@ -19,6 +19,7 @@ import asyncpg
 from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import KeptEvent, WorkflowRecord
 from legato.store.rows import (
     RUN_COLUMNS,
@@ -31,10 +32,9 @@ from legato.store.rows import (
     workflow_record,
 )
 
-SCHEMA_VERSION = 1
 _SCHEMA_LOCK = 0x1E6A70  # advisory lock key: one process creates the tables at a time
 REAL = "DOUBLE PRECISION"
-SCHEMA = f"""
+V1 = f"""
 CREATE TABLE IF NOT EXISTS legato_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at {REAL} NOT NULL);
@@ -57,11 +57,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, step TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
     started_at {REAL}, finished_at {REAL}, request TEXT, output TEXT, error TEXT,
     PRIMARY KEY (run_id, step, attempt));
+"""
+V2 = f"""
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, key TEXT NOT NULL, data TEXT,
     created_at {REAL} NOT NULL, expires_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_key ON events (type, key, id);
 """
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
                   finished_at, deadline)
@@ -104,6 +108,12 @@ class PostgresStore:
         self.url = url
         self._dsn, self.schema = _connection(url)
         self._pool: asyncpg.Pool | None = None
+        self.migrate = (
+            False  # upgrade an older schema on open (`legato migrate`, `serve --migrate`)
+        )
+        self.target: int | None = None  # the version to stop at (tests build old databases)
+        self.found_version = 0
+        self.version = 0
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -125,11 +135,30 @@ class PostgresStore:
                 if self.schema:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                     await conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
-                await conn.execute(SCHEMA)
-                await conn.execute(
-                    "INSERT INTO legato_meta VALUES ('schema_version', $1) ON CONFLICT DO NOTHING",
-                    str(SCHEMA_VERSION),
+                has_meta = await conn.fetchval("SELECT to_regclass('legato_meta') IS NOT NULL")
+                found = (
+                    await conn.fetchval(
+                        "SELECT value FROM legato_meta WHERE key = 'schema_version'"
+                    )
+                    if has_meta
+                    else None
                 )
+                self.found_version = int(found) if found else 0
+                plan = to_apply(
+                    MIGRATIONS,
+                    self.found_version,
+                    self.url,
+                    allowed=self.migrate,
+                    target=self.target,
+                )
+                for version, sql in plan:  # all in this one transaction, with the version mark
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO legato_meta VALUES ('schema_version', $1) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        str(version),
+                    )
+                self.version = plan[-1][0] if plan else self.found_version
         finally:
             await conn.close()
         self._pool = await asyncpg.create_pool(

@@ -39,6 +39,10 @@ class KeptEvent:
 
 class Store(Protocol):
     url: str
+    migrate: bool  # set before open(): upgrade an older schema instead of refusing it
+    target: int | None  # set before open(): stop at this schema version (tests)
+    found_version: int  # after open(): the schema version the database had (0: a new one)
+    version: int  # after open(): the schema version it has now
 
     async def open(self) -> None: ...
 
@@ -94,7 +98,13 @@ class Store(Protocol):
         """Newest first; `before` is the id of the last run of the previous page."""
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, migrate: bool = False) -> Store:
+    store = _store_for(url)
+    store.migrate = migrate
+    return store
+
+
+def _store_for(url: str) -> Store:
     """`sqlite:///relative.db`, `sqlite:////absolute.db`, a bare file path, or `postgresql://...`."""
     if url.startswith("sqlite:") or "://" not in url:
         from legato.store.sqlite import SQLiteStore

@@ -22,6 +22,7 @@ import orjson
 from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import KeptEvent, WorkflowRecord
 from legato.store.rows import (
     RUN_COLUMNS,
@@ -36,8 +37,8 @@ from legato.store.rows import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+# Each migration brings the schema to its version; a new database runs them all (see migrations.py).
+V1 = """
 CREATE TABLE IF NOT EXISTS legato_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -59,11 +60,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, step TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
     started_at REAL, finished_at REAL, request TEXT, output TEXT, error TEXT,
     PRIMARY KEY (run_id, step, attempt)) WITHOUT ROWID;
+"""
+V2 = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, key TEXT NOT NULL, data TEXT,
     created_at REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_key ON events (type, key, id);
 """
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -83,6 +88,10 @@ INSERT OR REPLACE INTO attempts (run_id, step, attempt, status, started_at, fini
                                  output, error)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+def _has_meta(conn: sqlite3.Connection) -> bool:
+    return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'legato_meta'").fetchall())
 
 
 def sqlite_path(url: str) -> tuple[str, dict[str, list[str]]]:
@@ -112,6 +121,12 @@ class SQLiteStore:
         self.inline = sync in ("OFF", "NORMAL")
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self.migrate = (
+            False  # upgrade an older schema on open (`legato migrate`, `serve --migrate`)
+        )
+        self.target: int | None = None  # the version to stop at (tests build old databases)
+        self.found_version = 0
+        self.version = 0
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
@@ -138,11 +153,28 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO legato_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
+        self.version = self._migrate(conn)
         self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        """Bring the schema up to date (as allowed); return the version it is at now."""
+        found = (
+            conn.execute("SELECT value FROM legato_meta WHERE key = 'schema_version'").fetchall()
+            if _has_meta(conn)
+            else []
+        )
+        current = int(found[0][0]) if found else 0
+        self.found_version = current
+        plan = to_apply(MIGRATIONS, current, self.url, allowed=self.migrate, target=self.target)
+        for version, sql in plan:  # each migration and its version mark in one transaction
+            mark = f"INSERT OR REPLACE INTO legato_meta VALUES ('schema_version', '{version}');"
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n{mark}\nCOMMIT;")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return plan[-1][0] if plan else current
 
     async def close(self) -> None:
         if self._pool is None:

@@ -1,0 +1,106 @@
+"""Schema migrations on every backend: a new database gets them all; an older one is refused until it
+is migrated, and then keeps its runs; both end with exactly the same schema."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from legato.engine.state import Decision, RunInfo, StepState
+from legato.errors import LegatoError
+from legato.store.protocol import KeptEvent, Store, open_store
+
+
+async def schema_of(store: Store) -> Any:
+    """Tables, columns and indexes, as the database describes them."""
+    if store.url.startswith("sqlite"):
+        rows = await store._call(  # type: ignore[attr-defined]
+            store._fetch,  # type: ignore[attr-defined]
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name",
+        )
+        return [tuple(r) for r in rows]
+    schema = store.schema  # type: ignore[attr-defined]
+    columns = await store.pool.fetch(  # type: ignore[attr-defined]
+        "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = $1 ORDER BY 1, 2",
+        schema,
+    )
+    indexes = await store.pool.fetch(  # type: ignore[attr-defined]
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY 1", schema
+    )
+    return [tuple(r) for r in columns], [(n, d.replace(schema, "S")) for n, d in indexes]
+
+
+def other_db(db_url: str, tmp_path: Path) -> str:
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'fresh.db'}"
+    return db_url.replace("?schema=", "?schema=fresh_")
+
+
+async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
+    db_url: str, tmp_path: Path
+) -> None:
+    old = open_store(db_url)
+    old.target = 1  # a database made by the Legato of issue 2
+    await old.open()
+    assert old.version == 1
+    run = RunInfo("0" * 32, "w", 1, "succeeded", {"n": 1}, 10.0, 10.0, 11.0, output={"ok": True})
+    step = StepState("a", "succeeded", 1, 1, 10.0, 11.0, output={"x": 1})
+    await old.commit([Decision(run.id, "w", run, {"a": step})])
+    await old.close()
+
+    refused = open_store(db_url)
+    with pytest.raises(
+        LegatoError, match="has schema version 1; this Legato needs 2: run `legato migrate"
+    ):
+        await refused.open()
+
+    migrated = open_store(db_url, migrate=True)
+    await migrated.open()
+    try:
+        assert (migrated.found_version, migrated.version) == (1, 2)
+        state = await migrated.get_run(run.id)
+        assert state is not None and state.info == run and state.steps == {"a": step}
+        await migrated.keep_event(KeptEvent("e1", "t", "k", {"d": 1}, 20.0, 9e9))  # v2's table
+        assert [e.id for e in await migrated.kept_events("t", "k", 21.0)] == ["e1"]
+        fresh = open_store(other_db(db_url, tmp_path))
+        await fresh.open()
+        try:
+            assert (fresh.found_version, fresh.version) == (0, 2)
+            assert await schema_of(fresh) == await schema_of(migrated)
+        finally:
+            await fresh.close()
+            if not db_url.startswith("sqlite"):
+                await migrated.pool.execute(  # type: ignore[attr-defined]
+                    f'DROP SCHEMA "{fresh.schema}" CASCADE'  # type: ignore[attr-defined]
+                )
+    finally:
+        await migrated.close()
+
+
+async def test_a_newer_database_is_refused(db_url: str) -> None:
+    store: Any = open_store(db_url)
+    await store.open()
+    bump = "UPDATE legato_meta SET value = '99' WHERE key = 'schema_version'"
+    if db_url.startswith("sqlite"):
+        await store._call(store._execute, bump, ())
+    else:
+        await store.pool.execute(bump)
+    await store.close()
+    with pytest.raises(LegatoError, match="newer than this Legato knows"):
+        await open_store(db_url, migrate=True).open()
+
+
+def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
+    first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 2", (
+        first.stderr
+    )
+    again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
+    assert again.stdout.strip() == "schema version 2: up to date"
