@@ -104,3 +104,43 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     )
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "schema version 2: up to date"
+
+
+async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> None:
+    newer = open_store(db_url)
+    await newer.open()
+    await newer.close()
+    older = open_store(db_url)
+    older.target = 1  # what a Legato that knows only version 1 would do on the same database
+    await older.open()
+    await older.close()
+    again = open_store(db_url)
+    await again.open()  # no "needs 2": the mark is still 2
+    try:
+        assert again.found_version == 2
+    finally:
+        await again.close()
+
+
+async def test_attempts_come_back_in_the_same_order_on_every_backend(db_url: str) -> None:
+    from legato.engine.state import Attempt
+
+    store = open_store(db_url)
+    await store.open()
+    try:
+        run = RunInfo("1" * 32, "w", 1, "failed", {}, 1.0)
+        attempts = [
+            Attempt(run.id, "b", 1, "failed", 5.0, 6.0, None, None, None),
+            Attempt(run.id, "a", 2, "failed", 1.0, 2.0, None, None, None),
+            Attempt(run.id, "a", 1, "cancelled", None, 0.5, None, None, None),
+        ]
+        await store.commit([Decision(run.id, "w", run, {}, attempts)])
+        got = [(a.step, a.attempt) for a in await store.get_attempts(run.id)]
+        assert got == [("a", 1), ("a", 2), ("b", 1)]  # never started (None) first, then by start
+    finally:
+        await store.close()
+
+
+def test_a_schema_name_must_be_lower_case() -> None:
+    with pytest.raises(LegatoError, match="lower-case letters"):
+        open_store("postgresql://postgres@127.0.0.1/test?schema=Rev6_Up")

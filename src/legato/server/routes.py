@@ -220,9 +220,13 @@ async def publish_event(request: Request) -> Response:
     kind = body.get("type")
     if not isinstance(kind, str) or not kind.strip():
         raise ApiError(422, "is required: the event's type, a non-empty string", "type")
+    if "\x00" in kind:
+        raise ApiError(422, "must not contain a NUL character", "type")
     key = body.get("key")
     if key is not None and (isinstance(key, dict | list)):
         raise ApiError(422, "must be a string or a number", "key")
+    if isinstance(key, str) and "\x00" in key:
+        raise ApiError(422, "must not contain a NUL character", "key")
     keep_for = None
     if "keep_for" in body:
         try:

@@ -8,6 +8,8 @@ take the same number.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from legato.store.rows import (
     workflow_record,
 )
 
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SCHEMA_LOCK = 0x1E6A70  # advisory lock key: one process creates the tables at a time
 REAL = "DOUBLE PRECISION"
 V1 = f"""
@@ -97,8 +100,9 @@ def _connection(url: str) -> tuple[str, str | None]:
     parts = urlsplit(url)
     options = parse_qs(parts.query)
     schema = options.pop("schema", [None])[0]
-    if schema is not None and not schema.replace("_", "").isalnum():
-        raise LegatoError(f"schema must be letters, digits and '_', not {schema!r}")
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        # Lower case only: PostgreSQL folds an unquoted name, and the pool's search_path is unquoted.
+        raise LegatoError(f"schema must be lower-case letters, digits and '_', not {schema!r}")
     query = urlencode({k: v[0] for k, v in options.items()})
     return urlunsplit(parts._replace(scheme="postgresql", query=query)), schema
 
@@ -108,6 +112,7 @@ class PostgresStore:
         self.url = url
         self._dsn, self.schema = _connection(url)
         self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
         self.migrate = (
             False  # upgrade an older schema on open (`legato migrate`, `serve --migrate`)
         )
@@ -122,8 +127,11 @@ class PostgresStore:
         return self._pool
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
+        async with self._opening:
+            if self._pool is None:
+                await self._open()
+
+    async def _open(self) -> None:
         settings = {"search_path": self.schema} if self.schema else None
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
@@ -161,9 +169,12 @@ class PostgresStore:
                 self.version = plan[-1][0] if plan else self.found_version
         finally:
             await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=10, server_settings=settings
-        )
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=10, server_settings=settings
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise LegatoError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -273,7 +284,8 @@ class PostgresStore:
             "SELECT DISTINCT ON (name) name, version, digest, spec, created_at FROM workflows "
             "ORDER BY name, version DESC"
         )
-        return [workflow_record(tuple(r)) for r in rows]
+        # Sorted here, by code point as SQLite does, whatever the database's collation.
+        return sorted((workflow_record(tuple(r)) for r in rows), key=lambda w: w.name)
 
     async def list_workflow_versions(self, name: str) -> list[WorkflowRecord]:
         rows = await self.pool.fetch(
@@ -284,8 +296,8 @@ class PostgresStore:
         return [workflow_record(tuple(r)) for r in rows]
 
     async def list_services(self) -> list[Service]:
-        rows = await self.pool.fetch("SELECT spec FROM services ORDER BY name")
-        return [Service.from_dict(load(r[0])) for r in rows]
+        rows = await self.pool.fetch("SELECT spec FROM services")
+        return sorted((Service.from_dict(load(r[0])) for r in rows), key=lambda s: s.name)
 
     async def load_active_runs(self) -> list[RunState]:
         async with self.pool.acquire() as conn:
@@ -317,7 +329,7 @@ class PostgresStore:
             "FROM attempts WHERE run_id = $1 UNION ALL "
             "SELECT run_id, name, attempt, status, started_at, finished_at, request, output, error "
             "FROM steps WHERE run_id = $1 AND status = 'succeeded' AND attempt > 0 "
-            "ORDER BY 5, 2, 3",
+            "ORDER BY 5 NULLS FIRST, 2, 3",  # NULLs first, as SQLite sorts them
             run_id,
         )
         return [

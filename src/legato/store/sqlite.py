@@ -90,6 +90,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
+def _statements(script: str) -> list[str]:
+    """A migration's statements (its SQL has no ';' inside a statement)."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
 def _has_meta(conn: sqlite3.Connection) -> bool:
     return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'legato_meta'").fetchall())
 
@@ -157,23 +162,31 @@ class SQLiteStore:
         self._conn = conn
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
-        """Bring the schema up to date (as allowed); return the version it is at now."""
-        found = (
-            conn.execute("SELECT value FROM legato_meta WHERE key = 'schema_version'").fetchall()
-            if _has_meta(conn)
-            else []
-        )
-        current = int(found[0][0]) if found else 0
-        self.found_version = current
-        plan = to_apply(MIGRATIONS, current, self.url, allowed=self.migrate, target=self.target)
-        for version, sql in plan:  # each migration and its version mark in one transaction
-            mark = f"INSERT OR REPLACE INTO legato_meta VALUES ('schema_version', '{version}');"
-            try:
-                conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n{mark}\nCOMMIT;")
-            except sqlite3.Error:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        """Bring the schema up to date (as allowed) in one write transaction, reading the version
+        inside it, so two processes opening a new database cannot both apply (or lower) it."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = (
+                conn.execute(
+                    "SELECT value FROM legato_meta WHERE key = 'schema_version'"
+                ).fetchall()
+                if _has_meta(conn)
+                else []
+            )
+            current = int(found[0][0]) if found else 0
+            self.found_version = current
+            plan = to_apply(MIGRATIONS, current, self.url, allowed=self.migrate, target=self.target)
+            for version, sql in plan:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT OR REPLACE INTO legato_meta VALUES ('schema_version', ?)",
+                    (str(version),),
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
         return plan[-1][0] if plan else current
 
     async def close(self) -> None:
