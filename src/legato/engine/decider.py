@@ -336,91 +336,78 @@ class _Txn:
         error = None if ok else {"kind": "callback", **(ev.error or {})}
         self.end_attempt(s._replace(next_at=None), ok, ev.output, error, self.now)
 
-    def wake(self, name: str) -> None:
-        s = self.get(name)
-        if self.info.status != RUNNING or s.status != WAITING:
-            return
-        if s.reason == CHILD:
-            if s.next_at is None:
-                return
-            if self.now < s.next_at:
-                self.effects.append(Schedule(name, s.next_at))
-                return
-            timeout = self.wf.steps[name].timeout or 0
-            error = {
-                "kind": "timeout",
-                "message": f"the sub-workflow did not end within the step's timeout of {timeout:g}s",
-            }
-            self.effects.append(Abort(name))  # the runtime cancels the child run
-            self.end_attempt(s._replace(reason=None, next_at=None), False, None, error, self.now)
-            return
+    def due(self, name: str, s: StepState) -> None:
+        """A waiting step's due time has come: what that means depends on what it waits for."""
+        step = self.wf.steps.get(name)
         if s.reason == POLL:
-            if s.next_at is not None and self.now < s.next_at:
-                self.effects.append(Schedule(name, s.next_at))
-                return
             self.effects.append(Fetch(name, s.attempt, (s.request or {}).get("poll", {})))
-            return
-        if s.reason == EVENT:
-            if s.next_at is None:
-                return
-            if self.now < s.next_at:
-                self.effects.append(Schedule(name, s.next_at))
-                return
+        elif s.reason == TIMER:
+            self.close_wait(s, SUCCEEDED, {"until": s.next_at}, None)
+        elif s.reason == EVENT:
+            assert step is not None
             req = s.request or {}
-            step = self.wf.steps[name]
             error = {
                 "kind": "timeout",
                 "message": f"no {req.get('event')!r} event for key {req.get('key')!r} "
                 f"within the step's timeout of {step.timeout or 0:g}s",
             }
             # No retry: listening again would wait for the same event a second time.
-            self.record(s, FAILED, None, error, self.now)
-            self.set(
-                s._replace(
-                    status=FAILED, error=error, reason=None, next_at=None, finished_at=self.now
-                )
-            )
-            self.after_terminal(name)
-            self.check_finished()
-            return
-        if s.reason == TIMER:
-            if s.next_at is not None and self.now < s.next_at:
-                self.effects.append(Schedule(name, s.next_at))  # fired early: keep waiting
-                return
-            self.record(s, SUCCEEDED, None, None, self.now)
-            self.set(
-                s._replace(
-                    status=SUCCEEDED,
-                    reason=None,
-                    next_at=None,
-                    output={"until": s.next_at},
-                    finished_at=self.now,
-                )
-            )
-            self.after_terminal(name)
-            self.check_finished()
-            return
-        if s.reason == CALLBACK:
-            if s.next_at is None:
-                return
-            if self.now < s.next_at:
-                # A timer that fired early (the loop's clock is not the wall clock) or one a
-                # heartbeat replaced: keep one timer armed for the deadline as it is now.
-                self.effects.append(Schedule(name, s.next_at))
-                return
-            step, action, _ = self.executable(name)
+            self.close_wait(s, FAILED, None, error)
+        elif s.reason == CHILD:
+            assert step is not None
+            error = {
+                "kind": "timeout",
+                "message": "the sub-workflow did not end within the step's timeout of "
+                f"{step.timeout or 0:g}s",
+            }
+            self.effects.append(Abort(name))  # the runtime cancels the child run
+            self.end_attempt(s._replace(reason=None, next_at=None), False, None, error, self.now)
+        else:  # CALLBACK
+            parent, action, _ = self.executable(name)
             beat = isinstance(action, HttpCall) and action.heartbeat
             late = (
-                step.timeout is not None
+                parent.timeout is not None
                 and s.started_at is not None
-                and self.now >= s.started_at + step.timeout
+                and self.now >= s.started_at + parent.timeout
             )
             what = (
-                f"no callback within the step's timeout of {step.timeout:g}s"
+                f"no callback within the step's timeout of {parent.timeout:g}s"
                 if late or not beat
                 else f"no heartbeat within {beat:g}s"
             )
             self.end_attempt(s, False, s.output, {"kind": "timeout", "message": what}, self.now)
+
+    def close_wait(
+        self, s: StepState, status: str, output: Any, error: dict[str, Any] | None
+    ) -> None:
+        """End a wait for good, without the retry policy (a timer, or a listen that timed out)."""
+        self.record(s, status, output, error, self.now)
+        self.set(
+            s._replace(
+                status=status,
+                output=output,
+                error=error,
+                reason=None,
+                next_at=None,
+                finished_at=self.now,
+            )
+        )
+        self.after_terminal(s.name)
+        self.check_finished()
+
+    def wake(self, name: str) -> None:
+        s = self.get(name)
+        if self.info.status != RUNNING or s.status != WAITING:
+            return
+        if s.reason in (CHILD, POLL, EVENT, TIMER, CALLBACK):
+            if s.next_at is None:
+                return
+            if self.now < s.next_at:
+                # A timer that fired early (the loop's clock is not the wall clock) or one a
+                # heartbeat replaced: keep one timer armed for the due time as it is now.
+                self.effects.append(Schedule(name, s.next_at))
+                return
+            self.due(name, s)
             return
         top = self.wf.steps.get(name)
         if top is not None and not isinstance(top.action, HttpCall | PythonCall | Emit):

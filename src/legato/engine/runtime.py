@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -693,20 +693,11 @@ class Engine:
             elif isinstance(effect, Schedule):
                 self._schedule(active, effect)
             elif isinstance(effect, StartChild):
-                if not self._draining:
-                    start = asyncio.create_task(self._start_child(active, effect))
-                    self._background.add(start)
-                    start.add_done_callback(self._background.discard)
+                self._background_task(self._start_child(active, effect))
             elif isinstance(effect, Fetch):
-                if not self._draining:
-                    look = asyncio.create_task(self._fetch(active, effect))
-                    self._background.add(look)
-                    look.add_done_callback(self._background.discard)
+                self._background_task(self._fetch(active, effect))
             elif isinstance(effect, Listening):
-                if not self._draining:
-                    lookup = asyncio.create_task(self._deliver_kept(active, effect))
-                    self._background.add(lookup)
-                    lookup.add_done_callback(self._background.discard)
+                self._background_task(self._deliver_kept(active, effect))
             elif isinstance(effect, Abort):
                 self._abort_child(active, effect.step)
                 task = active.tasks.pop(effect.step, None)
@@ -717,6 +708,16 @@ class Engine:
                     handle.cancel()
             elif isinstance(effect, Finished):
                 self._finished(active)
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run an effect's I/O (start a child, look for a result or a kept event) beside the loop,
+        held until done; a draining engine starts none (the next start re-issues them)."""
+        if self._draining:
+            work.close()
+            return
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _arm_deadline(self, active: _Active) -> None:
         if active.deadline is not None:
