@@ -88,7 +88,7 @@ async def test_cancel_and_retry_from_the_command_line(
             {
                 "name": "cli-slow",
                 "steps": {
-                    "nap": {"http": {"service": "svc", "path": "/slow", "query": {"delay": "0.5"}}}
+                    "nap": {"http": {"service": "svc", "path": "/slow", "query": {"delay": "3"}}}
                 },
             }
         )

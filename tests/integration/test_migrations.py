@@ -12,6 +12,7 @@ import pytest
 
 from legato.engine.state import Decision, RunInfo, StepState
 from legato.errors import LegatoError
+from legato.store.jsontext import dump_json as dump
 from legato.store.protocol import KeptEvent, Store, open_store
 
 
@@ -41,6 +42,61 @@ def other_db(db_url: str, tmp_path: Path) -> str:
     return db_url.replace("?schema=", "?schema=fresh_")
 
 
+async def write_v1(store: Any, run: RunInfo, steps: list[StepState]) -> None:
+    """Rows as the Legato of issue 2 wrote them (version 1 has none of the later columns)."""
+    sqlite = store.url.startswith("sqlite")
+    marks = (
+        (lambda n: ", ".join("?" * n))
+        if sqlite
+        else (lambda n: ", ".join(f"${i}" for i in range(1, n + 1)))
+    )
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (
+            f"INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, "
+            f"started_at, finished_at, deadline) VALUES ({marks(11)})",
+            (
+                run.id,
+                run.workflow,
+                run.version,
+                run.status,
+                dump(run.input),
+                dump(run.output),
+                None,
+                run.created_at,
+                run.started_at,
+                run.finished_at,
+                None,
+            ),
+        )
+    ]
+    for s in steps:
+        statements.append(
+            (
+                f"INSERT INTO steps (run_id, name, status, attempt, tries, started_at, "
+                f"finished_at, next_at, request, output, error, reason) VALUES ({marks(12)})",
+                (
+                    run.id,
+                    s.name,
+                    s.status,
+                    s.attempt,
+                    s.tries,
+                    s.started_at,
+                    s.finished_at,
+                    s.next_at,
+                    dump(s.request),
+                    dump(s.output),
+                    None,
+                    s.reason,
+                ),
+            )
+        )
+    for sql, params in statements:
+        if sqlite:
+            await store._call(store._execute, sql, params)
+        else:
+            await store.pool.execute(sql, *params)
+
+
 async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -50,27 +106,40 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
     assert old.version == 1
     run = RunInfo("0" * 32, "w", 1, "succeeded", {"n": 1}, 10.0, 10.0, 11.0, output={"ok": True})
     step = StepState("a", "succeeded", 1, 1, 10.0, 11.0, output={"x": 1})
-    await old.commit([Decision(run.id, "w", run, {"a": step})])
+    await write_v1(old, run, [step])
+    # A run that was waiting for an event: version 3 indexes its correlation and makes it due.
+    waiting = RunInfo("1" * 32, "w", 1, "running", {}, 12.0, 12.0)
+    listening = StepState("b", "waiting", 1, 1, 12.0, request={"event": "t", "key": "k"})
+    await write_v1(old, waiting, [listening._replace(reason="event")])
     await old.close()
 
     refused = open_store(db_url)
     with pytest.raises(
-        LegatoError, match="has schema version 1; this Legato needs 2: run `legato migrate"
+        LegatoError, match="has schema version 1; this Legato needs 3: run `legato migrate"
     ):
         await refused.open()
 
     migrated = open_store(db_url, migrate=True)
+    migrated.owner = "engine-1"
     await migrated.open()
     try:
-        assert (migrated.found_version, migrated.version) == (1, 2)
+        assert (migrated.found_version, migrated.version) == (1, 3)
         state = await migrated.get_run(run.id)
         assert state is not None and state.info == run and state.steps == {"a": step}
-        await migrated.keep_event(KeptEvent("e1", "t", "k", {"d": 1}, 20.0, 9e9))  # v2's table
-        assert [e.id for e in await migrated.kept_events("t", "k", 21.0)] == ["e1"]
+        assert await migrated.next_wake() == 12.0  # the waiting run is due: an engine claims it
+        reached = await migrated.publish("t", "k", 20.0, lambda s, a: {"step": s}, None)
+        assert reached == [waiting.id]
+        claimed = await migrated.claim(21.0, 10)
+        assert [(c.state.info.id, [r.event for r in c.inbox]) for c in claimed] == [
+            (waiting.id, [{"step": "b"}])
+        ]
+        kept = KeptEvent("e1", "t", "other", {"d": 1}, 20.0, 9e9)  # version 2's table
+        assert await migrated.publish("t", "other", 20.0, lambda s, a: {}, kept) == []
+        assert await migrated.take_kept("t", "other", 21.0, waiting.id, lambda e: e.data)
         fresh = open_store(other_db(db_url, tmp_path))
         await fresh.open()
         try:
-            assert (fresh.found_version, fresh.version) == (0, 2)
+            assert (fresh.found_version, fresh.version) == (0, 3)
             assert await schema_of(fresh) == await schema_of(migrated)
         finally:
             await fresh.close()
@@ -99,11 +168,11 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
     first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 2", (
+    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 3", (
         first.stderr
     )
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert again.stdout.strip() == "schema version 2: up to date"
+    assert again.stdout.strip() == "schema version 3: up to date"
 
 
 async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> None:
@@ -115,9 +184,9 @@ async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> Non
     await older.open()
     await older.close()
     again = open_store(db_url)
-    await again.open()  # no "needs 2": the mark is still 2
+    await again.open()  # no "needs 3": the mark is still 3
     try:
-        assert again.found_version == 2
+        assert again.found_version == 3
     finally:
         await again.close()
 

@@ -3,7 +3,13 @@
 Each event (a run started, a step answered, a timer fired) goes through `decide`; the new state is kept in
 memory at once, queued for the store, and its effects (calls, timers) run only after the batch holding it
 is committed. Batches form by themselves: whatever piles up while one commit is under way goes in the next
-(group commit). A run in memory costs its state and nothing else: no coroutine waits on its behalf.
+(group commit).
+
+An engine holds a run only while the run has work under way. A run that only waits (for a callback, an
+event, a timer, a child) is released to the store with its next due time indexed, and costs this process
+nothing; whatever reaches it from outside goes to its inbox in the store, and whichever engine claims it
+next (this one or another sharing the database) applies it. Claims are leases, so a run whose engine died
+is taken over once its lease runs out.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from legato.engine.decider import CHILD, EVENT, decide, event_key
+from legato.engine import inbox
+from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
 from legato.engine.outcome import Outcome
@@ -37,6 +44,7 @@ from legato.engine.state import (
     Cancel,
     ChildDone,
     Decision,
+    Delivery,
     Event,
     EventArrived,
     Execute,
@@ -69,11 +77,26 @@ from legato.model.build import build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.service import Service
 from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
-from legato.store.protocol import KeptEvent, Store, WorkflowRecord, open_store
+from legato.store.protocol import (
+    Accept,
+    Claimed,
+    Delivered,
+    InboxRow,
+    KeptEvent,
+    Store,
+    WorkflowRecord,
+    open_store,
+)
 from legato.transports import Message, Transport, open_transport
 
 log = logging.getLogger("legato.engine")
+ACTIVE = frozenset({PENDING, RUNNING, WAITING})
+RETRIES = frozenset({FAILED, CANCELLED})
 DEFAULT_EVENT_RETENTION = 3600.0
+DEFAULT_LEASE = 30.0
+IDLE_POLL = 5.0  # the longest a worker sleeps between claims when no notice or timer wakes it
+PARK_AFTER = 1.0  # a run whose next due time is nearer than this stays in memory
+CLAIM_BATCH = 500
 
 
 class PublishResult(NamedTuple):
@@ -98,6 +121,32 @@ def _broken(state: RunState, exc: Exception, now: float) -> Decision:
     )
 
 
+def _not_waiting(step: str, attempt: int, status: str, current: int) -> str:
+    return (
+        f"step {step!r} attempt {attempt} is not waiting for a callback "
+        f"(it is {status}, attempt {current})"
+    )
+
+
+def _child_done(step: str, attempt: int, info: RunInfo) -> ChildDone:
+    """What a sub-workflow's end means to the parent step waiting for it."""
+    if info.status == SUCCEEDED:
+        return ChildDone(step, attempt, True, info.output)
+    cause = (info.error or {}).get("message", info.status)
+    error = {
+        "kind": "child",
+        "message": f"sub-workflow {info.workflow!r} run {info.id} {info.status}: {cause}",
+        "run_id": info.id,
+    }
+    return ChildDone(step, attempt, False, None, error)
+
+
+def _child_report(info: RunInfo) -> Delivery:
+    assert info.parent is not None
+    parent, step, attempt = info.parent
+    return Delivery(parent, inbox.encode(_child_done(step, attempt, info)))
+
+
 def _python_calls(step: Step) -> list[tuple[str, PythonCall]]:
     action = step.action
     if isinstance(action, PythonCall):
@@ -109,12 +158,26 @@ def _python_calls(step: Step) -> list[tuple[str, PythonCall]]:
 
 @dataclass(slots=True)
 class _Active:
+    """A run this engine holds: its state (ahead of the store by the batch being committed) and
+    what is under way for it. `busy` counts background work (a child starting, a result being
+    looked for, an inbox read) and `pending` its decisions not yet committed: the run is released
+    only when both are zero and no step is running."""
+
     state: RunState
     wf: Workflow
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     deadline: asyncio.TimerHandle | None = None
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    busy: int = 0
+    pending: int = 0
+
+
+def _due(state: RunState) -> float | None:
+    """When a waiting run next has something to do: a step's due time or the run's deadline."""
+    times = [s.next_at for s in state.steps.values() if s.status == WAITING and s.next_at]
+    if state.info.status == RUNNING and state.info.deadline is not None:
+        times.append(state.info.deadline)
+    return min(times, default=None)
 
 
 class Engine:
@@ -126,11 +189,18 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         python_modules: Collection[str] | None = None,
+        worker: bool = True,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         """`python_modules`, when given, are the only modules a definition document's Python steps
-        may import functions from (a server passes its allow-list; None allows any import)."""
+        may import functions from (a server passes its allow-list; None allows any import).
+        `worker=False` makes an engine that runs no step (an API-only server): it records new runs
+        and what reaches them, and worker engines sharing the store claim and run them."""
         self.store = store
         self.clock = clock
+        self.worker = worker
+        self.lease = lease
+        self.id = new_run_id()
         self._services: dict[str, Service] = {}
         self._functions: dict[str, Callable[..., Any]] = {}
         self._workflows: dict[tuple[str, int], Workflow] = {}
@@ -142,9 +212,18 @@ class Engine:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._draining = False
-        self._retrying: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[Decision], None]] = []
+        # Runs whose end someone in this process awaits (wait_ended).
+        self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        # Runs released but not yet committed as such; True: something arrived for one meanwhile,
+        # so claim again once the release is in.
+        self._parking: dict[str, bool] = {}
+        self._applying: set[int] = set()  # inbox rows being applied (decided, not yet committed)
+        self._claimer: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._claim_now: asyncio.Event | None = None
+        self._sleep_until = 0.0  # when the claimer will look next, unless woken
         self.http = HttpExecutor(self._services.get)
         self.tokens: TaskTokens | None = None
         # Where services send callbacks: `legato serve` sets it to its own address (or --public-url).
@@ -153,12 +232,14 @@ class Engine:
         self.transports: dict[str, Transport] = {}
         self.results = S3Results()
         self._subscriptions: list[tuple[str, str]] = []
-        self._claimed_events: set[str] = set()
-        # A sub-workflow run's id -> (parent run, step, attempt) waiting for it to end.
-        self._child_waiters: dict[str, tuple[str, str, int]] = {}
-        self._aborted_children: set[str] = set()
         self.python = PythonExecutor(self._functions, python_modules)
-        self.stats = {"commits": 0, "decisions": 0, "step_transitions": 0}
+        self.stats = {
+            "commits": 0,
+            "decisions": 0,
+            "step_transitions": 0,
+            "claimed": 0,
+            "parked": 0,
+        }
 
     @classmethod
     def open(
@@ -167,9 +248,16 @@ class Engine:
         *,
         python_modules: Collection[str] | None = None,
         migrate: bool = False,
+        worker: bool = True,
+        lease: float = DEFAULT_LEASE,
     ) -> Engine:
         """`migrate`: upgrade a database with an older schema (a new one is always created)."""
-        return cls(open_store(url, migrate=migrate), python_modules=python_modules)
+        return cls(
+            open_store(url, migrate=migrate),
+            python_modules=python_modules,
+            worker=worker,
+            lease=lease,
+        )
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -179,7 +267,10 @@ class Engine:
         await self.close()
 
     async def start(self) -> None:
-        """Open the store, load the directory and resume every run that had not ended."""
+        """Open the store and the directory; a worker then claims every run that has something due
+        (on SQLite, every run a previous process held) and keeps claiming as runs become due."""
+        self.store.owner = self.id if self.worker else None
+        self.store.lease = self.lease
         await self.store.open()
         self.tokens = TaskTokens(await self.store.secret("callbacks"))
         for name, transport in self.transports.items():
@@ -192,19 +283,17 @@ class Engine:
         for name, destination in self._subscriptions:
             await self.transports[name].subscribe(destination, self._on_message)
         self._wake = asyncio.Event()
+        self._claim_now = asyncio.Event()
         self._batch = asyncio.get_running_loop().create_future()
         self._flusher = asyncio.create_task(self._flush_forever(), name="legato-commit")
         for service in await self.store.list_services():
             self._services[service.name] = service
-        for state in await self.store.load_active_runs():
-            try:
-                wf = await self._workflow(state.info.workflow, state.info.version)
-            except (NotFound, DefinitionError) as exc:
-                log.error("cannot resume run %s: %s", state.info.id, exc)
-                continue
-            active = self._runs[state.info.id] = _Active(state, wf)
-            self._arm_deadline(active)
-            self._event(active, Resume())
+        await self.store.listen(self._on_notice)
+        if self.worker:
+            while await self._claim_round() >= CLAIM_BATCH:
+                pass
+            self._claimer = asyncio.create_task(self._claim_forever(), name="legato-claim")
+            self._renewer = asyncio.create_task(self._renew_forever(), name="legato-lease")
 
     def drain(self) -> None:
         """Start no new step from now on; steps under way finish and their outcomes are committed.
@@ -213,11 +302,12 @@ class Engine:
         the same database resumes it (with the same Idempotency-Key for a repeated call).
         """
         self._draining = True
-        for active in self._runs.values():
-            for fut in active.waiters:
+        if self._claim_now is not None:
+            self._claim_now.set()
+        for futures in self._waiters.values():
+            for fut in futures:
                 if not fut.done():
-                    fut.set_result(None)
-            active.waiters.clear()
+                    fut.set_result(False)
 
     @property
     def draining(self) -> bool:
@@ -227,9 +317,14 @@ class Engine:
         """Stop taking events, let the last batch commit, and leave in-flight steps resumable.
 
         With a `grace` period, steps under way get that long to finish (and have their outcome
-        committed) before the rest are abandoned to the next start.
+        committed) before the rest are abandoned to the next start. The runs still held are then
+        released, so another engine sharing the store can claim them at once.
         """
         self.drain()
+        for task in (self._claimer, self._renewer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         tasks = [t for a in self._runs.values() for t in a.tasks.values()]
         if grace > 0 and tasks:
             await asyncio.wait(tasks, timeout=grace)
@@ -243,10 +338,7 @@ class Engine:
         self._closing = True
         tasks = [t for t in tasks if not t.done()]
         for active in self._runs.values():
-            for handle in active.timers.values():
-                handle.cancel()
-            if active.deadline:
-                active.deadline.cancel()
+            self._disarm(active)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -255,6 +347,11 @@ class Engine:
             self._wake.set()
             await self._flusher
             self._flusher = None
+        if self.worker and self.store.shared:
+            try:
+                await self.store.release_all(self.clock())
+            except Exception:
+                log.exception("releasing this engine's runs failed; they are taken over later")
         await self.http.close()
         await self.results.close()
         self.python.close()
@@ -357,9 +454,11 @@ class Engine:
         *,
         version: int | None = None,
         run_id: str | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> str:
         """Validate the input, commit the new run with its first steps, and return its id.
-        (`run_id` is for sub-workflows, whose ids their parent's attempt fixes.)"""
+        (`run_id` and `parent` are for sub-workflows: their parent's attempt fixes the id, and
+        the parent hears of the run's end.)"""
         wf, found = await self.workflow_version(workflow, version)
         data, problems = check_object(wf.inputs, {} if input is None else input, "input")
         if problems:
@@ -375,8 +474,11 @@ class Engine:
             status=PENDING,
             input=data,
             created_at=self.clock(),
+            parent=parent,
         )
-        active = self._runs[info.id] = _Active(RunState(info), wf)
+        active = _Active(RunState(info), wf)
+        if self.worker:
+            self._runs[info.id] = active
         await self._event(active, Start(), new_run=True)
         return info.id
 
@@ -393,23 +495,43 @@ class Engine:
 
     async def wait_ended(self, run_id: str, timeout: float | None = None) -> bool:
         """Wait until the run's end is committed; False if `timeout` passed first, or if the engine
-        is draining and the run will end only after a restart. Reads nothing."""
-        active = self._runs.get(run_id)
-        if active is None:
-            return True
+        is draining and the run will end only after a restart (or elsewhere)."""
         if self._draining:
             return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        active.waiters.append(fut)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        futures = self._waiters.setdefault(run_id, [])
+        futures.append(fut)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return False
+            if run_id not in self._runs:  # held elsewhere, or parked: the store knows
+                state = await self.store.get_run(run_id)
+                if state is None or state.info.done:
+                    return True
+            while True:
+                # Ends are heard at once (from this engine, or noticed from others); the look at
+                # the store every few seconds only covers a notice lost with a connection.
+                left = None if deadline is None else deadline - time.monotonic()
+                step = IDLE_POLL if left is None else min(left, IDLE_POLL)
+                if step <= 0:
+                    return False
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), step)
+                except TimeoutError:
+                    if run_id in self._runs:
+                        continue
+                    state = await self.store.get_run(run_id)
+                    if state is None or state.info.done:
+                        return True
         finally:
-            if not fut.done() or fut.cancelled():
-                with contextlib.suppress(ValueError):
-                    active.waiters.remove(fut)
-        return run_id not in self._runs
+            with contextlib.suppress(ValueError):
+                futures.remove(fut)
+            if not futures and self._waiters.get(run_id) is futures:
+                del self._waiters[run_id]
+
+    def _ended(self, run_id: str) -> None:
+        for fut in self._waiters.pop(run_id, ()):
+            if not fut.done():
+                fut.set_result(True)
 
     async def get_run(self, run_id: str) -> RunState:
         state = await self.store.get_run(run_id)
@@ -418,30 +540,51 @@ class Engine:
         return state
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
+        """Cancel a run that has not ended; returns once the cancel is committed where the run is
+        held (or, if no engine holds it within a few seconds, once it is queued for it)."""
         active = self._runs.get(run_id)
-        if active is None:
-            state = await self.get_run(run_id)
-            raise Conflict(f"run {run_id} has already ended ({state.info.status})")
-        await self._event(active, Cancel(reason))
+        if active is not None:
+            await self._event(active, Cancel(reason))
+            return
+        result = await self._send(run_id, Cancel(reason), accept=lambda t: t.run_status in ACTIVE)
+        if result.target is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        if not result.ok:
+            raise Conflict(f"run {run_id} has already ended ({result.target.run_status})")
+        await self.wait_ended(run_id, 2.0)
 
     async def retry(self, run_id: str) -> None:
         """Run a failed or cancelled run again from the steps that did not succeed."""
         if run_id in self._runs:
             raise Conflict(f"run {run_id} is still {self._runs[run_id].state.info.status}")
-        if run_id in self._retrying:  # another retry of it is between its reads (they yield)
+        result = await self._send(
+            run_id, Retry(), accept=lambda t: t.run_status in RETRIES, dedupe=f"retry:{run_id}"
+        )
+        if result.target is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        if result.duplicate:
             raise Conflict(f"run {run_id} is being retried already")
-        self._retrying.add(run_id)
-        try:
-            state = await self.get_run(run_id)
-            if state.info.status not in (FAILED, CANCELLED):
-                raise Conflict(
-                    f"run {run_id} {state.info.status}; only failed or cancelled runs retry"
-                )
-            wf = await self._workflow(state.info.workflow, state.info.version)
-            active = self._runs[run_id] = _Active(state, wf)
-        finally:
-            self._retrying.discard(run_id)
-        await self._event(active, Retry())
+        if not result.ok:
+            raise Conflict(
+                f"run {run_id} {result.target.run_status}; only failed or cancelled runs retry"
+            )
+        await self._settle(run_id, RETRIES)
+
+    async def _settle(self, run_id: str, leaving: Collection[str], timeout: float = 5.0) -> bool:
+        """Wait (briefly) until an engine has applied what was sent: the run's status is no longer
+        one of `leaving`. Answers say what happened, rather than what is queued."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._draining:
+            active = self._runs.get(run_id)
+            if active is not None:
+                if active.state.info.status not in leaving:
+                    return True
+            else:
+                state = await self.store.get_run(run_id)
+                if state is None or state.info.status not in leaving:
+                    return True
+            await asyncio.sleep(0.01)
+        return False
 
     def live_run(self, run_id: str) -> RunState | None:
         """The in-memory state of a run that has not ended (None once it has, or if unknown).
@@ -482,30 +625,63 @@ class Engine:
 
         NotFound for a token this store did not sign (or a run that does not exist); Conflict when
         that attempt is no longer waiting (completed already, timed out, retried, or the run ended).
-        Returns once the outcome is committed.
+        Returns once the outcome is committed: as the step's new state when this engine holds the
+        run, else in the run's inbox, for the engine that claims it.
         """
         ref = self.tokens.read(token) if self.tokens is not None else None
         if ref is None:
             raise NotFound("unknown task token")
+        event = Callback(ref.step, ref.attempt, output, error, heartbeat)
         active = self._runs.get(ref.run_id)
-        if active is None:
-            state = await self.store.get_run(ref.run_id)
-            if state is None:
-                raise NotFound("unknown task token")
-            raise Conflict(f"run {ref.run_id} has ended ({state.info.status})")
-        current = active.state.step(ref.step)
-        if heartbeat and current.status == RUNNING and current.attempt == ref.attempt:
-            return  # still sending its answer to the call: alive, and the wait has not begun
-        decision, committed = self._decide(
-            active, Callback(ref.step, ref.attempt, output, error, heartbeat)
-        )
-        if decision.empty:
-            s = active.state.step(ref.step)
-            raise Conflict(
-                f"step {ref.step!r} attempt {ref.attempt} is not waiting for a callback "
-                f"(it is {s.status}, attempt {s.attempt})"
+        if active is not None:
+            current = active.state.step(ref.step)
+            if heartbeat and current.status == RUNNING and current.attempt == ref.attempt:
+                return  # still sending its answer to the call: alive, and the wait has not begun
+            decision, committed = self._decide(active, event)
+            if decision.empty:
+                raise Conflict(_not_waiting(ref.step, ref.attempt, current.status, current.attempt))
+            await committed
+            return
+
+        def accept(t: Any) -> bool:
+            if t.run_status != RUNNING or t.step is None or t.step[1] != ref.attempt:
+                return False
+            return (t.step[0] == WAITING and t.step[2] == CALLBACK) or (
+                t.step[0] == RUNNING and not heartbeat
             )
-        await committed
+
+        dedupe = None if heartbeat else f"callback:{ref.run_id}:{ref.step}:{ref.attempt}"
+        result = await self._send(ref.run_id, event, step=ref.step, accept=accept, dedupe=dedupe)
+        target = result.target
+        if target is None:
+            raise NotFound("unknown task token")
+        if result.ok:
+            return
+        if target.run_status not in ACTIVE:
+            raise Conflict(f"run {ref.run_id} has ended ({target.run_status})")
+        status, attempt = (target.step or (PENDING, 0, None))[:2]
+        if heartbeat and status == RUNNING and attempt == ref.attempt:
+            return
+        if result.duplicate:
+            raise Conflict(f"step {ref.step!r} attempt {ref.attempt} has its callback already")
+        raise Conflict(_not_waiting(ref.step, ref.attempt, status, attempt))
+
+    async def _send(
+        self,
+        run_id: str,
+        event: inbox.Inboxed,
+        *,
+        step: str | None = None,
+        accept: Accept | None = None,
+        dedupe: str | None = None,
+    ) -> Delivered:
+        """Put an event in a run's inbox (checked against the run as stored), then see it applied:
+        at once if this engine holds the run, else by the next claim."""
+        result = await self.store.deliver(
+            run_id, inbox.encode(event), self.clock(), step=step, accept=accept, dedupe=dedupe
+        )
+        self._arrived(result.runs)
+        return result
 
     def add_transport(self, name: str, transport: Transport | str) -> None:
         """A broker emit steps can name (`transport: <name>`); connected when the engine starts."""
@@ -570,48 +746,183 @@ class Engine:
             raise LegatoError("the engine is closing; send the event again after it restarts")
         key = event_key(key)
         now = self.clock()
-        delivered: list[str] = []
-        commits: list[asyncio.Future[None]] = []
-        for run_id, active in list(self._runs.items()):
-            for s in list(active.state.steps.values()):
-                if s.status != WAITING or s.reason != EVENT or not s.request:
-                    continue
-                if s.request.get("event") != type or s.request.get("key") != key:
-                    continue
-                decision, committed = self._decide(active, EventArrived(s.name, s.attempt, data))
-                if not decision.empty:
-                    delivered.append(run_id)
-                    commits.append(committed)
-        if commits:
-            await asyncio.gather(*commits)
-            return PublishResult(new_run_id(), delivered, None)
         keep = self.event_retention if keep_for is None else keep_for
-        kept = KeptEvent(new_run_id(), type, key, data, now, now + keep)
-        if keep > 0:
-            await self.store.keep_event(kept)
-        return PublishResult(kept.id, [], kept.expires_at if keep > 0 else None)
+        kept = KeptEvent(new_run_id(), type, key, data, now, now + keep) if keep > 0 else None
+
+        def make(step: str, attempt: int) -> dict[str, Any]:
+            return inbox.encode(EventArrived(step, attempt, data))
+
+        runs = await self.store.publish(type, key, now, make, kept)
+        self._arrived(runs)
+        if runs:
+            return PublishResult(new_run_id(), runs, None)
+        return PublishResult(
+            kept.id if kept else new_run_id(), [], kept.expires_at if kept else None
+        )
 
     async def _deliver_kept(self, active: _Active, effect: Listening) -> None:
-        """A step began listening: give it the oldest kept event that matches, if there is one."""
-        try:
-            events = await self.store.kept_events(effect.type, effect.key, self.clock())
-        except Exception:
-            log.exception("reading kept events for %s failed", effect.step)
+        """A step began listening: move the oldest kept event that matches to its run's inbox."""
+        run_id = active.state.info.id
+
+        def make(kept: KeptEvent) -> dict[str, Any]:
+            return inbox.encode(EventArrived(effect.step, effect.attempt, kept.data))
+
+        s = active.state.step(effect.step)
+        if s.status != WAITING or s.reason != EVENT or s.attempt != effect.attempt:
             return
-        for kept in events:
-            if kept.id in self._claimed_events:
-                continue
-            if self._runs.get(active.state.info.id) is not active or self._draining:
-                return
-            self._claimed_events.add(kept.id)
+        if await self.store.take_kept(effect.type, effect.key, self.clock(), run_id, make):
+            await self._pull([run_id])
+
+    # -- holding runs: claims, inboxes, releases ----------------------------------------------
+
+    def _arrived(self, runs: Collection[str]) -> None:
+        """Inbox rows were committed for these runs: apply them if this engine holds the run, or
+        see that a claim comes for them."""
+        held = [r for r in runs if r in self._runs]
+        if held:
+            self._background_task(None, self._pull(held))
+        for run_id in runs:
+            if run_id in self._parking:
+                self._parking[run_id] = True  # claim it again once its release is committed
+            elif run_id not in self._runs:
+                self._claim_soon()
+
+    def _on_notice(self, notice: dict[str, Any]) -> None:
+        """What another engine sharing the store committed (see Store.listen)."""
+        self._arrived(notice.get("i", ()))
+        for run_id in notice.get("e", ()):
+            self._ended(run_id)
+        wake = notice.get("w")
+        if isinstance(wake, int | float) and wake < self._sleep_until:
+            self._claim_soon()
+
+    def _claim_soon(self) -> None:
+        if self.worker and self._claim_now is not None:
+            self._claim_now.set()
+
+    async def _claim_forever(self) -> None:
+        assert self._claim_now is not None
+        while not self._draining:
             try:
-                arrived = EventArrived(effect.step, effect.attempt, kept.data, kept.id)
-                decision, committed = self._decide(active, arrived)
-                if not decision.empty:
-                    await committed
-            finally:
-                self._claimed_events.discard(kept.id)
+                if await self._claim_round() >= CLAIM_BATCH:
+                    continue
+                nxt = await self.store.next_wake()
+            except Exception:
+                log.exception("claiming runs failed; trying again in a second")
+                await asyncio.sleep(1.0)
+                continue
+            now = self.clock()
+            delay = IDLE_POLL if nxt is None else min(max(nxt - now, 0.0), IDLE_POLL)
+            self._sleep_until = now + delay
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._claim_now.wait(), delay)
+            self._claim_now.clear()
+            self._sleep_until = 0.0
+
+    async def _claim_round(self) -> int:
+        """Claim what is due and take it in hand; the number claimed."""
+        if self._draining:
+            return 0
+        if self._claim_now is not None:
+            self._claim_now.clear()
+        claimed = await self.store.claim(self.clock(), CLAIM_BATCH)
+        for c in claimed:
+            await self._adopt(c)
+        self.stats["claimed"] += len(claimed)
+        return len(claimed)
+
+    async def _adopt(self, claim: Claimed) -> None:
+        state = claim.state
+        run_id = state.info.id
+        if run_id in self._runs:  # cannot happen: a claim never finds a run this engine holds
+            log.error("claimed run %s, which this engine holds already", run_id)
             return
+        try:
+            wf = await self._workflow(state.info.workflow, state.info.version)
+        except (NotFound, DefinitionError) as exc:
+            log.error("cannot resume run %s: %s", run_id, exc)
+            wf = None
+        if wf is None:
+            decision = _broken(state, LegatoError("its workflow cannot be loaded"), self.clock())
+            decision.release = True
+            self._queue_decision(None, decision)
+            return
+        active = self._runs[run_id] = _Active(state, wf)
+        self._arm_deadline(active)
+        resumed = self._decide(active, Resume())[0]
+        if not claim.taken_over:
+            # Parked by a live engine, which released it only once its listening and child
+            # starting were done: re-issue the calls and timers, not those.
+            resumed.effects = [
+                e for e in resumed.effects if not isinstance(e, Listening | StartChild)
+            ]
+        for row in claim.inbox:
+            self._apply(active, row)
+
+    def _apply(self, active: _Active, row: InboxRow) -> None:
+        if row.id in self._applying:
+            return
+        self._applying.add(row.id)
+        try:
+            event = inbox.decode(row.event)
+        except (KeyError, TypeError) as exc:
+            log.error("run %s: unreadable inbox row %s dropped: %s", row.run_id, row.id, exc)
+            self._queue_decision(active, Decision(row.run_id, consumed_inbox=[row.id]))
+            return
+        decision = self._decide(active, event)[0]
+        decision.consumed_inbox.append(row.id)
+
+    async def _pull(self, run_ids: list[str]) -> None:
+        """Apply the inbox rows of runs this engine holds."""
+        rows = await self.store.inbox(run_ids)
+        for row in rows:
+            active = self._runs.get(row.run_id)
+            if active is not None and not self._closing:
+                self._apply(active, row)
+
+    def _maybe_park(self, active: _Active) -> None:
+        """Release a run that only waits: it lives in the store, its next due time indexed."""
+        if self._draining or active.tasks or active.busy or active.pending:
+            return
+        state = active.state
+        run_id = state.info.id
+        if self._runs.get(run_id) is not active:
+            return
+        if state.info.done:
+            wake = None
+        else:
+            for name, s in state.steps.items():
+                if s.status == RUNNING and name not in active.wf.steps:
+                    return  # a map's child call
+                if s.status == RUNNING and not isinstance(active.wf.steps[name].action, MapOver):
+                    return
+            wake = _due(state)
+            if wake is not None and wake - self.clock() < PARK_AFTER:
+                return  # due soon: its timer stays armed here
+        del self._runs[run_id]
+        self._disarm(active)
+        self._parking[run_id] = False
+        self.stats["parked"] += 1
+        self._queue_decision(active, Decision(run_id, release=True, wake_at=wake))
+
+    def _disarm(self, active: _Active) -> None:
+        for handle in active.timers.values():
+            handle.cancel()
+        active.timers.clear()
+        if active.deadline is not None:
+            active.deadline.cancel()
+            active.deadline = None
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self.store.renew(self.clock())
+            except Exception:
+                log.exception("renewing leases failed; trying again")
+
+    # -- the decide / commit / act loop -------------------------------------------------------
 
     def _event(
         self, active: _Active, event: Event, *, new_run: bool = False
@@ -630,14 +941,22 @@ class Engine:
             decision = _broken(active.state, exc, now)
         decision.new_run = new_run
         state = active.state
+        ended = not state.info.done and decision.run is not None and decision.run.done
         if decision.run is not None:
             state.info = decision.run
         if decision.steps:
             state.steps.update(decision.steps)
+        if ended and state.info.parent is not None:
+            decision.deliveries.append(_child_report(state.info))
+        return decision, self._queue_decision(active, decision)
+
+    def _queue_decision(self, active: _Active | None, decision: Decision) -> asyncio.Future[None]:
+        if active is not None:
+            active.pending += 1
         self._queue.append(decision)
         assert self._wake is not None and self._batch is not None
         self._wake.set()
-        return decision, self._batch
+        return self._batch
 
     async def _flush_forever(self) -> None:
         assert self._wake is not None
@@ -651,38 +970,64 @@ class Engine:
                 continue
             batch, done = self._queue, self._batch
             self._queue, self._batch = [], loop.create_future()
-            await self._commit(batch)
+            lost = await self._commit(batch)
             self.stats["commits"] += 1
             self.stats["decisions"] += len(batch)
             assert done is not None
             done.set_result(None)
+            touched: dict[str, _Active] = {}
             for decision in batch:
-                self._act(decision)
+                self._committed(decision, lost, touched)
             for listener in self._listeners:
                 for decision in batch:
                     try:
                         listener(decision)
                     except Exception:
                         log.exception("decision listener %r failed", listener)
+            for active in touched.values():
+                self._maybe_park(active)
             if self._queue:
                 self._wake.set()
 
-    async def _commit(self, batch: list[Decision]) -> None:
+    def _committed(self, decision: Decision, lost: set[str], touched: dict[str, _Active]) -> None:
+        run_id = decision.run_id
+        for row in decision.consumed_inbox:
+            self._applying.discard(row)
+        # A released run is claimed again at once if something arrived for it meanwhile, or soon
+        # if it is due before the claimer would look anyway.
+        rearm = self._parking.pop(run_id, False) if decision.release else False
+        if rearm or (decision.release and (decision.wake_at or 1e300) < self._sleep_until):
+            self._claim_soon()
+        if decision.deliveries:
+            self._arrived([d.run_id for d in decision.deliveries])
+        active = self._runs.get(run_id)
+        if active is None:
+            if decision.run is not None and decision.run.done:
+                self._ended(run_id)
+            return
+        active.pending -= 1
+        if run_id in lost:
+            log.warning("run %s was taken over by another engine; letting it go", run_id)
+            del self._runs[run_id]
+            self._disarm(active)
+            for t in active.tasks.values():
+                t.cancel()
+            return
+        touched[run_id] = active
+        self._act(active, decision)
+
+    async def _commit(self, batch: list[Decision]) -> set[str]:
         delay = 0.05
         while True:
             try:
-                await self.store.commit(batch)
-                return
+                return await self.store.commit(batch)
             except Exception:
                 # Effects wait for the commit, so nothing acts on state that is not durable yet.
                 log.exception("commit of %d decisions failed; retrying in %.2fs", len(batch), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _act(self, decision: Decision) -> None:
-        active = self._runs.get(decision.run_id)
-        if active is None:
-            return
+    def _act(self, active: _Active, decision: Decision) -> None:
         self.stats["step_transitions"] += len(decision.steps)
         if decision.run is not None:
             self._arm_deadline(active)
@@ -693,11 +1038,11 @@ class Engine:
             elif isinstance(effect, Schedule):
                 self._schedule(active, effect)
             elif isinstance(effect, StartChild):
-                self._background_task(self._start_child(active, effect))
+                self._background_task(active, self._start_child(active, effect))
             elif isinstance(effect, Fetch):
-                self._background_task(self._fetch(active, effect))
+                self._background_task(active, self._fetch(active, effect))
             elif isinstance(effect, Listening):
-                self._background_task(self._deliver_kept(active, effect))
+                self._background_task(active, self._deliver_kept(active, effect))
             elif isinstance(effect, Abort):
                 self._abort_child(active, effect.step)
                 task = active.tasks.pop(effect.step, None)
@@ -709,15 +1054,27 @@ class Engine:
             elif isinstance(effect, Finished):
                 self._finished(active)
 
-    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+    def _background_task(self, active: _Active | None, work: Coroutine[Any, Any, None]) -> None:
         """Run an effect's I/O (start a child, look for a result or a kept event) beside the loop,
-        held until done; a draining engine starts none (the next start re-issues them)."""
+        held until done, the run with it; a draining engine starts none (the next start re-issues
+        them)."""
         if self._draining:
             work.close()
             return
         task = asyncio.create_task(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if active is not None:
+            active.busy += 1
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("background work failed", exc_info=task.exception())
+            if active is not None:
+                active.busy -= 1
+                self._maybe_park(active)
+
+        task.add_done_callback(done)
 
     def _arm_deadline(self, active: _Active) -> None:
         if active.deadline is not None:
@@ -786,63 +1143,47 @@ class Engine:
         """Is the parent's step still waiting for this child (not cancelled, timed out or moved on)?"""
         if self._runs.get(active.state.info.id) is not active:
             return False
-        if effect.run_id in self._aborted_children:
-            return False
         s = active.state.step(effect.step)
         return s.status == WAITING and s.reason == CHILD and s.attempt == effect.attempt
 
     async def _start_child(self, active: _Active, effect: StartChild) -> None:
-        """Start the sub-workflow's run once; when it ends, the parent's step hears of it."""
+        """Start the sub-workflow's run once (its id is fixed by the attempt); its end reaches the
+        parent's inbox in the same commit (see `_child_report`)."""
         parent = active.state.info.id
         if not self._still_waits_for(active, effect):
-            self._aborted_children.discard(effect.run_id)  # never started: nothing to remember
             return
-        self._child_waiters[effect.run_id] = (parent, effect.step, effect.attempt)
-        if effect.run_id in self._runs:
-            return  # started already (a resume): its end will be reported
         error: dict[str, Any] | None = None
         try:
             existing = await self.store.get_run(effect.run_id)
             if existing is not None:
-                if existing.info.done:
-                    self._report_child(existing.info)
+                if existing.info.done and self._still_waits_for(active, effect):
+                    self._decide(active, _child_done(effect.step, effect.attempt, existing.info))
                 return
             if not self._still_waits_for(active, effect):
-                self._child_waiters.pop(effect.run_id, None)
                 return
             await self.start_run(
-                effect.workflow, effect.input, version=effect.version, run_id=effect.run_id
+                effect.workflow,
+                effect.input,
+                version=effect.version,
+                run_id=effect.run_id,
+                parent=(parent, effect.step, effect.attempt),
             )
-            if not self._still_waits_for(active, effect) and effect.run_id in self._runs:
-                reason = f"its parent run {parent} stopped"
-                self._event(self._runs[effect.run_id], Cancel(reason))
+            if not self._still_waits_for(active, effect):
+                await self._cancel_child(effect.run_id, parent)
         except InputError as exc:
             error = {"kind": "input", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
         except (NotFound, DefinitionError) as exc:
             error = {"kind": "config", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
-        if error is not None:
-            self._child_waiters.pop(effect.run_id, None)
-            if self._runs.get(parent) is active:
-                self._event(active, ChildDone(effect.step, effect.attempt, False, None, error))
+        if error is not None and self._still_waits_for(active, effect):
+            self._event(active, ChildDone(effect.step, effect.attempt, False, None, error))
 
-    def _report_child(self, info: RunInfo) -> None:
-        waiter = self._child_waiters.pop(info.id, None)
-        if waiter is None:
+    async def _cancel_child(self, child: str, parent: str) -> None:
+        reason = f"its parent run {parent} stopped"
+        held = self._runs.get(child)
+        if held is not None:
+            self._event(held, Cancel(reason))
             return
-        parent_id, step, attempt = waiter
-        parent = self._runs.get(parent_id)
-        if parent is None or self._draining:
-            return
-        if info.status == SUCCEEDED:
-            self._event(parent, ChildDone(step, attempt, True, info.output))
-            return
-        cause = (info.error or {}).get("message", info.status)
-        error = {
-            "kind": "child",
-            "message": f"sub-workflow {info.workflow!r} run {info.id} {info.status}: {cause}",
-            "run_id": info.id,
-        }
-        self._event(parent, ChildDone(step, attempt, False, None, error))
+        await self._send(child, Cancel(reason), accept=lambda t: t.run_status in ACTIVE)
 
     def _abort_child(self, active: _Active, step: str) -> None:
         """A cancelled sub-workflow step cancels the run it started."""
@@ -852,24 +1193,15 @@ class Engine:
             return
         child = (state.request or {}).get("run_id")
         if child:
-            self._aborted_children.add(child)
-        if child and self._child_waiters.pop(child, None) is not None and child in self._runs:
-            reason = f"its parent run {active.state.info.id} stopped"
-            self._event(self._runs[child], Cancel(reason))
+            self._background_task(None, self._cancel_child(child, active.state.info.id))
 
     def _finished(self, active: _Active) -> None:
-        self._runs.pop(active.state.info.id, None)
-        self._aborted_children.discard(active.state.info.id)
-        self._report_child(active.state.info)
-        if active.deadline is not None:
-            active.deadline.cancel()
-        for handle in active.timers.values():
-            handle.cancel()
+        run_id = active.state.info.id
+        self._runs.pop(run_id, None)
+        self._ended(run_id)
+        self._disarm(active)
         for t in active.tasks.values():
             t.cancel()
-        for fut in active.waiters:
-            if not fut.done():
-                fut.set_result(None)
 
     async def _execute(self, active: _Active, effect: Execute) -> None:
         started = self.clock()

@@ -73,6 +73,8 @@ class RunInfo(NamedTuple):
     deadline: float | None = None
     output: Any = None
     error: dict[str, Any] | None = None
+    # A sub-workflow's run: the parent run, step and attempt that wait for it to end.
+    parent: tuple[str, str, int] | None = None
 
     @property
     def done(self) -> bool:
@@ -257,9 +259,24 @@ class Finished:
 Effect = Execute | Schedule | Listening | StartChild | Fetch | Abort | Finished
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An event for another run, written to that run's inbox in the same transaction as the
+    decision that sends it (a sub-workflow's end, for its parent): it can be neither lost nor sent
+    twice, whichever process holds the other run."""
+
+    run_id: str
+    event: dict[str, Any]  # an Event as inbox.encode makes it
+
+
 @dataclass(slots=True)
 class Decision:
-    """The changes to commit (all or nothing) and the effects to carry out after the commit."""
+    """The changes to commit (all or nothing) and the effects to carry out after the commit.
+
+    The runtime adds the fields after `consumed_events`: the inbox rows the decision used up, the
+    deliveries it sends, and whether the engine lets go of the run with it (`release`: the run
+    waits or has ended; `wake_at` is when it has something due, stored so any engine can claim it).
+    """
 
     run_id: str
     workflow: str = ""
@@ -269,7 +286,18 @@ class Decision:
     effects: list[Effect] = field(default_factory=list)
     new_run: bool = False
     consumed_events: list[str] = field(default_factory=list)
+    consumed_inbox: list[int] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    release: bool = False
+    wake_at: float | None = None
 
     @property
     def empty(self) -> bool:
         return self.run is None and not self.steps and not self.attempts
+
+    @property
+    def writes(self) -> bool:
+        """Anything for the store to do (an empty decision may still use up an inbox row)."""
+        return not self.empty or bool(
+            self.consumed_events or self.consumed_inbox or self.deliveries or self.release
+        )

@@ -9,31 +9,45 @@ take the same number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
-from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState, StepState
+from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
 from legato.store.migrations import Migration, to_apply
-from legato.store.protocol import KeptEvent, WorkflowRecord
+from legato.store.protocol import (
+    Accept,
+    Claimed,
+    Delivered,
+    InboxRow,
+    KeptEvent,
+    Target,
+    WorkflowRecord,
+)
 from legato.store.rows import (
+    EVENT_COLUMNS,
     RUN_COLUMNS,
     STEP_COLUMNS,
-    decision_rows,
+    BatchRows,
     dump,
+    listen_key,
     load,
     run_info,
     step_state,
     workflow_record,
 )
 
+log = logging.getLogger("legato.store")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SCHEMA_LOCK = 0x1E6A70  # advisory lock key: one process creates the tables at a time
 REAL = "DOUBLE PRECISION"
@@ -67,25 +81,63 @@ CREATE TABLE IF NOT EXISTS events (
     created_at {REAL} NOT NULL, expires_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_key ON events (type, key, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2)]
+# Version 3: runs live in the store while they wait (see sqlite.py's V3).
+V3 = f"""
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS parent TEXT;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner TEXT;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_until {REAL};
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS wake_at {REAL};
+UPDATE runs SET wake_at = created_at WHERE status IN ('pending', 'running', 'waiting');
+CREATE INDEX IF NOT EXISTS runs_wake ON runs (wake_at) WHERE wake_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_owner ON runs (lease_until) WHERE owner IS NOT NULL;
+ALTER TABLE steps ADD COLUMN IF NOT EXISTS listen_key TEXT;
+UPDATE steps SET listen_key = '[' || to_json(request::json->>'event')::text || ','
+    || to_json(request::json->>'key')::text || ']' WHERE status = 'waiting' AND reason = 'event';
+CREATE INDEX IF NOT EXISTS steps_listening ON steps (listen_key) WHERE listen_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS inbox (
+    id BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, event TEXT NOT NULL, dedupe TEXT UNIQUE,
+    created_at {REAL} NOT NULL);
+CREATE INDEX IF NOT EXISTS inbox_by_run ON inbox (run_id, id);
+"""
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
-                  finished_at, deadline)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                  finished_at, deadline, parent)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
     error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at,
     deadline = excluded.deadline
 """
 _UPSERT_STEP = """
 INSERT INTO steps (run_id, name, status, attempt, tries, started_at, finished_at, next_at,
-                   request, output, error, reason)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                   request, output, error, reason, listen_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (run_id, name) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
     tries = excluded.tries, started_at = excluded.started_at, finished_at = excluded.finished_at,
     next_at = excluded.next_at, request = excluded.request, output = excluded.output,
-    error = excluded.error, reason = excluded.reason
+    error = excluded.error, reason = excluded.reason, listen_key = excluded.listen_key
 """
+# A run's wake time only moves earlier while it waits (LEAST ignores NULL).
+_WAKE = "UPDATE runs SET wake_at = LEAST(wake_at, $1) WHERE id = $2"
+_INBOX = "INSERT INTO inbox (run_id, event, dedupe, created_at) VALUES ($1, $2, $3, $4)"
+_RELEASE = (
+    "UPDATE runs SET owner = NULL, lease_until = NULL, wake_at = LEAST(wake_at, $1) "
+    "WHERE id = $2 AND owner = $3"
+)
+_CLAIM = """
+WITH due AS (
+    SELECT id, owner FROM runs WHERE owner IS NULL AND wake_at <= $1
+    ORDER BY wake_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+expired AS (
+    SELECT id, owner FROM runs WHERE owner IS NOT NULL AND lease_until < $1
+    LIMIT $2 FOR UPDATE SKIP LOCKED),
+found AS (SELECT * FROM due UNION ALL SELECT * FROM expired LIMIT $2)
+UPDATE runs r SET owner = $3, lease_until = $4, wake_at = NULL FROM found WHERE r.id = found.id
+RETURNING r.id, found.owner
+"""
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+_NOTICE_IDS = 150  # run ids per notification (a payload holds under 8000 bytes)
 _UPSERT_ATTEMPT = """
 INSERT INTO attempts (run_id, step, attempt, status, started_at, finished_at, request, output, error)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -107,10 +159,31 @@ def _connection(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(scheme="postgresql", query=query)), schema
 
 
+def _notices(notice: dict[str, Any], sender: str) -> list[str]:
+    """A notice as NOTIFY payloads, its run ids split so each stays well under 8000 bytes."""
+    if not notice:
+        return []
+    payloads = [orjson.dumps({"s": sender, "w": notice.get("w")}).decode()]
+    for kind in ("i", "e"):
+        ids = notice.get(kind, [])
+        for i in range(0, len(ids), _NOTICE_IDS):
+            part = {"s": sender, kind: ids[i : i + _NOTICE_IDS]}
+            payloads.append(orjson.dumps(part).decode())
+    return payloads
+
+
 class PostgresStore:
+    shared = True  # many engines on many machines (see Store.shared)
+
     def __init__(self, url: str) -> None:
         self.url = url
+        self.owner: str | None = None
+        self.lease = 30.0
         self._dsn, self.schema = _connection(url)
+        self.channel = f"legato_{self.schema or 'public'}"
+        self._sender = secrets.token_hex(8)
+        self._listening: asyncpg.Connection | None = None
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.migrate = (
@@ -177,25 +250,253 @@ class PostgresStore:
             raise LegatoError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._listening is not None:
+            with contextlib.suppress(Exception):
+                await self._listening.close()
+            self._listening = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
+    # -- notifications ------------------------------------------------------------------------
+
+    async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self._listeners.append(listener)
+        if self._listening is None:
+            settings = {"search_path": self.schema} if self.schema else None
+            conn = await asyncpg.connect(self._dsn, timeout=10, server_settings=settings)
+            await conn.add_listener(self.channel, self._heard)
+            self._listening = conn
+
+    def _heard(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        try:
+            notice = orjson.loads(payload)  # type: ignore[arg-type]
+        except (orjson.JSONDecodeError, TypeError):
+            return
+        if notice.pop("s", None) == self._sender:
+            return  # the engine heard its own change already
+        for listener in self._listeners:
+            try:
+                listener(notice)
+            except Exception:
+                log.exception("notice listener failed")
+
+    async def _notify(self, conn: Conn, notice: dict[str, Any]) -> None:
+        """Sent with the transaction: others hear of it once (and only if) it commits."""
+        for payload in _notices(notice, self._sender):
+            await conn.execute("SELECT pg_notify($1, $2)", self.channel, payload)
+
     # -- writes -------------------------------------------------------------------------------
 
-    async def commit(self, decisions: Sequence[Decision]) -> None:
-        runs, steps, attempts, consumed = decision_rows(decisions)
-        if not (runs or steps or attempts or consumed):
-            return
+    async def commit(self, decisions: Sequence[Decision]) -> set[str]:
+        now = time.time()
+        rows = BatchRows(decisions, self.owner, now + self.lease)
         async with self.pool.acquire() as conn, conn.transaction():
-            if consumed:
-                await conn.executemany("DELETE FROM events WHERE id = $1", consumed)
+            # Locks in one order everywhere (correlations, then runs by id), so no two
+            # transactions wait on each other: a step that starts listening serialises with a
+            # publish of its event, and the rows of this batch with claims and deliveries.
+            keys = sorted({r[12] for r in rows.steps if r[12] is not None})
+            for key in keys:
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+            locking = sorted({*rows.existing, *(run for run, _ in rows.deliveries)})
+            lost: set[str] = set()
+            if locking:
+                owners: dict[str, str | None] = dict(
+                    await conn.fetch(  # type: ignore[arg-type]
+                        "SELECT id, owner FROM runs WHERE id = ANY($1::text[]) ORDER BY id "
+                        "FOR UPDATE",
+                        locking,
+                    )
+                )
+                lost = {i for i in rows.existing if i in owners and owners[i] != self.owner}
+                rows.only(lost)
+            if rows.consumed:
+                await conn.executemany("DELETE FROM events WHERE id = $1", rows.consumed)
+            if rows.runs:
+                await conn.executemany(_UPSERT_RUN, rows.runs)
+            if rows.claims:
+                await conn.executemany(
+                    "UPDATE runs SET owner = $1, lease_until = $2, wake_at = $3 WHERE id = $4",
+                    rows.claims,
+                )
+            if rows.steps:
+                await conn.executemany(_UPSERT_STEP, rows.steps)
+            if rows.attempts:
+                await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
+            if rows.inbox_done:
+                await conn.executemany("DELETE FROM inbox WHERE id = $1", rows.inbox_done)
+            for run_id, event in rows.deliveries:
+                await conn.execute(_INBOX, run_id, event, None, now)
+                await conn.execute(_WAKE, now, run_id)
+            if rows.releases:
+                await conn.executemany(
+                    _RELEASE, [(wake, run, self.owner) for run, wake in rows.releases.items()]
+                )
+            await self._notify(conn, rows.notice(now))
+        return lost
+
+    # -- claims and inboxes -------------------------------------------------------------------
+
+    async def claim(self, now: float, limit: int) -> list[Claimed]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await conn.fetch(_CLAIM, now, limit, self.owner, now + self.lease)
+            if not found:
+                return []
+            ids = [r[0] for r in found]
+            states = await self._states(conn, ids)
+            inbox = await self._inbox(conn, ids)
+        return [
+            Claimed(states[r[0]], inbox.get(r[0], []), r[1] is not None)
+            for r in found
+            if r[0] in states
+        ]
+
+    async def _states(self, conn: Conn, ids: list[str]) -> dict[str, RunState]:
+        runs = await conn.fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1::text[])", ids)
+        states = {r[0]: RunState(run_info(tuple(r))) for r in runs}
+        for s in await conn.fetch(
+            f"SELECT run_id, {STEP_COLUMNS} FROM steps WHERE run_id = ANY($1::text[])", ids
+        ):
+            states[s[0]].steps[s[1]] = step_state(tuple(s)[1:])
+        return states
+
+    async def _inbox(self, conn: Conn, ids: Sequence[str]) -> dict[str, list[InboxRow]]:
+        inbox: dict[str, list[InboxRow]] = {}
+        for r in await conn.fetch(
+            "SELECT id, run_id, event FROM inbox WHERE run_id = ANY($1::text[]) ORDER BY id",
+            list(ids),
+        ):
+            inbox.setdefault(r[1], []).append(InboxRow(r[0], r[1], orjson.loads(r[2])))
+        return inbox
+
+    async def inbox(self, run_ids: Sequence[str]) -> list[InboxRow]:
+        async with self.pool.acquire() as conn:
+            found = await self._inbox(conn, run_ids)
+        return sorted((row for rows in found.values() for row in rows), key=lambda r: r.id)
+
+    async def renew(self, now: float) -> int:
+        result = await self.pool.execute(
+            "UPDATE runs SET lease_until = $1 WHERE owner = $2", now + self.lease, self.owner
+        )
+        return int(result.rsplit(" ", 1)[-1])
+
+    async def release_all(self, now: float) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE runs SET owner = NULL, lease_until = NULL, wake_at = LEAST(wake_at, $1) "
+                "WHERE owner = $2",
+                now,
+                self.owner,
+            )
+            await self._notify(conn, {"w": now})
+
+    async def next_wake(self) -> float | None:
+        value = await self.pool.fetchval(
+            "SELECT LEAST((SELECT MIN(wake_at) FROM runs WHERE owner IS NULL AND wake_at IS NOT "
+            "NULL), (SELECT MIN(lease_until) FROM runs WHERE owner IS NOT NULL AND owner <> $1))",
+            self.owner or "",
+        )
+        return float(value) if value is not None else None
+
+    async def deliver(
+        self,
+        run_id: str,
+        event: dict[str, Any],
+        now: float,
+        *,
+        step: str | None = None,
+        accept: Accept | None = None,
+        dedupe: str | None = None,
+    ) -> Delivered:
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchrow(
+                "SELECT status, owner FROM runs WHERE id = $1 FOR UPDATE", run_id
+            )
+            if found is None:
+                return Delivered(False)
+            at = None
+            if step is not None:
+                s = await conn.fetchrow(
+                    "SELECT status, attempt, reason FROM steps WHERE run_id = $1 AND name = $2",
+                    run_id,
+                    step,
+                )
+                at = (s[0], s[1], s[2]) if s else None
+            target = Target(found[0], found[1], at)
+            if accept is not None and not accept(target):
+                return Delivered(False, target)
+            added = await conn.fetchval(
+                _INBOX + " ON CONFLICT (dedupe) DO NOTHING RETURNING id",
+                run_id,
+                dump(event),
+                dedupe,
+                now,
+            )
+            if added is None:
+                return Delivered(False, target, duplicate=True)
+            await conn.execute(_WAKE, now, run_id)
+            await self._notify(conn, {"i": [run_id], "w": now})
+        return Delivered(True, target, runs=[run_id])
+
+    async def publish(
+        self,
+        type: str,
+        key: str,
+        now: float,
+        make: Callable[[str, int], dict[str, Any]],
+        keep: KeptEvent | None,
+    ) -> list[str]:
+        correlation = listen_key(type, key)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", correlation)
+            listeners = await conn.fetch(
+                "SELECT run_id, name, attempt FROM steps WHERE listen_key = $1 ORDER BY run_id",
+                correlation,
+            )
+            for run_id, name, attempt in listeners:
+                await conn.execute(_INBOX, run_id, dump(make(name, attempt)), None, now)
+                await conn.execute(_WAKE, now, run_id)
+            runs = sorted({r[0] for r in listeners})
             if runs:
-                await conn.executemany(_UPSERT_RUN, runs)
-            if steps:
-                await conn.executemany(_UPSERT_STEP, steps)
-            if attempts:
-                await conn.executemany(_UPSERT_ATTEMPT, attempts)
+                await self._notify(conn, {"i": runs, "w": now})
+            elif keep is not None:
+                await conn.execute("DELETE FROM events WHERE expires_at <= $1", now)
+                await conn.execute(
+                    f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+                    keep.id,
+                    keep.type,
+                    keep.key,
+                    dump(keep.data),
+                    keep.created_at,
+                    keep.expires_at,
+                )
+        return runs
+
+    async def take_kept(
+        self,
+        type: str,
+        key: str,
+        now: float,
+        run_id: str,
+        make: Callable[[KeptEvent], dict[str, Any]],
+    ) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", listen_key(type, key))
+            r = await conn.fetchrow(
+                f"DELETE FROM events WHERE id = (SELECT id FROM events WHERE type = $1 AND key = $2 "
+                f"AND expires_at > $3 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {EVENT_COLUMNS}",
+                type,
+                key,
+                now,
+            )
+            if r is None:
+                return False
+            kept = KeptEvent(r[0], r[1], r[2], load(r[3]), r[4], r[5])
+            await conn.execute(_INBOX, run_id, dump(make(kept)), None, now)
+            await conn.execute(_WAKE, now, run_id)
+            await self._notify(conn, {"i": [run_id], "w": now})
+        return True
 
     async def save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -232,19 +533,6 @@ class PostgresStore:
         result = await self.pool.execute("DELETE FROM services WHERE name = $1", name)
         return bool(result.endswith(" 1"))
 
-    async def keep_event(self, event: KeptEvent) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM events WHERE expires_at <= $1", event.created_at)
-            await conn.execute(
-                "INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6)",
-                event.id,
-                event.type,
-                event.key,
-                dump(event.data),
-                event.created_at,
-                event.expires_at,
-            )
-
     async def secret(self, name: str) -> str:
         key = f"secret:{name}"
         await self.pool.execute(
@@ -256,16 +544,6 @@ class PostgresStore:
         return str(value)
 
     # -- reads --------------------------------------------------------------------------------
-
-    async def kept_events(self, type: str, key: str, now: float) -> list[KeptEvent]:
-        rows = await self.pool.fetch(
-            "SELECT id, type, key, data, created_at, expires_at FROM events "
-            "WHERE type = $1 AND key = $2 AND expires_at > $3 ORDER BY id",
-            type,
-            key,
-            now,
-        )
-        return [KeptEvent(r[0], r[1], r[2], load(r[3]), r[4], r[5]) for r in rows]
 
     async def get_workflow(self, name: str, version: int | None = None) -> WorkflowRecord | None:
         columns = "SELECT name, version, digest, spec, created_at FROM workflows"
@@ -298,22 +576,6 @@ class PostgresStore:
     async def list_services(self) -> list[Service]:
         rows = await self.pool.fetch("SELECT spec FROM services")
         return sorted((Service.from_dict(load(r[0])) for r in rows), key=lambda s: s.name)
-
-    async def load_active_runs(self) -> list[RunState]:
-        async with self.pool.acquire() as conn:
-            runs = await conn.fetch(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE status = ANY($1::text[])",
-                sorted(ACTIVE_RUN),
-            )
-            ids = [r[0] for r in runs]
-            steps = await conn.fetch(
-                f"SELECT run_id, {STEP_COLUMNS} FROM steps WHERE run_id = ANY($1::text[])", ids
-            )
-        by_run: dict[str, dict[str, StepState]] = {i: {} for i in ids}
-        for s in steps:
-            state = step_state(tuple(s)[1:])
-            by_run[s[0]][state.name] = state
-        return [RunState(run_info(tuple(r)), by_run[r[0]]) for r in runs]
 
     async def get_run(self, run_id: str) -> RunState | None:
         async with self.pool.acquire() as conn:

@@ -6,8 +6,8 @@ commit), so durability costs one commit per batch, not one per step transition.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
@@ -37,8 +37,62 @@ class KeptEvent:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    """An event waiting in a run's inbox (see engine/inbox.py)."""
+
+    id: int
+    run_id: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A run an engine has just claimed, with its pending inbox. `taken_over`: another engine held it
+    (it died, or on SQLite it was this file's previous process), so effects it may not have carried
+    out are re-issued."""
+
+    state: RunState
+    inbox: list[InboxRow]
+    taken_over: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a delivery found: the run's status and owner, and the step it named (if any) as
+    (status, attempt, reason)."""
+
+    run_status: str
+    owner: str | None
+    step: tuple[str, int, str | None] | None = None
+
+
+# Decides, inside the delivering transaction, whether the target accepts the event.
+Accept = Callable[[Target], bool]
+
+
+@dataclass(slots=True)
+class Delivered:
+    """The outcome of `Store.deliver`: `target` is None when there is no such run; `ok` is False
+    when `accept` refused it or when an undelivered event with the same `dedupe` key is pending."""
+
+    ok: bool
+    target: Target | None = None
+    duplicate: bool = False
+    runs: list[str] = field(default_factory=list)
+
+
 class Store(Protocol):
     url: str
+    # Set by the engine before open(). `owner`: the engine's id, or None for an engine that runs no
+    # steps (an API-only server), whose new runs are left for a worker to claim. `lease`: how long
+    # a claim lasts unless renewed.
+    owner: str | None
+    lease: float
+    # True when several engines may share the store (PostgreSQL): claims expire with their lease.
+    # False for SQLite, one engine per file: a run another owner holds is a dead process's, and is
+    # claimed at once.
+    shared: bool
     migrate: bool  # set before open(): upgrade an older schema instead of refusing it
     target: int | None  # set before open(): stop at this schema version (tests)
     found_version: int  # after open(): the schema version the database had (0: a new one)
@@ -48,8 +102,66 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def commit(self, decisions: Sequence[Decision]) -> None:
-        """Write every change of every decision in one transaction, in order (later wins)."""
+    async def commit(self, decisions: Sequence[Decision]) -> set[str]:
+        """Write every change of every decision in one transaction, in order (later wins): with
+        them the inbox rows they used up, their deliveries and releases. Returns the runs this
+        engine no longer owns (their lease expired and another engine claimed them); their
+        decisions are not written."""
+
+    async def claim(self, now: float, limit: int) -> list[Claimed]:
+        """Claim up to `limit` runs that have something due (a timer, an inbox row, a new run an
+        API-only server started) or whose owner's lease expired, for `lease` seconds."""
+
+    async def renew(self, now: float) -> int:
+        """Extend the lease of every run this engine owns; returns how many it owns."""
+
+    async def release_all(self, now: float) -> None:
+        """Let go of every run this engine owns (a clean stop): others may claim them at once."""
+
+    async def next_wake(self) -> float | None:
+        """The earliest time a claim could find something: a parked run's wake time, or (shared
+        stores) another engine's lease running out."""
+
+    async def inbox(self, run_ids: Sequence[str]) -> list[InboxRow]:
+        """Pending inbox rows of these runs, oldest first."""
+
+    async def deliver(
+        self,
+        run_id: str,
+        event: dict[str, Any],
+        now: float,
+        *,
+        step: str | None = None,
+        accept: Accept | None = None,
+        dedupe: str | None = None,
+    ) -> Delivered:
+        """Put an event in a run's inbox, in one transaction with the check `accept` makes of the
+        run as stored (and of `step`, if named); the run becomes due at once."""
+
+    async def publish(
+        self,
+        type: str,
+        key: str,
+        now: float,
+        make: Callable[[str, int], dict[str, Any]],
+        keep: KeptEvent | None,
+    ) -> list[str]:
+        """Deliver `make(step, attempt)` to every step waiting for this event type and key, in one
+        transaction; when none is, keep the event (if `keep` is given). Returns the runs reached."""
+
+    async def take_kept(
+        self,
+        type: str,
+        key: str,
+        now: float,
+        run_id: str,
+        make: Callable[[KeptEvent], dict[str, Any]],
+    ) -> bool:
+        """Move the oldest unexpired kept event of this type and key into the run's inbox."""
+
+    async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener` with what other engines sharing the store report: runs with new inbox
+        rows (`i`), runs that ended (`e`), the earliest new wake time (`w`). No-op unless shared."""
 
     async def save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
         """Return the latest version if its digest matches, else store the next version."""
@@ -60,13 +172,6 @@ class Store(Protocol):
 
     async def list_workflows(self) -> list[WorkflowRecord]:
         """The latest version of each workflow, by name."""
-
-    async def keep_event(self, event: KeptEvent) -> None:
-        """Keep an event nobody listened for (and drop the expired ones)."""
-
-    async def kept_events(self, type: str, key: str, now: float) -> list[KeptEvent]:
-        """Unexpired kept events of that type and key, oldest first. A decision that delivers one
-        lists its id in `consumed_events`, and the commit deletes it with the step it completed."""
 
     async def secret(self, name: str) -> str:
         """A random secret kept with the data, made on first use; every process sharing the store
@@ -80,9 +185,6 @@ class Store(Protocol):
     async def delete_service(self, name: str) -> bool: ...
 
     async def list_services(self) -> list[Service]: ...
-
-    async def load_active_runs(self) -> list[RunState]:
-        """Runs not yet ended, with their steps: what a restarted engine resumes."""
 
     async def get_run(self, run_id: str) -> RunState | None: ...
 

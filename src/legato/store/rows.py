@@ -8,17 +8,18 @@ from typing import Any
 
 import orjson
 
-from legato.engine.state import Decision, RunInfo, StepState
+from legato.engine.state import WAITING, Decision, RunInfo, StepState
 from legato.store.jsontext import dump_json
 from legato.store.protocol import WorkflowRecord
 
 RUN_COLUMNS = (
     "id, workflow, version, status, input, output, error, created_at, started_at, "
-    "finished_at, deadline"
+    "finished_at, deadline, parent"
 )
 STEP_COLUMNS = (
     "name, status, attempt, tries, started_at, finished_at, next_at, request, output, error, reason"
 )
+EVENT_COLUMNS = "id, type, key, data, created_at, expires_at"
 Row = tuple[Any, ...]
 
 dump = dump_json
@@ -28,11 +29,72 @@ def load(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def listen_key(type: str, key: str) -> str:
+    """The indexed correlation of a step waiting for an event (JSON: no two pairs share it)."""
+    return dump([type, key]) or ""
+
+
+def _listens(s: StepState) -> str | None:
+    if s.status != WAITING or s.reason != "event" or not isinstance(s.request, dict):
+        return None
+    return listen_key(s.request["event"], s.request["key"])
+
+
+class BatchRows:
+    """A batch of decisions as rows: a later change to the same run or step replaces an earlier
+    one, so a batch writes each row once."""
+
+    def __init__(
+        self, decisions: Sequence[Decision], owner: str | None, lease_until: float
+    ) -> None:
+        self.runs, self.steps, self.attempts, self.consumed = decision_rows(decisions)
+        # New runs: held by this engine, or (an API-only engine) due at once for a worker to claim.
+        self.claims = [
+            (owner, lease_until if owner else None, None if owner else d.run.created_at, d.run_id)
+            for d in decisions
+            if d.new_run and d.run is not None
+        ]
+        self.inbox_done = [(i,) for d in decisions for i in d.consumed_inbox]
+        self.deliveries = [(x.run_id, dump(x.event)) for d in decisions for x in d.deliveries]
+        # Released: runs that only wait (with their next due time), and runs that ended.
+        self.releases: dict[str, float | None] = {}
+        for d in decisions:
+            if d.release or (d.run is not None and d.run.done):
+                self.releases[d.run_id] = d.wake_at
+            elif d.run is not None:
+                self.releases.pop(d.run_id, None)
+        self.ended = [d.run_id for d in decisions if d.run is not None and d.run.done]
+        self.existing = sorted({d.run_id for d in decisions if not d.new_run})
+
+    def only(self, lost: set[str]) -> BatchRows:
+        """The same batch without the rows of runs this engine lost."""
+        if not lost:
+            return self
+        self.runs = [r for r in self.runs if r[0] not in lost]
+        self.steps = [r for r in self.steps if r[0] not in lost]
+        self.attempts = [r for r in self.attempts if r[0] not in lost]
+        self.releases = {k: v for k, v in self.releases.items() if k not in lost}
+        self.ended = [i for i in self.ended if i not in lost]
+        return self
+
+    def notice(self, now: float) -> dict[str, Any]:
+        """What other engines should hear of this batch (see Store.on_notice)."""
+        notice: dict[str, Any] = {}
+        if self.deliveries:
+            notice["i"] = sorted({run for run, _ in self.deliveries})
+        if self.ended:
+            notice["e"] = self.ended
+        wakes = [w for w in self.releases.values() if w is not None]
+        wakes += [c[2] for c in self.claims if c[2] is not None]
+        if wakes or self.deliveries:
+            notice["w"] = min(wakes, default=now)
+        return notice
+
+
 def decision_rows(
     decisions: Sequence[Decision],
 ) -> tuple[list[Row], list[Row], list[Row], list[tuple[str]]]:
-    """Runs, steps, attempts and consumed event ids of a batch; a later change to the same run or
-    step replaces an earlier one, so a batch writes each row once."""
+    """Runs, steps, attempts and consumed event ids of a batch."""
     runs: dict[str, Row] = {}
     steps: dict[tuple[str, str], Row] = {}
     attempts: list[Row] = []
@@ -51,6 +113,7 @@ def decision_rows(
                 r.started_at,
                 r.finished_at,
                 r.deadline,
+                dump(list(r.parent)) if r.parent else None,
             )
         for s in d.steps.values():
             steps[(d.run_id, s.name)] = (
@@ -66,6 +129,7 @@ def decision_rows(
                 dump(s.output),
                 dump(s.error),
                 s.reason,
+                _listens(s),
             )
         for a in d.attempts:
             attempts.append(
@@ -102,6 +166,7 @@ def run_info(r: Row) -> RunInfo:
         started_at=r[8],
         finished_at=r[9],
         deadline=r[10],
+        parent=tuple(orjson.loads(r[11])) if r[11] else None,
     )
 
 

@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,16 +19,26 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from legato.engine.state import ACTIVE_RUN, Attempt, Decision, RunInfo, RunState, StepState
+from legato.engine.state import Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
 from legato.store.migrations import Migration, to_apply
-from legato.store.protocol import KeptEvent, WorkflowRecord
+from legato.store.protocol import (
+    Accept,
+    Claimed,
+    Delivered,
+    InboxRow,
+    KeptEvent,
+    Target,
+    WorkflowRecord,
+)
 from legato.store.rows import (
+    EVENT_COLUMNS,
     RUN_COLUMNS,
     STEP_COLUMNS,
-    decision_rows,
+    BatchRows,
     dump,
+    listen_key,
     load,
     run_info,
     step_state,
@@ -67,22 +77,50 @@ CREATE TABLE IF NOT EXISTS events (
     created_at REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_key ON events (type, key, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2)]
+# Version 3: runs live in the store while they wait. An engine claims a run (owner, lease) while it
+# has work; a parked run has its next due time indexed (wake_at), a listening step its correlation
+# (listen_key), and what reaches a run from outside waits in its inbox.
+V3 = """
+ALTER TABLE runs ADD COLUMN parent TEXT;
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_until REAL;
+ALTER TABLE runs ADD COLUMN wake_at REAL;
+UPDATE runs SET wake_at = created_at WHERE status IN ('pending', 'running', 'waiting');
+CREATE INDEX IF NOT EXISTS runs_wake ON runs (wake_at) WHERE wake_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, lease_until) WHERE owner IS NOT NULL;
+ALTER TABLE steps ADD COLUMN listen_key TEXT;
+UPDATE steps SET listen_key = json_array(json_extract(request, '$.event'),
+    json_extract(request, '$.key')) WHERE status = 'waiting' AND reason = 'event';
+CREATE INDEX IF NOT EXISTS steps_listening ON steps (listen_key) WHERE listen_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, event TEXT NOT NULL,
+    dedupe TEXT UNIQUE, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inbox_by_run ON inbox (run_id, id);
+"""
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
-                  finished_at, deadline)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  finished_at, deadline, parent)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
     error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at,
     deadline = excluded.deadline
 """
 _UPSERT_STEP = """
 INSERT OR REPLACE INTO steps (run_id, name, status, attempt, tries, started_at, finished_at, next_at,
-                              request, output, error, reason)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                              request, output, error, reason, listen_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+# A run's wake time only moves earlier while it waits: MIN ignores neither NULL, so COALESCE does.
+_WAKE = "UPDATE runs SET wake_at = COALESCE(MIN(wake_at, ?1), ?1) WHERE id = ?2"
+_CLAIMED = "UPDATE runs SET owner = ?, lease_until = ?, wake_at = NULL WHERE id = ?"
+_RELEASE = (
+    "UPDATE runs SET owner = NULL, lease_until = NULL, "
+    "wake_at = COALESCE(MIN(wake_at, ?1), wake_at, ?1) WHERE id = ?2 AND owner IS ?3"
+)
+_INBOX = "INSERT INTO inbox (run_id, event, dedupe, created_at) VALUES (?, ?, ?, ?)"
 _INSERT_ATTEMPT = """
 INSERT OR REPLACE INTO attempts (run_id, step, attempt, status, started_at, finished_at, request,
                                  output, error)
@@ -111,9 +149,18 @@ def sqlite_path(url: str) -> tuple[str, dict[str, list[str]]]:
     return path, parse_qs(parts.query)
 
 
+def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 class SQLiteStore:
+    shared = False  # one engine per file (see Store.shared)
+
     def __init__(self, url: str) -> None:
         self.url = url
+        self.owner: str | None = None
+        self.lease = 30.0
         self.path, options = sqlite_path(url)
         sync = options.get("synchronous", ["normal"])[0].upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -203,33 +250,218 @@ class SQLiteStore:
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def commit(self, decisions: Sequence[Decision]) -> None:
-        runs, steps, attempts, consumed = decision_rows(decisions)
-        if runs or steps or attempts or consumed:
-            await self._call(self._write, runs, steps, attempts, consumed)
-
-    def _write(
-        self,
-        runs: list[tuple[Any, ...]],
-        steps: list[tuple[Any, ...]],
-        attempts: list[tuple[Any, ...]],
-        consumed: list[tuple[str]],
-    ) -> None:
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one write transaction (BEGIN IMMEDIATE: writers queue, none deadlocks)."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if consumed:  # a kept event goes in the same transaction as the step it completed
-                conn.executemany("DELETE FROM events WHERE id = ?", consumed)
-            if runs:
-                conn.executemany(_UPSERT_RUN, runs)
-            if steps:
-                conn.executemany(_UPSERT_STEP, steps)
-            if attempts:
-                conn.executemany(_INSERT_ATTEMPT, attempts)
+            result = work(conn)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        return result
+
+    async def commit(self, decisions: Sequence[Decision]) -> set[str]:
+        now = time.time()
+        rows = BatchRows(decisions, self.owner, now + self.lease)
+        await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
+        return set()  # one engine per file: nobody else can have claimed its runs
+
+    def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> None:
+        if rows.consumed:  # a kept event goes in the same transaction as the step it completed
+            conn.executemany("DELETE FROM events WHERE id = ?", rows.consumed)
+        if rows.runs:
+            conn.executemany(_UPSERT_RUN, rows.runs)
+        if rows.claims:
+            conn.executemany(
+                "UPDATE runs SET owner = ?, lease_until = ?, wake_at = ? WHERE id = ?", rows.claims
+            )
+        if rows.steps:
+            conn.executemany(_UPSERT_STEP, rows.steps)
+        if rows.attempts:
+            conn.executemany(_INSERT_ATTEMPT, rows.attempts)
+        if rows.inbox_done:
+            conn.executemany("DELETE FROM inbox WHERE id = ?", rows.inbox_done)
+        for run_id, event in rows.deliveries:
+            conn.execute(_INBOX, (run_id, event, None, now))
+            conn.execute(_WAKE, (now, run_id))
+        if rows.releases:
+            conn.executemany(
+                _RELEASE, [(wake, run, self.owner) for run, wake in rows.releases.items()]
+            )
+
+    # -- claims and inboxes -------------------------------------------------------------------
+
+    async def claim(self, now: float, limit: int) -> list[Claimed]:
+        return await self._call(self._transaction, lambda conn: self._claim(conn, now, limit))
+
+    def _claim(self, conn: sqlite3.Connection, now: float, limit: int) -> list[Claimed]:
+        found = conn.execute(
+            "SELECT id, owner FROM runs WHERE owner IS NULL AND wake_at <= ? "
+            "UNION ALL SELECT id, owner FROM runs WHERE owner IS NOT NULL AND owner IS NOT ? "
+            "LIMIT ?",
+            (now, self.owner, limit),
+        ).fetchall()
+        if not found:
+            return []
+        until = now + self.lease
+        conn.executemany(_CLAIMED, [(self.owner, until, r[0]) for r in found])
+        ids = [r[0] for r in found]
+        states = self._states(conn, ids)
+        inbox = self._inbox(conn, ids)
+        return [
+            Claimed(states[run_id], inbox.get(run_id, []), owner is not None)
+            for run_id, owner in found
+            if run_id in states
+        ]
+
+    def _states(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, RunState]:
+        states: dict[str, RunState] = {}
+        for part in _chunks(ids):
+            marks = ", ".join("?" for _ in part)
+            for r in conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({marks})", part):
+                states[r[0]] = RunState(run_info(r))
+            for r in conn.execute(
+                f"SELECT run_id, {STEP_COLUMNS} FROM steps WHERE run_id IN ({marks})", part
+            ):
+                states[r[0]].steps[r[1]] = step_state(r[1:])
+        return states
+
+    def _inbox(self, conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, list[InboxRow]]:
+        inbox: dict[str, list[InboxRow]] = {}
+        for part in _chunks(ids):
+            marks = ", ".join("?" for _ in part)
+            for r in conn.execute(
+                f"SELECT id, run_id, event FROM inbox WHERE run_id IN ({marks}) ORDER BY id", part
+            ):
+                inbox.setdefault(r[1], []).append(InboxRow(r[0], r[1], orjson.loads(r[2])))
+        return inbox
+
+    async def inbox(self, run_ids: Sequence[str]) -> list[InboxRow]:
+        found = await self._call(self._inbox, self.conn, run_ids)
+        return sorted((row for rows in found.values() for row in rows), key=lambda r: r.id)
+
+    async def renew(self, now: float) -> int:
+        return await self._call(
+            self._execute,
+            "UPDATE runs SET lease_until = ? WHERE owner = ?",
+            (now + self.lease, self.owner),
+        )
+
+    async def release_all(self, now: float) -> None:
+        await self._call(
+            self._execute,
+            "UPDATE runs SET owner = NULL, lease_until = NULL, "
+            "wake_at = COALESCE(MIN(wake_at, ?1), ?1) WHERE owner = ?2",
+            (now, self.owner),
+        )
+
+    async def next_wake(self) -> float | None:
+        rows = await self._call(
+            self._fetch, "SELECT MIN(wake_at) FROM runs WHERE owner IS NULL AND wake_at IS NOT NULL"
+        )
+        return rows[0][0] if rows else None
+
+    async def deliver(
+        self,
+        run_id: str,
+        event: dict[str, Any],
+        now: float,
+        *,
+        step: str | None = None,
+        accept: Accept | None = None,
+        dedupe: str | None = None,
+    ) -> Delivered:
+        text = dump(event)
+
+        def work(conn: sqlite3.Connection) -> Delivered:
+            found = conn.execute(
+                "SELECT status, owner FROM runs WHERE id = ?", (run_id,)
+            ).fetchall()
+            if not found:
+                return Delivered(False)
+            at = None
+            if step is not None:
+                s = conn.execute(
+                    "SELECT status, attempt, reason FROM steps WHERE run_id = ? AND name = ?",
+                    (run_id, step),
+                ).fetchall()
+                at = (s[0][0], s[0][1], s[0][2]) if s else None
+            target = Target(found[0][0], found[0][1], at)
+            if accept is not None and not accept(target):
+                return Delivered(False, target)
+            if (
+                dedupe is not None
+                and conn.execute("SELECT 1 FROM inbox WHERE dedupe = ?", (dedupe,)).fetchall()
+            ):
+                return Delivered(False, target, duplicate=True)
+            conn.execute(_INBOX, (run_id, text, dedupe, now))
+            conn.execute(_WAKE, (now, run_id))
+            return Delivered(True, target, runs=[run_id])
+
+        return await self._call(self._transaction, work)
+
+    async def publish(
+        self,
+        type: str,
+        key: str,
+        now: float,
+        make: Callable[[str, int], dict[str, Any]],
+        keep: KeptEvent | None,
+    ) -> list[str]:
+        def work(conn: sqlite3.Connection) -> list[str]:
+            listeners = conn.execute(
+                "SELECT run_id, name, attempt FROM steps WHERE listen_key = ? ORDER BY run_id",
+                (listen_key(type, key),),
+            ).fetchall()
+            for run_id, name, attempt in listeners:
+                conn.execute(_INBOX, (run_id, dump(make(name, attempt)), None, now))
+                conn.execute(_WAKE, (now, run_id))
+            if not listeners and keep is not None:
+                conn.execute("DELETE FROM events WHERE expires_at <= ?", (now,))
+                conn.execute(
+                    f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        keep.id,
+                        keep.type,
+                        keep.key,
+                        dump(keep.data),
+                        keep.created_at,
+                        keep.expires_at,
+                    ),
+                )
+            return sorted({r[0] for r in listeners})
+
+        return await self._call(self._transaction, work)
+
+    async def take_kept(
+        self,
+        type: str,
+        key: str,
+        now: float,
+        run_id: str,
+        make: Callable[[KeptEvent], dict[str, Any]],
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE type = ? AND key = ? AND expires_at > ? "
+                "ORDER BY id LIMIT 1",
+                (type, key, now),
+            ).fetchall()
+            if not rows:
+                return False
+            r = rows[0]
+            kept = KeptEvent(r[0], r[1], r[2], load(r[3]), r[4], r[5])
+            conn.execute("DELETE FROM events WHERE id = ?", (kept.id,))
+            conn.execute(_INBOX, (run_id, dump(make(kept)), None, now))
+            conn.execute(_WAKE, (now, run_id))
+            return True
+
+        return await self._call(self._transaction, work)
+
+    async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """One engine per file: it hears its own changes directly."""
 
     async def save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
         return await self._call(self._save_workflow, name, digest, spec)
@@ -302,45 +534,6 @@ class SQLiteStore:
         )
         return [workflow_record(r) for r in rows]
 
-    async def keep_event(self, event: KeptEvent) -> None:
-        await self._call(
-            self._execute_many,
-            [
-                ("DELETE FROM events WHERE expires_at <= ?", (event.created_at,)),
-                (
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        event.id,
-                        event.type,
-                        event.key,
-                        dump(event.data),
-                        event.created_at,
-                        event.expires_at,
-                    ),
-                ),
-            ],
-        )
-
-    def _execute_many(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params in statements:
-                conn.execute(sql, params)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    async def kept_events(self, type: str, key: str, now: float) -> list[KeptEvent]:
-        rows = await self._call(
-            self._fetch,
-            "SELECT id, type, key, data, created_at, expires_at FROM events "
-            "WHERE type = ? AND key = ? AND expires_at > ? ORDER BY id",
-            (type, key, now),
-        )
-        return [KeptEvent(r[0], r[1], r[2], load(r[3]), r[4], r[5]) for r in rows]
-
     async def secret(self, name: str) -> str:
         return await self._call(self._secret, name)
 
@@ -363,16 +556,6 @@ class SQLiteStore:
     async def list_services(self) -> list[Service]:
         rows = await self._call(self._fetch, "SELECT spec FROM services ORDER BY name")
         return [Service.from_dict(orjson.loads(r[0])) for r in rows]
-
-    async def load_active_runs(self) -> list[RunState]:
-        return await self._call(self._load_active)
-
-    def _load_active(self) -> list[RunState]:
-        marks = ", ".join("?" for _ in ACTIVE_RUN)
-        rows = self._fetch(
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({marks})", tuple(sorted(ACTIVE_RUN))
-        )
-        return [RunState(run_info(r), self._steps(r[0])) for r in rows]
 
     def _steps(self, run_id: str) -> dict[str, StepState]:
         rows = self._fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?", (run_id,))
