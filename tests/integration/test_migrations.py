@@ -45,11 +45,10 @@ def other_db(db_url: str, tmp_path: Path) -> str:
 async def write_v1(store: Any, run: RunInfo, steps: list[StepState]) -> None:
     """Rows as the Legato of issue 2 wrote them (version 1 has none of the later columns)."""
     sqlite = store.url.startswith("sqlite")
-    marks = (
-        (lambda n: ", ".join("?" * n))
-        if sqlite
-        else (lambda n: ", ".join(f"${i}" for i in range(1, n + 1)))
-    )
+
+    def marks(n: int) -> str:
+        return ", ".join("?" * n) if sqlite else ", ".join(f"${i}" for i in range(1, n + 1))
+
     statements: list[tuple[str, tuple[Any, ...]]] = [
         (
             f"INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, "

@@ -68,6 +68,95 @@ def _server_options(fn: Any) -> Any:
     return fn
 
 
+def _engine_options(fn: Any) -> Any:
+    """What the engine of `serve` and `worker` is told: what it may run, where it may publish and
+    listen, and how long its claims on runs last."""
+    options = [
+        click.option(
+            "--python-module",
+            "python_modules",
+            multiple=True,
+            envvar="LEGATO_PYTHON_MODULES",
+            help="A module whose functions definitions' Python steps may call (repeatable). "
+            "None by default.",
+        ),
+        click.option(
+            "--transport",
+            "transports",
+            multiple=True,
+            callback=lambda ctx, param, values: tuple(_pair(v, "=", "NAME=URL") for v in values),
+            help="A broker emit steps can name: NAME=nats://..., NAME=amqp://..., "
+            "NAME=kafka://... (repeatable).",
+        ),
+        click.option(
+            "--subscribe",
+            "subscriptions",
+            multiple=True,
+            callback=lambda ctx, param, values: tuple(
+                _pair(v, ":", "NAME:DESTINATION") for v in values
+            ),
+            help="Turn messages on a transport's subject, queue or topic into events: "
+            "NAME:DESTINATION.",
+        ),
+        click.option("--migrate", is_flag=True, help="Upgrade an older database schema at start."),
+        click.option(
+            "--s3-endpoint",
+            envvar="LEGATO_S3_ENDPOINT",
+            help="An S3-compatible endpoint for polled results (AWS's by default; credentials as "
+            "for AWS).",
+        ),
+        click.option(
+            "--event-retention",
+            default="1h",
+            show_default=True,
+            callback=_duration,
+            help="How long an event nobody listens for yet is kept for a listener that starts "
+            "later.",
+        ),
+        click.option(
+            "--public-url",
+            envvar="LEGATO_PUBLIC_URL",
+            help="The base URL services use to reach the API (callback URLs); for `serve`, its "
+            "own address by default.",
+        ),
+        click.option(
+            "--lease",
+            default="30s",
+            show_default=True,
+            callback=_duration,
+            help="How long a claim on a run lasts unless renewed: a run whose worker died is "
+            "taken over after it.",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+            default="info",
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_server(announce_it: Any, **settings: Any) -> None:
+    async def go() -> None:
+        server = build_server(**settings)
+        task = asyncio.create_task(server.serve())
+        await started(server, task)
+        announce_it(server)
+        await task
+
+    try:
+        aio.run(go())
+    except LegatoError as exc:
+        fail(exc)
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C, after the drain: the shell's code for it, without "Aborted!"
+        sys.exit(130)
+
+
 @main.command()
 @_server_options
 @click.option(
@@ -83,100 +172,64 @@ def _server_options(fn: Any) -> Any:
     help="Serve a non-loopback address without a token.",
 )
 @click.option(
-    "--python-module",
-    "python_modules",
-    multiple=True,
-    envvar="LEGATO_PYTHON_MODULES",
-    help="A module whose functions definitions' Python steps may call (repeatable). None by default.",
+    "--api-only",
+    is_flag=True,
+    help="Run no steps: `legato worker` processes sharing the (PostgreSQL) database run them.",
 )
-@click.option(
-    "--transport",
-    "transports",
-    multiple=True,
-    callback=lambda ctx, param, values: tuple(_pair(v, "=", "NAME=URL") for v in values),
-    help="A broker emit steps can name: NAME=nats://..., NAME=amqp://..., NAME=kafka://... (repeatable).",
-)
-@click.option(
-    "--subscribe",
-    "subscriptions",
-    multiple=True,
-    callback=lambda ctx, param, values: tuple(_pair(v, ":", "NAME:DESTINATION") for v in values),
-    help="Turn messages on a transport's subject, queue or topic into events: NAME:DESTINATION.",
-)
-@click.option("--migrate", is_flag=True, help="Upgrade an older database schema at start.")
-@click.option(
-    "--s3-endpoint",
-    envvar="LEGATO_S3_ENDPOINT",
-    help="An S3-compatible endpoint for polled results (AWS's by default; credentials as for AWS).",
-)
-@click.option(
-    "--event-retention",
-    default="1h",
-    show_default=True,
-    callback=_duration,
-    help="How long an event nobody listens for yet is kept for a listener that starts later.",
-)
-@click.option(
-    "--public-url",
-    envvar="LEGATO_PUBLIC_URL",
-    help="The base URL services use to reach this server (callback URLs); its own address by default.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-    default="info",
-    show_default=True,
-)
+@_engine_options
 def serve(
     db: str,
-    host: str,
-    port: int,
     token: str | None,
-    grace: float,
     max_body: int,
     allow_unauthenticated: bool,
-    python_modules: tuple[str, ...],
-    public_url: str | None,
-    migrate: bool,
-    s3_endpoint: str | None,
-    event_retention: float,
-    transports: tuple[tuple[str, str], ...],
-    subscriptions: tuple[tuple[str, str], ...],
-    log_level: str,
+    api_only: bool,
+    **settings: Any,
 ) -> None:
     """Serve the REST API and run the engine, in one process, until SIGTERM or Ctrl-C."""
+    _run_server(
+        lambda server: announce(server, db, token),
+        db=db,
+        token=token,
+        max_body=max_body,
+        allow_open=allow_unauthenticated,
+        role="api" if api_only else "all",
+        **settings,
+    )
 
-    async def go() -> None:
-        server = build_server(
-            db,
-            host=host,
-            port=port,
-            token=token,
-            grace=grace,
-            max_body=max_body,
-            allow_open=allow_unauthenticated,
-            log_level=log_level,
-            python_modules=python_modules,
-            public_url=public_url,
-            event_retention=event_retention,
-            transports=transports,
-            subscriptions=subscriptions,
-            s3_endpoint=s3_endpoint,
-            migrate=migrate,
+
+@main.command()
+@click.option("--db", default=DEFAULT_DB, envvar="LEGATO_DATABASE_URL", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the probes listen.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8081,
+    show_default=True,
+    help="Port of /healthz and /metrics (0: any free port).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0, 3600),
+    callback=_finite,
+    default=10.0,
+    show_default=True,
+    help="Seconds steps under way get to finish on SIGTERM.",
+)
+@_engine_options
+def worker(db: str, **settings: Any) -> None:
+    """Run the engine without the API: claim runs from the shared database and carry them out.
+
+    Start as many as the load needs, on as many machines, beside one or more `legato serve
+    --api-only` (or plain `legato serve`) processes on the same PostgreSQL database.
+    """
+
+    def announce_worker(server: DrainingServer) -> None:
+        click.echo(
+            f"Legato worker {server.engine.id}  database {db}  probes {server.address}/healthz",
+            err=True,
         )
-        task = asyncio.create_task(server.serve())
-        await started(server, task)
-        announce(server, db, token)
-        await task
 
-    try:
-        aio.run(go())
-    except LegatoError as exc:
-        fail(exc)
-    except (
-        KeyboardInterrupt
-    ):  # Ctrl-C, after the drain: the shell's code for it, without "Aborted!"
-        sys.exit(130)
+    _run_server(announce_worker, db=db, role="worker", allow_open=True, **settings)
 
 
 async def _tour(server: DrainingServer, base: str, token: str | None) -> dict[str, Any]:

@@ -795,6 +795,14 @@ class Engine:
         wake = notice.get("w")
         if isinstance(wake, int | float) and wake < self._sleep_until:
             self._claim_soon()
+        if "d" in notice:
+            self._background_task(None, self._reload_services())
+
+    async def _reload_services(self) -> None:
+        """Another engine changed the directory: calls from now on use it as stored."""
+        services = {s.name: s for s in await self.store.list_services()}
+        self._services.clear()
+        self._services.update(services)
 
     def _claim_soon(self) -> None:
         if self.worker and self._claim_now is not None:
@@ -1206,6 +1214,9 @@ class Engine:
     async def _execute(self, active: _Active, effect: Execute) -> None:
         started = self.clock()
         try:
+            service = getattr(effect.action, "service", None)
+            if service is not None and service not in self._services:
+                await self._reload_services()  # registered through another engine just now
             if isinstance(effect.action, Emit):
                 outcome = await self._emit(active, effect)
             elif isinstance(effect.action, HttpCall) and effect.action.callback:

@@ -75,9 +75,11 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     grace: float = 10.0,
     own_engine: bool = True,
+    api: bool = True,
 ) -> ASGIApp:
     """The API for `engine`. With `own_engine` (for any ASGI server) the app's lifespan starts the
-    engine and closes it with the grace period; `legato serve` runs the engine around the server."""
+    engine and closes it with the grace period; `legato serve` runs the engine around the server.
+    Without `api` (a `legato worker`), only the health check and the metrics."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -90,10 +92,12 @@ def create_app(
         finally:
             await engine.close(grace)
 
+    probes = [Route("/healthz", routes.healthz), Route("/metrics", routes.metrics)]
     app = Starlette(
-        routes=[
-            Route("/healthz", routes.healthz),
-            Route("/metrics", routes.metrics),
+        routes=probes
+        if not api
+        else [
+            *probes,
             Route("/openapi.json", docs.openapi),
             Route("/docs", docs.page),
             Mount("/docs/static", StaticFiles(directory=docs.SWAGGER_DIR), name="docs-static"),

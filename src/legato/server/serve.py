@@ -18,7 +18,7 @@ from types import FrameType
 import uvicorn
 
 from legato.engine.results import S3Results
-from legato.engine.runtime import Engine
+from legato.engine.runtime import DEFAULT_LEASE, Engine
 from legato.errors import LegatoError
 from legato.server.app import DEFAULT_MAX_BODY, create_app
 
@@ -39,19 +39,25 @@ class DrainingServer(uvicorn.Server):
     moment a stop signal arrives, and closes it (with the grace period) after the last connection."""
 
     def __init__(
-        self, config: uvicorn.Config, engine: Engine, grace: float, public_url: str | None = None
+        self,
+        config: uvicorn.Config,
+        engine: Engine,
+        grace: float,
+        public_url: str | None = None,
+        api: bool = True,
     ) -> None:
         super().__init__(config)
         self.engine = engine
         self.grace = grace
         self.public_url = public_url
+        self.api = api  # False: a worker's probes only, so callbacks cannot come here
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine_closed = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Run until stopped; a failure to start is a LegatoError saying why, not a SystemExit."""
         self._loop = asyncio.get_running_loop()
-        self.engine.callback_base = self.public_url or self._own_url()
+        self.engine.callback_base = self.public_url or (self._own_url() if self.api else None)
         try:
             await self.engine.start()
         except LegatoError:
@@ -81,7 +87,7 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.engine.callback_base is None and self.servers:
+        if self.engine.callback_base is None and self.servers and self.api:
             self.engine.callback_base = self.address
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -133,14 +139,21 @@ def build_server(
     subscriptions: tuple[tuple[str, str], ...] = (),
     s3_endpoint: str | None = None,
     migrate: bool = False,
+    role: str = "all",
+    lease: float = DEFAULT_LEASE,
 ) -> DrainingServer:
-    """Refuses an unauthenticated server on a non-loopback address unless `allow_open`."""
+    """Refuses an unauthenticated server on a non-loopback address unless `allow_open`.
+
+    `role`: "all" (the API and the engine), "api" (the API only: workers sharing the database run
+    the steps) or "worker" (the engine, with only its health check and metrics served)."""
     if not token and not is_loopback(host) and not allow_open:
         raise LegatoError(
             f"refusing to serve {host} without a token: set LEGATO_API_TOKEN, bind to "
             "127.0.0.1, or pass --allow-unauthenticated"
         )
-    engine = Engine.open(db, python_modules=python_modules, migrate=migrate)
+    engine = Engine.open(
+        db, python_modules=python_modules, migrate=migrate, worker=role != "api", lease=lease
+    )
     if event_retention is not None:
         engine.event_retention = event_retention
     if s3_endpoint:
@@ -149,7 +162,14 @@ def build_server(
         engine.add_transport(name, url)
     for name, destination in subscriptions:
         engine.subscribe_events(name, destination)
-    app = create_app(engine, token=token, max_body=max_body, own_engine=False)
+    if role != "all" and not engine.store.shared:
+        what = "an API-only server" if role == "api" else "a worker"
+        raise LegatoError(
+            f"{what} needs a database other processes share: --db postgresql://... "
+            "(a SQLite file belongs to one `legato serve`)"
+        )
+    api = role != "worker"
+    app = create_app(engine, token=token, max_body=max_body, own_engine=False, api=api)
     config = uvicorn.Config(
         app,
         host=host,
@@ -161,7 +181,7 @@ def build_server(
         timeout_graceful_shutdown=max(1, math.ceil(grace)),
         server_header=False,
     )
-    return DrainingServer(config, engine, grace, public_url)
+    return DrainingServer(config, engine, grace, public_url, api)
 
 
 async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:

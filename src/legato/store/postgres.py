@@ -163,7 +163,9 @@ def _notices(notice: dict[str, Any], sender: str) -> list[str]:
     """A notice as NOTIFY payloads, its run ids split so each stays well under 8000 bytes."""
     if not notice:
         return []
-    payloads = [orjson.dumps({"s": sender, "w": notice.get("w")}).decode()]
+    payloads = [
+        orjson.dumps({"s": sender, **{k: v for k, v in notice.items() if k in "wd"}}).decode()
+    ]
     for kind in ("i", "e"):
         ids = notice.get(kind, [])
         for i in range(0, len(ids), _NOTICE_IDS):
@@ -521,16 +523,20 @@ class PostgresStore:
         return WorkflowRecord(name, version, digest, spec, now, created=True)
 
     async def put_service(self, service: Service) -> None:
-        await self.pool.execute(
-            "INSERT INTO services VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE "
-            "SET spec = excluded.spec, updated_at = excluded.updated_at",
-            service.name,
-            dump(service.to_dict()),
-            time.time(),
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO services VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE "
+                "SET spec = excluded.spec, updated_at = excluded.updated_at",
+                service.name,
+                dump(service.to_dict()),
+                time.time(),
+            )
+            await self._notify(conn, {"d": service.name})  # every engine re-reads the directory
 
     async def delete_service(self, name: str) -> bool:
-        result = await self.pool.execute("DELETE FROM services WHERE name = $1", name)
+        async with self.pool.acquire() as conn, conn.transaction():
+            result = await conn.execute("DELETE FROM services WHERE name = $1", name)
+            await self._notify(conn, {"d": name})
         return bool(result.endswith(" 1"))
 
     async def secret(self, name: str) -> str:

@@ -161,7 +161,8 @@ class Store(Protocol):
 
     async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call `listener` with what other engines sharing the store report: runs with new inbox
-        rows (`i`), runs that ended (`e`), the earliest new wake time (`w`). No-op unless shared."""
+        rows (`i`), runs that ended (`e`), the earliest new wake time (`w`), a service put or deleted
+        (`d`). No-op unless shared."""
 
     async def save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
         """Return the latest version if its digest matches, else store the next version."""
