@@ -42,8 +42,10 @@ def start_server(
     db: str | None = None,
     env: dict[str, str] | None = None,
     name: str = "server",
+    command: str = "serve",
 ) -> ServerProcess:
-    """Start `legato serve` and return once /healthz answers (or fail with its log)."""
+    """Start `legato serve` (or `legato worker`) and return once /healthz answers (or fail with
+    its log)."""
     port = free_port()
     db = db or f"sqlite:///{tmp / (name + '.db')}"
     log = tmp / f"{name}-{port}.log"
@@ -51,7 +53,7 @@ def start_server(
     full_env.update(env or {})
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "legato.cli", "serve", "--port", str(port), "--db", db, *args],
+            [sys.executable, "-m", "legato.cli", command, "--port", str(port), "--db", db, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full_env,

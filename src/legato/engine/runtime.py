@@ -503,13 +503,20 @@ class Engine:
         futures.append(fut)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            if run_id not in self._runs:  # held elsewhere, or parked: the store knows
+            held = run_id in self._runs
+            if not held:  # held elsewhere, or parked: the store knows
                 state = await self.store.get_run(run_id)
                 if state is None or state.info.done:
                     return True
+            if held or not self.store.shared:
+                # This engine ends it (or is the only one that can): its end resolves `fut`.
+                try:
+                    return await asyncio.wait_for(fut, timeout)
+                except TimeoutError:
+                    return False
             while True:
-                # Ends are heard at once (from this engine, or noticed from others); the look at
-                # the store every few seconds only covers a notice lost with a connection.
+                # Ends elsewhere are heard from their engine's notice; a look at the store every
+                # few seconds covers a notice lost with a connection.
                 left = None if deadline is None else deadline - time.monotonic()
                 step = IDLE_POLL if left is None else min(left, IDLE_POLL)
                 if step <= 0:
@@ -517,8 +524,6 @@ class Engine:
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), step)
                 except TimeoutError:
-                    if run_id in self._runs:
-                        continue
                     state = await self.store.get_run(run_id)
                     if state is None or state.info.done:
                         return True

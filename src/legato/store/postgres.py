@@ -103,11 +103,14 @@ MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
-                  finished_at, deadline, parent)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                  finished_at, deadline, parent, owner, lease_until, wake_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
     error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at,
-    deadline = excluded.deadline
+    deadline = excluded.deadline,
+    owner = CASE WHEN excluded.status IN ('pending', 'running', 'waiting') THEN runs.owner END,
+    lease_until = CASE WHEN excluded.status IN ('pending', 'running', 'waiting')
+        THEN runs.lease_until END
 """
 _UPSERT_STEP = """
 INSERT INTO steps (run_id, name, status, attempt, tries, started_at, finished_at, next_at,
@@ -316,11 +319,6 @@ class PostgresStore:
                 await conn.executemany("DELETE FROM events WHERE id = $1", rows.consumed)
             if rows.runs:
                 await conn.executemany(_UPSERT_RUN, rows.runs)
-            if rows.claims:
-                await conn.executemany(
-                    "UPDATE runs SET owner = $1, lease_until = $2, wake_at = $3 WHERE id = $4",
-                    rows.claims,
-                )
             if rows.steps:
                 await conn.executemany(_UPSERT_STEP, rows.steps)
             if rows.attempts:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from legato.engine.state import WAITING, Decision, RunInfo, StepState
+from legato.engine.state import ACTIVE_RUN, WAITING, Decision, RunInfo, StepState
 from legato.store.jsontext import dump_json
 from legato.store.protocol import WorkflowRecord
 
@@ -42,29 +42,36 @@ def _listens(s: StepState) -> str | None:
 
 class BatchRows:
     """A batch of decisions as rows: a later change to the same run or step replaces an earlier
-    one, so a batch writes each row once."""
+    one, so a batch writes each row once.
+
+    A run row ends with its claim columns (owner, lease_until, wake_at), which only an insert
+    writes: a new run is held by this engine, or (an API-only engine, `owner` None) left to any
+    worker at once, as a run held by nobody ("") whose lease ran out when it was made. An update
+    writes the others, and lets go of a run that ended."""
 
     def __init__(
         self, decisions: Sequence[Decision], owner: str | None, lease_until: float
     ) -> None:
-        self.runs, self.steps, self.attempts, self.consumed = decision_rows(decisions)
-        # New runs: held by this engine, or (an API-only engine) due at once for a worker to claim.
-        self.claims = [
-            (owner, lease_until if owner else None, None if owner else d.run.created_at, d.run_id)
-            for d in decisions
-            if d.new_run and d.run is not None
+        runs, self.steps, self.attempts, self.consumed = decision_rows(decisions)
+        self.runs = [
+            (*r, owner or "", lease_until if owner else r[7], None)  # r[7]: created_at
+            if r[3] in ACTIVE_RUN
+            else (*r, None, None, None)
+            for r in runs
         ]
         self.inbox_done = [(i,) for d in decisions for i in d.consumed_inbox]
         self.deliveries = [(x.run_id, dump(x.event)) for d in decisions for x in d.deliveries]
-        # Released: runs that only wait (with their next due time), and runs that ended.
+        # Released with their next due time: runs that only wait (an ended run's own update
+        # releases it).
         self.releases: dict[str, float | None] = {}
         for d in decisions:
-            if d.release or (d.run is not None and d.run.done):
+            if d.release:
                 self.releases[d.run_id] = d.wake_at
-            elif d.run is not None:
+            elif d.run is not None and not d.run.done:
                 self.releases.pop(d.run_id, None)
         self.ended = [d.run_id for d in decisions if d.run is not None and d.run.done]
         self.existing = sorted({d.run_id for d in decisions if not d.new_run})
+        self.fresh = owner is None and any(d.new_run for d in decisions)
 
     def only(self, lost: set[str]) -> BatchRows:
         """The same batch without the rows of runs this engine lost."""
@@ -85,7 +92,8 @@ class BatchRows:
         if self.ended:
             notice["e"] = self.ended
         wakes = [w for w in self.releases.values() if w is not None]
-        wakes += [c[2] for c in self.claims if c[2] is not None]
+        if self.fresh:
+            wakes.append(now)  # new runs for the workers
         if wakes or self.deliveries:
             notice["w"] = min(wakes, default=now)
         return notice

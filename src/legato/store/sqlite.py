@@ -102,11 +102,14 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
-                  finished_at, deadline, parent)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  finished_at, deadline, parent, owner, lease_until, wake_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output,
     error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at,
-    deadline = excluded.deadline
+    deadline = excluded.deadline,
+    owner = CASE WHEN excluded.status IN ('pending', 'running', 'waiting') THEN owner END,
+    lease_until = CASE WHEN excluded.status IN ('pending', 'running', 'waiting')
+        THEN lease_until END
 """
 _UPSERT_STEP = """
 INSERT OR REPLACE INTO steps (run_id, name, status, attempt, tries, started_at, finished_at, next_at,
@@ -273,10 +276,6 @@ class SQLiteStore:
             conn.executemany("DELETE FROM events WHERE id = ?", rows.consumed)
         if rows.runs:
             conn.executemany(_UPSERT_RUN, rows.runs)
-        if rows.claims:
-            conn.executemany(
-                "UPDATE runs SET owner = ?, lease_until = ?, wake_at = ? WHERE id = ?", rows.claims
-            )
         if rows.steps:
             conn.executemany(_UPSERT_STEP, rows.steps)
         if rows.attempts:
