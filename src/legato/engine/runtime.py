@@ -97,6 +97,7 @@ DEFAULT_LEASE = 30.0
 IDLE_POLL = 5.0  # the longest a worker sleeps between claims when no notice or timer wakes it
 PARK_AFTER = 1.0  # a run whose next due time is nearer than this stays in memory
 CLAIM_BATCH = 500
+CLAIM_GATHER = 0.005
 
 
 class PublishResult(NamedTuple):
@@ -222,6 +223,7 @@ class Engine:
         self._applying: set[int] = set()  # inbox rows being applied (decided, not yet committed)
         self._claimer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._claim_now: asyncio.Event | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
         self.http = HttpExecutor(self._services.get)
@@ -289,6 +291,8 @@ class Engine:
         for service in await self.store.list_services():
             self._services[service.name] = service
         await self.store.listen(self._on_notice)
+        if self.store.shared:
+            self._watcher = asyncio.create_task(self._watch_forever(), name="legato-listen")
         if self.worker:
             while await self._claim_round() >= CLAIM_BATCH:
                 pass
@@ -321,7 +325,7 @@ class Engine:
         released, so another engine sharing the store can claim them at once.
         """
         self.drain()
-        for task in (self._claimer, self._renewer):
+        for task in (self._claimer, self._renewer, self._watcher):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -504,10 +508,8 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             held = run_id in self._runs
-            if not held:  # held elsewhere, or parked: the store knows
-                state = await self.store.get_run(run_id)
-                if state is None or state.info.done:
-                    return True
+            if not held and self._ended_in_store(await self.store.run_status(run_id)):
+                return True  # held elsewhere, or parked: the store knows
             if held or not self.store.shared:
                 # This engine ends it (or is the only one that can): its end resolves `fut`.
                 try:
@@ -524,14 +526,17 @@ class Engine:
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), step)
                 except TimeoutError:
-                    state = await self.store.get_run(run_id)
-                    if state is None or state.info.done:
+                    if self._ended_in_store(await self.store.run_status(run_id)):
                         return True
         finally:
             with contextlib.suppress(ValueError):
                 futures.remove(fut)
             if not futures and self._waiters.get(run_id) is futures:
                 del self._waiters[run_id]
+
+    @staticmethod
+    def _ended_in_store(status: str | None) -> bool:
+        return status is None or status not in ACTIVE
 
     def _ended(self, run_id: str) -> None:
         for fut in self._waiters.pop(run_id, ()):
@@ -830,6 +835,8 @@ class Engine:
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._claim_now.wait(), delay)
+                    # Woken by a notice: let the runs arriving with it gather, one claim for all.
+                    await asyncio.sleep(CLAIM_GATHER)
             self._claim_now.clear()
             self._sleep_until = 0.0
 
@@ -926,6 +933,17 @@ class Engine:
         if active.deadline is not None:
             active.deadline.cancel()
             active.deadline = None
+
+    async def _watch_forever(self) -> None:
+        """Keep hearing other engines: after a lost connection, listen again and look for what
+        the notices missed (waits also look at the store on their own, every few seconds)."""
+        while True:
+            await asyncio.sleep(IDLE_POLL)
+            try:
+                if await self.store.keep_listening():
+                    self._claim_soon()
+            except Exception:
+                log.exception("checking the notice connection failed")
 
     async def _renew_forever(self) -> None:
         while True:

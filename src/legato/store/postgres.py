@@ -268,10 +268,24 @@ class PostgresStore:
     async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self._listeners.append(listener)
         if self._listening is None:
-            settings = {"search_path": self.schema} if self.schema else None
-            conn = await asyncpg.connect(self._dsn, timeout=10, server_settings=settings)
-            await conn.add_listener(self.channel, self._heard)
-            self._listening = conn
+            await self._connect_listener()
+
+    async def _connect_listener(self) -> None:
+        settings = {"search_path": self.schema} if self.schema else None
+        conn = await asyncpg.connect(self._dsn, timeout=10, server_settings=settings)
+        await conn.add_listener(self.channel, self._heard)
+        self._listening = conn
+
+    async def keep_listening(self) -> bool:
+        if not self._listeners or (self._listening is not None and not self._listening.is_closed()):
+            return False
+        try:
+            await self._connect_listener()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("cannot listen for notices yet (%s); trying again", exc)
+            return False
+        log.warning("listening for notices again after the connection was lost")
+        return True
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: object) -> None:
         try:
@@ -296,6 +310,8 @@ class PostgresStore:
     async def commit(self, decisions: Sequence[Decision]) -> set[str]:
         now = time.time()
         rows = BatchRows(decisions, self.owner, now + self.lease)
+        if rows.empty:
+            return set()  # effects only (a resumed run): nothing to write
         async with self.pool.acquire() as conn, conn.transaction():
             # Locks in one order everywhere (correlations, then runs by id), so no two
             # transactions wait on each other: a step that starts listening serialises with a
@@ -580,6 +596,10 @@ class PostgresStore:
     async def list_services(self) -> list[Service]:
         rows = await self.pool.fetch("SELECT spec FROM services")
         return sorted((Service.from_dict(load(r[0])) for r in rows), key=lambda s: s.name)
+
+    async def run_status(self, run_id: str) -> str | None:
+        status = await self.pool.fetchval("SELECT status FROM runs WHERE id = $1", run_id)
+        return None if status is None else str(status)
 
     async def get_run(self, run_id: str) -> RunState | None:
         async with self.pool.acquire() as conn:

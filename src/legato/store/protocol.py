@@ -164,6 +164,10 @@ class Store(Protocol):
         rows (`i`), runs that ended (`e`), the earliest new wake time (`w`), a service put or deleted
         (`d`). No-op unless shared."""
 
+    async def keep_listening(self) -> bool:
+        """Listen again if the connection that hears notices was lost; True when it was (what
+        was said meanwhile is lost: the caller catches up by looking)."""
+
     async def save_workflow(self, name: str, digest: str, spec: dict[str, Any]) -> WorkflowRecord:
         """Return the latest version if its digest matches, else store the next version."""
 
@@ -188,6 +192,9 @@ class Store(Protocol):
     async def list_services(self) -> list[Service]: ...
 
     async def get_run(self, run_id: str) -> RunState | None: ...
+
+    async def run_status(self, run_id: str) -> str | None:
+        """The run's status alone (None: no such run): what a wait looks at."""
 
     async def get_attempts(self, run_id: str) -> list[Attempt]: ...
 

@@ -70,7 +70,8 @@ class BatchRows:
             elif d.run is not None and not d.run.done:
                 self.releases.pop(d.run_id, None)
         self.ended = [d.run_id for d in decisions if d.run is not None and d.run.done]
-        self.existing = sorted({d.run_id for d in decisions if not d.new_run})
+        self.existing = sorted({d.run_id for d in decisions if not d.new_run and d.writes})
+        self.empty = not any(d.writes for d in decisions)
         self.fresh = owner is None and any(d.new_run for d in decisions)
 
     def only(self, lost: set[str]) -> BatchRows:

@@ -268,6 +268,8 @@ class SQLiteStore:
     async def commit(self, decisions: Sequence[Decision]) -> set[str]:
         now = time.time()
         rows = BatchRows(decisions, self.owner, now + self.lease)
+        if rows.empty:
+            return set()  # effects only (a resumed run): nothing to write
         await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
         return set()  # one engine per file: nobody else can have claimed its runs
 
@@ -459,6 +461,9 @@ class SQLiteStore:
 
         return await self._call(self._transaction, work)
 
+    async def keep_listening(self) -> bool:
+        return False
+
     async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """One engine per file: it hears its own changes directly."""
 
@@ -559,6 +564,10 @@ class SQLiteStore:
     def _steps(self, run_id: str) -> dict[str, StepState]:
         rows = self._fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?", (run_id,))
         return {r[0]: step_state(r) for r in rows}
+
+    async def run_status(self, run_id: str) -> str | None:
+        rows = await self._call(self._fetch, "SELECT status FROM runs WHERE id = ?", (run_id,))
+        return str(rows[0][0]) if rows else None
 
     async def get_run(self, run_id: str) -> RunState | None:
         return await self._call(self._get_run, run_id)
