@@ -110,6 +110,12 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
     waiting = RunInfo("1" * 32, "w", 1, "running", {}, 12.0, 12.0)
     listening = StepState("b", "waiting", 1, 1, 12.0, request={"event": "t", "key": "k"})
     await write_v1(old, waiting, [listening._replace(reason="event")])
+    # A parent waiting for its child run: version 3 gives the child its parent.
+    parent = RunInfo("2" * 32, "p", 1, "running", {}, 13.0, 13.0)
+    child_ref: dict[str, Any] = {"run_id": "3" * 32, "workflow": "w", "version": None, "input": {}}
+    waits = StepState("c", "waiting", 1, 1, 13.0, request=child_ref, reason="child")
+    await write_v1(old, parent, [waits])
+    await write_v1(old, RunInfo("3" * 32, "w", 1, "running", {}, 13.5, 13.5), [])
     await old.close()
 
     refused = open_store(db_url)
@@ -125,16 +131,22 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
         assert (migrated.found_version, migrated.version) == (1, 3)
         state = await migrated.get_run(run.id)
         assert state is not None and state.info == run and state.steps == {"a": step}
-        assert await migrated.next_wake() == 12.0  # the waiting run is due: an engine claims it
+        child = await migrated.get_run("3" * 32)
+        assert child is not None and child.info.parent == (parent.id, "c", 1)
         reached = await migrated.publish("t", "k", 20.0, lambda s, a: {"step": s}, None)
         assert reached == [waiting.id]
+        # Every unfinished run is taken over by the first engine, in full (as after a crash).
         claimed = await migrated.claim(21.0, 10)
-        assert [(c.state.info.id, [r.event for r in c.inbox]) for c in claimed] == [
-            (waiting.id, [{"step": "b"}])
+        assert sorted(
+            (c.state.info.id, c.taken_over, [r.event for r in c.inbox]) for c in claimed
+        ) == [
+            (waiting.id, True, [{"step": "b"}]),
+            (parent.id, True, []),
+            ("3" * 32, True, []),
         ]
         kept = KeptEvent("e1", "t", "other", {"d": 1}, 20.0, 9e9)  # version 2's table
         assert await migrated.publish("t", "other", 20.0, lambda s, a: {}, kept) == []
-        assert await migrated.take_kept("t", "other", 21.0, waiting.id, lambda e: e.data)
+        assert await migrated.take_kept("t", "other", 21.0, waiting.id, "b", lambda e: e.data)
         fresh = open_store(other_db(db_url, tmp_path))
         await fresh.open()
         try:

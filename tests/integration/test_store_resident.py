@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from legato import Engine, Service
-from legato.errors import Conflict
+from legato.errors import Conflict, LegatoError
 from tests.integration.brokers import postgres_url
 from tests.integration.testservice import LoopbackService
 
@@ -138,3 +138,130 @@ async def test_a_run_whose_engine_stops_renewing_is_taken_over_and_the_old_engin
             assert again.steps["nap"].finished_at == state.steps["nap"].finished_at
     finally:
         await first.close()
+
+
+GATE: asyncio.Event | None = None
+
+
+async def gate() -> dict[str, bool]:
+    """A Python step that runs until the test opens the gate."""
+    assert GATE is not None
+    await GATE.wait()
+    return {"through": True}
+
+
+CHILD = {
+    "name": "child",
+    "steps": {"g": {"python": {"function": "tests.integration.test_store_resident:gate"}}},
+    "output": "{{ steps.g.output }}",
+}
+PARENT = {
+    "name": "parent",
+    "steps": {"c": {"workflow": {"name": "child", "input": {}}}},
+    "output": "{{ steps.c.output }}",
+}
+
+
+async def test_two_events_reach_two_listeners_in_turn(engine: Engine) -> None:
+    await engine.apply(
+        {
+            "name": "twice",
+            "steps": {
+                "a": {"listen": {"event": "pay", "key": "k"}},
+                "b": {"depends_on": "a", "listen": {"event": "pay", "key": "k"}},
+            },
+            "output": ["{{ steps.a.output }}", "{{ steps.b.output }}"],
+        }
+    )
+    run_id = await engine.start_run("twice")
+    await until(lambda: engine.active_runs() == 0)
+    first = await engine.publish("pay", "k", 1)
+    second = await engine.publish("pay", "k", 2)  # `a` took the first: this one is kept for `b`
+    assert first.delivered_to == [run_id] and second.delivered_to == []
+    assert second.kept_until is not None
+    assert (await engine.wait(run_id, timeout=5)).info.output == [1, 2]
+
+
+async def test_a_run_parked_after_an_event_it_held_is_not_claimed_again(engine: Engine) -> None:
+    await engine.apply(
+        {
+            "name": "held",
+            "steps": {
+                "a": {"listen": {"event": "e1", "key": "k"}},
+                "nap": {"wait": "0.5s"},
+                "b": {"depends_on": ["a", "nap"], "listen": {"event": "e2", "key": "k"}},
+            },
+        }
+    )
+    await engine.start_run("held")
+    await engine.publish("e1", "k", 1)  # while the run is held (its timer is due soon)
+    await until(lambda: engine.active_runs() == 0)
+    await asyncio.sleep(1.0)
+    assert engine.stats["claimed"] == 0 and engine.active_runs() == 0
+
+
+async def test_a_second_engine_on_one_sqlite_file_is_refused(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    async with Engine.open(url):
+        with pytest.raises(LegatoError, match="another Legato engine is using"):
+            await Engine.open(url).start()
+
+
+async def test_a_fenced_engine_writes_nothing_for_the_run_it_lost(shared_db: str) -> None:
+    global GATE
+    GATE = asyncio.Event()
+    conn = await asyncpg.connect(
+        shared_db.split("?")[0], server_settings={"search_path": shared_db.split("=")[-1]}
+    )
+    try:
+        async with Engine.open(shared_db) as a, Engine.open(shared_db, worker=False) as api:
+            await a.apply(CHILD)
+            await a.apply(PARENT)
+            parent = await a.start_run("parent")
+            await until(lambda: any(r != parent for r in a._runs))  # the child, at its gate
+            child = next(r for r in a._runs if r != parent)
+            while await conn.fetchval("SELECT owner FROM runs WHERE id = $1", child) is None:
+                await asyncio.sleep(0.01)  # committed, held by `a`
+            # Another engine took the child over (this one stalled past its lease).
+            await conn.execute(
+                "UPDATE runs SET owner = 'thief', lease_until = $1 WHERE id = $2",
+                time.time() + 1000,
+                child,
+            )
+            await api.cancel(child)  # for the thief: it waits in the child's inbox
+            GATE.set()  # the step ends here, in the engine that lost the child
+            await until(lambda: child not in a._runs)
+            await asyncio.sleep(0.3)
+            assert await conn.fetchval("SELECT status FROM runs WHERE id = $1", child) == "running"
+            assert (await a.get_run(parent)).info.status == "running"  # no end was delivered
+            assert await conn.fetchval("SELECT count(*) FROM inbox WHERE run_id = $1", child) == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_graceful_stop_hands_over_the_work_it_skipped(shared_db: str) -> None:
+    """A parent whose child would start during the drain: the next engine starts it."""
+    global GATE
+    GATE = asyncio.Event()
+    first = Engine.open(shared_db)
+    await first.start()
+    await first.apply(CHILD)
+    await first.apply(
+        {
+            "name": "later",
+            "steps": {
+                "g": {"python": {"function": "tests.integration.test_store_resident:gate"}},
+                "c": {"depends_on": "g", "workflow": {"name": "child", "input": {}}},
+            },
+            "output": "{{ steps.c.output }}",
+        }
+    )
+    run_id = await first.start_run("later")
+    await until(lambda: bool(first._runs[run_id].tasks))
+    closing = asyncio.create_task(first.close(grace=5))
+    await asyncio.sleep(0.2)
+    GATE.set()  # `g` ends during the drain: the child step is decided, its start skipped
+    await closing
+    async with Engine.open(shared_db) as second:
+        state = await second.wait(run_id, timeout=10)
+        assert state.info.status == "succeeded" and state.info.output == {"through": True}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +104,25 @@ def run(
 @main.command()
 @click.option("--db", default=DEFAULT_DB, envvar="LEGATO_DATABASE_URL", show_default=True)
 def resume(db: str) -> None:
-    """Resume every unfinished run in the database and wait until they have all ended."""
+    """Resume every unfinished run, and wait until each has ended or waits for something from
+    outside (a callback, an event) or for a timer more than a minute away."""
 
-    async def go() -> int:
+    async def go() -> tuple[int, int]:
         async with Engine.open(db) as engine:
-            count = engine.active_runs()
-            click.echo(f"resuming {count} run(s)", err=True)
-            while engine.active_runs():
+            click.echo(f"resuming {engine.active_runs()} run(s)", err=True)
+            while True:
+                due = await engine.store.next_wake()
+                if not engine.active_runs() and (due is None or due > time.time() + 60):
+                    break
                 await asyncio.sleep(0.05)
-            return count
+            waiting = await engine.store.list_runs(status="running", limit=10_000)
+            return engine.stats["claimed"], len(waiting)
 
     try:
-        aio.run(go())
+        claimed, waiting = aio.run(go())
     except LegatoError as exc:
         fail(exc)
+    click.echo(f"resumed {claimed} run(s); {waiting} still wait", err=True)
 
 
 @main.command()

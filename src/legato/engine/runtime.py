@@ -80,6 +80,7 @@ from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Wor
 from legato.store.protocol import (
     Accept,
     Claimed,
+    Committed,
     Delivered,
     InboxRow,
     KeptEvent,
@@ -207,7 +208,10 @@ class Engine:
         self._workflows: dict[tuple[str, int], Workflow] = {}
         self._latest: dict[str, int] = {}
         self._runs: dict[str, _Active] = {}
-        self._queue: list[Decision] = []
+        # Decisions to commit, each with the holding of its run it was decided on (None: a run
+        # this engine does not hold), so the commit acts on that holding even if the run was
+        # released and claimed again meanwhile.
+        self._queue: list[tuple[_Active | None, Decision]] = []
         self._batch: asyncio.Future[None] | None = None
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -510,8 +514,8 @@ class Engine:
             held = run_id in self._runs
             if not held and self._ended_in_store(await self.store.run_status(run_id)):
                 return True  # held elsewhere, or parked: the store knows
-            if held or not self.store.shared:
-                # This engine ends it (or is the only one that can): its end resolves `fut`.
+            if not self.store.shared:
+                # This engine is the only one that can end it: its end resolves `fut`.
                 try:
                     return await asyncio.wait_for(fut, timeout)
                 except TimeoutError:
@@ -565,8 +569,12 @@ class Engine:
 
     async def retry(self, run_id: str) -> None:
         """Run a failed or cancelled run again from the steps that did not succeed."""
-        if run_id in self._runs:
-            raise Conflict(f"run {run_id} is still {self._runs[run_id].state.info.status}")
+        held = self._runs.get(run_id)
+        if held is not None:
+            if held.state.info.status not in RETRIES:
+                raise Conflict(f"run {run_id} is still {held.state.info.status}")
+            await self._event(held, Retry())
+            return
         result = await self._send(
             run_id, Retry(), accept=lambda t: t.run_status in RETRIES, dedupe=f"retry:{run_id}"
         )
@@ -581,18 +589,13 @@ class Engine:
         await self._settle(run_id, RETRIES)
 
     async def _settle(self, run_id: str, leaving: Collection[str], timeout: float = 5.0) -> bool:
-        """Wait (briefly) until an engine has applied what was sent: the run's status is no longer
-        one of `leaving`. Answers say what happened, rather than what is queued."""
+        """Wait (briefly) until an engine has applied what was sent and committed it: the run's
+        stored status is no longer one of `leaving`. Answers say what happened, not what is
+        queued."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._draining:
-            active = self._runs.get(run_id)
-            if active is not None:
-                if active.state.info.status not in leaving:
-                    return True
-            else:
-                state = await self.store.get_run(run_id)
-                if state is None or state.info.status not in leaving:
-                    return True
+            if await self.store.run_status(run_id) not in leaving:
+                return True
             await asyncio.sleep(0.01)
         return False
 
@@ -647,11 +650,19 @@ class Engine:
             current = active.state.step(ref.step)
             if heartbeat and current.status == RUNNING and current.attempt == ref.attempt:
                 return  # still sending its answer to the call: alive, and the wait has not begun
-            decision, committed = self._decide(active, event)
-            if decision.empty:
+            if heartbeat:
+                decision, committed = self._decide(active, event)
+                if decision.empty:
+                    raise Conflict(
+                        _not_waiting(ref.step, ref.attempt, current.status, current.attempt)
+                    )
+                await committed
+                return
+            # An outcome: refused at once if the state held here says so; otherwise through the
+            # inbox like any other, so that two outcomes for one attempt cannot both be taken.
+            waiting = current.status == WAITING and current.reason == CALLBACK
+            if current.attempt != ref.attempt or not (waiting or current.status == RUNNING):
                 raise Conflict(_not_waiting(ref.step, ref.attempt, current.status, current.attempt))
-            await committed
-            return
 
         def accept(t: Any) -> bool:
             if t.run_status != RUNNING or t.step is None or t.step[1] != ref.attempt:
@@ -780,7 +791,8 @@ class Engine:
         s = active.state.step(effect.step)
         if s.status != WAITING or s.reason != EVENT or s.attempt != effect.attempt:
             return
-        if await self.store.take_kept(effect.type, effect.key, self.clock(), run_id, make):
+        now = self.clock()
+        if await self.store.take_kept(effect.type, effect.key, now, run_id, effect.step, make):
             await self._pull([run_id])
 
     # -- holding runs: claims, inboxes, releases ----------------------------------------------
@@ -790,7 +802,7 @@ class Engine:
         see that a claim comes for them."""
         held = [r for r in runs if r in self._runs]
         if held:
-            self._background_task(None, self._pull(held))
+            self._background_task(None, self._pull(held))  # holds them from now: no release
         for run_id in runs:
             if run_id in self._parking:
                 self._parking[run_id] = True  # claim it again once its release is committed
@@ -803,8 +815,8 @@ class Engine:
         for run_id in notice.get("e", ()):
             self._ended(run_id)
         wake = notice.get("w")
-        if isinstance(wake, int | float) and wake < self._sleep_until:
-            self._claim_soon()
+        if isinstance(wake, int | float) and (not self._sleep_until or wake < self._sleep_until):
+            self._claim_soon()  # also when awake: the round under way may have missed it
         if "d" in notice:
             self._background_task(None, self._reload_services())
 
@@ -865,7 +877,8 @@ class Engine:
             wf = None
         if wf is None:
             decision = _broken(state, LegatoError("its workflow cannot be loaded"), self.clock())
-            decision.release = True
+            if state.info.parent is not None and decision.run is not None:
+                decision.deliveries.append(_child_report(decision.run))
             self._queue_decision(None, decision)
             return
         active = self._runs[run_id] = _Active(state, wf)
@@ -893,13 +906,25 @@ class Engine:
         decision = self._decide(active, event)[0]
         decision.consumed_inbox.append(row.id)
 
-    async def _pull(self, run_ids: list[str]) -> None:
-        """Apply the inbox rows of runs this engine holds."""
-        rows = await self.store.inbox(run_ids)
-        for row in rows:
-            active = self._runs.get(row.run_id)
-            if active is not None and not self._closing:
-                self._apply(active, row)
+    def _pull(self, run_ids: list[str]) -> Coroutine[Any, Any, None]:
+        """Apply the inbox rows of runs this engine holds. They count as busy from this call
+        (not from when the coroutine starts), so none is released before its rows are read."""
+        held = [a for a in (self._runs.get(r) for r in run_ids) if a is not None]
+        for active in held:
+            active.busy += 1
+        return self._pull_held(held)
+
+    async def _pull_held(self, held: list[_Active]) -> None:
+        try:
+            rows = await self.store.inbox([a.state.info.id for a in held])
+            for row in rows:
+                holding = self._runs.get(row.run_id)
+                if holding is not None and not self._closing:
+                    self._apply(holding, row)
+        finally:
+            for active in held:
+                active.busy -= 1
+                self._maybe_park(active)
 
     def _maybe_park(self, active: _Active) -> None:
         """Release a run that only waits: it lives in the store, its next due time indexed."""
@@ -942,6 +967,9 @@ class Engine:
             try:
                 if await self.store.keep_listening():
                     self._claim_soon()
+                held = list(self._runs)
+                for i in range(0, len(held), CLAIM_BATCH):
+                    await self._pull(held[i : i + CLAIM_BATCH])
             except Exception:
                 log.exception("checking the notice connection failed")
 
@@ -984,7 +1012,7 @@ class Engine:
     def _queue_decision(self, active: _Active | None, decision: Decision) -> asyncio.Future[None]:
         if active is not None:
             active.pending += 1
-        self._queue.append(decision)
+        self._queue.append((active, decision))
         assert self._wake is not None and self._batch is not None
         self._wake.set()
         return self._batch
@@ -1001,16 +1029,20 @@ class Engine:
                 continue
             batch, done = self._queue, self._batch
             self._queue, self._batch = [], loop.create_future()
-            lost = await self._commit(batch)
+            decisions = [d for _, d in batch]
+            committed = await self._commit(decisions)
+            lost = committed.lost
+            if committed.due:
+                self._claim_soon()  # a run it let go of has something in its inbox already
             self.stats["commits"] += 1
             self.stats["decisions"] += len(batch)
             assert done is not None
             done.set_result(None)
             touched: dict[str, _Active] = {}
-            for decision in batch:
-                self._committed(decision, lost, touched)
+            for holding, decision in batch:
+                self._committed(holding, decision, lost, touched)
             for listener in self._listeners:
-                for decision in batch:
+                for decision in decisions:
                     try:
                         listener(decision)
                     except Exception:
@@ -1020,7 +1052,13 @@ class Engine:
             if self._queue:
                 self._wake.set()
 
-    def _committed(self, decision: Decision, lost: set[str], touched: dict[str, _Active]) -> None:
+    def _committed(
+        self,
+        active: _Active | None,
+        decision: Decision,
+        lost: frozenset[str],
+        touched: dict[str, _Active],
+    ) -> None:
         run_id = decision.run_id
         for row in decision.consumed_inbox:
             self._applying.discard(row)
@@ -1029,14 +1067,15 @@ class Engine:
         rearm = self._parking.pop(run_id, False) if decision.release else False
         if rearm or (decision.release and (decision.wake_at or 1e300) < self._sleep_until):
             self._claim_soon()
-        if decision.deliveries:
+        if decision.deliveries and run_id not in lost:
             self._arrived([d.run_id for d in decision.deliveries])
-        active = self._runs.get(run_id)
+        if decision.run is not None and decision.run.done and run_id not in lost:
+            self._ended(run_id)
         if active is None:
-            if decision.run is not None and decision.run.done:
-                self._ended(run_id)
             return
         active.pending -= 1
+        if self._runs.get(run_id) is not active:
+            return  # released (or ended) meanwhile: nothing of it is held here any more
         if run_id in lost:
             log.warning("run %s was taken over by another engine; letting it go", run_id)
             del self._runs[run_id]
@@ -1047,7 +1086,7 @@ class Engine:
         touched[run_id] = active
         self._act(active, decision)
 
-    async def _commit(self, batch: list[Decision]) -> set[str]:
+    async def _commit(self, batch: list[Decision]) -> Committed:
         delay = 0.05
         while True:
             try:

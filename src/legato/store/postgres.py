@@ -28,6 +28,7 @@ from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
     Accept,
     Claimed,
+    Committed,
     Delivered,
     InboxRow,
     KeptEvent,
@@ -87,7 +88,11 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS parent TEXT;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner TEXT;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_until {REAL};
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS wake_at {REAL};
-UPDATE runs SET wake_at = created_at WHERE status IN ('pending', 'running', 'waiting');
+-- Unfinished runs are taken over by the first engine (held by nobody, lease run out), and a child
+-- run learns which parent step waits for it.
+UPDATE runs SET owner = '', lease_until = 0 WHERE status IN ('pending', 'running', 'waiting');
+UPDATE runs r SET parent = json_build_array(s.run_id, s.name, s.attempt)::text FROM steps s
+    WHERE s.status = 'waiting' AND s.reason = 'child' AND s.request::json->>'run_id' = r.id;
 CREATE INDEX IF NOT EXISTS runs_wake ON runs (wake_at) WHERE wake_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (lease_until) WHERE owner IS NOT NULL;
 ALTER TABLE steps ADD COLUMN IF NOT EXISTS listen_key TEXT;
@@ -110,7 +115,9 @@ ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.outpu
     deadline = excluded.deadline,
     owner = CASE WHEN excluded.status IN ('pending', 'running', 'waiting') THEN runs.owner END,
     lease_until = CASE WHEN excluded.status IN ('pending', 'running', 'waiting')
-        THEN runs.lease_until END
+        THEN runs.lease_until END,
+    wake_at = CASE WHEN excluded.status IN ('pending', 'running', 'waiting') THEN runs.wake_at
+        ELSE (SELECT MIN(created_at) FROM inbox WHERE inbox.run_id = runs.id) END
 """
 _UPSERT_STEP = """
 INSERT INTO steps (run_id, name, status, attempt, tries, started_at, finished_at, next_at,
@@ -124,8 +131,11 @@ ON CONFLICT (run_id, name) DO UPDATE SET status = excluded.status, attempt = exc
 # A run's wake time only moves earlier while it waits (LEAST ignores NULL).
 _WAKE = "UPDATE runs SET wake_at = LEAST(wake_at, $1) WHERE id = $2"
 _INBOX = "INSERT INTO inbox (run_id, event, dedupe, created_at) VALUES ($1, $2, $3, $4)"
+# Due at its next time, or at once if its inbox holds something. (The commit has locked the run's
+# row first, so a delivery that waited on it has committed and this statement sees its row.)
+_PENDING = "(SELECT MIN(created_at) FROM inbox WHERE inbox.run_id = runs.id)"
 _RELEASE = (
-    "UPDATE runs SET owner = NULL, lease_until = NULL, wake_at = LEAST(wake_at, $1) "
+    f"UPDATE runs SET owner = NULL, lease_until = NULL, wake_at = LEAST($1, {_PENDING}) "
     "WHERE id = $2 AND owner = $3"
 )
 _CLAIM = """
@@ -140,6 +150,7 @@ UPDATE runs r SET owner = $3, lease_until = $4, wake_at = NULL FROM found WHERE 
 RETURNING r.id, found.owner
 """
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+_HEARD = "UPDATE steps SET listen_key = NULL WHERE run_id = $1 AND name = $2"
 _NOTICE_IDS = 150  # run ids per notification (a payload holds under 8000 bytes)
 _UPSERT_ATTEMPT = """
 INSERT INTO attempts (run_id, step, attempt, status, started_at, finished_at, request, output, error)
@@ -307,11 +318,11 @@ class PostgresStore:
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def commit(self, decisions: Sequence[Decision]) -> set[str]:
+    async def commit(self, decisions: Sequence[Decision]) -> Committed:
         now = time.time()
         rows = BatchRows(decisions, self.owner, now + self.lease)
         if rows.empty:
-            return set()  # effects only (a resumed run): nothing to write
+            return Committed()  # effects only (a resumed run): nothing to write
         async with self.pool.acquire() as conn, conn.transaction():
             # Locks in one order everywhere (correlations, then runs by id), so no two
             # transactions wait on each other: a step that starts listening serialises with a
@@ -330,7 +341,7 @@ class PostgresStore:
                     )
                 )
                 lost = {i for i in rows.existing if i in owners and owners[i] != self.owner}
-                rows.only(lost)
+                rows = rows.only(lost)
             if rows.consumed:
                 await conn.executemany("DELETE FROM events WHERE id = $1", rows.consumed)
             if rows.runs:
@@ -344,12 +355,12 @@ class PostgresStore:
             for run_id, event in rows.deliveries:
                 await conn.execute(_INBOX, run_id, event, None, now)
                 await conn.execute(_WAKE, now, run_id)
-            if rows.releases:
-                await conn.executemany(
-                    _RELEASE, [(wake, run, self.owner) for run, wake in rows.releases.items()]
-                )
+            due = False
+            for run, wake in rows.releases.items():
+                at = await conn.fetchval(_RELEASE + " RETURNING wake_at", wake, run, self.owner)
+                due = due or (at is not None and at <= now)
             await self._notify(conn, rows.notice(now))
-        return lost
+        return Committed(frozenset(lost), due)
 
     # -- claims and inboxes -------------------------------------------------------------------
 
@@ -398,11 +409,10 @@ class PostgresStore:
 
     async def release_all(self, now: float) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
+            # Held by nobody with the lease run out: the next engine resumes each in full (the
+            # effects this one skipped while draining are issued again).
             await conn.execute(
-                "UPDATE runs SET owner = NULL, lease_until = NULL, wake_at = LEAST(wake_at, $1) "
-                "WHERE owner = $2",
-                now,
-                self.owner,
+                "UPDATE runs SET owner = '', lease_until = 0 WHERE owner = $1", self.owner
             )
             await self._notify(conn, {"w": now})
 
@@ -472,6 +482,9 @@ class PostgresStore:
             for run_id, name, attempt in listeners:
                 await conn.execute(_INBOX, run_id, dump(make(name, attempt)), None, now)
                 await conn.execute(_WAKE, now, run_id)
+                # Each listening attempt takes one event: the next one is kept, or goes to the
+                # attempt that listens after it.
+                await conn.execute(_HEARD, run_id, name)
             runs = sorted({r[0] for r in listeners})
             if runs:
                 await self._notify(conn, {"i": runs, "w": now})
@@ -494,6 +507,7 @@ class PostgresStore:
         key: str,
         now: float,
         run_id: str,
+        step: str,
         make: Callable[[KeptEvent], dict[str, Any]],
     ) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -511,6 +525,7 @@ class PostgresStore:
             kept = KeptEvent(r[0], r[1], r[2], load(r[3]), r[4], r[5])
             await conn.execute(_INBOX, run_id, dump(make(kept)), None, now)
             await conn.execute(_WAKE, now, run_id)
+            await conn.execute(_HEARD, run_id, step)
             await self._notify(conn, {"i": [run_id], "w": now})
         return True
 

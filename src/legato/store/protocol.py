@@ -82,6 +82,16 @@ class Delivered:
     runs: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a commit tells the engine: the runs it no longer owns (their lease expired and another
+    engine claimed them; their decisions were not written), and whether a run it released is due
+    at once (something reached its inbox while it was held)."""
+
+    lost: frozenset[str] = frozenset()
+    due: bool = False
+
+
 class Store(Protocol):
     url: str
     # Set by the engine before open(). `owner`: the engine's id, or None for an engine that runs no
@@ -102,11 +112,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def commit(self, decisions: Sequence[Decision]) -> set[str]:
+    async def commit(self, decisions: Sequence[Decision]) -> Committed:
         """Write every change of every decision in one transaction, in order (later wins): with
-        them the inbox rows they used up, their deliveries and releases. Returns the runs this
-        engine no longer owns (their lease expired and another engine claimed them); their
-        decisions are not written."""
+        them the inbox rows they used up, their deliveries and releases."""
 
     async def claim(self, now: float, limit: int) -> list[Claimed]:
         """Claim up to `limit` runs that have something due (a timer, an inbox row, a new run an
@@ -116,7 +124,8 @@ class Store(Protocol):
         """Extend the lease of every run this engine owns; returns how many it owns."""
 
     async def release_all(self, now: float) -> None:
-        """Let go of every run this engine owns (a clean stop): others may claim them at once."""
+        """Let go of every run this engine owns (a clean stop): others claim them at once, and
+        resume each in full, as after a crash (what a draining engine skipped is issued again)."""
 
     async def next_wake(self) -> float | None:
         """The earliest time a claim could find something: a parked run's wake time, or (shared
@@ -155,9 +164,11 @@ class Store(Protocol):
         key: str,
         now: float,
         run_id: str,
+        step: str,
         make: Callable[[KeptEvent], dict[str, Any]],
     ) -> bool:
-        """Move the oldest unexpired kept event of this type and key into the run's inbox."""
+        """Move the oldest unexpired kept event of this type and key into the run's inbox, for
+        `step`, which stops listening in the store (it takes one event)."""
 
     async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call `listener` with what other engines sharing the store report: runs with new inbox

@@ -52,6 +52,7 @@ class BatchRows:
     def __init__(
         self, decisions: Sequence[Decision], owner: str | None, lease_until: float
     ) -> None:
+        self.decisions, self.owner, self.lease_until = decisions, owner, lease_until
         runs, self.steps, self.attempts, self.consumed = decision_rows(decisions)
         self.runs = [
             (*r, owner or "", lease_until if owner else r[7], None)  # r[7]: created_at
@@ -75,15 +76,12 @@ class BatchRows:
         self.fresh = owner is None and any(d.new_run for d in decisions)
 
     def only(self, lost: set[str]) -> BatchRows:
-        """The same batch without the rows of runs this engine lost."""
+        """The same batch without the decisions of runs this engine lost: none of their rows, nor
+        the inbox rows or kept events they used up, nor what they deliver to other runs."""
         if not lost:
             return self
-        self.runs = [r for r in self.runs if r[0] not in lost]
-        self.steps = [r for r in self.steps if r[0] not in lost]
-        self.attempts = [r for r in self.attempts if r[0] not in lost]
-        self.releases = {k: v for k, v in self.releases.items() if k not in lost}
-        self.ended = [i for i in self.ended if i not in lost]
-        return self
+        kept = [d for d in self.decisions if d.run_id not in lost]
+        return BatchRows(kept, self.owner, self.lease_until)
 
     def notice(self, now: float) -> dict[str, Any]:
         """What other engines should hear of this batch (see Store.on_notice)."""

@@ -8,6 +8,8 @@ dedicated thread so the fsync does not stall the loop.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import secrets
 import sqlite3
 import time
@@ -26,6 +28,7 @@ from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
     Accept,
     Claimed,
+    Committed,
     Delivered,
     InboxRow,
     KeptEvent,
@@ -85,7 +88,11 @@ ALTER TABLE runs ADD COLUMN parent TEXT;
 ALTER TABLE runs ADD COLUMN owner TEXT;
 ALTER TABLE runs ADD COLUMN lease_until REAL;
 ALTER TABLE runs ADD COLUMN wake_at REAL;
-UPDATE runs SET wake_at = created_at WHERE status IN ('pending', 'running', 'waiting');
+UPDATE runs SET owner = '', lease_until = 0 WHERE status IN ('pending', 'running', 'waiting');
+UPDATE runs SET parent = (SELECT json_array(s.run_id, s.name, s.attempt) FROM steps s
+    WHERE s.status = 'waiting' AND s.reason = 'child'
+    AND json_extract(s.request, '$.run_id') = runs.id)
+    WHERE status IN ('pending', 'running', 'waiting');
 CREATE INDEX IF NOT EXISTS runs_wake ON runs (wake_at) WHERE wake_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, lease_until) WHERE owner IS NOT NULL;
 ALTER TABLE steps ADD COLUMN listen_key TEXT;
@@ -109,7 +116,9 @@ ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.outpu
     deadline = excluded.deadline,
     owner = CASE WHEN excluded.status IN ('pending', 'running', 'waiting') THEN owner END,
     lease_until = CASE WHEN excluded.status IN ('pending', 'running', 'waiting')
-        THEN lease_until END
+        THEN lease_until END,
+    wake_at = CASE WHEN excluded.status IN ('pending', 'running', 'waiting') THEN wake_at
+        ELSE (SELECT MIN(created_at) FROM inbox WHERE inbox.run_id = runs.id) END
 """
 _UPSERT_STEP = """
 INSERT OR REPLACE INTO steps (run_id, name, status, attempt, tries, started_at, finished_at, next_at,
@@ -119,10 +128,13 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 # A run's wake time only moves earlier while it waits: MIN ignores neither NULL, so COALESCE does.
 _WAKE = "UPDATE runs SET wake_at = COALESCE(MIN(wake_at, ?1), ?1) WHERE id = ?2"
 _CLAIMED = "UPDATE runs SET owner = ?, lease_until = ?, wake_at = NULL WHERE id = ?"
+# Due at its next time, or at once if its inbox holds something.
+_PENDING = "(SELECT MIN(created_at) FROM inbox WHERE inbox.run_id = runs.id)"
 _RELEASE = (
     "UPDATE runs SET owner = NULL, lease_until = NULL, "
-    "wake_at = COALESCE(MIN(wake_at, ?1), wake_at, ?1) WHERE id = ?2 AND owner IS ?3"
+    f"wake_at = COALESCE(MIN(?1, {_PENDING}), {_PENDING}, ?1) WHERE id = ?2 AND owner IS ?3"
 )
+_HEARD = "UPDATE steps SET listen_key = NULL WHERE run_id = ? AND name = ?"
 _INBOX = "INSERT INTO inbox (run_id, event, dedupe, created_at) VALUES (?, ?, ?, ?)"
 _INSERT_ATTEMPT = """
 INSERT OR REPLACE INTO attempts (run_id, step, attempt, status, started_at, finished_at, request,
@@ -176,6 +188,7 @@ class SQLiteStore:
         self.inline = sync in ("OFF", "NORMAL")
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._lock: int | None = None
         self.migrate = (
             False  # upgrade an older schema on open (`legato migrate`, `serve --migrate`)
         )
@@ -204,6 +217,8 @@ class SQLiteStore:
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.owner is not None:
+                self._lock_file()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -246,10 +261,26 @@ class SQLiteStore:
         self._pool.shutdown(wait=True)
         self._pool = None
 
+    def _lock_file(self) -> None:
+        """One engine per file: a second would take the first one's runs for a dead process's."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LegatoError(
+                f"another Legato engine is using {self.path}: a SQLite file belongs to one "
+                "process (stop it, or share a PostgreSQL database between processes)"
+            ) from None
+        self._lock = fd
+
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -265,16 +296,16 @@ class SQLiteStore:
         conn.execute("COMMIT")
         return result
 
-    async def commit(self, decisions: Sequence[Decision]) -> set[str]:
+    async def commit(self, decisions: Sequence[Decision]) -> Committed:
         now = time.time()
         rows = BatchRows(decisions, self.owner, now + self.lease)
         if rows.empty:
-            return set()  # effects only (a resumed run): nothing to write
-        await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
-        return set()  # one engine per file: nobody else can have claimed its runs
+            return Committed()  # effects only (a resumed run): nothing to write
+        # One engine per file: nobody else can have claimed its runs.
+        return await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
 
-    def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> None:
-        if rows.consumed:  # a kept event goes in the same transaction as the step it completed
+    def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> Committed:
+        if rows.consumed:
             conn.executemany("DELETE FROM events WHERE id = ?", rows.consumed)
         if rows.runs:
             conn.executemany(_UPSERT_RUN, rows.runs)
@@ -287,10 +318,11 @@ class SQLiteStore:
         for run_id, event in rows.deliveries:
             conn.execute(_INBOX, (run_id, event, None, now))
             conn.execute(_WAKE, (now, run_id))
-        if rows.releases:
-            conn.executemany(
-                _RELEASE, [(wake, run, self.owner) for run, wake in rows.releases.items()]
-            )
+        due = False
+        for run, wake in rows.releases.items():
+            for (at,) in conn.execute(_RELEASE + " RETURNING wake_at", (wake, run, self.owner)):
+                due = due or (at is not None and at <= now)
+        return Committed(due=due)
 
     # -- claims and inboxes -------------------------------------------------------------------
 
@@ -351,11 +383,11 @@ class SQLiteStore:
         )
 
     async def release_all(self, now: float) -> None:
+        # Held by nobody: the next engine resumes each in full (see Store.release_all).
         await self._call(
             self._execute,
-            "UPDATE runs SET owner = NULL, lease_until = NULL, "
-            "wake_at = COALESCE(MIN(wake_at, ?1), ?1) WHERE owner = ?2",
-            (now, self.owner),
+            "UPDATE runs SET owner = '', lease_until = 0 WHERE owner = ?",
+            (self.owner,),
         )
 
     async def next_wake(self) -> float | None:
@@ -419,6 +451,9 @@ class SQLiteStore:
             for run_id, name, attempt in listeners:
                 conn.execute(_INBOX, (run_id, dump(make(name, attempt)), None, now))
                 conn.execute(_WAKE, (now, run_id))
+                # Each listening attempt takes one event: the next one is kept, or goes to the
+                # attempt that listens after it.
+                conn.execute(_HEARD, (run_id, name))
             if not listeners and keep is not None:
                 conn.execute("DELETE FROM events WHERE expires_at <= ?", (now,))
                 conn.execute(
@@ -442,6 +477,7 @@ class SQLiteStore:
         key: str,
         now: float,
         run_id: str,
+        step: str,
         make: Callable[[KeptEvent], dict[str, Any]],
     ) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
@@ -457,6 +493,7 @@ class SQLiteStore:
             conn.execute("DELETE FROM events WHERE id = ?", (kept.id,))
             conn.execute(_INBOX, (run_id, dump(make(kept)), None, now))
             conn.execute(_WAKE, (now, run_id))
+            conn.execute(_HEARD, (run_id, step))
             return True
 
         return await self._call(self._transaction, work)
