@@ -1,8 +1,9 @@
 """Cheap waiting: park N runs on async callbacks in a `legato serve` process, then complete them all.
 
 A service in this process accepts every async call at once (202) and keeps its task token; the runs
-then wait. Prints the park rate, the server's RSS per waiting run, callback-to-completion latency
-(each callback's POST answers once the run's end is committed) and the time to drain them all.
+then wait. Prints the park rate, the server's RSS per waiting run, the callback latency (a callback's
+POST answers once it is committed to the run's inbox) and the drain time: from the first callback to
+the moment no run of them is still running.
 
     python bench/waiting.py --runs 10000 --concurrency 64
 """
@@ -16,6 +17,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -104,13 +106,21 @@ async def bench(runs: int, concurrency: int, db: str) -> None:
                         assert resp.status == 200, await resp.text()
                     latencies.append(time.perf_counter() - t0)
 
+            async def still_running() -> list[Any]:
+                params = {"workflow": "parked", "status": "running", "limit": "1"}
+                async with http.get("/api/runs", params=params) as resp:
+                    found: list[Any] = (await resp.json())["runs"]
+                    return found
+
             began = time.perf_counter()
             await asyncio.gather(*(complete() for _ in range(concurrency)))
+            accept_seconds = time.perf_counter() - began
+            deadline = time.monotonic() + 60
+            left = await still_running()
+            while left and time.monotonic() < deadline:  # the server is another process: look
+                await asyncio.sleep(0.02)
+                left = await still_running()
             drain_seconds = time.perf_counter() - began
-            async with http.get(
-                "/api/runs", params={"workflow": "parked", "status": "running", "limit": 1}
-            ) as resp:
-                left = (await resp.json())["runs"]
     finally:
         server.terminate()
         server.wait()
@@ -124,8 +134,9 @@ async def bench(runs: int, concurrency: int, db: str) -> None:
     )
     print(f"RSS per waiting run:      {per_run / 1024:.2f} KB")
     print(
-        f"callback to completion:   p50 {statistics.median(latencies) * 1000:.1f} ms, "
-        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms"
+        f"callback accepted:        p50 {statistics.median(latencies) * 1000:.1f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms "
+        f"(all {runs} in {accept_seconds:.2f} s)"
     )
     print(
         f"drain:                    {runs} completed in {drain_seconds:.2f} s ({runs / drain_seconds:,.0f}/s)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -265,3 +266,29 @@ async def test_a_graceful_stop_hands_over_the_work_it_skipped(shared_db: str) ->
     async with Engine.open(shared_db) as second:
         state = await second.wait(run_id, timeout=10)
         assert state.info.status == "succeeded" and state.info.output == {"through": True}
+
+
+async def test_timers_fire_once_whichever_of_two_workers_claims_them(
+    shared_db: str, service: LoopbackService
+) -> None:
+    timed = {
+        "name": "timed",
+        "inputs": {"n": "integer"},
+        "steps": {
+            "nap": {"wait": "1500ms"},
+            "call": {
+                "depends_on": "nap",
+                "http": {"service": "svc", "path": "/echo", "json": {"n": "{{ input.n }}"}},
+            },
+        },
+    }
+    async with Engine.open(shared_db) as one, Engine.open(shared_db) as two:
+        await one.put_service(Service(name="svc", base_url=service.url, timeout=5))
+        await one.apply(timed)
+        ids = [await (one if n % 2 else two).start_run("timed", {"n": n}) for n in range(40)]
+        await until(lambda: one.active_runs() + two.active_runs() == 0)  # all parked
+        for run_id in ids:
+            assert (await one.wait(run_id, timeout=15)).info.status == "succeeded"
+        keys = Counter(r.headers["Idempotency-Key"] for r in service.requests)
+        assert sorted(keys) == sorted(f"{i}:call" for i in ids) and set(keys.values()) == {1}
+        assert one.stats["claimed"] + two.stats["claimed"] == 40  # each timer woke one engine
