@@ -292,3 +292,41 @@ async def test_timers_fire_once_whichever_of_two_workers_claims_them(
         keys = Counter(r.headers["Idempotency-Key"] for r in service.requests)
         assert sorted(keys) == sorted(f"{i}:call" for i in ids) and set(keys.values()) == {1}
         assert one.stats["claimed"] + two.stats["claimed"] == 40  # each timer woke one engine
+
+
+async def boom() -> None:
+    raise RuntimeError("always")
+
+
+async def test_a_retry_right_after_the_failure_runs_again(engine: Engine) -> None:
+    await engine.apply(
+        {
+            "name": "boom",
+            "steps": {"s": {"python": {"function": "tests.integration.test_store_resident:boom"}}},
+        }
+    )
+    run_id = await engine.start_run("boom")
+    while (live := engine.live_run(run_id)) is None or live.info.status != "failed":
+        await asyncio.sleep(0)  # failed here, the failure perhaps not committed yet
+    await engine.retry(run_id)
+    await until(lambda: engine.active_runs() == 0)
+    state = await engine.wait(run_id, timeout=5)
+    assert state.info.status == "failed" and state.steps["s"].attempt == 2
+
+
+async def test_each_run_woken_by_an_event_is_claimed_once(engine: Engine) -> None:
+    await engine.apply(
+        {
+            "name": "one-event",
+            "inputs": {"k": "string"},
+            "steps": {"a": {"listen": {"event": "go", "key": "{{ input.k }}"}}},
+        }
+    )
+    ids = [await engine.start_run("one-event", {"k": str(i)}) for i in range(20)]
+    await until(lambda: engine.active_runs() == 0)
+    for i in range(20):
+        await engine.publish("go", str(i), i)
+    for run_id in ids:
+        assert (await engine.wait(run_id, timeout=5)).info.status == "succeeded"
+    await asyncio.sleep(0.5)
+    assert engine.stats["claimed"] == 20  # ended runs are not claimed back for spent inbox rows

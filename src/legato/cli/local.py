@@ -108,7 +108,12 @@ def resume(db: str) -> None:
     outside (a callback, an event) or for a timer more than a minute away."""
 
     async def go() -> tuple[int, int]:
-        async with Engine.open(db) as engine:
+        engine = Engine.open(db)
+        if engine.store.shared:
+            raise LegatoError(
+                "legato resume is for a SQLite file; on PostgreSQL, `legato worker` resumes runs"
+            )
+        async with engine:
             click.echo(f"resuming {engine.active_runs()} run(s)", err=True)
             while True:
                 due = await engine.store.next_wake()

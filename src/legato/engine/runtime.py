@@ -172,6 +172,7 @@ class _Active:
     deadline: asyncio.TimerHandle | None = None
     busy: int = 0
     pending: int = 0
+    ending: bool = False  # this engine decided the run's end (an adopted ended run is not)
 
 
 def _due(state: RunState) -> float | None:
@@ -225,6 +226,7 @@ class Engine:
         # so claim again once the release is in.
         self._parking: dict[str, bool] = {}
         self._applying: set[int] = set()  # inbox rows being applied (decided, not yet committed)
+        self._applied: dict[int, None] = {}  # the last inbox rows applied, oldest first
         self._claimer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -573,8 +575,9 @@ class Engine:
         if held is not None:
             if held.state.info.status not in RETRIES:
                 raise Conflict(f"run {run_id} is still {held.state.info.status}")
-            await self._event(held, Retry())
-            return
+            # Its end is decided here but perhaps not committed: once it is, the run is let go,
+            # and the retry goes through its inbox like any other.
+            await self.wait_ended(run_id, 10.0)
         result = await self._send(
             run_id, Retry(), accept=lambda t: t.run_status in RETRIES, dedupe=f"retry:{run_id}"
         )
@@ -638,8 +641,8 @@ class Engine:
 
         NotFound for a token this store did not sign (or a run that does not exist); Conflict when
         that attempt is no longer waiting (completed already, timed out, retried, or the run ended).
-        Returns once the outcome is committed: as the step's new state when this engine holds the
-        run, else in the run's inbox, for the engine that claims it.
+        Returns once the outcome is committed to the run's inbox (a heartbeat for a run held here:
+        once its new deadline is); the engine holding the run applies it within milliseconds.
         """
         ref = self.tokens.read(token) if self.tokens is not None else None
         if ref is None:
@@ -859,8 +862,16 @@ class Engine:
         if self._claim_now is not None:
             self._claim_now.clear()
         claimed = await self.store.claim(self.clock(), CLAIM_BATCH)
+        failed: list[str] = []
         for c in claimed:
-            await self._adopt(c)
+            try:
+                await self._adopt(c)
+            except Exception:
+                log.exception("taking run %s in hand failed; handing it back", c.state.info.id)
+                self._runs.pop(c.state.info.id, None)
+                failed.append(c.state.info.id)
+        if failed:  # claimed but not held: any engine takes them again in a second, in full
+            await self.store.hand_back(failed, self.clock() + 1.0)
         self.stats["claimed"] += len(claimed)
         return len(claimed)
 
@@ -894,7 +905,11 @@ class Engine:
             self._apply(active, row)
 
     def _apply(self, active: _Active, row: InboxRow) -> None:
-        if row.id in self._applying:
+        if row.id in self._applying or row.id in self._applied:
+            return
+        if active.ending:
+            # Its end is decided here, not yet let go: the row waits in the inbox, and the run is
+            # claimed again for it once the end is committed (a retry, say).
             return
         self._applying.add(row.id)
         try:
@@ -977,7 +992,7 @@ class Engine:
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                await self.store.renew(self.clock())
+                await self.store.renew(self.clock(), [*self._runs, *self._parking])
             except Exception:
                 log.exception("renewing leases failed; trying again")
 
@@ -1003,6 +1018,7 @@ class Engine:
         ended = not state.info.done and decision.run is not None and decision.run.done
         if decision.run is not None:
             state.info = decision.run
+            active.ending = decision.run.done
         if decision.steps:
             state.steps.update(decision.steps)
         if ended and state.info.parent is not None:
@@ -1062,10 +1078,18 @@ class Engine:
         run_id = decision.run_id
         for row in decision.consumed_inbox:
             self._applying.discard(row)
+            self._applied[row] = None  # a read begun before this commit may return it again
+            if len(self._applied) > 10_000:
+                del self._applied[next(iter(self._applied))]
         # A released run is claimed again at once if something arrived for it meanwhile, or soon
         # if it is due before the claimer would look anyway.
         rearm = self._parking.pop(run_id, False) if decision.release else False
-        if rearm or (decision.release and (decision.wake_at or 1e300) < self._sleep_until):
+        wake = decision.wake_at if decision.release else None
+        if rearm or (
+            wake is not None
+            and wake < self.clock() + IDLE_POLL
+            and (not self._sleep_until or wake < self._sleep_until)
+        ):
             self._claim_soon()
         if decision.deliveries and run_id not in lost:
             self._arrived([d.run_id for d in decision.deliveries])
@@ -1108,11 +1132,11 @@ class Engine:
             elif isinstance(effect, Schedule):
                 self._schedule(active, effect)
             elif isinstance(effect, StartChild):
-                self._background_task(active, self._start_child(active, effect))
+                self._background_task(active, self._until_done(active, self._start_child, effect))
             elif isinstance(effect, Fetch):
                 self._background_task(active, self._fetch(active, effect))
             elif isinstance(effect, Listening):
-                self._background_task(active, self._deliver_kept(active, effect))
+                self._background_task(active, self._until_done(active, self._deliver_kept, effect))
             elif isinstance(effect, Abort):
                 self._abort_child(active, effect.step)
                 task = active.tasks.pop(effect.step, None)
@@ -1145,6 +1169,28 @@ class Engine:
                 self._maybe_park(active)
 
         task.add_done_callback(done)
+
+    async def _until_done(
+        self,
+        active: _Active,
+        work: Callable[[_Active, Any], Coroutine[Any, Any, None]],
+        effect: StartChild | Listening,
+    ) -> None:
+        """Carry out an effect no later event re-issues (starting a child, taking a kept event),
+        trying again while it fails: the run stays held until it is done."""
+        delay = 0.5
+        while True:
+            try:
+                await work(active, effect)
+                return
+            except Exception:
+                log.exception(
+                    "%s for run %s failed; again in %.1fs", effect, active.state.info.id, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            if self._draining or self._runs.get(active.state.info.id) is not active:
+                return  # a draining engine hands the run over for a full resume
 
     def _arm_deadline(self, active: _Active) -> None:
         if active.deadline is not None:

@@ -143,7 +143,7 @@ WITH due AS (
     SELECT id, owner FROM runs WHERE owner IS NULL AND wake_at <= $1
     ORDER BY wake_at LIMIT $2 FOR UPDATE SKIP LOCKED),
 expired AS (
-    SELECT id, owner FROM runs WHERE owner IS NOT NULL AND lease_until < $1
+    SELECT id, owner FROM runs WHERE owner IS NOT NULL AND lease_until < $1 AND owner <> $3
     LIMIT $2 FOR UPDATE SKIP LOCKED),
 found AS (SELECT * FROM due UNION ALL SELECT * FROM expired LIMIT $2)
 UPDATE runs r SET owner = $3, lease_until = $4, wake_at = NULL FROM found WHERE r.id = found.id
@@ -342,6 +342,8 @@ class PostgresStore:
                 )
                 lost = {i for i in rows.existing if i in owners and owners[i] != self.owner}
                 rows = rows.only(lost)
+            if rows.inbox_done:  # first: an ended run's wake time counts only what is left
+                await conn.executemany("DELETE FROM inbox WHERE id = $1", rows.inbox_done)
             if rows.consumed:
                 await conn.executemany("DELETE FROM events WHERE id = $1", rows.consumed)
             if rows.runs:
@@ -350,8 +352,6 @@ class PostgresStore:
                 await conn.executemany(_UPSERT_STEP, rows.steps)
             if rows.attempts:
                 await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
-            if rows.inbox_done:
-                await conn.executemany("DELETE FROM inbox WHERE id = $1", rows.inbox_done)
             for run_id, event in rows.deliveries:
                 await conn.execute(_INBOX, run_id, event, None, now)
                 await conn.execute(_WAKE, now, run_id)
@@ -401,11 +401,25 @@ class PostgresStore:
             found = await self._inbox(conn, run_ids)
         return sorted((row for rows in found.values() for row in rows), key=lambda r: r.id)
 
-    async def renew(self, now: float) -> int:
+    async def renew(self, now: float, run_ids: Sequence[str]) -> int:
         result = await self.pool.execute(
-            "UPDATE runs SET lease_until = $1 WHERE owner = $2", now + self.lease, self.owner
+            "UPDATE runs SET lease_until = $1 WHERE owner = $2 AND id = ANY($3::text[])",
+            now + self.lease,
+            self.owner,
+            list(run_ids),
         )
         return int(result.rsplit(" ", 1)[-1])
+
+    async def hand_back(self, run_ids: Sequence[str], after: float) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE runs SET owner = '', lease_until = $1 WHERE id = ANY($2::text[]) "
+                "AND owner = $3",
+                after,
+                list(run_ids),
+                self.owner,
+            )
+            await self._notify(conn, {"w": after})
 
     async def release_all(self, now: float) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

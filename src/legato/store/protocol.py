@@ -120,8 +120,13 @@ class Store(Protocol):
         """Claim up to `limit` runs that have something due (a timer, an inbox row, a new run an
         API-only server started) or whose owner's lease expired, for `lease` seconds."""
 
-    async def renew(self, now: float) -> int:
-        """Extend the lease of every run this engine owns; returns how many it owns."""
+    async def renew(self, now: float, run_ids: Sequence[str]) -> int:
+        """Extend the lease of these runs, those this engine holds (a run it claimed but does not
+        hold is left to expire); returns how many it still owns."""
+
+    async def hand_back(self, run_ids: Sequence[str], after: float) -> None:
+        """Give up runs this engine claimed but could not take in hand: any engine claims them
+        again from `after`, and resumes each in full."""
 
     async def release_all(self, now: float) -> None:
         """Let go of every run this engine owns (a clean stop): others claim them at once, and

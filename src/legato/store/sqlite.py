@@ -305,6 +305,8 @@ class SQLiteStore:
         return await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
 
     def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> Committed:
+        if rows.inbox_done:  # first: an ended run's wake time counts only what is left
+            conn.executemany("DELETE FROM inbox WHERE id = ?", rows.inbox_done)
         if rows.consumed:
             conn.executemany("DELETE FROM events WHERE id = ?", rows.consumed)
         if rows.runs:
@@ -313,8 +315,6 @@ class SQLiteStore:
             conn.executemany(_UPSERT_STEP, rows.steps)
         if rows.attempts:
             conn.executemany(_INSERT_ATTEMPT, rows.attempts)
-        if rows.inbox_done:
-            conn.executemany("DELETE FROM inbox WHERE id = ?", rows.inbox_done)
         for run_id, event in rows.deliveries:
             conn.execute(_INBOX, (run_id, event, None, now))
             conn.execute(_WAKE, (now, run_id))
@@ -375,12 +375,27 @@ class SQLiteStore:
         found = await self._call(self._inbox, self.conn, run_ids)
         return sorted((row for rows in found.values() for row in rows), key=lambda r: r.id)
 
-    async def renew(self, now: float) -> int:
-        return await self._call(
-            self._execute,
-            "UPDATE runs SET lease_until = ? WHERE owner = ?",
-            (now + self.lease, self.owner),
-        )
+    async def renew(self, now: float, run_ids: Sequence[str]) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            count = 0
+            for part in _chunks(run_ids):
+                marks = ", ".join("?" for _ in part)
+                count += conn.execute(
+                    f"UPDATE runs SET lease_until = ? WHERE owner = ? AND id IN ({marks})",
+                    (now + self.lease, self.owner, *part),
+                ).rowcount
+            return count
+
+        return await self._call(self._transaction, work)
+
+    async def hand_back(self, run_ids: Sequence[str], after: float) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE runs SET owner = '', lease_until = ? WHERE id = ? AND owner = ?",
+                [(after, run_id, self.owner) for run_id in run_ids],
+            )
+
+        await self._call(self._transaction, work)
 
     async def release_all(self, now: float) -> None:
         # Held by nobody: the next engine resumes each in full (see Store.release_all).
