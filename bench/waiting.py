@@ -2,8 +2,9 @@
 
 A service in this process accepts every async call at once (202) and keeps its task token; the runs
 then wait. Prints the park rate, the server's RSS per waiting run, the callback latency (a callback's
-POST answers once it is committed to the run's inbox) and the drain time: from the first callback to
-the moment no run of them is still running.
+POST answers once it is committed to the run's inbox), callback to completion (from sending a callback to
+its run's end, as committed) and the drain time: from the first callback to the moment no run of them is
+still running.
 
     python bench/waiting.py --runs 10000 --concurrency 64
 """
@@ -16,6 +17,7 @@ import gc
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +48,13 @@ WORKFLOW = {
 
 async def bench(runs: int, concurrency: int, db: str) -> None:
     tokens: list[str] = []
+    run_of: dict[str, str] = {}  # token -> run id
     all_parked = asyncio.Event()
 
     async def accept(request: web.Request) -> web.Response:
-        tokens.append(request.headers["Legato-Task-Token"])
+        token = request.headers["Legato-Task-Token"]
+        tokens.append(token)
+        run_of[token] = request.headers["Idempotency-Key"].split(":", 1)[0]
         if len(tokens) >= runs:
             all_parked.set()
         return web.Response(status=202)
@@ -95,10 +100,12 @@ async def bench(runs: int, concurrency: int, db: str) -> None:
             gc.collect()
             rss_parked = proc.memory_info().rss
             latencies: list[float] = []
+            sent: dict[str, float] = {}  # run id -> when its callback was sent (wall clock)
             pending = iter(list(tokens))
 
             async def complete() -> None:
                 for token in pending:
+                    sent[run_of[token]] = time.time()
                     t0 = time.perf_counter()
                     async with http.post(
                         f"/api/callbacks/{token}", data=b'{"output": {"ok": true}}'
@@ -121,11 +128,31 @@ async def bench(runs: int, concurrency: int, db: str) -> None:
                 await asyncio.sleep(0.02)
                 left = await still_running()
             drain_seconds = time.perf_counter() - began
+            # Callback to completion: from sending the callback to the run's end as committed
+            # (the server's clock is this machine's clock).
+            completion: list[float] = []
+            cursor = None
+            while True:
+                params = {
+                    "workflow": "parked",
+                    "limit": "500",
+                    **({"cursor": cursor} if cursor else {}),
+                }
+                async with http.get("/api/runs", params=params) as resp:
+                    page = await resp.json()
+                for run in page["runs"]:
+                    if run["finished_at"] and run["id"] in sent:
+                        ended = datetime.fromisoformat(run["finished_at"].replace("Z", "+00:00"))
+                        completion.append(ended.timestamp() - sent[run["id"]])
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
     finally:
         server.terminate()
         server.wait()
         await runner.cleanup()
     latencies.sort()
+    completion.sort()
     per_run = (rss_parked - rss_before) / runs
     print(f"runs parked on callbacks: {runs}, client concurrency {concurrency}")
     print(f"park rate:                {runs / park_seconds:,.0f} runs/s ({park_seconds:.1f} s)")
@@ -137,6 +164,10 @@ async def bench(runs: int, concurrency: int, db: str) -> None:
         f"callback accepted:        p50 {statistics.median(latencies) * 1000:.1f} ms, "
         f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms "
         f"(all {runs} in {accept_seconds:.2f} s)"
+    )
+    print(
+        f"callback to completion:   p50 {statistics.median(completion) * 1000:.1f} ms, "
+        f"p99 {completion[int(len(completion) * 0.99)] * 1000:.1f} ms"
     )
     print(
         f"drain:                    {runs} completed in {drain_seconds:.2f} s ({runs / drain_seconds:,.0f}/s)"
