@@ -1,0 +1,56 @@
+"""What the templates draw: a workflow's laid-out graph with each node's kind and target, and small
+formatting helpers. Pure functions of the model, so they are unit-tested without a server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from legato.model.graph import workflow_graph
+from legato.model.workflow import Workflow
+from legato.ui.layout import Edge, Layout, Placed, layout
+
+
+@dataclass
+class NodeView:
+    box: Placed
+    kind: str
+    target: str
+    optional: bool
+
+
+@dataclass
+class GraphView:
+    layout: Layout
+    nodes: list[NodeView]
+
+
+def graph_layout(wf: Workflow) -> Layout:
+    graph = workflow_graph(wf)
+    edges = [Edge(e["source"], e["target"], e["kind"], e.get("label")) for e in graph["edges"]]
+    return layout([n["id"] for n in graph["nodes"]], edges)
+
+
+def graph_view(wf: Workflow) -> GraphView:
+    graph = workflow_graph(wf)
+    placed = graph_layout(wf)
+    info = {n["id"]: n for n in graph["nodes"]}
+    nodes = []
+    for box in placed.nodes:
+        node = info[box.id]
+        nodes.append(
+            NodeView(box, node["kind"], str(node.get("target") or ""), bool(node.get("optional")))
+        )
+    return GraphView(placed, nodes)
+
+
+def clip(text: str, size: int) -> str:
+    """Text that fits a node: long names end in an ellipsis (the full text is in the tooltip)."""
+    return text if len(text) <= size else text[: size - 1] + "\u2026"
+
+
+def script_json(value: Any) -> str:
+    """JSON to embed in a <script type="application/json">: no `<`, so no `</script>` or `<!--`."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode().replace("<", "\\u003c")
