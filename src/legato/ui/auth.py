@@ -1,0 +1,75 @@
+"""Signing in to the UI when the server has an API token.
+
+A browser's EventSource cannot send an Authorization header, so the login form trades the token for
+a session cookie (HttpOnly: scripts cannot read it; SameSite=Strict: other sites' pages never send
+it). The cookie holds an HMAC of the token, not the token, and is valid as long as the token is.
+Requests that change something and carry only the cookie must also carry the `X-Legato-UI` header,
+which a cross-site form cannot send and a cross-site script cannot send without a CORS preflight
+this server never grants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import parse_qs, quote
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+COOKIE = "legato_session"
+UI_HEADER = "x-legato-ui"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PAGE_PREFIXES = ("/workflows", "/runs", "/services")
+MAX_LOGIN_BODY = 8192
+
+
+def session_value(token: str) -> str:
+    return hmac.new(token.encode(), b"legato-ui-session", hashlib.sha256).hexdigest()
+
+
+def valid_session(cookie: str | None, token: str) -> bool:
+    return cookie is not None and hmac.compare_digest(
+        cookie.encode(), session_value(token).encode()
+    )
+
+
+def is_page(path: str, method: str) -> bool:
+    """A UI page a person opens: without a session it sends them to the login form, not a 401
+    (a run's event stream is read by a script, which is better told 401)."""
+    if method not in SAFE_METHODS or path.endswith("/events"):
+        return False
+    return path == "/" or path.startswith(PAGE_PREFIXES)
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path on this server only (never `//elsewhere`)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def login_redirect(path: str, query: str) -> Response:
+    here = path + ("?" + query if query else "")
+    return RedirectResponse("/login?next=" + quote(here, safe=""), 303)
+
+
+async def login_form(request: Request) -> tuple[str, str]:
+    """The token and the next page from the form's urlencoded body (no multipart parser needed)."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_LOGIN_BODY:
+            break
+    fields = parse_qs(raw[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
+    return fields.get("token", [""])[0].strip(), fields.get("next", ["/"])[0]
+
+
+def set_session(response: Response, token: str, secure: bool) -> None:
+    response.set_cookie(
+        COOKIE, session_value(token), httponly=True, samesite="strict", secure=secure, path="/"
+    )
+
+
+def clear_session(response: Response) -> None:
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
