@@ -42,7 +42,7 @@ async def test_the_pages_draw_workflows_runs_and_services(
         for step in ("fetch", "check", "approve", "auto", "finish"):
             assert f'data-step="{step}"' in svg
         assert len(re.findall(r'<path class="edge ', svg)) == 5  # fetch>check, check>2, 2>finish
-        assert svg.count("edge-branch") == 2 and "input.amount &gt; 100" in svg
+        assert svg.count("edge-branch") == 2 and ">input.amount &gt; 100<" in svg
         assert "http · svc" in svg and "branch" in svg
         assert "https://" not in page  # nothing from a CDN
         runs = (await http.get("/runs", params={"workflow": "ui-pages"})).text

@@ -27,9 +27,21 @@ class GraphView:
     nodes: list[NodeView]
 
 
+def _label(text: str | None) -> str | None:
+    """A branch condition without its template braces: `{{ x > 1 }}` reads as `x > 1`."""
+    if text is None:
+        return None
+    stripped = text.strip()
+    if stripped.startswith("{{") and stripped.endswith("}}"):
+        stripped = stripped[2:-2].strip()
+    return stripped
+
+
 def graph_layout(wf: Workflow) -> Layout:
     graph = workflow_graph(wf)
-    edges = [Edge(e["source"], e["target"], e["kind"], e.get("label")) for e in graph["edges"]]
+    edges = [
+        Edge(e["source"], e["target"], e["kind"], _label(e.get("label"))) for e in graph["edges"]
+    ]
     return layout([n["id"] for n in graph["nodes"]], edges)
 
 
