@@ -73,9 +73,9 @@ async def fill(db: str, base: str, runs: int, steps: int) -> str:
         big = await engine.start_run("big", {})
         await engine.wait_ended(big, 120)
         state = await engine.get_run(big)
-        print(
-            f"filled {runs} runs in {time.perf_counter() - started:.1f} s; big run {state.info.status}"
-        )
+        stored = len(await engine.store.list_runs(limit=runs + 10))
+        elapsed = time.perf_counter() - started
+        print(f"{stored} runs stored in {elapsed:.1f} s; the {steps}-step run {state.info.status}")
         return big
 
 
