@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 
 from legato.client import AsyncClient
+from tests.integration.brokers import postgres_url
 from tests.integration.serverprocess import ServerProcess, start_server
+from tests.integration.testservice import LoopbackService
 from tests.integration.ui_flows import approval, fails_once
 
 
@@ -148,6 +154,54 @@ async def test_retry_from_the_api_the_ui_uses(api: AsyncClient, server: ServerPr
         page = (await http.get(f"/runs/{run['id']}")).text
         assert 'data-step="charge" data-kind="http" data-status="failed"' in page
         assert 'id="retry-run" data-when="failed cancelled" >' in page  # shown: not hidden
+
+
+@pytest.fixture
+async def shared_db() -> AsyncIterator[str]:
+    base = postgres_url()
+    schema = f"legato_test_{uuid.uuid4().hex[:12]}"
+    yield f"{base}?schema={schema}"
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def test_the_stream_follows_a_run_that_a_worker_moves(
+    shared_db: str, service: LoopbackService, tmp_path: Path
+) -> None:
+    """The API-only server holds no run: the page must learn of the worker's progress by the store."""
+    front = start_server(tmp_path, "--api-only", db=shared_db, name="front")
+    worker = start_server(
+        tmp_path, "--public-url", front.url, db=shared_db, name="worker", command="worker"
+    )
+    try:
+        async with AsyncClient(front.url) as api:
+            await api.add_service({"name": "svc", "base_url": service.url, "timeout": 5})
+            await api.apply(approval("ui-shared"))
+            run_id = (await api.start("ui-shared", {"amount": 500}))["id"]
+            await _until(api, run_id, "approve", "waiting")
+            async with (
+                httpx.AsyncClient(base_url=front.url, timeout=15) as http,
+                http.stream("GET", f"/runs/{run_id}/events") as stream,
+            ):
+                last: dict[str, Any] = {}
+                async for line in stream.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    last = orjson.loads(line[6:])
+                    if last["steps"]["approve"][0] == "waiting" and last["status"] == "running":
+                        done = await http.post(
+                            f"/api/runs/{run_id}/steps/approve/complete", json={"output": {}}
+                        )
+                        assert done.status_code == 200  # through the run's inbox, to the worker
+                    if last["status"] == "succeeded":
+                        break
+            assert last["steps"]["finish"][0] == "succeeded"
+    finally:
+        worker.stop()
+        front.stop()
 
 
 @pytest.fixture(scope="module")
