@@ -43,6 +43,15 @@ async def test_the_pages_draw_workflows_runs_and_services(
         assert home.status_code == 303 and home.headers["location"] == "/workflows"
         listed = await http.get("/workflows")
         assert listed.status_code == 200 and 'href="/workflows/ui-pages"' in listed.text
+        second = approval("ui-pages") | {"description": "second version"}
+        await api.apply(second)
+        listed = await http.get("/workflows")
+        for v in (1, 2):
+            assert f'href="/workflows/ui-pages?version={v}"' in listed.text
+        older = (await http.get("/workflows/ui-pages?version=1")).text
+        assert "big orders wait for a person" in older and "Start run of v1" in older
+        assert (await http.get("/workflows/ui-pages?version=9")).status_code == 404
+        assert (await http.get("/workflows/ui-pages?version=x")).status_code == 400
         page = (await http.get("/workflows/ui-pages")).text
         svg = page[page.index("<svg") : page.index("</svg>")]
         for step in ("fetch", "check", "approve", "auto", "finish"):
