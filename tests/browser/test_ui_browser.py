@@ -44,7 +44,8 @@ async def test_a_run_page_shows_the_graph_and_turns_steps_green_live(
     await expect(page.locator(node(page, "approve", "succeeded"))).to_have_count(1)
     await expect(page.locator(node(page, "finish", "succeeded"))).to_have_count(1)
     await expect(page.locator("#run-status")).to_have_text("succeeded")
-    await expect(page.locator("#timeline .tl-row")).to_have_count(3)  # fetch, approve, finish
+    await expect(page.locator("#run-finished")).to_contain_text("finished 20")
+    await expect(page.locator("#timeline .tl-row")).to_have_count(4)  # all but auto (skipped)
     assert await page.evaluate("window.notReloaded") is True
     await shot(page, "run-succeeded")
 

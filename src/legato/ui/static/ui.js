@@ -110,6 +110,7 @@ function runPage(main) {
     for (const s of detail.steps) statuses[s.name] = s.status;
     colour(statuses);
     showRun(detail.status, detail.error);
+    document.getElementById("run-finished").textContent = detail.finished_at ? "· finished " + detail.finished_at : "";
     const out = document.getElementById("run-output-box");
     out.hidden = detail.output === null || detail.output === undefined;
     document.getElementById("run-output").textContent = pretty(detail.output);
