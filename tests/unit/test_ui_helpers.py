@@ -54,7 +54,8 @@ def test_the_session_is_an_hmac_of_the_token_and_next_stays_on_this_server() -> 
     assert "t0ken" not in value and auth.valid_session(value, "t0ken")
     assert not auth.valid_session(value, "other") and not auth.valid_session(None, "t0ken")
     assert auth.safe_next("/runs?status=failed") == "/runs?status=failed"
-    for bad in (None, "", "https://evil.example", "//evil.example", "/\\evil.example"):
+    bad_ones = (None, "", "https://evil.example", "//evil.example", "/\\evil.example", "/\t/evil")
+    for bad in bad_ones:
         assert auth.safe_next(bad) == "/"
     assert auth.is_page("/", "GET") and auth.is_page("/runs", "GET")
     assert not auth.is_page("/runs/abc/events", "GET") and not auth.is_page("/runs", "POST")

@@ -44,7 +44,10 @@ def is_page(path: str, method: str) -> bool:
 
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: a path on this server only (never `//elsewhere`)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if not target or not target.startswith("/") or "\\" in target:
+        return "/"
+    # Browsers drop tabs and newlines from URLs, so `/\t/evil` would become `//evil`.
+    if any(ord(c) < 0x20 or c == "\x7f" for c in target) or target.startswith("//"):
         return "/"
     return target
 
