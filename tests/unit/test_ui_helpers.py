@@ -8,7 +8,7 @@ import orjson
 from legato.model.build import build_workflow
 from legato.ui import auth
 from legato.ui.stats import ServiceCalls, step_service
-from legato.ui.view import clip, graph_view, script_json
+from legato.ui.view import clip, graph_view, script_json, took
 
 WF = build_workflow(
     {
@@ -40,6 +40,12 @@ def test_nodes_carry_kind_and_target_and_branch_labels_lose_their_braces() -> No
     assert labels[("pick", "each")] == "steps.reserve.output.status == 200"
     assert labels[("pick", "nope")] == "otherwise"
     assert labels[("reserve", "pick")] is None
+
+
+def test_durations_read_like_a_person_would_say_them() -> None:
+    assert took(None, 1.0) == "" and took(1.0, None) == ""
+    assert took(0.0, 0.85) == "850 ms" and took(0.0, 12.34) == "12.3 s"
+    assert took(0.0, 245.0) == "4 min 5 s" and took(0.0, 7380.0) == "2 h 3 min"
 
 
 def test_clip_and_script_json() -> None:

@@ -63,6 +63,20 @@ def clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: size - 1] + "\u2026"
 
 
+def took(start: float | None, end: float | None) -> str:
+    """A run's or step's duration as a person reads it: `850 ms`, `12.3 s`, `4 min 5 s`, `2 h 3 min`."""
+    if start is None or end is None:
+        return ""
+    seconds = max(0.0, end - start)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
 def script_json(value: Any) -> str:
     """JSON to embed in a <script type="application/json">: no `<`, so no `</script>` or `<!--`."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode().replace("<", "\\u003c")
