@@ -173,6 +173,12 @@ async def test_a_large_workflow_is_drawn_without_overlaps(
             apart = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
             assert apart, (a, b)
     await shot(page, "workflow-large")
+    full = await page.eval_on_selector("svg.graph", "e => e.getBoundingClientRect().width")
+    await page.click(".fit-toggle")
+    fitted = await page.eval_on_selector("svg.graph", "e => e.getBoundingClientRect().width")
+    frame = await page.eval_on_selector(".graph-wrap", "e => e.clientWidth")
+    assert fitted <= frame < full
+    await shot(page, "workflow-large-fit")
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,9 @@ async def test_the_pages_draw_workflows_runs_and_services(
         assert "big orders wait for a person" in older and "Start run of v1" in older
         assert (await http.get("/workflows/ui-pages?version=9")).status_code == 404
         assert (await http.get("/workflows/ui-pages?version=x")).status_code == 400
-        page = (await http.get("/workflows/ui-pages")).text
+        answer = await http.get("/workflows/ui-pages")
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        page = answer.text
         svg = page[page.index("<svg") : page.index("</svg>")]
         for step in ("fetch", "check", "approve", "auto", "finish"):
             assert f'data-step="{step}"' in svg

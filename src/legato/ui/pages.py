@@ -7,6 +7,7 @@ REST API any client uses.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,16 @@ STATIC_DIR = Path(__file__).parent / "static"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PAGE_SIZE = 50
 MAX_GRAPHS = 256
+FAILED_LOGIN_DELAY = 0.5  # slows guessing; a person mistyping hardly notices
+# Pages load only this server's script and stylesheet, and no other site may frame them (so no
+# page of another site can trick a click on Cancel or Retry).
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 class UI:
@@ -57,7 +68,7 @@ class UI:
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = self.env.get_template(template).render(**context)
-        return HTMLResponse(html, status, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(html, status, headers=PAGE_HEADERS)
 
     def error(self, status: int, message: str) -> HTMLResponse:
         return self.render("error.html", status, title=f"{status}", message=message)
@@ -210,6 +221,7 @@ async def login(request: Request) -> Response:
         return ui.render("login.html", title="Sign in", next=target, failed=False)
     given, target = await auth.login_form(request)
     if not auth.valid_session(auth.session_value(given), ui.token):
+        await asyncio.sleep(FAILED_LOGIN_DELAY)
         return ui.render(
             "login.html", 401, title="Sign in", next=auth.safe_next(target), failed=True
         )

@@ -256,7 +256,19 @@ function runPage(main) {
   render();
 }
 
+// Large graphs show at full size (readable) and scroll; "Fit" shrinks one to its frame, for the shape.
+function fitToggles() {
+  document.querySelectorAll(".graph-wrap .fit-toggle").forEach((button) => {
+    button.addEventListener("click", () => {
+      const on = button.parentElement.classList.toggle("fit");
+      button.setAttribute("aria-pressed", String(on));
+      button.textContent = on ? "Full size" : "Fit";
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  fitToggles();
   const main = document.querySelector("main");
   if (main.dataset.page === "workflow") workflowPage(main);
   if (main.dataset.page === "run") runPage(main);
