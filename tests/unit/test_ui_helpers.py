@@ -8,7 +8,7 @@ import orjson
 from legato.model.build import build_workflow
 from legato.ui import auth
 from legato.ui.stats import ServiceCalls, step_service
-from legato.ui.view import clip, graph_view, script_json, took
+from legato.ui.view import clip, clip_middle, graph_view, script_json, took
 
 WF = build_workflow(
     {
@@ -51,6 +51,9 @@ def test_durations_read_like_a_person_would_say_them() -> None:
 def test_clip_and_script_json() -> None:
     assert clip("short", 10) == "short"
     assert clip("a_very_long_step_name", 8) == "a_very_\u2026"
+    label = clip_middle("steps.charge.output.status == 200", 21)
+    assert len(label) == 21 and label.startswith("steps.ch") and label.endswith("tus == 200")
+    assert clip_middle("otherwise", 21) == "otherwise"
     text = script_json({"x": "</script><!-- &"})
     assert "<" not in text and orjson.loads(text) == {"x": "</script><!-- &"}
 

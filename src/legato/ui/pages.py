@@ -28,7 +28,7 @@ from legato.server.errors import ApiError
 from legato.ui import auth
 from legato.ui.live import Live
 from legato.ui.stats import WINDOW, CallStats
-from legato.ui.view import GraphView, clip, graph_view, script_json, took
+from legato.ui.view import GraphView, clip, clip_middle, graph_view, script_json, took
 
 STATIC_DIR = Path(__file__).parent / "static"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -60,7 +60,9 @@ class UI:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.globals.update(clip=clip, took=took, active=ACTIVE_RUN, signed_in=bool(token))
+        self.env.globals.update(
+            clip=clip, clip_middle=clip_middle, took=took, active=ACTIVE_RUN, signed_in=bool(token)
+        )
         self.env.filters["iso"] = payloads.iso
         self.env.filters["pretty"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
         # A workflow version never changes, so its drawing is computed once.

@@ -63,6 +63,14 @@ def clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: size - 1] + "\u2026"
 
 
+def clip_middle(text: str, size: int) -> str:
+    """Long conditions keep both ends (`steps.charge…status == 200`): their ends differ most."""
+    if len(text) <= size:
+        return text
+    head = (size - 1) // 2
+    return text[:head] + "\u2026" + text[len(text) - (size - 1 - head) :]
+
+
 def took(start: float | None, end: float | None) -> str:
     """A run's or step's duration as a person reads it: `850 ms`, `12.3 s`, `4 min 5 s`, `2 h 3 min`."""
     if start is None or end is None:
