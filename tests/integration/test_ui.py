@@ -167,6 +167,30 @@ async def test_retry_from_the_api_the_ui_uses(api: AsyncClient, server: ServerPr
         assert 'id="retry-run" data-when="failed cancelled" >' in page  # shown: not hidden
 
 
+def _svc_counts(html: str) -> tuple[int, int, str]:
+    row = html[html.index('data-service="svc"') :]
+    found = re.search(
+        r'class="calls">(\d+)<.*?class="errors">(\d+)<.*?class="rate">([^<]*)<', row, re.S
+    )
+    assert found is not None, row[:500]
+    return int(found.group(1)), int(found.group(2)), found.group(3).strip()
+
+
+async def test_the_services_page_counts_calls_and_errors(
+    api: AsyncClient, server: ServerProcess
+) -> None:
+    await api.apply(fails_once("ui-counts"))
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        calls, errors, _ = _svc_counts((await http.get("/services")).text)
+        run = await api.start("ui-counts", {}, wait=10)  # reserve succeeds, charge fails
+        assert run["status"] == "failed"
+        await api.retry(run["id"])
+        assert (await api.run(run["id"], wait=10))["status"] == "succeeded"  # charge, notify
+        after, failed, rate = _svc_counts((await http.get("/services")).text)
+    assert (after - calls, failed - errors) == (4, 1)
+    assert rate.endswith("%")
+
+
 @pytest.fixture
 async def shared_db() -> AsyncIterator[str]:
     base = postgres_url()
