@@ -8,6 +8,7 @@ stream also looks at the store every `POLL` seconds, and sends a snapshot only w
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,27 +26,42 @@ class Live:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._wake: dict[str, set[asyncio.Event]] = {}
+        # The last store read of each watched run, shared by its viewers: many pages open on one
+        # run cost about one read a second, not one each. A decision here makes it stale at once.
+        self._read: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._decisions = 0  # a read begun before a decision here is not kept for others
         engine.subscribe(self._observe)
 
     def _observe(self, decision: Decision) -> None:
-        for event in self._wake.get(decision.run_id, ()):
-            event.set()
-
-    def watchers(self, run_id: str) -> int:
-        return len(self._wake.get(run_id, ()))
+        watching = self._wake.get(decision.run_id)
+        if watching:
+            self._decisions += 1
+            self._read.pop(decision.run_id, None)
+            for event in watching:
+                event.set()
 
     async def snapshot(self, run_id: str) -> dict[str, Any] | None:
         """The run as this process holds it (ahead of the store by at most one commit), else as
         stored; None if there is no such run."""
-        state = self.engine.live_run(run_id) or await self.engine.store.get_run(run_id)
+        state = self.engine.live_run(run_id)
+        seen = self._decisions
         if state is None:
-            return None
-        info = state.info
-        return {
-            "status": info.status,
-            "finished_at": iso(info.finished_at),
-            "steps": {n: [s.status, s.attempt] for n, s in state.steps.items()},
-        }
+            now = time.monotonic()
+            cached = self._read.get(run_id)
+            if cached is not None and now - cached[0] < POLL / 2:
+                return cached[1]
+            state = await self.engine.store.get_run(run_id)
+        snap = None
+        if state is not None:
+            info = state.info
+            snap = {
+                "status": info.status,
+                "finished_at": iso(info.finished_at),
+                "steps": {n: [s.status, s.attempt] for n, s in state.steps.items()},
+            }
+        if run_id in self._wake and seen == self._decisions:
+            self._read[run_id] = (time.monotonic(), snap)
+        return snap
 
     async def stream(self, run_id: str) -> AsyncIterator[bytes]:
         wake = asyncio.Event()
@@ -73,3 +89,4 @@ class Live:
                 watching.discard(wake)
                 if not watching:
                     del self._wake[run_id]
+                    self._read.pop(run_id, None)
