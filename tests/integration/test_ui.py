@@ -62,6 +62,7 @@ async def test_the_pages_draw_workflows_runs_and_services(
         assert svg.count("edge-branch") == 2 and ">input.amount &gt; 100<" in svg
         assert "http · svc" in svg and "branch" in svg
         assert "https://" not in page  # nothing from a CDN
+        assert "Definition (v" in page and "&#34;otherwise&#34;" in page
         runs = (await http.get("/runs", params={"workflow": "ui-pages"})).text
         assert f'href="/runs/{run["id"]}"' in runs and "st-succeeded" in runs
         none = (await http.get("/runs", params={"workflow": "ui-pages", "status": "failed"})).text
