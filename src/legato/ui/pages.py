@@ -73,7 +73,7 @@ class UI:
         return HTMLResponse(html, status, headers=PAGE_HEADERS)
 
     def error(self, status: int, message: str) -> HTMLResponse:
-        return self.render("error.html", status, title=f"{status}", message=message)
+        return self.render("error.html", status, title=f"{status}", message=message, nav="")
 
     def graph(self, name: str, version: int, wf: Workflow) -> GraphView:
         key = (name, version)
