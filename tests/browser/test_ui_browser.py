@@ -203,7 +203,8 @@ async def test_with_a_token_the_ui_signs_in_first(page: Page, guarded: ServerPro
     await page.wait_for_url(f"{guarded.url}/runs")
     await expect(page.locator("h1")).to_have_text("Runs")
     cookies = await page.context.cookies()
-    (session,) = [c for c in cookies if c["name"] == "legato_session"]
+    port = guarded.url.rsplit(":", 1)[1]
+    (session,) = [c for c in cookies if c["name"] == f"legato_session_{port}"]
     assert session["httpOnly"] and session["sameSite"] == "Strict"
     await page.click("text=Sign out")
     await expect(page.locator("h1")).to_have_text("Sign in")

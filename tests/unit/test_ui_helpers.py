@@ -69,6 +69,8 @@ def test_the_session_is_an_hmac_of_the_token_and_next_stays_on_this_server() -> 
     assert auth.is_page("/", "GET") and auth.is_page("/runs", "GET")
     assert not auth.is_page("/runs/abc/events", "GET") and not auth.is_page("/runs", "POST")
     assert not auth.is_page("/api/runs", "GET")
+    assert auth.cookie_name({"server": ("127.0.0.1", 8080)}) == "legato_session_8080"
+    assert auth.cookie_name({"server": None}) == "legato_session"
 
 
 def test_calls_count_for_the_service_a_step_or_its_map_children_call() -> None:

@@ -65,7 +65,7 @@ class BearerToken:
         headers = dict(scope["headers"])
         cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
         method = scope["method"]
-        if not auth.valid_session(cookies.get(auth.COOKIE), self.token):
+        if not auth.valid_session(cookies.get(auth.cookie_name(scope)), self.token):
             if auth.is_page(scope["path"], method):
                 query = scope.get("query_string", b"").decode("latin-1")
                 response = auth.login_redirect(scope["path"], query)

@@ -16,12 +16,20 @@ from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.types import Scope
 
 COOKIE = "legato_session"
 UI_HEADER = "x-legato-ui"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_PREFIXES = ("/workflows", "/runs", "/services")
 MAX_LOGIN_BODY = 8192
+
+
+def cookie_name(scope: Scope) -> str:
+    """Cookies ignore ports, so two servers on one host (a demo beside a test server) would
+    overwrite each other's session: the name carries the port the server listens on."""
+    server = scope.get("server")
+    return f"{COOKIE}_{server[1]}" if server and server[1] else COOKIE
 
 
 def session_value(token: str) -> str:
@@ -68,11 +76,16 @@ async def login_form(request: Request) -> tuple[str, str]:
     return fields.get("token", [""])[0].strip(), fields.get("next", ["/"])[0]
 
 
-def set_session(response: Response, token: str, secure: bool) -> None:
+def set_session(response: Response, scope: Scope, token: str, secure: bool) -> None:
     response.set_cookie(
-        COOKIE, session_value(token), httponly=True, samesite="strict", secure=secure, path="/"
+        cookie_name(scope),
+        session_value(token),
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+        path="/",
     )
 
 
-def clear_session(response: Response) -> None:
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+def clear_session(response: Response, scope: Scope) -> None:
+    response.delete_cookie(cookie_name(scope), path="/", httponly=True, samesite="strict")

@@ -228,13 +228,13 @@ async def login(request: Request) -> Response:
             "login.html", 401, title="Sign in", next=auth.safe_next(target), failed=True
         )
     response = RedirectResponse(auth.safe_next(target), 303)
-    auth.set_session(response, ui.token, secure=request.url.scheme == "https")
+    auth.set_session(response, request.scope, ui.token, secure=request.url.scheme == "https")
     return response
 
 
 async def logout(request: Request) -> Response:
     response = RedirectResponse("/login", 303)
-    auth.clear_session(response)
+    auth.clear_session(response, request.scope)
     return response
 
 
