@@ -88,6 +88,20 @@ async def test_the_pages_draw_workflows_runs_and_services(
             assert (await http.get(asset)).status_code == 200
 
 
+async def test_what_a_run_carries_is_never_markup(api: AsyncClient, server: ServerProcess) -> None:
+    evil = "</script><img src=x onerror=alert(1)><!--"
+    await api.apply(approval("ui-escape") | {"description": evil, "inputs": {}})
+    run = await api.start("ui-escape", {"amount": 1, "note": evil}, wait=10)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for path in ("/workflows", "/workflows/ui-escape", f"/runs/{run['id']}"):
+            page = (await http.get(path)).text
+            assert "<img" not in page and "</script><" not in page, path
+        detail = (await http.get(f"/runs/{run['id']}")).text
+        start = detail.index('id="run-data">') + len('id="run-data">')
+        data = orjson.loads(detail[start : detail.index("</script>", start)])
+        assert data["input"]["note"] == evil  # intact once parsed
+
+
 async def test_the_runs_list_pages_by_cursor(api: AsyncClient, server: ServerProcess) -> None:
     await api.apply(
         {
