@@ -61,6 +61,7 @@ async def test_the_pages_draw_workflows_runs_and_services(
         assert len(re.findall(r'<path class="edge ', svg)) == 5  # fetch>check, check>2, 2>finish
         assert svg.count("edge-branch") == 2 and ">input.amount &gt; 100<" in svg
         assert "http · svc" in svg and "branch" in svg
+        assert "runs when one succeeded" in svg and '<text class="trigger"' in svg  # finish
         assert "https://" not in page  # nothing from a CDN
         assert "Definition (v" in page and "&#34;otherwise&#34;" in page
         runs = (await http.get("/runs", params={"workflow": "ui-pages"})).text

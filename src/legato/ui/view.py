@@ -19,6 +19,8 @@ class NodeView:
     kind: str
     target: str
     optional: bool
+    trigger: str
+    description: str
 
 
 @dataclass
@@ -53,7 +55,14 @@ def graph_view(wf: Workflow) -> GraphView:
     for box in placed.nodes:
         node = info[box.id]
         nodes.append(
-            NodeView(box, node["kind"], str(node.get("target") or ""), bool(node.get("optional")))
+            NodeView(
+                box,
+                node["kind"],
+                str(node.get("target") or ""),
+                bool(node.get("optional")),
+                node["trigger"],
+                node.get("description", ""),
+            )
         )
     return GraphView(placed, nodes)
 
