@@ -18,16 +18,14 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-from throughput import drive_api, free_port, start_server, start_services
 
 from legato import aio
+from throughput import drive_api, free_port, start_server, start_services
 
 POSTGRES = os.environ.get("LEGATO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-async def bench_workers(
-    base: str, runs: int, concurrency: int, workers: int
-) -> dict[str, float]:
+async def bench_workers(base: str, runs: int, concurrency: int, workers: int) -> dict[str, float]:
     schema = f"legato_bench_{uuid.uuid4().hex[:8]}"
     db = f"{POSTGRES}?schema={schema}"
     procs: list[subprocess.Popen[bytes]] = []

@@ -62,6 +62,7 @@ def test_the_openapi_document_describes_every_route(server: ServerProcess) -> No
         "/api/runs/{run_id}",
         "/api/runs/{run_id}/cancel",
         "/api/runs/{run_id}/retry",
+        "/api/runs/{run_id}/steps/{step}/complete",
         "/healthz",
         "/metrics",
     } <= paths

@@ -289,7 +289,8 @@ def demo(
                 server.should_exit = True
             else:
                 click.echo(
-                    f"  this run   {server.address}/api/runs/{run['id']}\n"
+                    f"  this run   {server.address}/runs/{run['id']}\n"
+                    f"  as JSON    {server.address}/api/runs/{run['id']}\n"
                     f"  try        legato runs --url {server.address}\n"
                     "  Ctrl-C stops the server",
                     err=True,

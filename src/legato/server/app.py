@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import Request, cookie_parser
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -23,18 +23,22 @@ from legato.errors import LegatoError
 from legato.server import docs, routes
 from legato.server.errors import ApiError, error_response, handle
 from legato.server.metrics import Metrics
+from legato.ui import auth, pages
 
 DEFAULT_MAX_BODY = 1024 * 1024
 Endpoint = Callable[[Request], Awaitable[Response]]
-# The health check, the static docs page, and callbacks (their signed task token is the credential).
-OPEN_PATHS = ("/healthz", "/docs", "/api/callbacks/")
+# The health check, the static docs page, callbacks (their signed task token is the credential),
+# and the UI's login and logout forms and its static assets (which hold no data).
+OPEN_PATHS = ("/healthz", "/docs", "/api/callbacks/", "/login", "/logout", "/static/ui/")
 
 
 class BearerToken:
-    """Every path but the health check (and the static docs page) needs `Authorization: Bearer`."""
+    """Every path but the open ones needs `Authorization: Bearer`, or the UI's session cookie (see
+    `legato.ui.auth`); a page opened without either goes to the login form."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
+        self.token = token
         self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,18 +46,38 @@ class BearerToken:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if not given:
+            await self._by_cookie(scope, receive, send)
+            return
         scheme, _, credentials = given.strip().partition(b" ")
         # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
         if scheme.lower() != b"bearer" or not hmac.compare_digest(
             credentials.strip(), self.expected
         ):
-            message = (
-                "this server needs Authorization: Bearer <token>"
-                if not given
-                else "the bearer token is not valid"
+            response = error_response(
+                ApiError(401, "the bearer token is not valid", "Authorization")
             )
-            response = error_response(ApiError(401, message, "Authorization"))
             await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _by_cookie(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
+        method = scope["method"]
+        if not auth.valid_session(cookies.get(auth.cookie_name(scope)), self.token):
+            if auth.is_page(scope["path"], method):
+                query = scope.get("query_string", b"").decode("latin-1")
+                response = auth.login_redirect(scope["path"], query)
+            else:
+                message = "this server needs Authorization: Bearer <token>"
+                response = error_response(ApiError(401, message, "Authorization"))
+            await response(scope, receive, send)
+            return
+        if method not in auth.SAFE_METHODS and auth.UI_HEADER.encode() not in headers:
+            message = "a change made with the UI's session cookie must carry X-Legato-UI: 1"
+            forbidden = error_response(ApiError(403, message, "X-Legato-UI", "forbidden"))
+            await forbidden(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -117,9 +141,13 @@ def create_app(
             Route("/api/runs/{run_id}", routes.get_run),
             Route("/api/runs/{run_id}/cancel", routes.cancel_run, methods=["POST"]),
             Route("/api/runs/{run_id}/retry", routes.retry_run, methods=["POST"]),
+            Route(
+                "/api/runs/{run_id}/steps/{step}/complete", routes.complete_step, methods=["POST"]
+            ),
             Route("/e/{workflow}", routes.event, methods=["POST"]),
             Route("/api/callbacks/{token}", routes.callback, methods=["POST"]),
             Route("/api/events", routes.publish_event, methods=["POST"]),
+            *pages.routes(),
         ],
         exception_handlers={
             ApiError: handle,
@@ -130,6 +158,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.legato = routes.Context(engine, Metrics(engine), max_body)
+    if api:
+        app.state.ui = pages.UI(engine, token)
     if token:
         return BearerToken(app, token)
     return app

@@ -214,6 +214,15 @@ SCHEMAS: dict[str, Any] = {
             "heartbeat": {"type": "boolean", "enum": [True]},
         },
     },
+    "Completion": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Exactly one of output or error (an object or a message).",
+        "properties": {
+            "output": {},
+            "error": {"oneOf": [ANY_OBJECT, {"type": "string"}]},
+        },
+    },
     "EventAck": {
         "type": "object",
         "properties": {
@@ -519,6 +528,20 @@ def build() -> dict[str, Any]:
                 },
                 tag="runs",
                 params=[RUN_ID],
+            ),
+        },
+        "/api/runs/{run_id}/steps/{step}/complete": {
+            "post": _op(
+                "Complete by hand a step that waits for its callback (a person's approval): as the "
+                "service's callback would, for the step's current attempt.",
+                {
+                    "200": _ok("Taken.", ANY_OBJECT),
+                    "409": _error("The step is not waiting for a callback."),
+                },
+                tag="runs",
+                params=[RUN_ID, _path_param("step", "The step's name.")],
+                body=_json_body(_ref("Completion")),
+                errors=("400", "401", "404", "413", "415", "422"),
             ),
         },
     }

@@ -14,8 +14,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
-from legato.engine.state import ACTIVE_RUN, STATUSES, RunState
+from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
 from legato.errors import DefinitionError, NotFound
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
@@ -191,15 +192,7 @@ async def callback(request: Request) -> Response:
     API token to call back, and a token completes only the one attempt it names."""
     ctx = _ctx(request)
     body = await bodies.json_object(request, ctx.max_body)
-    bodies.only_fields(body, ("output", "error", "heartbeat"))
-    given = [k for k in ("output", "error", "heartbeat") if k in body]
-    if len(given) != 1:
-        raise ApiError(422, "send exactly one of output, error or heartbeat", "body")
-    error = body.get("error")
-    if isinstance(error, str):
-        error = {"message": error}
-    if "error" in body and not isinstance(error, dict):
-        raise ApiError(422, "must be an object (or a message)", "error")
+    error = _callback_body(body, ("output", "error", "heartbeat"))
     if "heartbeat" in body and body["heartbeat"] is not True:
         raise ApiError(422, "must be true", "heartbeat")
     _refuse_while_draining(ctx.engine)
@@ -210,6 +203,47 @@ async def callback(request: Request) -> Response:
         heartbeat="heartbeat" in body,
     )
     return json_response({"status": "extended" if "heartbeat" in body else "accepted"})
+
+
+def _callback_body(body: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any] | None:
+    """Exactly one of `allowed` is given; an error may be a bare message. Returns the error."""
+    bodies.only_fields(body, allowed)
+    given = [k for k in allowed if k in body]
+    if len(given) != 1:
+        raise ApiError(422, f"send exactly one of {', '.join(allowed)}", "body")
+    error = body.get("error")
+    if isinstance(error, str):
+        error = {"message": error}
+    if "error" in body and not isinstance(error, dict):
+        raise ApiError(422, "must be an object (or a message)", "error")
+    return error
+
+
+async def complete_step(request: Request) -> Response:
+    """Complete a step that waits for its callback, by hand (a person's approval, from the UI):
+    the same as the service's callback for the step's current attempt, so the same 409s apply."""
+    ctx = _ctx(request)
+    run_id = _run_id(request)
+    step = request.path_params["step"]
+    body = await bodies.json_object(request, ctx.max_body)
+    error = _callback_body(body, ("output", "error"))
+    _refuse_while_draining(ctx.engine)
+    state = ctx.engine.live_run(run_id) or await ctx.engine.store.get_run(run_id)
+    if state is None:
+        raise ApiError(404, f"no run with id {run_id!r}", "run_id")
+    current = state.steps.get(step)
+    if current is None:
+        raise ApiError(404, f"run {run_id} has no started step named {step!r}", "step")
+    if current.status != WAITING or current.reason != CALLBACK:
+        waits = f"waiting for {current.reason}" if current.status == WAITING else current.status
+        raise ApiError(409, f"step {step!r} is {waits}, not waiting for a callback", "step")
+    if ctx.engine.tokens is None:  # only before the engine has started
+        raise ApiError(503, "the engine is starting; try again shortly", "", "unavailable")
+    token = ctx.engine.tokens.issue(run_id, step, current.attempt)
+    await ctx.engine.complete(token, output=body.get("output"), error=error)
+    return json_response(
+        {"status": "accepted", "run_id": run_id, "step": step, "attempt": current.attempt}
+    )
 
 
 async def publish_event(request: Request) -> Response:

@@ -196,6 +196,8 @@ async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:
 
 def announce(server: DrainingServer, db: str, token: str | None) -> None:
     print(f"Legato {server.address}  database {db}", file=sys.stderr)
+    if server.api:
+        print(f"  web UI    {server.address}/", file=sys.stderr)
     print(f"  API docs  {server.address}/docs", file=sys.stderr)
     if not token:
         where = server.config.host
