@@ -16,7 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from tests.integration.conftest import api, server, service  # noqa: F401 (fixtures used here)
 
 CHROMIUM = Path(os.environ.get("LEGATO_CHROMIUM", "/usr/bin/chromium"))
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture
@@ -51,6 +51,9 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 async def shot(page: Page, name: str) -> None:
-    """A screenshot for docs/ui.md (the tests keep them current)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    """A screenshot: for docs/ui.md when LEGATO_SCREENSHOTS=docs (`scripts/screenshots`), else
+    beside the test's other files, so a test run leaves the checkout as it was."""
+    where = os.environ.get("LEGATO_SCREENSHOTS")
+    folder = DOCS_SCREENSHOTS if where == "docs" else Path(where or "/tmp/legato-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(folder / f"{name}.png"))
