@@ -166,11 +166,16 @@ async def test_the_event_stream_follows_a_run(api: AsyncClient, server: ServerPr
             if len(snaps) == 1:
                 assert snaps[0]["steps"]["approve"][0] == "waiting"
                 await http.post(f"/api/runs/{run_id}/steps/approve/complete", json={"output": {}})
-            if snaps[-1]["status"] == "succeeded":
-                break
+    # The stream ends by itself with the run (a browser tab does not keep a connection forever).
+    assert snaps[-1]["status"] == "succeeded"
     assert snaps[-1]["steps"]["finish"][0] == "succeeded"
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get(f"/runs/{'0' * 32}/events")).status_code == 404
+        ended = await http.get(f"/runs/{run_id}/events", timeout=5)  # answers, and closes
+        assert ended.text.count("data: ") == 1
+        refused = await http.get("/api/runs", params={"workflow": "x\x00y"})
+        assert refused.status_code == 400 and refused.json()["problems"][0]["path"] == "workflow"
+        assert (await http.get("/workflows/x%00y")).status_code == 404
 
 
 async def test_retry_from_the_api_the_ui_uses(api: AsyncClient, server: ServerProcess) -> None:

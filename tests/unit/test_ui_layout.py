@@ -77,3 +77,14 @@ def test_a_hundred_step_workflow_lays_out_quickly_and_cleanly() -> None:
     assert len(out.nodes) == 100
     assert elapsed < 0.5, elapsed
     _no_overlap(out)
+
+
+def test_every_edge_stays_inside_the_drawing() -> None:
+    """A long edge bends around the steps it skips: the drawing is wide enough for its bends."""
+    nodes = ["route", *(f"t{i}" for i in range(5)), "other", "join", "after"]
+    edges = [Edge("route", t, "branch", "c") for t in nodes[1:7]]
+    edges += [Edge(t, "join") for t in nodes[1:7]]
+    edges += [Edge("join", "after"), Edge("route", "after")]
+    drawn = layout(nodes, edges)
+    for e in drawn.edges:
+        assert all(0 <= x <= drawn.width for x, _ in e.points), (e.source, e.target)

@@ -73,7 +73,7 @@ from legato.errors import (
     Problem,
 )
 from legato.formats.loader import Definition, load_definition
-from legato.model.build import build_workflow, unknown_services
+from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.service import Service
 from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
@@ -437,6 +437,8 @@ class Engine:
 
     async def workflow_version(self, name: str, version: int | None = None) -> tuple[Workflow, int]:
         """The compiled workflow and its version (the latest when `version` is None)."""
+        if not WORKFLOW_NAME.fullmatch(name):  # no such workflow can exist (nor reach the store)
+            raise NotFound(f"no workflow named {name!r}")
         if version is None:
             version = self._latest.get(name)
         if version is not None and (name, version) in self._workflows:

@@ -74,7 +74,7 @@ class BearerToken:
                 response = error_response(ApiError(401, message, "Authorization"))
             await response(scope, receive, send)
             return
-        if method not in auth.SAFE_METHODS and auth.UI_HEADER.encode() not in headers:
+        if method not in auth.SAFE_METHODS and headers.get(auth.UI_HEADER.encode()) != b"1":
             message = "a change made with the UI's session cookie must carry X-Legato-UI: 1"
             forbidden = error_response(ApiError(403, message, "X-Legato-UI", "forbidden"))
             await forbidden(scope, receive, send)

@@ -18,6 +18,7 @@ from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
 from legato.errors import DefinitionError, NotFound
+from legato.model.build import WORKFLOW_NAME
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
 from legato.model.service import Service
@@ -354,6 +355,8 @@ async def list_runs(request: Request) -> Response:
     if cursor is not None and not RUN_ID.fullmatch(cursor):
         raise ApiError(400, "must be the next_cursor of a previous page", "cursor")
     workflow = request.query_params.get("workflow")
+    if workflow is not None and not WORKFLOW_NAME.fullmatch(workflow):
+        raise ApiError(400, "is not a workflow name", "workflow")
     infos = await engine.store.list_runs(workflow, status, limit + 1, cursor)
     page = infos[:limit]
     next_cursor = page[-1].id if len(infos) > limit else None

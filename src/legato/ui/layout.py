@@ -218,10 +218,12 @@ def layout(nodes: Sequence[str], edges: Sequence[Edge]) -> Layout:
     out = Layout(0.0, MARGIN * 2 + depth * NODE_H + (depth - 1) * GAP_Y, crossings=fewest)
     for n in nodes:
         out.nodes.append(Placed(n, cx[n] - NODE_W / 2, y[n], NODE_W, NODE_H, layer[n]))
-    out.width = max(p.x + p.w for p in out.nodes) + MARGIN
+    right = max(p.x + p.w for p in out.nodes)
     for e, chain in chains:
         points = [(cx[e.source], y[e.source] + NODE_H)]
         points += [(cx[d], y[d] + NODE_H / 2) for d in chain[1:-1]]
         points.append((cx[e.target], y[e.target]))
         out.edges.append(Routed(e.source, e.target, points, e.kind, e.label))
+        right = max(right, *(x + NODE_W / 4 for x, _ in points))  # bends, and their curves
+    out.width = right + MARGIN
     return out

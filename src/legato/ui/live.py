@@ -2,7 +2,8 @@
 
 This process's committed decisions wake a stream at once (`Engine.subscribe`), but runs are also
 moved by other processes (`legato worker` on a shared database), which this one never hears of; so a
-stream also looks at the store every `POLL` seconds, and sends a snapshot only when it changed.
+stream also looks at the store every `POLL` seconds, and sends a snapshot only when it changed. A
+stream ends with the run: an open one per browser tab would use up the browser's connections.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from legato.engine.state import Decision
 from legato.server.payloads import iso
 
 POLL = 1.0
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
 KEEPALIVE = 15.0  # a comment line now and then keeps proxies from closing an idle stream
 
 
@@ -72,9 +74,13 @@ class Live:
             yield b"retry: 2000\n\n"
             while not self.engine.draining:
                 snap = await self.snapshot(run_id)
-                if snap is not None and snap != last:
+                if snap is None:
+                    return  # no such run (any more)
+                if snap != last:
                     last, quiet = snap, 0.0
                     yield b"data: " + orjson.dumps(snap) + b"\n\n"
+                if snap["status"] in FINAL:
+                    return  # it ended: the page stops following (a retry opens a new stream)
                 elif quiet >= KEEPALIVE:
                     quiet = 0.0
                     yield b": keep-alive\n\n"

@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES
 from legato.errors import LegatoError
+from legato.model.build import WORKFLOW_NAME
 from legato.model.workflow import Workflow
 from legato.server import payloads
 from legato.server.errors import ApiError
@@ -75,13 +76,16 @@ class UI:
     def error(self, status: int, message: str) -> HTMLResponse:
         return self.render("error.html", status, title=f"{status}", message=message, nav="")
 
-    def graph(self, name: str, version: int, wf: Workflow) -> GraphView:
+    async def graph(self, name: str, version: int, wf: Workflow) -> GraphView:
+        """Laid out once per version, in a thread: a dense graph can take seconds, and the loop
+        serves everything else meanwhile."""
         key = (name, version)
         found = self._graphs.get(key)
         if found is None:
+            drawn = await asyncio.to_thread(graph_view, wf)
             if len(self._graphs) >= MAX_GRAPHS:
                 self._graphs.clear()
-            found = self._graphs[key] = graph_view(wf)
+            found = self._graphs[key] = drawn
         return found
 
 
@@ -130,7 +134,7 @@ async def workflow(request: Request) -> Response:
         version=found,
         versions=versions,
         latest=versions[-1].version if versions else found,
-        graph=ui.graph(name, found, wf),
+        graph=await ui.graph(name, found, wf),
         runs=runs,
         skeleton=orjson.dumps(skeleton, option=orjson.OPT_INDENT_2).decode(),
     )
@@ -146,6 +150,8 @@ async def runs(request: Request) -> Response:
         return ui.error(400, f"status must be one of {', '.join(STATUSES)}")
     if before is not None and not RUN_ID.fullmatch(before):
         return ui.error(400, "before must be the id of a run")
+    if workflow_name is not None and not WORKFLOW_NAME.fullmatch(workflow_name):
+        return ui.error(400, "workflow must be the name of a workflow")
     found = await ui.engine.store.list_runs(workflow_name, status, PAGE_SIZE + 1, before)
     page = found[:PAGE_SIZE]
     names = sorted({r.name for r in await ui.engine.store.list_workflows()})
@@ -183,7 +189,7 @@ async def run(request: Request) -> Response:
         title=f"Run {run_id[:8]}",
         nav="runs",
         run=detail,
-        graph=ui.graph(info.workflow, info.version, wf) if wf is not None else None,
+        graph=await ui.graph(info.workflow, info.version, wf) if wf is not None else None,
         statuses={name: s.status for name, s in state.steps.items()},
         data=script_json(detail),
     )

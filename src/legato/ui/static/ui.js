@@ -22,7 +22,8 @@ function problemText(res) {
   const data = res.data || {};
   const lines = [data.message || "request failed (" + res.status + ")"];
   for (const p of data.problems || []) {
-    if (p.message !== data.message || p.path) lines.push((p.path ? p.path + ": " : "") + p.message);
+    const line = (p.path ? p.path + ": " : "") + p.message;
+    if (!lines[0].includes(line)) lines.push(line);  // not what the message says already
   }
   return [...new Set(lines)].join("\n");
 }
@@ -115,7 +116,15 @@ function runPage(main) {
     out.hidden = detail.output === null || detail.output === undefined;
     document.getElementById("run-output").textContent = pretty(detail.output);
     timeline();
-    if (selected) panel(selected);
+    // The chosen step's panel is rebuilt only when that step moved on: a person typing into its
+    // completion form keeps what they typed while the rest of the run changes.
+    if (selected && panelKey(selected) !== shown) panel(selected);
+  }
+
+  let shown = null;
+  function panelKey(name) {
+    const step = detail.steps.find((s) => s.name === name);
+    return step ? [name, step.status, step.attempt].join("|") : name;
   }
 
   async function refresh() {
@@ -164,6 +173,7 @@ function runPage(main) {
 
   function panel(name) {
     selected = name;
+    shown = panelKey(name);
     nodes.forEach((g, n) => g.classList.toggle("selected", n === name));
     const box = document.getElementById("step-panel");
     const step = detail.steps.find((s) => s.name === name);
@@ -238,21 +248,31 @@ function runPage(main) {
     message.textContent = action === "cancel" ? "Cancelling…" : "Retrying…";
     const res = await call("POST", "/api/runs/" + runId + "/" + action);
     message.textContent = res.ok ? "" : problemText(res);
+    if (res.ok && action === "retry") follow();  // the run moves again: watch it again
     refreshSoon();
   }
   document.getElementById("cancel-run").addEventListener("click", () => act("cancel"));
   document.getElementById("retry-run").addEventListener("click", () => act("retry"));
 
-  const events = new EventSource("/runs/" + runId + "/events");
-  events.onmessage = (ev) => {
-    const snap = JSON.parse(ev.data);
-    const statuses = {};
-    for (const [name, [status]] of Object.entries(snap.steps)) statuses[name] = status;
-    colour(statuses);
-    showRun(snap.status);
-    refreshSoon();
-  };
-  events.onopen = () => { main.dataset.live = "1"; };
+  // Followed until it ends: the server then closes the stream, and the page does not reopen it
+  // (an open stream per tab would soon use up the browser's six connections to this server).
+  const FINAL = ["succeeded", "failed", "cancelled"];
+  let events = null;
+  function follow() {
+    if (events !== null) return;
+    events = new EventSource("/runs/" + runId + "/events");
+    events.onmessage = (ev) => {
+      const snap = JSON.parse(ev.data);
+      const statuses = {};
+      for (const [name, [status]] of Object.entries(snap.steps)) statuses[name] = status;
+      colour(statuses);
+      showRun(snap.status);
+      refreshSoon();
+      if (FINAL.includes(snap.status)) { events.close(); events = null; }
+    };
+    events.onopen = () => { main.dataset.live = "1"; };
+  }
+  follow();
   render();
 }
 
