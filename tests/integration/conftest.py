@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,10 @@ async def service() -> AsyncIterator[LoopbackService]:
     await svc.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Each engine test runs on every backend: a SQLite file, and a fresh schema in PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'legato.db'}"
-        return
+@asynccontextmanager
+async def fresh_schema() -> AsyncIterator[str]:
+    """The URL of a new PostgreSQL schema, dropped afterwards (skips, or fails under CI=true,
+    when PostgreSQL is not there)."""
     base = postgres_url()
     schema = f"legato_test_{uuid.uuid4().hex[:12]}"
     yield f"{base}?schema={schema}"
@@ -37,6 +36,23 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each engine test runs on every backend: a SQLite file, and a fresh schema in PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'legato.db'}"
+        return
+    async with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture
+async def shared_db() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema for several engines or processes to share."""
+    async with fresh_schema() as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,17 +9,13 @@ import asyncio
 import re
 import signal
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import orjson
-import pytest
 
 from legato.client import AsyncClient
-from tests.integration.brokers import postgres_url
 from tests.integration.serverprocess import ServerProcess, start_server
 from tests.integration.testservice import LoopbackService
 
@@ -56,18 +52,6 @@ FAN = {
 }
 
 
-@pytest.fixture
-async def schema() -> AsyncIterator[tuple[str, str]]:
-    base = postgres_url()
-    name = f"legato_chaos_{uuid.uuid4().hex[:10]}"
-    yield base, name
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 def worker_id(worker: ServerProcess) -> str:
     found = re.search(r"Legato worker ([0-9a-f]{32})", worker.output())
     assert found, worker.output()
@@ -75,10 +59,10 @@ def worker_id(worker: ServerProcess) -> str:
 
 
 async def test_killed_workers_lose_nothing_and_repeat_only_what_was_in_flight(
-    schema: tuple[str, str], service: LoopbackService, tmp_path: Path
+    shared_db: str, service: LoopbackService, tmp_path: Path
 ) -> None:
-    base, name = schema
-    db = f"{base}?schema={name}"
+    db = shared_db
+    base, name = db.split("?schema=")
     lease = ("--lease", "2s", "--grace", "1")
     api = start_server(tmp_path, "--api-only", *lease, db=db, name="api")
     workers = [

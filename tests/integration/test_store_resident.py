@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -15,7 +13,6 @@ import pytest
 
 from legato import Engine, Service
 from legato.errors import Conflict, LegatoError
-from tests.integration.brokers import postgres_url
 from tests.integration.testservice import LoopbackService
 
 WAITS = {
@@ -73,18 +70,6 @@ async def test_a_parked_run_is_cancelled_and_retried_through_its_inbox(engine: E
     assert (await engine.get_run(run_id)).info.status == "running"
     await engine.publish("payment", "c1", "late")
     assert (await engine.wait(run_id, timeout=10)).info.output == "late"
-
-
-@pytest.fixture
-async def shared_db() -> AsyncIterator[str]:
-    base = postgres_url()
-    schema = f"legato_test_{uuid.uuid4().hex[:12]}"
-    yield f"{base}?schema={schema}"
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def test_an_api_only_engine_leaves_the_steps_to_a_worker(

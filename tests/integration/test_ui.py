@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 
 from legato.client import AsyncClient
-from tests.integration.brokers import postgres_url
 from tests.integration.serverprocess import ServerProcess, start_server
 from tests.integration.testservice import LoopbackService
 from tests.integration.ui_flows import approval, fails_once
@@ -210,18 +207,6 @@ async def test_the_services_page_counts_calls_and_errors(
         after, failed, rate = _svc_counts((await http.get("/services")).text)
     assert (after - calls, failed - errors) == (4, 1)
     assert rate.endswith("%")
-
-
-@pytest.fixture
-async def shared_db() -> AsyncIterator[str]:
-    base = postgres_url()
-    schema = f"legato_test_{uuid.uuid4().hex[:12]}"
-    yield f"{base}?schema={schema}"
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def test_the_stream_follows_a_run_that_a_worker_moves(
