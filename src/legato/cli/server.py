@@ -46,6 +46,16 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
+GRACE = click.option(
+    "--grace",
+    type=click.FloatRange(0, 3600),
+    callback=_finite,
+    default=10.0,
+    show_default=True,
+    help="Seconds steps under way get to finish on SIGTERM.",
+)
+
+
 def _server_options(fn: Any) -> Any:
     options = [
         click.option("--db", default=DEFAULT_DB, envvar="LEGATO_DATABASE_URL", show_default=True),
@@ -54,14 +64,7 @@ def _server_options(fn: Any) -> Any:
         click.option(
             "--token", envvar="LEGATO_API_TOKEN", default=None, help="Require this bearer token."
         ),
-        click.option(
-            "--grace",
-            type=click.FloatRange(0, 3600),
-            callback=_finite,
-            default=10.0,
-            show_default=True,
-            help="Seconds steps under way get to finish on SIGTERM.",
-        ),
+        GRACE,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -207,14 +210,7 @@ def serve(
     show_default=True,
     help="Port of /healthz and /metrics (0: any free port).",
 )
-@click.option(
-    "--grace",
-    type=click.FloatRange(0, 3600),
-    callback=_finite,
-    default=10.0,
-    show_default=True,
-    help="Seconds steps under way get to finish on SIGTERM.",
-)
+@GRACE
 @_engine_options
 def worker(db: str, **settings: Any) -> None:
     """Run the engine without the API: claim runs from the shared database and carry them out.
