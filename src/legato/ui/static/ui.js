@@ -88,7 +88,16 @@ function runPage(main) {
   }
 
   function colour(statuses) {
-    nodes.forEach((g, name) => setStatus(g, statuses[name] || "pending"));
+    nodes.forEach((g, name) => {
+      let status = statuses[name] || "pending";
+      if (status === "running") {
+        // A map whose items only wait (say, for approvals) shows as waiting, not as working.
+        const items = Object.keys(statuses).filter((k) => k.startsWith(name + "["));
+        const states = items.map((k) => statuses[k]);
+        if (states.includes("waiting") && !states.includes("running")) status = "waiting";
+      }
+      setStatus(g, status);
+    });
   }
 
   function showRun(status, error) {
