@@ -32,6 +32,7 @@ from legato.engine.ids import new_run_id, result_key
 from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
+from legato.engine.scheduler import Scheduler
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -231,6 +232,8 @@ class Engine:
         self._renewer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._claim_now: asyncio.Event | None = None
+        self.scheduler = Scheduler(self)
+        self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
         self.http = HttpExecutor(self._services.get)
         self.tokens: TaskTokens | None = None
@@ -247,6 +250,7 @@ class Engine:
             "step_transitions": 0,
             "claimed": 0,
             "parked": 0,
+            "scheduled": 0,
         }
 
     @classmethod
@@ -304,6 +308,9 @@ class Engine:
                 pass
             self._claimer = asyncio.create_task(self._claim_forever(), name="legato-claim")
             self._renewer = asyncio.create_task(self._renew_forever(), name="legato-lease")
+            self._scheduling = asyncio.create_task(
+                self.scheduler.run_forever(), name="legato-schedule"
+            )
 
     def drain(self) -> None:
         """Start no new step from now on; steps under way finish and their outcomes are committed.
@@ -331,7 +338,7 @@ class Engine:
         released, so another engine sharing the store can claim them at once.
         """
         self.drain()
-        for task in (self._claimer, self._renewer, self._watcher):
+        for task in (self._scheduling, self._claimer, self._renewer, self._watcher):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -408,7 +415,52 @@ class Engine:
         record = await self.store.save_workflow(wf.name, digest, wf.spec)
         self._workflows[(wf.name, record.version)] = wf
         self._latest[wf.name] = max(record.version, self._latest.get(wf.name, 0))
+        if wf.schedule is not None:
+            await self.store.add_schedule(wf.name, wf.schedule.first(self.clock()), self.clock())
+            self.scheduler.wake.set()
+        elif record.created:
+            await self.store.drop_schedule(wf.name)
         return record
+
+    # -- schedules ----------------------------------------------------------------------------
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """Each scheduled workflow with its calendar, state and next fire time (None: ended)."""
+        found = []
+        for row in await self.store.list_schedules():
+            try:
+                wf = await self._workflow(row.workflow)
+            except (NotFound, DefinitionError):
+                continue
+            if wf.schedule is None:
+                continue
+            found.append(
+                {
+                    "workflow": row.workflow,
+                    "schedule": wf.spec.get("schedule"),
+                    "paused": row.paused,
+                    "catchup": wf.schedule.catchup,
+                    "max_active_runs": wf.schedule.max_active_runs,
+                    "tags": list(wf.tags),
+                    "next_start": row.next_start,
+                    "next_fire": None if row.paused else wf.schedule.next_fire(row.next_start),
+                }
+            )
+        return found
+
+    async def pause_schedule(self, workflow: str, paused: bool) -> None:
+        """Pause (no interval runs; they are caught up on unpause if the workflow has catchup) or
+        unpause a workflow's schedule. NotFound when it has none."""
+        if not WORKFLOW_NAME.fullmatch(workflow) or not await self.store.pause_schedule(
+            workflow, paused, self.clock()
+        ):
+            raise NotFound(f"workflow {workflow!r} has no schedule")
+        self.scheduler.wake.set()
+
+    def scheduled_run_started(self) -> None:
+        """The scheduler committed a new run, held by nobody: claim it now."""
+        self.stats["scheduled"] += 1
+        self._claim_soon()
 
     async def apply(self, document: str | bytes | dict[str, Any]) -> WorkflowRecord:
         """Validate and register a definition document (YAML, JSON, or an already parsed mapping)."""

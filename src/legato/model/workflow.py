@@ -11,6 +11,7 @@ import orjson
 
 from legato.expressions import Template
 from legato.model.fields import Field
+from legato.model.schedule import Schedule
 
 # Failure kinds an executor reports; a retry policy names the ones it retries.
 FAILURE_KINDS = (
@@ -207,6 +208,8 @@ class Workflow:
     functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
     downstream: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     roots: tuple[str, ...] = ()
+    schedule: Schedule | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:

@@ -1,0 +1,130 @@
+"""Scheduled workflows on both backends, in real time with 1 s intervals: one run per interval
+across engines, restarts and downtime; catchup or only the latest; pause and unpause."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from legato import Engine
+from legato.engine.state import RunInfo
+
+
+def ticking(name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "schedule": "1s",
+        "start_date": time.time() - 0.5,
+        **extra,
+        "steps": {"nap": {"wait": "10ms"}},
+        "output": "{{ input.schedule.interval_start_ts }}",
+    }
+
+
+async def finished(
+    engine: Engine, workflow: str, at_least: int, timeout: float = 15.0
+) -> list[RunInfo]:
+    """The workflow's runs once at least `at_least` of them exist and all have ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = await engine.store.list_runs(workflow=workflow, limit=1000)
+        if len(runs) >= at_least and all(r.done for r in runs):
+            return runs
+        assert time.monotonic() < deadline, f"{len(runs)} runs, want {at_least}: {runs}"
+        await asyncio.sleep(0.05)
+
+
+def starts(runs: list[RunInfo]) -> list[float]:
+    return sorted(r.input["schedule"]["interval_start_ts"] for r in runs)
+
+
+async def test_each_interval_runs_once_with_its_interval_in_context(db_url: str) -> None:
+    async with Engine.open(db_url) as engine:
+        await engine.apply(ticking("tick"))
+        runs = await finished(engine, "tick", 3)
+        assert all(r.status == "succeeded" for r in runs)
+        for r in runs:
+            sched = r.input["schedule"]
+            assert r.output == sched["interval_start_ts"]
+            assert sched["interval_end_ts"] - sched["interval_start_ts"] == 1.0
+            assert sched["interval_start"].endswith("Z")
+            assert r.created_at >= sched["interval_end_ts"]  # due once its interval is over
+        got = starts(runs)
+        assert got == [got[0] + i for i in range(len(got))]  # no interval twice, none skipped
+        assert engine.stats["scheduled"] == len(runs)
+
+
+async def test_a_restart_after_downtime_catches_up_each_missed_interval_once(db_url: str) -> None:
+    async with Engine.open(db_url) as engine:
+        await engine.apply(ticking("catchup"))
+        await finished(engine, "catchup", 1)
+    await asyncio.sleep(3.2)  # down for three intervals
+    async with Engine.open(db_url) as engine:
+        runs = await finished(engine, "catchup", 5)
+    got = starts(runs)
+    assert got == [got[0] + i for i in range(len(got))]
+
+
+async def test_without_catchup_a_restart_runs_only_the_latest_interval(db_url: str) -> None:
+    async with Engine.open(db_url) as engine:
+        await engine.apply(ticking("latest", catchup=False))
+        before = starts(await finished(engine, "latest", 1))
+    await asyncio.sleep(3.2)
+    async with Engine.open(db_url) as engine:
+        after = starts(await finished(engine, "latest", len(before) + 1))
+    resumed = after[len(before)]
+    assert resumed - before[-1] >= 3  # the missed intervals were skipped
+    assert len(set(after)) == len(after)
+
+
+async def test_pause_stops_runs_and_unpause_catches_up(db_url: str) -> None:
+    async with Engine.open(db_url) as engine:
+        await engine.apply(ticking("pausing"))
+        await finished(engine, "pausing", 1)
+        await engine.pause_schedule("pausing", True)
+        [listed] = await engine.list_schedules()
+        assert listed["paused"] is True and listed["next_fire"] is None
+        await asyncio.sleep(0.3)  # a pass under way when it was paused ends
+        count = len(await engine.store.list_runs(workflow="pausing"))
+        await asyncio.sleep(2.5)
+        assert len(await engine.store.list_runs(workflow="pausing")) == count
+        await engine.pause_schedule("pausing", False)
+        runs = await finished(engine, "pausing", count + 2)
+        got = starts(runs)
+        assert got == [got[0] + i for i in range(len(got))]  # catchup: none was lost
+
+
+async def test_an_unknown_schedule_cannot_be_paused(db_url: str) -> None:
+    from legato.errors import NotFound
+
+    async with Engine.open(db_url) as engine:
+        with pytest.raises(NotFound):
+            await engine.pause_schedule("nothing", True)
+
+
+async def test_max_active_runs_holds_the_next_interval_back(db_url: str) -> None:
+    definition = ticking("crowded", max_active_runs=1)
+    definition["steps"] = {"nap": {"wait": "2500ms"}}
+    async with Engine.open(db_url) as engine:
+        await engine.apply(definition)
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            runs = await engine.store.list_runs(workflow="crowded")
+            assert sum(not r.done for r in runs) <= 1
+            await asyncio.sleep(0.05)
+        assert len(runs) >= 2
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_two_engines_on_one_database_make_one_run_per_interval(db_url: str) -> None:
+    async with Engine.open(db_url) as one, Engine.open(db_url) as two:
+        await one.apply(ticking("shared"))
+        await asyncio.sleep(4.5)
+        runs = await finished(one, "shared", 4)
+        got = starts(runs)
+        assert got == [got[0] + i for i in range(len(got))]
+        assert one.stats["scheduled"] + two.stats["scheduled"] == len(runs)
+        assert all(r.status == "succeeded" for r in runs)
