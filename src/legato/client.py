@@ -183,6 +183,22 @@ class _Verbs(Generic[R]):
             )
         )
 
+    def trigger(self, workflow: str, conf: dict[str, Any] | None = None) -> R:
+        """Start a run by hand; `conf` is its input."""
+        return self._send(
+            _Request("POST", f"/api/workflows/{_q(workflow)}/trigger", json={"conf": conf or {}})
+        )
+
+    def schedules(self) -> R:
+        """Scheduled workflows with their state and next fire time."""
+        return self._send(_Request("GET", "/api/schedules", pick="schedules"))
+
+    def pause(self, workflow: str) -> R:
+        return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/pause"))
+
+    def unpause(self, workflow: str) -> R:
+        return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/unpause"))
+
     def send_event(self, workflow: str, data: dict[str, Any]) -> R:
         return self._send(_Request("POST", f"/e/{_q(workflow)}", json={"data": data}))
 

@@ -76,6 +76,7 @@ from legato.errors import (
 from legato.formats.loader import Definition, load_definition
 from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
+from legato.model.schedule import interval_context
 from legato.model.service import Service
 from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
 from legato.store.protocol import (
@@ -448,6 +449,17 @@ class Engine:
             )
         return found
 
+    async def trigger(self, workflow: str, conf: dict[str, Any] | None = None) -> str:
+        """Start a run by hand with `conf` as its input (checked like any input). A scheduled
+        workflow's run also gets `input.schedule`, as its templates expect, with an empty
+        interval at now and `manual: true`."""
+        wf = await self._workflow(workflow)
+        extra = None
+        if wf.schedule is not None:
+            now = self.clock()
+            extra = {"schedule": {**interval_context(now, now), "manual": True}}
+        return await self.start_run(workflow, conf, extra=extra)
+
     async def pause_schedule(self, workflow: str, paused: bool) -> None:
         """Pause (no interval runs; they are caught up on unpause if the workflow has catchup) or
         unpause a workflow's schedule. NotFound when it has none."""
@@ -519,14 +531,17 @@ class Engine:
         version: int | None = None,
         run_id: str | None = None,
         parent: tuple[str, str, int] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         """Validate the input, commit the new run with its first steps, and return its id.
         (`run_id` and `parent` are for sub-workflows: their parent's attempt fixes the id, and
-        the parent hears of the run's end.)"""
+        the parent hears of the run's end. `extra` joins the input after it was checked.)"""
         wf, found = await self.workflow_version(workflow, version)
         data, problems = check_object(wf.inputs, {} if input is None else input, "input")
         if problems:
             raise InputError(problems)
+        if extra:
+            data = {**data, **extra}
         try:
             orjson.dumps(data)
         except TypeError as exc:  # e.g. an int past 64 bits, a set: the store could never write it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from croniter import croniter
 
@@ -114,7 +115,7 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
-def interval_context(start: float, end: float) -> dict[str, object]:
+def interval_context(start: float, end: float) -> dict[str, Any]:
     """What a scheduled run's templates read as `input.schedule`."""
     return {
         "interval_start": iso(start),

@@ -176,6 +176,35 @@ SCHEMAS: dict[str, Any] = {
             "version": {"type": "integer", "minimum": 1, "description": "Pin a version."},
         },
     },
+    "Trigger": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "conf": {
+                **ANY_OBJECT,
+                "description": "The run's input; templates read it as `input`.",
+            },
+        },
+    },
+    "Schedule": {
+        "type": "object",
+        "properties": {
+            "workflow": {"type": "string"},
+            "schedule": {"description": "As the definition gives it: cron, preset or interval."},
+            "paused": {"type": "boolean"},
+            "catchup": {"type": "boolean"},
+            "max_active_runs": {"type": "integer", "nullable": True},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "next_start": {
+                **NULLABLE_TIME,
+                "description": "The start of the next interval to run (null: the schedule ended).",
+            },
+            "next_fire": {
+                **NULLABLE_TIME,
+                "description": "When that run starts: the end of its interval (null: paused or ended).",
+            },
+        },
+    },
     "Started": {
         "type": "object",
         "properties": {
@@ -440,6 +469,54 @@ def build() -> dict[str, Any]:
                 params=[NAME, WAIT],
                 body=_json_body(_ref("StartRun"), required=False),
                 errors=("400", "401", "404", "413", "415", "422"),
+            ),
+        },
+        "/api/workflows/{name}/trigger": {
+            "post": _op(
+                "Trigger a run by hand with a configuration object, its input (a scheduled "
+                "workflow's run also gets `input.schedule`).",
+                {
+                    "202": _ok("Started.", _ref("Started")),
+                    "409": _error("The stored version cannot be built."),
+                },
+                tag="runs",
+                params=[NAME],
+                body=_json_body(_ref("Trigger"), required=False),
+                errors=("400", "401", "404", "413", "415", "422"),
+            ),
+        },
+        "/api/schedules": {
+            "get": _op(
+                "Scheduled workflows with their state and next fire time.",
+                {
+                    "200": _ok(
+                        "The schedules.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "schedules": {"type": "array", "items": _ref("Schedule")}
+                            },
+                        },
+                    )
+                },
+                tag="schedules",
+                errors=("401",),
+            ),
+        },
+        "/api/schedules/{name}/pause": {
+            "post": _op(
+                "Pause a workflow's schedule: no interval runs until it is unpaused.",
+                {"200": _ok("Paused.", _ref("Schedule"))},
+                tag="schedules",
+                params=[NAME],
+            ),
+        },
+        "/api/schedules/{name}/unpause": {
+            "post": _op(
+                "Unpause a schedule; with catchup, the intervals missed meanwhile run.",
+                {"200": _ok("Unpaused.", _ref("Schedule"))},
+                tag="schedules",
+                params=[NAME],
             ),
         },
         "/e/{workflow}": {

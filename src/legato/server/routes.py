@@ -325,6 +325,63 @@ async def start_run(request: Request) -> Response:
     )
 
 
+async def trigger_run(request: Request) -> Response:
+    """A manual trigger: `conf` is the run's input (a scheduled workflow's run also gets its
+    `input.schedule`)."""
+    ctx = _ctx(request)
+    body = await bodies.json_object(request, ctx.max_body, required=False)
+    bodies.only_fields(body, ("conf",))
+    conf = bodies.object_field(body, "conf")
+    _refuse_while_draining(ctx.engine)
+    try:
+        run_id = await ctx.engine.trigger(request.path_params["name"], conf)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "name") from None
+    except DefinitionError as exc:
+        raise ApiError(409, str(exc), "name") from None
+    return json_response(
+        {"id": run_id, "status": "pending", "created_at": payloads.iso(time.time())},
+        202,
+        {"Location": f"/api/runs/{run_id}"},
+    )
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+def schedule_payload(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **entry,
+        "next_start": payloads.iso(entry["next_start"]),
+        "next_fire": payloads.iso(entry["next_fire"]),
+    }
+
+
+async def list_schedules(request: Request) -> Response:
+    found = await _ctx(request).engine.list_schedules()
+    return json_response({"schedules": [schedule_payload(e) for e in found]})
+
+
+async def _pause(request: Request, paused: bool) -> Response:
+    engine, name = _ctx(request).engine, request.path_params["name"]
+    try:
+        await engine.pause_schedule(name, paused)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "name") from None
+    entry = next((e for e in await engine.list_schedules() if e["workflow"] == name), None)
+    if entry is None:  # its workflow's latest version no longer has a schedule
+        raise ApiError(404, f"workflow {name!r} has no schedule", "name")
+    return json_response(schedule_payload(entry))
+
+
+async def pause_schedule(request: Request) -> Response:
+    return await _pause(request, True)
+
+
+async def unpause_schedule(request: Request) -> Response:
+    return await _pause(request, False)
+
+
 async def event(request: Request) -> Response:
     ctx = _ctx(request)
     body = await bodies.json_object(request, ctx.max_body)
