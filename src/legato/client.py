@@ -220,6 +220,12 @@ class _Verbs(Generic[R]):
             _Request("GET", f"/api/runs/{_q(run_id)}", params=_params(wait=wait), timeout=wait)
         )
 
+    def notifications(self, run_id: str) -> R:
+        """What became of each notification about a run."""
+        return self._send(
+            _Request("GET", f"/api/runs/{_q(run_id)}/notifications", pick="notifications")
+        )
+
     def cancel(self, run_id: str) -> R:
         return self._send(_Request("POST", f"/api/runs/{_q(run_id)}/cancel"))
 

@@ -251,6 +251,11 @@ def workflow(
     max_active_runs: int | None = None,
     tags: list[str] | None = None,
     default_args: dict[str, Any] | None = None,
+    email: list[str] | str | None = None,
+    email_on_failure: bool | None = None,
+    email_on_retry: bool | None = None,
+    email_on_success: bool | None = None,
+    webhooks: list[dict[str, Any]] | None = None,
 ) -> Workflow: ...
 
 
@@ -272,6 +277,11 @@ def workflow(
     max_active_runs: int | None = None,
     tags: list[str] | None = None,
     default_args: dict[str, Any] | None = None,
+    email: list[str] | str | None = None,
+    email_on_failure: bool | None = None,
+    email_on_retry: bool | None = None,
+    email_on_success: bool | None = None,
+    webhooks: list[dict[str, Any]] | None = None,
 ) -> Callable[[Callable[[], Any]], Workflow]: ...
 
 
@@ -292,6 +302,11 @@ def workflow(
     max_active_runs: int | None = None,
     tags: list[str] | None = None,
     default_args: dict[str, Any] | None = None,
+    email: list[str] | str | None = None,
+    email_on_failure: bool | None = None,
+    email_on_retry: bool | None = None,
+    email_on_success: bool | None = None,
+    webhooks: list[dict[str, Any]] | None = None,
 ) -> Workflow | Callable[[Callable[[], Any]], Workflow]:
     """Decorate a function whose body declares steps; returns the validated Workflow."""
 
@@ -317,6 +332,11 @@ def workflow(
             ("catchup", catchup),
             ("max_active_runs", max_active_runs),
             ("tags", tags),
+            ("email", email),
+            ("email_on_failure", email_on_failure),
+            ("email_on_retry", email_on_retry),
+            ("email_on_success", email_on_success),
+            ("webhooks", webhooks),
         ):
             if value is not None:
                 spec[key] = value

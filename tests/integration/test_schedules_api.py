@@ -4,6 +4,7 @@ by API and CLI, and a manual trigger whose configuration templates read."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from datetime import datetime
 
@@ -95,3 +96,31 @@ async def test_refusals_name_the_field(server: ServerProcess) -> None:
         assert extra.status_code in (400, 422) and extra.json()["problems"][0]["path"] == "config"
         nothing = await http.post("/api/workflows/nope/trigger", json={})
         assert nothing.status_code == 404 and nothing.json()["problems"][0]["path"] == "name"
+
+
+async def test_a_runs_failed_notifications_are_listed(api: AsyncClient) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await api.apply(
+        {
+            "name": "api-unheard",
+            "webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "on": ["success"]}],
+            "steps": {"nap": {"wait": "10ms"}},
+        }
+    )
+    started = await api.start("api-unheard")
+    run = await api.wait(started["id"], timeout=10)
+    assert run["status"] == "succeeded"
+    deadline = time.monotonic() + 15  # three tries with backoff
+    while not (found := await api.notifications(started["id"])):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    [row] = found
+    assert (row["event"], row["channel"], row["ok"], row["tries"]) == (
+        "success",
+        "webhook",
+        False,
+        3,
+    )
+    assert row["error"]

@@ -113,3 +113,37 @@ def test_a_scheduled_run_id_is_fixed_by_its_interval() -> None:
     assert one == scheduled_run_id("w", 1000.0) and len(one) == 32
     assert one != scheduled_run_id("w", 1001.0) and one != scheduled_run_id("v", 1000.0)
     assert int(one, 16) >= 0
+
+
+def test_notifications_are_read_with_airflow_defaults() -> None:
+    wf = build_workflow(
+        definition(
+            email="ops@example.com",
+            email_on_retry=True,
+            webhooks=[{"url": "https://hooks.example/x", "on": ["success", "failure"]}],
+        )
+    )
+    assert wf.notify.email == ("ops@example.com",)
+    assert wf.notify.email_on == {"failure", "retry"}  # failure by default, as in Airflow
+    assert wf.notify.wants("success") and not build_workflow(definition()).notify.wants("failure")
+    assert problems(email_on_failure=True) == [
+        ("email_on_failure", "needs `email`, the addresses to write to")
+    ]
+    assert problems(email=["nobody"])[0] == ("email", "'nobody' is not an email address")
+    assert problems(webhooks=[{"url": "ftp://x", "on": ["sometimes"]}]) == [
+        ("webhooks[0].url", "must be an http:// or https:// URL"),
+        ("webhooks[0].on", "unknown event 'sometimes'; known: failure, retry, success"),
+    ]
+
+
+def test_a_decision_says_which_events_to_notify() -> None:
+    from legato.engine.notifier import events_of, sign
+    from legato.engine.state import Decision, RunInfo, StepState
+
+    failed = RunInfo("r", "w", 1, "failed", {}, 1.0, 1.0, 2.0, error={"message": "x"})
+    assert events_of(Decision("r", "w", failed)) == [("failure", {})]
+    retrying = StepState("s", "waiting", 1, 1, 1.0, 1.5, 3.0, error={"kind": "5xx"})
+    timer = StepState("t", "waiting", 1, 1, 1.0, next_at=3.0)  # a wait step: no error
+    [(event, detail)] = events_of(Decision("r", "w", None, {"s": retrying, "t": timer}))
+    assert event == "retry" and detail["step"] == "s" and detail["error"] == {"kind": "5xx"}
+    assert sign("k", "1", b"{}") == sign("k", "1", b"{}") != sign("k", "2", b"{}")

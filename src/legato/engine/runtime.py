@@ -29,6 +29,7 @@ from legato.engine import inbox
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
+from legato.engine.notifier import Notifier
 from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
@@ -234,6 +235,7 @@ class Engine:
         self._watcher: asyncio.Task[None] | None = None
         self._claim_now: asyncio.Event | None = None
         self.scheduler = Scheduler(self)
+        self.notifier = Notifier(store)
         self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
         self.http = HttpExecutor(self._services.get)
@@ -286,6 +288,7 @@ class Engine:
         self.store.lease = self.lease
         await self.store.open()
         self.tokens = TaskTokens(await self.store.secret("callbacks"))
+        self.notifier.secret = await self.store.secret("webhooks")
         for name, transport in self.transports.items():
             try:
                 await transport.connect()
@@ -370,6 +373,7 @@ class Engine:
                 await self.store.release_all(self.clock())
             except Exception:
                 log.exception("releasing this engine's runs failed; they are taken over later")
+        await self.notifier.close()
         await self.http.close()
         await self.results.close()
         self.python.close()
@@ -1132,10 +1136,24 @@ class Engine:
                         listener(decision)
                     except Exception:
                         log.exception("decision listener %r failed", listener)
+            self._notify(batch, lost)
             for active in touched.values():
                 self._maybe_park(active)
             if self._queue:
                 self._wake.set()
+
+    def _notify(self, batch: list[tuple[_Active | None, Decision]], lost: frozenset[str]) -> None:
+        """Hand committed decisions to the notifier, which sends in the background."""
+        for holding, decision in batch:
+            if decision.run_id in lost:
+                continue
+            wf: Workflow | None = holding.wf if holding is not None else None
+            if wf is None and decision.run is not None:
+                wf = self._workflows.get((decision.workflow, decision.run.version))
+            if wf is None or not (wf.notify.email or wf.notify.webhooks):
+                continue
+            info = holding.state.info if holding is not None else None
+            self.notifier.on_committed(wf.notify, decision, info)
 
     def _committed(
         self,

@@ -19,6 +19,7 @@ from legato.model.reader import Reader, join, read_fields
 from legato.model.schedule import PRESETS, Schedule, cron_problem
 from legato.model.workflow import (
     FAILURE_KINDS,
+    NOTIFY_ON,
     STEP_KINDS,
     TRIGGERS,
     Action,
@@ -28,18 +29,21 @@ from legato.model.workflow import (
     HttpCall,
     Listen,
     MapOver,
+    Notify,
     Poll,
     PythonCall,
     RetryPolicy,
     Step,
     SubWorkflow,
     Wait,
+    Webhook,
     Workflow,
 )
 
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.<>]*$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
@@ -85,6 +89,7 @@ def build_workflow(
     defaults = _read_defaults(r.raw(key), key, problems)
     r.seen.update(("defaults", "default_args"))
     schedule = _read_schedule(r, inputs)
+    notify = _read_notify(r, problems)
     tags = r.names("tags")
     for tag in tags:
         if not TAG.fullmatch(tag):
@@ -157,6 +162,7 @@ def build_workflow(
         roots=tuple(n for n, s in ordered.items() if not s.depends_on),
         schedule=schedule,
         tags=tuple(dict.fromkeys(tags)),
+        notify=notify,
     )
 
 
@@ -171,6 +177,39 @@ def _template(r: Reader, key: str, *, required: bool = False) -> Template | None
     except TemplateError as exc:
         r.problem(key, str(exc))
         return None
+
+
+def _read_notify(r: Reader, problems: list[Problem]) -> Notify:
+    emails = r.names("email")
+    for address in emails:
+        if not EMAIL.fullmatch(address):
+            r.problem("email", f"{address!r} is not an email address")
+    email_on = set()
+    for event, default in (("failure", True), ("retry", False), ("success", False)):
+        key = f"email_on_{event}"
+        if r.has(key) and not emails:
+            r.problem(key, "needs `email`, the addresses to write to")
+        if r.get(key, bool, default):
+            email_on.add(event)
+    hooks: list[Webhook] = []
+    raw = r.raw("webhooks")
+    if raw is not None and not isinstance(raw, list):
+        r.problem("webhooks", "must be a list of {url, on}")
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        h = Reader(item, join(r.at("webhooks"), i), problems)
+        if not h.ok:
+            continue
+        url = h.get("url", str)
+        if url is not None and not url.startswith(("http://", "https://")):
+            h.problem("url", "must be an http:// or https:// URL")
+        on = h.names("on") if h.has("on") else ("failure",)
+        unknown = [e for e in on if e not in NOTIFY_ON]
+        if unknown:
+            h.problem("on", f"unknown event {unknown[0]!r}; known: {', '.join(NOTIFY_ON)}")
+        h.done()
+        if url is not None:
+            hooks.append(Webhook(url, frozenset(on)))
+    return Notify(emails, frozenset(email_on), tuple(hooks))
 
 
 def _read_schedule(r: Reader, inputs: tuple[Field, ...]) -> Schedule | None:

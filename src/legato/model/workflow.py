@@ -193,6 +193,31 @@ class Step:
         return self.action.kind
 
 
+NOTIFY_ON = ("failure", "retry", "success")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    url: str
+    on: frozenset[str] = frozenset({"failure"})
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Who hears of a run's failure, a step's retry or a run's success: addresses by email (the
+    Airflow fields `email`, `email_on_failure`, `email_on_retry`, plus `email_on_success`) and
+    webhooks, each for the events it lists."""
+
+    email: tuple[str, ...] = ()
+    email_on: frozenset[str] = frozenset()
+    webhooks: tuple[Webhook, ...] = ()
+
+    def wants(self, event: str) -> bool:
+        return (bool(self.email) and event in self.email_on) or any(
+            event in w.on for w in self.webhooks
+        )
+
+
 @dataclass(frozen=True)
 class Workflow:
     """Steps are kept in a topological order; `spec` is the canonical plain form the digest is taken of."""
@@ -210,6 +235,7 @@ class Workflow:
     roots: tuple[str, ...] = ()
     schedule: Schedule | None = None
     tags: tuple[str, ...] = ()
+    notify: Notify = field(default_factory=Notify)
 
     @property
     def digest(self) -> str:

@@ -143,6 +143,7 @@ def create_app(
             Route("/api/schedules/{name}/unpause", routes.unpause_schedule, methods=["POST"]),
             Route("/api/runs", routes.list_runs),
             Route("/api/runs/{run_id}", routes.get_run),
+            Route("/api/runs/{run_id}/notifications", routes.run_notifications),
             Route("/api/runs/{run_id}/cancel", routes.cancel_run, methods=["POST"]),
             Route("/api/runs/{run_id}/retry", routes.retry_run, methods=["POST"]),
             Route(

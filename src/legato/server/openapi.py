@@ -186,6 +186,18 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Notification": {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "enum": ["failure", "retry", "success"]},
+            "channel": {"type": "string", "enum": ["email", "webhook"]},
+            "target": {"type": "string", "description": "The addresses, or the webhook's URL."},
+            "ok": {"type": "boolean"},
+            "tries": {"type": "integer"},
+            "error": {"type": "string", "nullable": True, "description": "The last try's."},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
     "Schedule": {
         "type": "object",
         "properties": {
@@ -586,6 +598,24 @@ def build() -> dict[str, Any]:
                 {"200": _ok("The run.", _ref("Run"))},
                 tag="runs",
                 params=[RUN_ID, WAIT],
+            ),
+        },
+        "/api/runs/{run_id}/notifications": {
+            "get": _op(
+                "What became of each notification (email, webhook) about a run, failures included.",
+                {
+                    "200": _ok(
+                        "The notifications, oldest first.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "notifications": {"type": "array", "items": _ref("Notification")}
+                            },
+                        },
+                    )
+                },
+                tag="runs",
+                params=[RUN_ID],
             ),
         },
         "/api/runs/{run_id}/cancel": {

@@ -346,6 +346,31 @@ async def trigger_run(request: Request) -> Response:
     )
 
 
+async def run_notifications(request: Request) -> Response:
+    """What became of each notification about a run (failures included)."""
+    engine = _ctx(request).engine
+    run_id = _run_id(request)
+    if await engine.store.run_status(run_id) is None:
+        raise ApiError(404, f"no run with id {run_id!r}", "run_id")
+    rows = await engine.store.list_notifications(run_id)
+    return json_response(
+        {
+            "notifications": [
+                {
+                    "event": r.event,
+                    "channel": r.channel,
+                    "target": r.target,
+                    "ok": r.ok,
+                    "tries": r.tries,
+                    "error": r.error,
+                    "created_at": payloads.iso(r.created_at),
+                }
+                for r in rows
+            ]
+        }
+    )
+
+
 # -- schedules -------------------------------------------------------------------------------
 
 

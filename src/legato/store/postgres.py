@@ -32,6 +32,7 @@ from legato.store.protocol import (
     Delivered,
     InboxRow,
     KeptEvent,
+    NotificationRow,
     ScheduleRow,
     Target,
     WorkflowRecord,
@@ -106,11 +107,17 @@ CREATE TABLE IF NOT EXISTS inbox (
 CREATE INDEX IF NOT EXISTS inbox_by_run ON inbox (run_id, id);
 """
 # Version 4: scheduled workflows. One row per workflow with a schedule: the start of its next
-# interval to run, moved on (under the row's lock) in the transaction that inserts the run.
+# interval to run, moved on (under the row's lock) in the transaction that inserts the run. And
+# what became of each notification (email, webhook) about a run.
 V4 = f"""
 CREATE TABLE IF NOT EXISTS schedules (
     workflow TEXT PRIMARY KEY, next_start {REAL}, paused BOOLEAN NOT NULL DEFAULT FALSE,
     updated_at {REAL} NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (
+    id BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, event TEXT NOT NULL, channel TEXT NOT NULL,
+    target TEXT NOT NULL, ok BOOLEAN NOT NULL, tries INTEGER NOT NULL, error TEXT,
+    created_at {REAL} NOT NULL);
+CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
 MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -757,3 +764,27 @@ class PostgresStore:
                 workflow,
             )
             return "fired"
+
+    # -- notifications --------------------------------------------------------------------------
+
+    async def record_notification(self, row: NotificationRow) -> None:
+        await self.pool.execute(
+            "INSERT INTO notifications (run_id, event, channel, target, ok, tries, error, "
+            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            row.run_id,
+            row.event,
+            row.channel,
+            row.target,
+            row.ok,
+            row.tries,
+            row.error,
+            row.created_at,
+        )
+
+    async def list_notifications(self, run_id: str) -> list[NotificationRow]:
+        rows = await self.pool.fetch(
+            "SELECT run_id, event, channel, target, ok, tries, error, created_at "
+            "FROM notifications WHERE run_id = $1 ORDER BY id",
+            run_id,
+        )
+        return [NotificationRow(*r) for r in rows]

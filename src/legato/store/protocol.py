@@ -103,6 +103,20 @@ class ScheduleRow:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationRow:
+    """One notification sent (or given up on) about a run: `ok` False keeps its last error."""
+
+    run_id: str
+    event: str
+    channel: str  # "email" or "webhook"
+    target: str  # the addresses, or the webhook's URL
+    ok: bool
+    tries: int
+    error: str | None
+    created_at: float
+
+
 class Store(Protocol):
     url: str
     # Set by the engine before open(). `owner`: the engine's id, or None for an engine that runs no
@@ -259,6 +273,11 @@ class Store(Protocol):
         worker to claim; skipped if its id exists) and move the schedule on to `following`.
         Returns "fired", "moved" (another process fired it, or it was paused) or "busy"
         (`max_active` runs of the workflow are active: nothing changes)."""
+
+    async def record_notification(self, row: NotificationRow) -> None: ...
+
+    async def list_notifications(self, run_id: str) -> list[NotificationRow]:
+        """A run's notifications, oldest first."""
 
 
 def open_store(url: str, *, migrate: bool = False) -> Store:

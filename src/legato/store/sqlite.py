@@ -32,6 +32,7 @@ from legato.store.protocol import (
     Delivered,
     InboxRow,
     KeptEvent,
+    NotificationRow,
     ScheduleRow,
     Target,
     WorkflowRecord,
@@ -106,11 +107,17 @@ CREATE TABLE IF NOT EXISTS inbox (
 CREATE INDEX IF NOT EXISTS inbox_by_run ON inbox (run_id, id);
 """
 # Version 4: scheduled workflows. One row per workflow with a schedule: the start of its next
-# interval to run, moved on in the same transaction that inserts the interval's run.
+# interval to run, moved on in the same transaction that inserts the interval's run. And what
+# became of each notification (email, webhook) about a run.
 V4 = """
 CREATE TABLE IF NOT EXISTS schedules (
     workflow TEXT PRIMARY KEY, next_start REAL, paused INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, event TEXT NOT NULL,
+    channel TEXT NOT NULL, target TEXT NOT NULL, ok INTEGER NOT NULL, tries INTEGER NOT NULL,
+    error TEXT, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
 MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -741,3 +748,31 @@ class SQLiteStore:
             return "fired"
 
         return await self._call(self._transaction, work)
+
+    # -- notifications --------------------------------------------------------------------------
+
+    async def record_notification(self, row: NotificationRow) -> None:
+        await self._call(
+            self._execute,
+            "INSERT INTO notifications (run_id, event, channel, target, ok, tries, error, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.run_id,
+                row.event,
+                row.channel,
+                row.target,
+                int(row.ok),
+                row.tries,
+                row.error,
+                row.created_at,
+            ),
+        )
+
+    async def list_notifications(self, run_id: str) -> list[NotificationRow]:
+        rows = await self._call(
+            self._fetch,
+            "SELECT run_id, event, channel, target, ok, tries, error, created_at "
+            "FROM notifications WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        return [NotificationRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]
