@@ -189,6 +189,10 @@ class _Verbs(Generic[R]):
             _Request("POST", f"/api/workflows/{_q(workflow)}/trigger", json={"conf": conf or {}})
         )
 
+    def tags(self) -> R:
+        """Each tag with its workflows: `[{"tag": ..., "workflows": [...]}]`."""
+        return self._send(_Request("GET", "/api/tags", pick="tags"))
+
     def schedules(self) -> R:
         """Scheduled workflows with their state and next fire time."""
         return self._send(_Request("GET", "/api/schedules", pick="schedules"))
@@ -209,9 +213,10 @@ class _Verbs(Generic[R]):
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tag: str | None = None,
     ) -> R:
         """One page: `{"runs": [...], "next_cursor": ...}`, newest first."""
-        params = _params(workflow=workflow, status=status, limit=limit, cursor=cursor)
+        params = _params(workflow=workflow, status=status, limit=limit, cursor=cursor, tag=tag)
         return self._send(_Request("GET", "/api/runs", params=params))
 
     def run(self, run_id: str, *, wait: float | None = None) -> R:

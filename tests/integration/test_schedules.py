@@ -128,3 +128,18 @@ async def test_two_engines_on_one_database_make_one_run_per_interval(db_url: str
         assert got == [got[0] + i for i in range(len(got))]
         assert one.stats["scheduled"] + two.stats["scheduled"] == len(runs)
         assert all(r.status == "succeeded" for r in runs)
+
+
+async def test_runs_are_listed_by_tag_on_every_backend(db_url: str) -> None:
+    async with Engine.open(db_url) as engine:
+        for name, labels in (("red", ["warm"]), ("blue", ["cold"]), ("orange", ["warm"])):
+            await engine.apply({"name": name, "tags": labels, "steps": {"a": {"wait": "1ms"}}})
+            await engine.run(name, timeout=10)
+        tags = await engine.tags()
+        assert tags == {"cold": ["blue"], "warm": ["orange", "red"]}
+        warm = await engine.store.list_runs(workflows=tags["warm"])
+        assert sorted(r.workflow for r in warm) == ["orange", "red"]
+        assert await engine.store.list_runs(workflows=[]) == []
+        assert [
+            r.workflow for r in await engine.store.list_runs(status="succeeded", workflows=["blue"])
+        ] == ["blue"]

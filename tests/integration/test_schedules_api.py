@@ -124,3 +124,23 @@ async def test_a_runs_failed_notifications_are_listed(api: AsyncClient) -> None:
         3,
     )
     assert row["error"]
+
+
+async def test_runs_are_filtered_by_tag(server: ServerProcess, api: AsyncClient) -> None:
+    for name, labels in (("api-tag-a", ["finance", "daily"]), ("api-tag-b", ["finance"])):
+        await api.apply({"name": name, "tags": labels, "steps": {"a": {"wait": "1ms"}}})
+        await api.wait((await api.start(name))["id"], timeout=10)
+    await api.apply({"name": "api-tag-c", "steps": {"a": {"wait": "1ms"}}})
+    await api.wait((await api.start("api-tag-c"))["id"], timeout=10)
+    tags = {t["tag"]: t["workflows"] for t in await api.tags()}
+    assert tags["finance"] == ["api-tag-a", "api-tag-b"] and tags["daily"] == ["api-tag-a"]
+    page = await api.runs(tag="finance", limit=500)
+    assert {r["workflow"] for r in page["runs"]} == {"api-tag-a", "api-tag-b"}
+    assert (await api.runs(tag="no-such-tag"))["runs"] == []
+    code, out, err = await legato(server, "runs", "--tag", "daily")
+    assert code == 0 and "api-tag-a" in out and "api-tag-b" not in out, err
+    code, out, err = await legato(server, "tags")
+    assert code == 0 and "api-tag-a, api-tag-b" in out
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        bad = await http.get("/api/runs", params={"tag": "not a tag"})
+        assert bad.status_code == 400 and bad.json()["problems"][0]["path"] == "tag"

@@ -208,6 +208,14 @@ def trigger(client: Client, workflow: str, conf_text: str | None) -> None:
 
 
 @main.command()
+@remote
+def tags(client: Client) -> None:
+    """List tags with the workflows that carry each."""
+    for entry in client.tags():
+        click.echo(f"{entry['tag']:<24} {', '.join(entry['workflows'])}")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @remote
 def schedules(client: Client, as_json: bool) -> None:
@@ -242,6 +250,7 @@ def unpause(client: Client, workflow: str) -> None:
 @main.command()
 @click.option("--workflow", help="Only this workflow's runs.")
 @click.option("--status", help="Only runs in this status.")
+@click.option("--tag", help="Only runs of workflows with this tag.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--cursor", help="Start after this page cursor (printed at the end of a page).")
 @click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
@@ -250,12 +259,13 @@ def runs(
     client: Client,
     workflow: str | None,
     status: str | None,
+    tag: str | None,
     limit: int,
     cursor: str | None,
     as_json: bool,
 ) -> None:
     """List runs, newest first."""
-    page = client.runs(workflow=workflow, status=status, limit=limit, cursor=cursor)
+    page = client.runs(workflow=workflow, status=status, limit=limit, cursor=cursor, tag=tag)
     if as_json:
         click.echo(dump_json(page))
         return

@@ -453,6 +453,15 @@ class Engine:
             )
         return found
 
+    async def tags(self) -> dict[str, list[str]]:
+        """Each tag with the workflows whose latest version carries it, by name."""
+        found: dict[str, list[str]] = {}
+        for record in await self.store.list_workflows():
+            raw = record.spec.get("tags") or []
+            for tag in [raw] if isinstance(raw, str) else raw:
+                found.setdefault(str(tag), []).append(record.name)
+        return {tag: sorted(names) for tag, names in sorted(found.items())}
+
     async def trigger(self, workflow: str, conf: dict[str, Any] | None = None) -> str:
         """Start a run by hand with `conf` as its input (checked like any input). A scheduled
         workflow's run also gets `input.schedule`, as its templates expect, with an empty

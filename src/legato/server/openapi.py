@@ -515,6 +515,36 @@ def build() -> dict[str, Any]:
                 errors=("401",),
             ),
         },
+        "/api/tags": {
+            "get": _op(
+                "Tags with the workflows whose latest version carries each.",
+                {
+                    "200": _ok(
+                        "The tags.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "tags": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "tag": {"type": "string"},
+                                            "workflows": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                }
+                            },
+                        },
+                    )
+                },
+                tag="workflows",
+                errors=("401",),
+            ),
+        },
         "/api/schedules/{name}/pause": {
             "post": _op(
                 "Pause a workflow's schedule: no interval runs until it is unpaused.",
@@ -577,6 +607,11 @@ def build() -> dict[str, Any]:
                 tag="runs",
                 params=[
                     _query("workflow", "Only this workflow's runs.", {"type": "string"}),
+                    _query(
+                        "tag",
+                        "Only runs of workflows whose latest version carries this tag.",
+                        {"type": "string"},
+                    ),
                     _query(
                         "status",
                         "Only runs in this status.",

@@ -18,7 +18,7 @@ from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
 from legato.errors import DefinitionError, NotFound
-from legato.model.build import WORKFLOW_NAME
+from legato.model.build import TAG, WORKFLOW_NAME
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
 from legato.model.service import Service
@@ -439,12 +439,23 @@ async def list_runs(request: Request) -> Response:
     workflow = request.query_params.get("workflow")
     if workflow is not None and not WORKFLOW_NAME.fullmatch(workflow):
         raise ApiError(400, "is not a workflow name", "workflow")
-    infos = await engine.store.list_runs(workflow, status, limit + 1, cursor)
+    tag = request.query_params.get("tag")
+    workflows = None
+    if tag is not None:
+        if not TAG.fullmatch(tag):
+            raise ApiError(400, "is not a tag (1-64 letters, digits, '_', '.', ':' or '-')", "tag")
+        workflows = (await engine.tags()).get(tag, [])
+    infos = await engine.store.list_runs(workflow, status, limit + 1, cursor, workflows)
     page = infos[:limit]
     next_cursor = page[-1].id if len(infos) > limit else None
     return json_response(
         {"runs": [payloads.run_summary(i) for i in page], "next_cursor": next_cursor}
     )
+
+
+async def list_tags(request: Request) -> Response:
+    tags = await _ctx(request).engine.tags()
+    return json_response({"tags": [{"tag": t, "workflows": w} for t, w in tags.items()]})
 
 
 async def get_run(request: Request) -> Response:

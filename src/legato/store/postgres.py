@@ -673,6 +673,7 @@ class PostgresStore:
         status: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        workflows: Sequence[str] | None = None,
     ) -> list[RunInfo]:
         where: list[str] = []
         params: list[Any] = []
@@ -684,6 +685,9 @@ class PostgresStore:
             if value is not None:
                 params.append(value)
                 where.append(f"{column} {op} ${len(params)}")
+        if workflows is not None:
+            params.append(list(workflows))
+            where.append(f"workflow = ANY(${len(params)}::text[])")
         sql = f"SELECT {RUN_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)

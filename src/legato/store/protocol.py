@@ -245,8 +245,10 @@ class Store(Protocol):
         status: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        workflows: Sequence[str] | None = None,
     ) -> list[RunInfo]:
-        """Newest first; `before` is the id of the last run of the previous page."""
+        """Newest first; `before` is the id of the last run of the previous page; `workflows`,
+        when given, are the only workflows whose runs are wanted (a tag's)."""
 
     async def add_schedule(self, workflow: str, first: float | None, now: float) -> None:
         """Keep a scheduled workflow's row, made with `first` unless it exists (a new version of

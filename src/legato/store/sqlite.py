@@ -668,8 +668,15 @@ class SQLiteStore:
         status: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        workflows: Sequence[str] | None = None,
     ) -> list[RunInfo]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
+        if workflows is not None:
+            if not workflows:
+                return []
+            where.append(f"workflow IN ({', '.join('?' * len(workflows))})")
+            params.extend(workflows)
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
