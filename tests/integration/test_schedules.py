@@ -143,3 +143,21 @@ async def test_runs_are_listed_by_tag_on_every_backend(db_url: str) -> None:
         assert [
             r.workflow for r in await engine.store.list_runs(status="succeeded", workflows=["blue"])
         ] == ["blue"]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_worker_follows_a_version_registered_by_another_process(db_url: str) -> None:
+    async with Engine.open(db_url, worker=False) as api, Engine.open(db_url) as worker:
+        first = ticking("versioned")
+        await api.apply(first)
+        await finished(worker, "versioned", 1)
+        await api.apply({**first, "output": "v2"})  # the same calendar, another output
+        deadline = time.monotonic() + 10
+        while sum(r.version == 2 for r in await worker.store.list_runs(workflow="versioned")) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        runs = await finished(worker, "versioned", 3)
+        assert {r.output for r in runs if r.version == 2} == {"v2"}
+        got = starts(runs)
+        # A new version neither reruns nor skips an interval.
+        assert got == [got[0] + i for i in range(len(got))], [(r.version, r.input) for r in runs]

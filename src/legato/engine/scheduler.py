@@ -60,11 +60,15 @@ class Scheduler:
         engine, store = self.engine, self.engine.store
         now = engine.clock()
         soonest = POLL
-        for row in await store.list_schedules():
-            if row.paused or engine.draining:
+        schedules = await store.list_schedules()
+        # The latest versions as stored: another process may have registered one since this
+        # engine last looked, and its schedule is the one that counts.
+        latest = {r.name: r.version for r in await store.list_workflows()} if schedules else {}
+        for row in schedules:
+            if row.paused or engine.draining or row.workflow not in latest:
                 continue
             try:
-                wf, version = await engine.workflow_version(row.workflow)
+                wf, version = await engine.workflow_version(row.workflow, latest[row.workflow])
             except (NotFound, DefinitionError):
                 continue
             schedule = wf.schedule
