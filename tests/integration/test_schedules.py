@@ -161,3 +161,56 @@ async def test_a_worker_follows_a_version_registered_by_another_process(db_url: 
         got = starts(runs)
         # A new version neither reruns nor skips an interval.
         assert got == [got[0] + i for i in range(len(got))], [(r.version, r.input) for r in runs]
+
+
+async def test_racing_fires_of_one_interval_make_one_run(db_url: str) -> None:
+    """Store level: many concurrent attempts at the same interval (two stores on PostgreSQL, as two
+    processes would), then the schedule row made again: one run, whatever happens."""
+    import random
+
+    from legato.engine.decider import decide
+    from legato.engine.ids import scheduled_run_id
+    from legato.engine.scheduler import scheduled_input
+    from legato.engine.state import RunState, Start
+    from legato.model.build import build_workflow
+    from legato.store.protocol import open_store
+
+    wf = build_workflow({**ticking("raced"), "start_date": 100.0})
+    info = RunInfo(
+        scheduled_run_id("raced", 100.0),
+        "raced",
+        1,
+        "pending",
+        scheduled_input(wf, 100.0, 101.0),
+        200.0,
+    )
+    decision = decide(wf, RunState(info), Start(), 200.0, random.random())
+    decision.new_run = True
+    stores = [open_store(db_url)] + ([open_store(db_url)] if db_url.startswith("postgres") else [])
+    for store in stores:
+        await store.open()
+    try:
+        await stores[0].add_schedule("raced", 100.0, 200.0)
+        attempts = [
+            stores[i % len(stores)].fire_schedule("raced", 100.0, 101.0, decision, None, 200.0)
+            for i in range(12)
+        ]
+        outcomes = await asyncio.gather(*attempts)
+        assert outcomes.count("fired") == 1 and set(outcomes) == {"fired", "moved"}
+        [row] = await stores[0].list_schedules()
+        assert row.next_start == 101.0
+        await stores[0].drop_schedule("raced")  # made again from scratch: the interval is due again
+        await stores[0].add_schedule("raced", 100.0, 200.0)
+        assert (
+            await stores[0].fire_schedule("raced", 100.0, 101.0, decision, None, 200.0) == "fired"
+        )
+        runs = await stores[0].list_runs(workflow="raced")
+        assert [r.id for r in runs] == [info.id]  # still one run: its id is the interval's
+        assert await stores[0].fire_schedule("raced", 101.0, 102.0, decision, 1, 200.0) == "busy"
+        await stores[0].pause_schedule("raced", True, 200.0)
+        assert (
+            await stores[0].fire_schedule("raced", 101.0, 102.0, decision, None, 200.0) == "moved"
+        )
+    finally:
+        for store in stores:
+            await store.close()
