@@ -183,6 +183,26 @@ class _Verbs(Generic[R]):
             )
         )
 
+    def trigger(self, workflow: str, conf: dict[str, Any] | None = None) -> R:
+        """Start a run by hand; `conf` is its input."""
+        return self._send(
+            _Request("POST", f"/api/workflows/{_q(workflow)}/trigger", json={"conf": conf or {}})
+        )
+
+    def tags(self) -> R:
+        """Each tag with its workflows: `[{"tag": ..., "workflows": [...]}]`."""
+        return self._send(_Request("GET", "/api/tags", pick="tags"))
+
+    def schedules(self) -> R:
+        """Scheduled workflows with their state and next fire time."""
+        return self._send(_Request("GET", "/api/schedules", pick="schedules"))
+
+    def pause(self, workflow: str) -> R:
+        return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/pause"))
+
+    def unpause(self, workflow: str) -> R:
+        return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/unpause"))
+
     def send_event(self, workflow: str, data: dict[str, Any]) -> R:
         return self._send(_Request("POST", f"/e/{_q(workflow)}", json={"data": data}))
 
@@ -193,15 +213,22 @@ class _Verbs(Generic[R]):
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tag: str | None = None,
     ) -> R:
         """One page: `{"runs": [...], "next_cursor": ...}`, newest first."""
-        params = _params(workflow=workflow, status=status, limit=limit, cursor=cursor)
+        params = _params(workflow=workflow, status=status, limit=limit, cursor=cursor, tag=tag)
         return self._send(_Request("GET", "/api/runs", params=params))
 
     def run(self, run_id: str, *, wait: float | None = None) -> R:
         """A run with its steps; with `wait`, once it ends or after `wait` seconds."""
         return self._send(
             _Request("GET", f"/api/runs/{_q(run_id)}", params=_params(wait=wait), timeout=wait)
+        )
+
+    def notifications(self, run_id: str) -> R:
+        """What became of each notification about a run."""
+        return self._send(
+            _Request("GET", f"/api/runs/{_q(run_id)}/notifications", pick="notifications")
         )
 
     def cancel(self, run_id: str) -> R:

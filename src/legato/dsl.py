@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, overload
 
 from legato.errors import LegatoError
@@ -226,6 +226,13 @@ def _names(targets: Sequence[StepNode | str] | StepNode | str) -> list[str]:
     return [t.name if isinstance(t, StepNode) else t for t in targets]
 
 
+def _moment(value: Any) -> Any:
+    """A datetime as ISO 8601 (naive ones are UTC), so the definition stays plain data."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
 @overload
 def workflow(
     fn: Callable[[], Any],
@@ -237,6 +244,18 @@ def workflow(
     output: Any = None,
     defaults: dict[str, Any] | None = None,
     timeout: float | str | timedelta | None = None,
+    schedule: str | float | timedelta | None = None,
+    start_date: str | float | datetime | None = None,
+    end_date: str | float | datetime | None = None,
+    catchup: bool | None = None,
+    max_active_runs: int | None = None,
+    tags: list[str] | None = None,
+    default_args: dict[str, Any] | None = None,
+    email: list[str] | str | None = None,
+    email_on_failure: bool | None = None,
+    email_on_retry: bool | None = None,
+    email_on_success: bool | None = None,
+    webhooks: list[dict[str, Any]] | None = None,
 ) -> Workflow: ...
 
 
@@ -251,6 +270,18 @@ def workflow(
     output: Any = None,
     defaults: dict[str, Any] | None = None,
     timeout: float | str | timedelta | None = None,
+    schedule: str | float | timedelta | None = None,
+    start_date: str | float | datetime | None = None,
+    end_date: str | float | datetime | None = None,
+    catchup: bool | None = None,
+    max_active_runs: int | None = None,
+    tags: list[str] | None = None,
+    default_args: dict[str, Any] | None = None,
+    email: list[str] | str | None = None,
+    email_on_failure: bool | None = None,
+    email_on_retry: bool | None = None,
+    email_on_success: bool | None = None,
+    webhooks: list[dict[str, Any]] | None = None,
 ) -> Callable[[Callable[[], Any]], Workflow]: ...
 
 
@@ -264,6 +295,18 @@ def workflow(
     output: Any = None,
     defaults: dict[str, Any] | None = None,
     timeout: float | str | timedelta | None = None,
+    schedule: str | float | timedelta | None = None,
+    start_date: str | float | datetime | None = None,
+    end_date: str | float | datetime | None = None,
+    catchup: bool | None = None,
+    max_active_runs: int | None = None,
+    tags: list[str] | None = None,
+    default_args: dict[str, Any] | None = None,
+    email: list[str] | str | None = None,
+    email_on_failure: bool | None = None,
+    email_on_retry: bool | None = None,
+    email_on_success: bool | None = None,
+    webhooks: list[dict[str, Any]] | None = None,
 ) -> Workflow | Callable[[Callable[[], Any]], Workflow]:
     """Decorate a function whose body declares steps; returns the validated Workflow."""
 
@@ -283,11 +326,24 @@ def workflow(
             ("outputs", outputs),
             ("output", output),
             ("timeout", _seconds(timeout)),
+            ("schedule", _seconds(schedule)),
+            ("start_date", _moment(start_date)),
+            ("end_date", _moment(end_date)),
+            ("catchup", catchup),
+            ("max_active_runs", max_active_runs),
+            ("tags", tags),
+            ("email", email),
+            ("email_on_failure", email_on_failure),
+            ("email_on_retry", email_on_retry),
+            ("email_on_success", email_on_success),
+            ("webhooks", webhooks),
         ):
             if value is not None:
                 spec[key] = value
         if defaults:
             spec["defaults"] = {k: _seconds(v) for k, v in defaults.items()}
+        if default_args:
+            spec["default_args"] = {k: _seconds(v) for k, v in default_args.items()}
         steps: dict[str, Any] = {}
         for node in builder.nodes.values():
             body = dict(node.body)

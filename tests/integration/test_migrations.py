@@ -120,7 +120,7 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
 
     refused = open_store(db_url)
     with pytest.raises(
-        LegatoError, match="has schema version 1; this Legato needs 3: run `legato migrate"
+        LegatoError, match="has schema version 1; this Legato needs 4: run `legato migrate"
     ):
         await refused.open()
 
@@ -128,7 +128,7 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
     migrated.owner = "engine-1"
     await migrated.open()
     try:
-        assert (migrated.found_version, migrated.version) == (1, 3)
+        assert (migrated.found_version, migrated.version) == (1, 4)
         state = await migrated.get_run(run.id)
         assert state is not None and state.info == run and state.steps == {"a": step}
         child = await migrated.get_run("3" * 32)
@@ -144,13 +144,17 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
             (parent.id, True, []),
             ("3" * 32, True, []),
         ]
+        await migrated.add_schedule("w", 100.0, 20.0)  # version 4's table
+        assert [(r.workflow, r.next_start, r.paused) for r in await migrated.list_schedules()] == [
+            ("w", 100.0, False)
+        ]
         kept = KeptEvent("e1", "t", "other", {"d": 1}, 20.0, 9e9)  # version 2's table
         assert await migrated.publish("t", "other", 20.0, lambda s, a: {}, kept) == []
         assert await migrated.take_kept("t", "other", 21.0, waiting.id, "b", lambda e: e.data)
         fresh = open_store(other_db(db_url, tmp_path))
         await fresh.open()
         try:
-            assert (fresh.found_version, fresh.version) == (0, 3)
+            assert (fresh.found_version, fresh.version) == (0, 4)
             assert await schema_of(fresh) == await schema_of(migrated)
         finally:
             await fresh.close()
@@ -179,11 +183,11 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
     first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 3", (
+    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 4", (
         first.stderr
     )
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert again.stdout.strip() == "schema version 3: up to date"
+    assert again.stdout.strip() == "schema version 4: up to date"
 
 
 async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> None:
@@ -195,9 +199,9 @@ async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> Non
     await older.open()
     await older.close()
     again = open_store(db_url)
-    await again.open()  # no "needs 3": the mark is still 3
+    await again.open()  # no "needs 4": the mark is still 4
     try:
-        assert again.found_version == 3
+        assert again.found_version == 4
     finally:
         await again.close()
 

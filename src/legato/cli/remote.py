@@ -197,8 +197,60 @@ def start(
 
 
 @main.command()
+@click.argument("workflow")
+@click.option(
+    "--conf", "conf_text", help="The run's configuration (its input): JSON, or @file.json."
+)
+@remote
+def trigger(client: Client, workflow: str, conf_text: str | None) -> None:
+    """Trigger a run of WORKFLOW by hand; prints its id."""
+    click.echo(client.trigger(workflow, parse_input(conf_text))["id"])
+
+
+@main.command()
+@remote
+def tags(client: Client) -> None:
+    """List tags with the workflows that carry each."""
+    for entry in client.tags():
+        click.echo(f"{entry['tag']:<24} {', '.join(entry['workflows'])}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote
+def schedules(client: Client, as_json: bool) -> None:
+    """List scheduled workflows with their next fire time."""
+    found = client.schedules()
+    if as_json:
+        click.echo(dump_json(found))
+        return
+    for s in found:
+        state = "paused" if s["paused"] else f"next {s['next_fire'] or 'never (ended)'}"
+        click.echo(f"{s['workflow']:<24} {s['schedule']!s:<16} {state}")
+
+
+@main.command()
+@click.argument("workflow")
+@remote
+def pause(client: Client, workflow: str) -> None:
+    """Pause WORKFLOW's schedule."""
+    client.pause(workflow)
+    click.echo(f"{workflow} paused")
+
+
+@main.command()
+@click.argument("workflow")
+@remote
+def unpause(client: Client, workflow: str) -> None:
+    """Unpause WORKFLOW's schedule (with catchup, missed intervals then run)."""
+    entry = client.unpause(workflow)
+    click.echo(f"{workflow} unpaused; next {entry['next_fire'] or 'never (ended)'}")
+
+
+@main.command()
 @click.option("--workflow", help="Only this workflow's runs.")
 @click.option("--status", help="Only runs in this status.")
+@click.option("--tag", help="Only runs of workflows with this tag.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--cursor", help="Start after this page cursor (printed at the end of a page).")
 @click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
@@ -207,12 +259,13 @@ def runs(
     client: Client,
     workflow: str | None,
     status: str | None,
+    tag: str | None,
     limit: int,
     cursor: str | None,
     as_json: bool,
 ) -> None:
     """List runs, newest first."""
-    page = client.runs(workflow=workflow, status=status, limit=limit, cursor=cursor)
+    page = client.runs(workflow=workflow, status=status, limit=limit, cursor=cursor, tag=tag)
     if as_json:
         click.echo(dump_json(page))
         return

@@ -33,3 +33,11 @@ def result_key(run_id: str, step: str, attempt: int) -> str:
 def traceparent(run_id: str) -> str:
     """A W3C traceparent: the run is the trace, each attempt a new span."""
     return f"00-{run_id}-{random.getrandbits(64) or 1:016x}-01"
+
+
+def scheduled_run_id(workflow: str, interval_start: float) -> str:
+    """The id of the run for one interval of a schedule: the same in every process and after any
+    restart, so an interval can never produce two runs. Time-ordered by the interval's start."""
+    ms = int(interval_start * 1000) & 0xFFFFFFFFFFFF
+    digest = hashlib.sha256(f"schedule:{workflow}:{interval_start!r}".encode()).hexdigest()
+    return f"{ms:012x}{digest[:20]}"

@@ -29,9 +29,11 @@ from legato.engine import inbox
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
+from legato.engine.notifier import Notifier
 from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
+from legato.engine.scheduler import Scheduler
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -75,6 +77,7 @@ from legato.errors import (
 from legato.formats.loader import Definition, load_definition
 from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
+from legato.model.schedule import interval_context
 from legato.model.service import Service
 from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
 from legato.store.protocol import (
@@ -231,6 +234,9 @@ class Engine:
         self._renewer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._claim_now: asyncio.Event | None = None
+        self.scheduler = Scheduler(self)
+        self.notifier = Notifier(store)
+        self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
         self.http = HttpExecutor(self._services.get)
         self.tokens: TaskTokens | None = None
@@ -247,6 +253,7 @@ class Engine:
             "step_transitions": 0,
             "claimed": 0,
             "parked": 0,
+            "scheduled": 0,
         }
 
     @classmethod
@@ -281,6 +288,7 @@ class Engine:
         self.store.lease = self.lease
         await self.store.open()
         self.tokens = TaskTokens(await self.store.secret("callbacks"))
+        self.notifier.secret = await self.store.secret("webhooks")
         for name, transport in self.transports.items():
             try:
                 await transport.connect()
@@ -304,6 +312,9 @@ class Engine:
                 pass
             self._claimer = asyncio.create_task(self._claim_forever(), name="legato-claim")
             self._renewer = asyncio.create_task(self._renew_forever(), name="legato-lease")
+            self._scheduling = asyncio.create_task(
+                self.scheduler.run_forever(), name="legato-schedule"
+            )
 
     def drain(self) -> None:
         """Start no new step from now on; steps under way finish and their outcomes are committed.
@@ -331,7 +342,7 @@ class Engine:
         released, so another engine sharing the store can claim them at once.
         """
         self.drain()
-        for task in (self._claimer, self._renewer, self._watcher):
+        for task in (self._scheduling, self._claimer, self._renewer, self._watcher):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -362,6 +373,7 @@ class Engine:
                 await self.store.release_all(self.clock())
             except Exception:
                 log.exception("releasing this engine's runs failed; they are taken over later")
+        await self.notifier.close()
         await self.http.close()
         await self.results.close()
         self.python.close()
@@ -408,7 +420,72 @@ class Engine:
         record = await self.store.save_workflow(wf.name, digest, wf.spec)
         self._workflows[(wf.name, record.version)] = wf
         self._latest[wf.name] = max(record.version, self._latest.get(wf.name, 0))
+        if wf.schedule is not None:
+            await self.store.add_schedule(wf.name, wf.schedule.first(self.clock()), self.clock())
+            self.scheduler.wake.set()
+        elif record.created:
+            await self.store.drop_schedule(wf.name)
         return record
+
+    # -- schedules ----------------------------------------------------------------------------
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """Each scheduled workflow with its calendar, state and next fire time (None: ended)."""
+        found = []
+        for row in await self.store.list_schedules():
+            try:
+                wf = await self._workflow(row.workflow)
+            except (NotFound, DefinitionError):
+                continue
+            if wf.schedule is None:
+                continue
+            found.append(
+                {
+                    "workflow": row.workflow,
+                    "schedule": wf.spec.get("schedule"),
+                    "paused": row.paused,
+                    "catchup": wf.schedule.catchup,
+                    "max_active_runs": wf.schedule.max_active_runs,
+                    "tags": list(wf.tags),
+                    "next_start": row.next_start,
+                    "next_fire": None if row.paused else wf.schedule.next_fire(row.next_start),
+                }
+            )
+        return found
+
+    async def tags(self) -> dict[str, list[str]]:
+        """Each tag with the workflows whose latest version carries it, by name."""
+        found: dict[str, list[str]] = {}
+        for record in await self.store.list_workflows():
+            raw = record.spec.get("tags") or []
+            for tag in [raw] if isinstance(raw, str) else raw:
+                found.setdefault(str(tag), []).append(record.name)
+        return {tag: sorted(names) for tag, names in sorted(found.items())}
+
+    async def trigger(self, workflow: str, conf: dict[str, Any] | None = None) -> str:
+        """Start a run by hand with `conf` as its input (checked like any input). A scheduled
+        workflow's run also gets `input.schedule`, as its templates expect, with an empty
+        interval at now and `manual: true`."""
+        wf = await self._workflow(workflow)
+        extra = None
+        if wf.schedule is not None:
+            now = self.clock()
+            extra = {"schedule": {**interval_context(now, now), "manual": True}}
+        return await self.start_run(workflow, conf, extra=extra)
+
+    async def pause_schedule(self, workflow: str, paused: bool) -> None:
+        """Pause (no interval runs; they are caught up on unpause if the workflow has catchup) or
+        unpause a workflow's schedule. NotFound when it has none."""
+        if not WORKFLOW_NAME.fullmatch(workflow) or not await self.store.pause_schedule(
+            workflow, paused, self.clock()
+        ):
+            raise NotFound(f"workflow {workflow!r} has no schedule")
+        self.scheduler.wake.set()
+
+    def scheduled_run_started(self) -> None:
+        """The scheduler committed a new run, held by nobody: claim it now."""
+        self.stats["scheduled"] += 1
+        self._claim_soon()
 
     async def apply(self, document: str | bytes | dict[str, Any]) -> WorkflowRecord:
         """Validate and register a definition document (YAML, JSON, or an already parsed mapping)."""
@@ -467,14 +544,17 @@ class Engine:
         version: int | None = None,
         run_id: str | None = None,
         parent: tuple[str, str, int] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         """Validate the input, commit the new run with its first steps, and return its id.
         (`run_id` and `parent` are for sub-workflows: their parent's attempt fixes the id, and
-        the parent hears of the run's end.)"""
+        the parent hears of the run's end. `extra` joins the input after it was checked.)"""
         wf, found = await self.workflow_version(workflow, version)
         data, problems = check_object(wf.inputs, {} if input is None else input, "input")
         if problems:
             raise InputError(problems)
+        if extra:
+            data = {**data, **extra}
         try:
             orjson.dumps(data)
         except TypeError as exc:  # e.g. an int past 64 bits, a set: the store could never write it
@@ -1067,10 +1147,24 @@ class Engine:
                         listener(decision)
                     except Exception:
                         log.exception("decision listener %r failed", listener)
+            self._notify(batch, lost)
             for active in touched.values():
                 self._maybe_park(active)
             if self._queue:
                 self._wake.set()
+
+    def _notify(self, batch: list[tuple[_Active | None, Decision]], lost: frozenset[str]) -> None:
+        """Hand committed decisions to the notifier, which sends in the background."""
+        for holding, decision in batch:
+            if decision.run_id in lost:
+                continue
+            wf: Workflow | None = holding.wf if holding is not None else None
+            if wf is None and decision.run is not None:
+                wf = self._workflows.get((decision.workflow, decision.run.version))
+            if wf is None or not (wf.notify.email or wf.notify.webhooks):
+                continue
+            info = holding.state.info if holding is not None else None
+            self.notifier.on_committed(wf.notify, decision, info)
 
     def _committed(
         self,

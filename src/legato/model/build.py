@@ -13,9 +13,13 @@ from typing import Any
 
 from legato.errors import DefinitionError, Problem
 from legato.expressions import Template, TemplateError, compile_template
+from legato.model.durations import parse_duration, parse_time
+from legato.model.fields import Field
 from legato.model.reader import Reader, join, read_fields
+from legato.model.schedule import PRESETS, Schedule, cron_problem
 from legato.model.workflow import (
     FAILURE_KINDS,
+    NOTIFY_ON,
     STEP_KINDS,
     TRIGGERS,
     Action,
@@ -25,18 +29,22 @@ from legato.model.workflow import (
     HttpCall,
     Listen,
     MapOver,
+    Notify,
     Poll,
     PythonCall,
     RetryPolicy,
     Step,
     SubWorkflow,
     Wait,
+    Webhook,
     Workflow,
 )
 
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.<>]*$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
 
@@ -75,7 +83,17 @@ def build_workflow(
     timeout = r.duration("timeout")
     if timeout is not None and timeout <= 0:
         r.problem("timeout", "must be positive")
-    defaults = _read_defaults(r.raw("defaults"), problems)
+    if r.has("defaults") and r.has("default_args"):
+        r.problem("default_args", "give `defaults` or `default_args` (its Airflow name), not both")
+    key = "default_args" if r.has("default_args") else "defaults"
+    defaults = _read_defaults(r.raw(key), key, problems)
+    r.seen.update(("defaults", "default_args"))
+    schedule = _read_schedule(r, inputs)
+    notify = _read_notify(r, problems)
+    tags = r.names("tags")
+    for tag in tags:
+        if not TAG.fullmatch(tag):
+            r.problem("tags", f"tag {tag!r} must be 1-64 letters, digits, '_', '.', ':' or '-'")
 
     raw_steps = r.raw("steps")
     step_items: list[tuple[str, Any, str]] = []
@@ -142,6 +160,9 @@ def build_workflow(
         functions=dict(functions or {}),
         downstream={k: tuple(v) for k, v in downstream.items()},
         roots=tuple(n for n, s in ordered.items() if not s.depends_on),
+        schedule=schedule,
+        tags=tuple(dict.fromkeys(tags)),
+        notify=notify,
     )
 
 
@@ -158,10 +179,88 @@ def _template(r: Reader, key: str, *, required: bool = False) -> Template | None
         return None
 
 
-def _read_defaults(data: Any, problems: list[Problem]) -> _Defaults:
+def _read_notify(r: Reader, problems: list[Problem]) -> Notify:
+    emails = r.names("email")
+    for address in emails:
+        if not EMAIL.fullmatch(address):
+            r.problem("email", f"{address!r} is not an email address")
+    email_on = set()
+    for event, default in (("failure", True), ("retry", False), ("success", False)):
+        key = f"email_on_{event}"
+        if r.has(key) and not emails:
+            r.problem(key, "needs `email`, the addresses to write to")
+        if r.get(key, bool, default):
+            email_on.add(event)
+    hooks: list[Webhook] = []
+    raw = r.raw("webhooks")
+    if raw is not None and not isinstance(raw, list):
+        r.problem("webhooks", "must be a list of {url, on}")
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        h = Reader(item, join(r.at("webhooks"), i), problems)
+        if not h.ok:
+            continue
+        url = h.get("url", str)
+        if url is not None and not url.startswith(("http://", "https://")):
+            h.problem("url", "must be an http:// or https:// URL")
+        on = h.names("on") if h.has("on") else ("failure",)
+        unknown = [e for e in on if e not in NOTIFY_ON]
+        if unknown:
+            h.problem("on", f"unknown event {unknown[0]!r}; known: {', '.join(NOTIFY_ON)}")
+        h.done()
+        if url is not None:
+            hooks.append(Webhook(url, frozenset(on)))
+    return Notify(emails, frozenset(email_on), tuple(hooks))
+
+
+def _read_schedule(r: Reader, inputs: tuple[Field, ...]) -> Schedule | None:
+    """`schedule` with its companions; these only mean something together, so alone they are refused."""
+    raw = r.raw("schedule")
+    start = r.convert("start_date", parse_time, None)
+    end = r.convert("end_date", parse_time, None)
+    catchup = r.get("catchup", bool, True)
+    max_active = r.get("max_active_runs", int, None)
+    if raw is None:
+        for key in ("start_date", "end_date", "catchup", "max_active_runs"):
+            if r.has(key):
+                r.problem(key, "needs a `schedule`")
+        return None
+    cron: str | None = None
+    every: float | None = None
+    if isinstance(raw, str) and (raw.startswith("@") or " " in raw.strip()):
+        problem = cron_problem(raw.strip())
+        if problem:
+            r.problem("schedule", problem)
+        cron = PRESETS.get(raw.strip(), raw.strip())
+    else:
+        try:
+            every = parse_duration(raw)
+        except ValueError:
+            r.problem("schedule", cron_problem("?") or "")
+        else:
+            if every < 1:
+                r.problem("schedule", "an interval must be at least 1s")
+    if max_active is not None and max_active < 1:
+        r.problem("max_active_runs", "must be at least 1")
+    if start is not None and end is not None and end <= start:
+        r.problem("end_date", "must be after start_date")
+    for f in inputs:
+        if f.name == "schedule":
+            r.problem(
+                "inputs",
+                "a scheduled workflow cannot declare an input named `schedule`: it holds the run's interval",
+            )
+        elif f.required:
+            r.problem(
+                "inputs",
+                f"a scheduled run has no caller to give input {f.name!r}: give it a default",
+            )
+    return Schedule(cron, every, start, end, catchup, max_active)
+
+
+def _read_defaults(data: Any, path: str, problems: list[Problem]) -> _Defaults:
     if data is None:
         return _Defaults(RetryPolicy(), None)
-    r = Reader(data, "defaults", problems)
+    r = Reader(data, path, problems)
     base = RetryPolicy()
     retry = RetryPolicy(
         retries=_non_negative(r, "retries", base.retries),

@@ -11,6 +11,7 @@ import orjson
 
 from legato.expressions import Template
 from legato.model.fields import Field
+from legato.model.schedule import Schedule
 
 # Failure kinds an executor reports; a retry policy names the ones it retries.
 FAILURE_KINDS = (
@@ -192,6 +193,31 @@ class Step:
         return self.action.kind
 
 
+NOTIFY_ON = ("failure", "retry", "success")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    url: str
+    on: frozenset[str] = frozenset({"failure"})
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Who hears of a run's failure, a step's retry or a run's success: addresses by email (the
+    Airflow fields `email`, `email_on_failure`, `email_on_retry`, plus `email_on_success`) and
+    webhooks, each for the events it lists."""
+
+    email: tuple[str, ...] = ()
+    email_on: frozenset[str] = frozenset()
+    webhooks: tuple[Webhook, ...] = ()
+
+    def wants(self, event: str) -> bool:
+        return (bool(self.email) and event in self.email_on) or any(
+            event in w.on for w in self.webhooks
+        )
+
+
 @dataclass(frozen=True)
 class Workflow:
     """Steps are kept in a topological order; `spec` is the canonical plain form the digest is taken of."""
@@ -207,6 +233,9 @@ class Workflow:
     functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
     downstream: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     roots: tuple[str, ...] = ()
+    schedule: Schedule | None = None
+    tags: tuple[str, ...] = ()
+    notify: Notify = field(default_factory=Notify)
 
     @property
     def digest(self) -> str:

@@ -176,6 +176,47 @@ SCHEMAS: dict[str, Any] = {
             "version": {"type": "integer", "minimum": 1, "description": "Pin a version."},
         },
     },
+    "Trigger": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "conf": {
+                **ANY_OBJECT,
+                "description": "The run's input; templates read it as `input`.",
+            },
+        },
+    },
+    "Notification": {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "enum": ["failure", "retry", "success"]},
+            "channel": {"type": "string", "enum": ["email", "webhook"]},
+            "target": {"type": "string", "description": "The addresses, or the webhook's URL."},
+            "ok": {"type": "boolean"},
+            "tries": {"type": "integer"},
+            "error": {"type": "string", "nullable": True, "description": "The last try's."},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Schedule": {
+        "type": "object",
+        "properties": {
+            "workflow": {"type": "string"},
+            "schedule": {"description": "As the definition gives it: cron, preset or interval."},
+            "paused": {"type": "boolean"},
+            "catchup": {"type": "boolean"},
+            "max_active_runs": {"type": "integer", "nullable": True},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "next_start": {
+                **NULLABLE_TIME,
+                "description": "The start of the next interval to run (null: the schedule ended).",
+            },
+            "next_fire": {
+                **NULLABLE_TIME,
+                "description": "When that run starts: the end of its interval (null: paused or ended).",
+            },
+        },
+    },
     "Started": {
         "type": "object",
         "properties": {
@@ -442,6 +483,84 @@ def build() -> dict[str, Any]:
                 errors=("400", "401", "404", "413", "415", "422"),
             ),
         },
+        "/api/workflows/{name}/trigger": {
+            "post": _op(
+                "Trigger a run by hand with a configuration object, its input (a scheduled "
+                "workflow's run also gets `input.schedule`).",
+                {
+                    "202": _ok("Started.", _ref("Started")),
+                    "409": _error("The stored version cannot be built."),
+                },
+                tag="runs",
+                params=[NAME],
+                body=_json_body(_ref("Trigger"), required=False),
+                errors=("400", "401", "404", "413", "415", "422"),
+            ),
+        },
+        "/api/schedules": {
+            "get": _op(
+                "Scheduled workflows with their state and next fire time.",
+                {
+                    "200": _ok(
+                        "The schedules.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "schedules": {"type": "array", "items": _ref("Schedule")}
+                            },
+                        },
+                    )
+                },
+                tag="schedules",
+                errors=("401",),
+            ),
+        },
+        "/api/tags": {
+            "get": _op(
+                "Tags with the workflows whose latest version carries each.",
+                {
+                    "200": _ok(
+                        "The tags.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "tags": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "tag": {"type": "string"},
+                                            "workflows": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                }
+                            },
+                        },
+                    )
+                },
+                tag="workflows",
+                errors=("401",),
+            ),
+        },
+        "/api/schedules/{name}/pause": {
+            "post": _op(
+                "Pause a workflow's schedule: no interval runs until it is unpaused.",
+                {"200": _ok("Paused.", _ref("Schedule"))},
+                tag="schedules",
+                params=[NAME],
+            ),
+        },
+        "/api/schedules/{name}/unpause": {
+            "post": _op(
+                "Unpause a schedule; with catchup, the intervals missed meanwhile run.",
+                {"200": _ok("Unpaused.", _ref("Schedule"))},
+                tag="schedules",
+                params=[NAME],
+            ),
+        },
         "/e/{workflow}": {
             "post": _op(
                 "Event form: start the workflow with the event's data as input.",
@@ -489,6 +608,11 @@ def build() -> dict[str, Any]:
                 params=[
                     _query("workflow", "Only this workflow's runs.", {"type": "string"}),
                     _query(
+                        "tag",
+                        "Only runs of workflows whose latest version carries this tag.",
+                        {"type": "string"},
+                    ),
+                    _query(
                         "status",
                         "Only runs in this status.",
                         {"type": "string", "enum": list(STATUSES)},
@@ -509,6 +633,24 @@ def build() -> dict[str, Any]:
                 {"200": _ok("The run.", _ref("Run"))},
                 tag="runs",
                 params=[RUN_ID, WAIT],
+            ),
+        },
+        "/api/runs/{run_id}/notifications": {
+            "get": _op(
+                "What became of each notification (email, webhook) about a run, failures included.",
+                {
+                    "200": _ok(
+                        "The notifications, oldest first.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "notifications": {"type": "array", "items": _ref("Notification")}
+                            },
+                        },
+                    )
+                },
+                tag="runs",
+                params=[RUN_ID],
             ),
         },
         "/api/runs/{run_id}/cancel": {

@@ -18,7 +18,7 @@ from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
 from legato.errors import DefinitionError, NotFound
-from legato.model.build import WORKFLOW_NAME
+from legato.model.build import TAG, WORKFLOW_NAME
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
 from legato.model.service import Service
@@ -325,6 +325,88 @@ async def start_run(request: Request) -> Response:
     )
 
 
+async def trigger_run(request: Request) -> Response:
+    """A manual trigger: `conf` is the run's input (a scheduled workflow's run also gets its
+    `input.schedule`)."""
+    ctx = _ctx(request)
+    body = await bodies.json_object(request, ctx.max_body, required=False)
+    bodies.only_fields(body, ("conf",))
+    conf = bodies.object_field(body, "conf")
+    _refuse_while_draining(ctx.engine)
+    try:
+        run_id = await ctx.engine.trigger(request.path_params["name"], conf)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "name") from None
+    except DefinitionError as exc:
+        raise ApiError(409, str(exc), "name") from None
+    return json_response(
+        {"id": run_id, "status": "pending", "created_at": payloads.iso(time.time())},
+        202,
+        {"Location": f"/api/runs/{run_id}"},
+    )
+
+
+async def run_notifications(request: Request) -> Response:
+    """What became of each notification about a run (failures included)."""
+    engine = _ctx(request).engine
+    run_id = _run_id(request)
+    if await engine.store.run_status(run_id) is None:
+        raise ApiError(404, f"no run with id {run_id!r}", "run_id")
+    rows = await engine.store.list_notifications(run_id)
+    return json_response(
+        {
+            "notifications": [
+                {
+                    "event": r.event,
+                    "channel": r.channel,
+                    "target": r.target,
+                    "ok": r.ok,
+                    "tries": r.tries,
+                    "error": r.error,
+                    "created_at": payloads.iso(r.created_at),
+                }
+                for r in rows
+            ]
+        }
+    )
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+def schedule_payload(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **entry,
+        "next_start": payloads.iso(entry["next_start"]),
+        "next_fire": payloads.iso(entry["next_fire"]),
+    }
+
+
+async def list_schedules(request: Request) -> Response:
+    found = await _ctx(request).engine.list_schedules()
+    return json_response({"schedules": [schedule_payload(e) for e in found]})
+
+
+async def _pause(request: Request, paused: bool) -> Response:
+    engine, name = _ctx(request).engine, request.path_params["name"]
+    try:
+        await engine.pause_schedule(name, paused)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "name") from None
+    entry = next((e for e in await engine.list_schedules() if e["workflow"] == name), None)
+    if entry is None:  # its workflow's latest version no longer has a schedule
+        raise ApiError(404, f"workflow {name!r} has no schedule", "name")
+    return json_response(schedule_payload(entry))
+
+
+async def pause_schedule(request: Request) -> Response:
+    return await _pause(request, True)
+
+
+async def unpause_schedule(request: Request) -> Response:
+    return await _pause(request, False)
+
+
 async def event(request: Request) -> Response:
     ctx = _ctx(request)
     body = await bodies.json_object(request, ctx.max_body)
@@ -357,12 +439,23 @@ async def list_runs(request: Request) -> Response:
     workflow = request.query_params.get("workflow")
     if workflow is not None and not WORKFLOW_NAME.fullmatch(workflow):
         raise ApiError(400, "is not a workflow name", "workflow")
-    infos = await engine.store.list_runs(workflow, status, limit + 1, cursor)
+    tag = request.query_params.get("tag")
+    workflows = None
+    if tag is not None:
+        if not TAG.fullmatch(tag):
+            raise ApiError(400, "is not a tag (1-64 letters, digits, '_', '.', ':' or '-')", "tag")
+        workflows = (await engine.tags()).get(tag, [])
+    infos = await engine.store.list_runs(workflow, status, limit + 1, cursor, workflows)
     page = infos[:limit]
     next_cursor = page[-1].id if len(infos) > limit else None
     return json_response(
         {"runs": [payloads.run_summary(i) for i in page], "next_cursor": next_cursor}
     )
+
+
+async def list_tags(request: Request) -> Response:
+    tags = await _ctx(request).engine.tags()
+    return json_response({"tags": [{"tag": t, "workflows": w} for t, w in tags.items()]})
 
 
 async def get_run(request: Request) -> Response:

@@ -32,6 +32,8 @@ from legato.store.protocol import (
     Delivered,
     InboxRow,
     KeptEvent,
+    NotificationRow,
+    ScheduleRow,
     Target,
     WorkflowRecord,
 )
@@ -104,7 +106,20 @@ CREATE TABLE IF NOT EXISTS inbox (
     created_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS inbox_by_run ON inbox (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3)]
+# Version 4: scheduled workflows. One row per workflow with a schedule: the start of its next
+# interval to run, moved on (under the row's lock) in the transaction that inserts the run. And
+# what became of each notification (email, webhook) about a run.
+V4 = f"""
+CREATE TABLE IF NOT EXISTS schedules (
+    workflow TEXT PRIMARY KEY, next_start {REAL}, paused BOOLEAN NOT NULL DEFAULT FALSE,
+    updated_at {REAL} NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (
+    id BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, event TEXT NOT NULL, channel TEXT NOT NULL,
+    target TEXT NOT NULL, ok BOOLEAN NOT NULL, tries INTEGER NOT NULL, error TEXT,
+    created_at {REAL} NOT NULL);
+CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
+"""
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -658,6 +673,7 @@ class PostgresStore:
         status: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        workflows: Sequence[str] | None = None,
     ) -> list[RunInfo]:
         where: list[str] = []
         params: list[Any] = []
@@ -669,6 +685,9 @@ class PostgresStore:
             if value is not None:
                 params.append(value)
                 where.append(f"{column} {op} ${len(params)}")
+        if workflows is not None:
+            params.append(list(workflows))
+            where.append(f"workflow = ANY(${len(params)}::text[])")
         sql = f"SELECT {RUN_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -676,3 +695,100 @@ class PostgresStore:
         sql += f" ORDER BY id DESC LIMIT ${len(params)}"
         rows = await self.pool.fetch(sql, *params)
         return [run_info(tuple(r)) for r in rows]
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def add_schedule(self, workflow: str, first: float | None, now: float) -> None:
+        await self.pool.execute(
+            "INSERT INTO schedules (workflow, next_start, paused, updated_at) "
+            "VALUES ($1, $2, FALSE, $3) ON CONFLICT (workflow) DO NOTHING",
+            workflow,
+            first,
+            now,
+        )
+
+    async def drop_schedule(self, workflow: str) -> None:
+        await self.pool.execute("DELETE FROM schedules WHERE workflow = $1", workflow)
+
+    async def list_schedules(self) -> list[ScheduleRow]:
+        rows = await self.pool.fetch(
+            "SELECT workflow, next_start, paused, updated_at FROM schedules ORDER BY workflow"
+        )
+        return [ScheduleRow(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def pause_schedule(self, workflow: str, paused: bool, now: float) -> bool:
+        result = await self.pool.execute(
+            "UPDATE schedules SET paused = $1, updated_at = $2 WHERE workflow = $3",
+            paused,
+            now,
+            workflow,
+        )
+        return int(result.rsplit(" ", 1)[-1]) > 0
+
+    async def fire_schedule(
+        self,
+        workflow: str,
+        expected: float,
+        following: float | None,
+        decision: Decision,
+        max_active: int | None,
+        now: float,
+    ) -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # SKIP LOCKED: another engine firing this schedule now has it; this one moves on.
+            row = await conn.fetchrow(
+                "SELECT next_start, paused FROM schedules WHERE workflow = $1 "
+                "FOR UPDATE SKIP LOCKED",
+                workflow,
+            )
+            if row is None or row[1] or row[0] != expected:
+                return "moved"
+            if max_active is not None:
+                active = await conn.fetchval(
+                    "SELECT COUNT(*) FROM runs WHERE workflow = $1 "
+                    "AND status IN ('pending', 'running', 'waiting')",
+                    workflow,
+                )
+                if active >= max_active:
+                    return "busy"
+            exists = await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", decision.run_id)
+            if exists is None:
+                # Held by nobody: any worker claims it, woken by the notice.
+                rows = BatchRows([decision], None, now)
+                await conn.executemany(_UPSERT_RUN, rows.runs)
+                if rows.steps:
+                    await conn.executemany(_UPSERT_STEP, rows.steps)
+                if rows.attempts:
+                    await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
+                await self._notify(conn, rows.notice(now))
+            await conn.execute(
+                "UPDATE schedules SET next_start = $1, updated_at = $2 WHERE workflow = $3",
+                following,
+                now,
+                workflow,
+            )
+            return "fired"
+
+    # -- notifications --------------------------------------------------------------------------
+
+    async def record_notification(self, row: NotificationRow) -> None:
+        await self.pool.execute(
+            "INSERT INTO notifications (run_id, event, channel, target, ok, tries, error, "
+            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            row.run_id,
+            row.event,
+            row.channel,
+            row.target,
+            row.ok,
+            row.tries,
+            row.error,
+            row.created_at,
+        )
+
+    async def list_notifications(self, run_id: str) -> list[NotificationRow]:
+        rows = await self.pool.fetch(
+            "SELECT run_id, event, channel, target, ok, tries, error, created_at "
+            "FROM notifications WHERE run_id = $1 ORDER BY id",
+            run_id,
+        )
+        return [NotificationRow(*r) for r in rows]

@@ -92,6 +92,31 @@ class Committed:
     due: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """Where a scheduled workflow stands: the start of the next interval to run (None: its
+    schedule ended), and whether it is paused. The calendar itself is in the workflow's definition."""
+
+    workflow: str
+    next_start: float | None
+    paused: bool
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRow:
+    """One notification sent (or given up on) about a run: `ok` False keeps its last error."""
+
+    run_id: str
+    event: str
+    channel: str  # "email" or "webhook"
+    target: str  # the addresses, or the webhook's URL
+    ok: bool
+    tries: int
+    error: str | None
+    created_at: float
+
+
 class Store(Protocol):
     url: str
     # Set by the engine before open(). `owner`: the engine's id, or None for an engine that runs no
@@ -220,8 +245,41 @@ class Store(Protocol):
         status: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        workflows: Sequence[str] | None = None,
     ) -> list[RunInfo]:
-        """Newest first; `before` is the id of the last run of the previous page."""
+        """Newest first; `before` is the id of the last run of the previous page; `workflows`,
+        when given, are the only workflows whose runs are wanted (a tag's)."""
+
+    async def add_schedule(self, workflow: str, first: float | None, now: float) -> None:
+        """Keep a scheduled workflow's row, made with `first` unless it exists (a new version of
+        a workflow neither reruns nor skips intervals)."""
+
+    async def drop_schedule(self, workflow: str) -> None: ...
+
+    async def list_schedules(self) -> list[ScheduleRow]: ...
+
+    async def pause_schedule(self, workflow: str, paused: bool, now: float) -> bool:
+        """False when the workflow has no schedule."""
+
+    async def fire_schedule(
+        self,
+        workflow: str,
+        expected: float,
+        following: float | None,
+        decision: Decision,
+        max_active: int | None,
+        now: float,
+    ) -> str:
+        """In one transaction holding the schedule's row: if its next interval still starts at
+        `expected` and it is not paused, commit the interval's run (`decision`, a new run for any
+        worker to claim; skipped if its id exists) and move the schedule on to `following`.
+        Returns "fired", "moved" (another process fired it, or it was paused) or "busy"
+        (`max_active` runs of the workflow are active: nothing changes)."""
+
+    async def record_notification(self, row: NotificationRow) -> None: ...
+
+    async def list_notifications(self, run_id: str) -> list[NotificationRow]:
+        """A run's notifications, oldest first."""
 
 
 def open_store(url: str, *, migrate: bool = False) -> Store:

@@ -32,6 +32,8 @@ from legato.store.protocol import (
     Delivered,
     InboxRow,
     KeptEvent,
+    NotificationRow,
+    ScheduleRow,
     Target,
     WorkflowRecord,
 )
@@ -104,7 +106,20 @@ CREATE TABLE IF NOT EXISTS inbox (
     dedupe TEXT UNIQUE, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS inbox_by_run ON inbox (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3)]
+# Version 4: scheduled workflows. One row per workflow with a schedule: the start of its next
+# interval to run, moved on in the same transaction that inserts the interval's run. And what
+# became of each notification (email, webhook) about a run.
+V4 = """
+CREATE TABLE IF NOT EXISTS schedules (
+    workflow TEXT PRIMARY KEY, next_start REAL, paused INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, event TEXT NOT NULL,
+    channel TEXT NOT NULL, target TEXT NOT NULL, ok INTEGER NOT NULL, tries INTEGER NOT NULL,
+    error TEXT, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
+"""
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
@@ -653,8 +668,15 @@ class SQLiteStore:
         status: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        workflows: Sequence[str] | None = None,
     ) -> list[RunInfo]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
+        if workflows is not None:
+            if not workflows:
+                return []
+            where.append(f"workflow IN ({', '.join('?' * len(workflows))})")
+            params.extend(workflows)
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
@@ -670,3 +692,94 @@ class SQLiteStore:
         sql += " ORDER BY id DESC LIMIT ?"
         rows = await self._call(self._fetch, sql, (*params, limit))
         return [run_info(r) for r in rows]
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def add_schedule(self, workflow: str, first: float | None, now: float) -> None:
+        await self._call(
+            self._execute,
+            "INSERT INTO schedules (workflow, next_start, paused, updated_at) VALUES (?, ?, 0, ?) "
+            "ON CONFLICT (workflow) DO NOTHING",
+            (workflow, first, now),
+        )
+
+    async def drop_schedule(self, workflow: str) -> None:
+        await self._call(self._execute, "DELETE FROM schedules WHERE workflow = ?", (workflow,))
+
+    async def list_schedules(self) -> list[ScheduleRow]:
+        rows = await self._call(
+            self._fetch,
+            "SELECT workflow, next_start, paused, updated_at FROM schedules ORDER BY workflow",
+        )
+        return [ScheduleRow(r[0], r[1], bool(r[2]), r[3]) for r in rows]
+
+    async def pause_schedule(self, workflow: str, paused: bool, now: float) -> bool:
+        changed = await self._call(
+            self._execute,
+            "UPDATE schedules SET paused = ?, updated_at = ? WHERE workflow = ?",
+            (int(paused), now, workflow),
+        )
+        return changed > 0
+
+    async def fire_schedule(
+        self,
+        workflow: str,
+        expected: float,
+        following: float | None,
+        decision: Decision,
+        max_active: int | None,
+        now: float,
+    ) -> str:
+        def work(conn: sqlite3.Connection) -> str:
+            row = conn.execute(
+                "SELECT next_start, paused FROM schedules WHERE workflow = ?", (workflow,)
+            ).fetchone()
+            if row is None or row[1] or row[0] != expected:
+                return "moved"
+            if max_active is not None:
+                (active,) = conn.execute(
+                    "SELECT COUNT(*) FROM runs WHERE workflow = ? "
+                    "AND status IN ('pending', 'running', 'waiting')",
+                    (workflow,),
+                ).fetchone()
+                if active >= max_active:
+                    return "busy"
+            exists = conn.execute("SELECT 1 FROM runs WHERE id = ?", (decision.run_id,)).fetchone()
+            if exists is None:
+                # Held by nobody: this engine's claimer takes it like any new run.
+                self._write(conn, BatchRows([decision], None, now), now)
+            conn.execute(
+                "UPDATE schedules SET next_start = ?, updated_at = ? WHERE workflow = ?",
+                (following, now, workflow),
+            )
+            return "fired"
+
+        return await self._call(self._transaction, work)
+
+    # -- notifications --------------------------------------------------------------------------
+
+    async def record_notification(self, row: NotificationRow) -> None:
+        await self._call(
+            self._execute,
+            "INSERT INTO notifications (run_id, event, channel, target, ok, tries, error, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.run_id,
+                row.event,
+                row.channel,
+                row.target,
+                int(row.ok),
+                row.tries,
+                row.error,
+                row.created_at,
+            ),
+        )
+
+    async def list_notifications(self, run_id: str) -> list[NotificationRow]:
+        rows = await self._call(
+            self._fetch,
+            "SELECT run_id, event, channel, target, ok, tries, error, created_at "
+            "FROM notifications WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        return [NotificationRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]

@@ -1,0 +1,126 @@
+"""When a scheduled workflow runs: pure calendar math, no clock and no store.
+
+A schedule cuts time into intervals at its boundaries (cron times, a preset, or every N seconds
+from `start_date`). A run covers one interval [start, end) and is due once the interval is over,
+as in Airflow: the `@daily` run for Monday starts just after Monday ends. The store keeps only the
+start of the next interval to run, so the math here decides everything else. All times are UTC
+epoch seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from croniter import croniter
+
+PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why a cron expression (or preset) is refused, or None when croniter accepts it."""
+    expr = PRESETS.get(expression, expression)
+    if len(expr.split()) != 5:
+        return "must be a cron expression of five fields, a preset (@hourly, @daily, @weekly, @monthly, @yearly) or an interval such as 30s or 1h"
+    if not croniter.is_valid(expr):
+        return f"is not a valid cron expression: {expression!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """`cron` (a five-field expression, presets already expanded) or `every` (seconds) sets the
+    boundaries; intervals start no earlier than `start` and no later than `end` (exclusive)."""
+
+    cron: str | None = None
+    every: float | None = None
+    start: float | None = None
+    end: float | None = None
+    catchup: bool = True
+    max_active_runs: int | None = None
+
+    def after(self, t: float) -> float:
+        """The first boundary strictly after `t`."""
+        if self.every is not None:
+            anchor = self.start or 0.0
+            k = math.floor((t - anchor) / self.every) + 1
+            nxt = anchor + k * self.every
+            return nxt if nxt > t else nxt + self.every
+        assert self.cron is not None
+        return float(croniter(self.cron, t).get_next(float))
+
+    def before(self, t: float) -> float:
+        """The last boundary strictly before `t`."""
+        if self.every is not None:
+            anchor = self.start or 0.0
+            k = math.ceil((t - anchor) / self.every) - 1
+            prev = anchor + k * self.every
+            return prev if prev < t else prev - self.every
+        assert self.cron is not None
+        return float(croniter(self.cron, t).get_prev(float))
+
+    def at_or_after(self, t: float) -> float:
+        nxt = self.after(self.before(t))
+        return nxt if nxt >= t else self.after(t)
+
+    def floor(self, t: float) -> float:
+        """The last boundary at or before `t`."""
+        nxt = self.at_or_after(t)
+        return nxt if nxt == t else self.before(t)
+
+    def first(self, now: float) -> float | None:
+        """The start of the first interval to run for a schedule seen for the first time at `now`:
+        from `start_date` (all of them with catchup, else due() skips to the latest), or else the
+        interval now under way (it runs when it ends)."""
+        first = self.at_or_after(self.start) if self.start is not None else self.floor(now)
+        return None if self.end is not None and first >= self.end else first
+
+    def due(self, next_start: float | None, now: float) -> tuple[float, float] | None:
+        """The interval (start, end) to run now, given the start of the next one not yet run, or
+        None when it is not over yet or the schedule has ended. Without catchup, missed intervals
+        are skipped: the latest interval that is over is the one to run."""
+        if next_start is None or (self.end is not None and next_start >= self.end):
+            return None
+        start = next_start
+        end = self.after(start)
+        if end > now:
+            return None
+        if not self.catchup:
+            latest_end = self.floor(now)
+            latest_start = self.before(latest_end)
+            if latest_start > start:
+                start, end = latest_start, latest_end
+            if self.end is not None and start >= self.end:
+                return None
+        return start, end
+
+    def next_fire(self, next_start: float | None) -> float | None:
+        """When the next run is due (the end of its interval), None once the schedule ended."""
+        if next_start is None or (self.end is not None and next_start >= self.end):
+            return None
+        return self.after(next_start)
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def interval_context(start: float, end: float) -> dict[str, Any]:
+    """What a scheduled run's templates read as `input.schedule`."""
+    return {
+        "interval_start": iso(start),
+        "interval_end": iso(end),
+        "logical_date": iso(start),
+        "interval_start_ts": start,
+        "interval_end_ts": end,
+    }
