@@ -147,3 +147,30 @@ def test_a_decision_says_which_events_to_notify() -> None:
     [(event, detail)] = events_of(Decision("r", "w", None, {"s": retrying, "t": timer}))
     assert event == "retry" and detail["step"] == "s" and detail["error"] == {"kind": "5xx"}
     assert sign("k", "1", b"{}") == sign("k", "1", b"{}") != sign("k", "2", b"{}")
+
+
+def test_a_cron_that_never_matches_and_dates_out_of_range_are_refused() -> None:
+    assert problems(schedule="0 0 31 2 *") == [("schedule", "never matches a date: '0 0 31 2 *'")]
+    found = problems(schedule="@daily", start_date=1_700_000_000_000, end_date=-5)
+    assert {p for p, _ in found} == {"start_date", "end_date"}
+
+
+def test_without_catchup_an_ended_schedule_still_runs_its_last_interval() -> None:
+    daily = Schedule(cron="0 0 * * *", end=at("2024-01-05T12:00:00"), catchup=False)
+    # Down from the 2nd to the 10th: the latest interval that starts before the end runs.
+    assert daily.due(at("2024-01-02T00:00:00"), at("2024-01-10T08:00:00")) == (
+        at("2024-01-05T00:00:00"),
+        at("2024-01-06T00:00:00"),
+    )
+    assert daily.next_fire(at("2024-01-06T00:00:00")) is None  # and then it has ended
+
+
+def test_a_new_calendar_moves_the_schedule_no_earlier_than_its_start_date() -> None:
+    later = Schedule(cron="0 0 * * *", start=at("2024-02-01T00:00:00"))
+    assert later.moved(at("2024-01-10T00:00:00"), at("2024-01-20T00:00:00")) == at(
+        "2024-02-01T00:00:00"
+    )
+    hourly = Schedule(every=3600.0, start=at("2024-01-01T00:30:00"))
+    assert hourly.moved(at("2024-01-10T00:00:00"), 0.0) == at("2024-01-10T00:30:00")
+    ended = Schedule(cron="0 0 * * *")
+    assert ended.moved(None, at("2024-03-03T05:00:00")) == at("2024-03-03T00:00:00")

@@ -143,17 +143,20 @@ class Notifier:
         error: str | None = None
         tries = 0
         delay = self.backoff
-        while tries < self.tries:
-            tries += 1
-            try:
-                await asyncio.wait_for(send(), self.timeout)
-                error = None
-                break
-            except Exception as exc:  # whatever goes wrong is recorded, never raised to the run
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if tries < self.tries:
-                    await asyncio.sleep(delay)
-                    delay *= 2
+        try:
+            while tries < self.tries:
+                tries += 1
+                try:
+                    await asyncio.wait_for(send(), self.timeout)
+                    error = None
+                    break
+                except Exception as exc:  # whatever goes wrong is recorded, never raised
+                    error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    if tries < self.tries:
+                        await asyncio.sleep(delay)
+                        delay *= 2
+        except asyncio.CancelledError:  # the engine stopped: what was cut short is recorded too
+            error = "cut short: the engine stopped before the send finished"
         if error is not None:
             log.warning(
                 "%s notification to %s failed after %d tries: %s", channel, target, tries, error
@@ -219,7 +222,8 @@ class Notifier:
         return send
 
     async def close(self, grace: float = 2.0) -> None:
-        """Give sends under way a moment, then stop them (what is cut short is not recorded)."""
+        """Give sends under way a moment, then stop them (what is cut short is recorded as
+        failed)."""
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=grace)
         for task in list(self.tasks):

@@ -417,11 +417,18 @@ class Engine:
         for service in inline:
             await self.put_service(service)
         self._functions.update(wf.functions)
+        now = self.clock()
+        first = wf.schedule.first(now) if wf.schedule is not None else None  # before any write
         record = await self.store.save_workflow(wf.name, digest, wf.spec)
         self._workflows[(wf.name, record.version)] = wf
         self._latest[wf.name] = max(record.version, self._latest.get(wf.name, 0))
         if wf.schedule is not None:
-            await self.store.add_schedule(wf.name, wf.schedule.first(self.clock()), self.clock())
+            rows = {r.workflow: r for r in await self.store.list_schedules()}
+            row = rows.get(wf.name)
+            if row is None:
+                await self.store.add_schedule(wf.name, first, now)
+            elif record.created:  # a new calendar: the schedule moves onto it, paused or not
+                await self.store.move_schedule(wf.name, wf.schedule.moved(row.next_start, now), now)
             self.scheduler.wake.set()
         elif record.created:
             await self.store.drop_schedule(wf.name)
@@ -439,6 +446,10 @@ class Engine:
                 continue
             if wf.schedule is None:
                 continue
+            try:
+                fire = None if row.paused else wf.schedule.next_fire(row.next_start)
+            except (ValueError, OverflowError):  # past what the calendar can count
+                fire = None
             found.append(
                 {
                     "workflow": row.workflow,
@@ -448,7 +459,7 @@ class Engine:
                     "max_active_runs": wf.schedule.max_active_runs,
                     "tags": list(wf.tags),
                     "next_start": row.next_start,
-                    "next_fire": None if row.paused else wf.schedule.next_fire(row.next_start),
+                    "next_fire": fire,
                 }
             )
         return found
@@ -517,7 +528,12 @@ class Engine:
         if not WORKFLOW_NAME.fullmatch(name):  # no such workflow can exist (nor reach the store)
             raise NotFound(f"no workflow named {name!r}")
         if version is None:
-            version = self._latest.get(name)
+            # Other processes sharing the store register versions too: ask it which is latest.
+            version = (
+                await self.store.latest_version(name)
+                if self.store.shared
+                else self._latest.get(name)
+            )
         if version is not None and (name, version) in self._workflows:
             return self._workflows[(name, version)], version
         record = await self.store.get_workflow(name, version)

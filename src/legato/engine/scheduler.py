@@ -68,37 +68,49 @@ class Scheduler:
             if row.paused or engine.draining or row.workflow not in latest:
                 continue
             try:
-                wf, version = await engine.workflow_version(row.workflow, latest[row.workflow])
-            except (NotFound, DefinitionError):
+                fire = await self._fire(row.workflow, latest[row.workflow], row.next_start, now)
+            except Exception:  # one schedule's trouble must not stop the others
+                log.exception("scheduling %s failed; trying again shortly", row.workflow)
                 continue
-            schedule = wf.schedule
-            if schedule is None:
-                continue
-            next_start = row.next_start
-            for _ in range(BURST):
-                interval = schedule.due(next_start, now)
-                if interval is None or next_start is None:
-                    break
-                start, end = interval
-                info = RunInfo(
-                    id=scheduled_run_id(wf.name, start),
-                    workflow=wf.name,
-                    version=version,
-                    status=PENDING,
-                    input=scheduled_input(wf, start, end),
-                    created_at=now,
-                )
-                decision = decide(wf, RunState(info), Start(), now, random.random())
-                decision.new_run = True
-                outcome = await store.fire_schedule(
-                    wf.name, next_start, end, decision, schedule.max_active_runs, now
-                )
-                if outcome != "fired":
-                    break  # another process fired it, it was paused, or too many runs are active
-                log.info("scheduled run %s of %s for %s", info.id, wf.name, start)
-                engine.scheduled_run_started()
-                next_start = end
-            fire = schedule.next_fire(next_start)
-            if fire is not None:
+            # A fire time already past means the interval could not run (too many runs active,
+            # or another process has it): look again after POLL, not in a tight loop.
+            if fire is not None and fire > now:
                 soonest = min(soonest, fire - now)
         return soonest
+
+    async def _fire(
+        self, name: str, version: int, next_start: float | None, now: float
+    ) -> float | None:
+        """Fire the due intervals of one schedule; when the next one is due."""
+        engine, store = self.engine, self.engine.store
+        try:
+            wf, version = await engine.workflow_version(name, version)
+        except (NotFound, DefinitionError):
+            return None
+        schedule = wf.schedule
+        if schedule is None:
+            return None
+        for _ in range(BURST):
+            interval = schedule.due(next_start, now)
+            if interval is None or next_start is None:
+                break
+            start, end = interval
+            info = RunInfo(
+                id=scheduled_run_id(wf.name, start),
+                workflow=wf.name,
+                version=version,
+                status=PENDING,
+                input=scheduled_input(wf, start, end),
+                created_at=now,
+            )
+            decision = decide(wf, RunState(info), Start(), now, random.random())
+            decision.new_run = True
+            outcome = await store.fire_schedule(
+                wf.name, next_start, end, decision, schedule.max_active_runs, now
+            )
+            if outcome != "fired":
+                break  # another process fired it, it was paused, or too many runs are active
+            log.info("scheduled run %s of %s for %s", info.id, wf.name, start)
+            engine.scheduled_run_started()
+            next_start = end
+        return schedule.next_fire(next_start)

@@ -40,6 +40,7 @@ from legato.model.workflow import (
     Workflow,
 )
 
+LAST_TIME = 7258118400.0  # 2200-01-01T00:00:00Z: far enough, with room for the calendar math
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.<>]*$")
@@ -241,6 +242,9 @@ def _read_schedule(r: Reader, inputs: tuple[Field, ...]) -> Schedule | None:
                 r.problem("schedule", "an interval must be at least 1s")
     if max_active is not None and max_active < 1:
         r.problem("max_active_runs", "must be at least 1")
+    for key, value in (("start_date", start), ("end_date", end)):
+        if value is not None and not 0 <= value <= LAST_TIME:
+            r.problem(key, "must be between 1970 and 2200 (epoch seconds, or an ISO 8601 time)")
     if start is not None and end is not None and end <= start:
         r.problem("end_date", "must be after start_date")
     for f in inputs:

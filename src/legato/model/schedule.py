@@ -34,6 +34,11 @@ def cron_problem(expression: str) -> str | None:
         return "must be a cron expression of five fields, a preset (@hourly, @daily, @weekly, @monthly, @yearly) or an interval such as 30s or 1h"
     if not croniter.is_valid(expr):
         return f"is not a valid cron expression: {expression!r}"
+    try:  # valid, yet perhaps never matching a date (the 31st of February)
+        croniter(expr, 0.0).get_next(float)
+        croniter(expr, 4102444800.0).get_prev(float)
+    except Exception:
+        return f"never matches a date: {expression!r}"
     return None
 
 
@@ -98,11 +103,23 @@ class Schedule:
         if not self.catchup:
             latest_end = self.floor(now)
             latest_start = self.before(latest_end)
+            if self.end is not None and latest_start >= self.end:
+                # The schedule ended meanwhile: its last interval is the latest to run.
+                latest_start = self.before(self.at_or_after(self.end))
+                latest_end = self.after(latest_start)
             if latest_start > start:
                 start, end = latest_start, latest_end
-            if self.end is not None and start >= self.end:
-                return None
         return start, end
+
+    def moved(self, next_start: float | None, now: float) -> float | None:
+        """Where a schedule stands under a new version of its workflow: its next start snapped to
+        the new calendar and no earlier than the new start_date; an ended one starts again from the
+        interval under way (if the new version runs longer)."""
+        at = self.floor(now) if next_start is None else next_start
+        if self.start is not None:
+            at = max(at, self.start)
+        at = self.at_or_after(at)
+        return None if self.end is not None and at >= self.end else at
 
     def next_fire(self, next_start: float | None) -> float | None:
         """When the next run is due (the end of its interval), None once the schedule ended."""

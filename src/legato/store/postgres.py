@@ -707,6 +707,18 @@ class PostgresStore:
             now,
         )
 
+    async def move_schedule(self, workflow: str, next_start: float | None, now: float) -> None:
+        await self.pool.execute(
+            "UPDATE schedules SET next_start = $1, updated_at = $2 WHERE workflow = $3",
+            next_start,
+            now,
+            workflow,
+        )
+
+    async def latest_version(self, name: str) -> int | None:
+        value = await self.pool.fetchval("SELECT MAX(version) FROM workflows WHERE name = $1", name)
+        return None if value is None else int(value)
+
     async def drop_schedule(self, workflow: str) -> None:
         await self.pool.execute("DELETE FROM schedules WHERE workflow = $1", workflow)
 

@@ -216,6 +216,9 @@ class Store(Protocol):
         self, name: str, version: int | None = None
     ) -> WorkflowRecord | None: ...
 
+    async def latest_version(self, name: str) -> int | None:
+        """The number of a workflow's latest version (None: no such workflow)."""
+
     async def list_workflows(self) -> list[WorkflowRecord]:
         """The latest version of each workflow, by name."""
 
@@ -253,6 +256,9 @@ class Store(Protocol):
     async def add_schedule(self, workflow: str, first: float | None, now: float) -> None:
         """Keep a scheduled workflow's row, made with `first` unless it exists (a new version of
         a workflow neither reruns nor skips intervals)."""
+
+    async def move_schedule(self, workflow: str, next_start: float | None, now: float) -> None:
+        """Set where a schedule stands (a new version's calendar), paused or not as it was."""
 
     async def drop_schedule(self, workflow: str) -> None: ...
 

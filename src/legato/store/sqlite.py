@@ -227,18 +227,31 @@ class SQLiteStore:
         if self._pool is not None:
             return
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legato-sqlite")
-        await self._call(self._open)
+        try:
+            await self._call(self._open)
+        except BaseException:
+            self._pool.shutdown(wait=True)
+            self._pool = None  # not open: a later open() tries again
+            raise
 
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             if self.owner is not None:
                 self._lock_file()
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
-        self.version = self._migrate(conn)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                conn.execute("PRAGMA busy_timeout=10000")
+                self.version = self._migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            self._close()  # a refused open leaves the file to the next engine, lock included
+            raise
         self._conn = conn
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
@@ -702,6 +715,19 @@ class SQLiteStore:
             "ON CONFLICT (workflow) DO NOTHING",
             (workflow, first, now),
         )
+
+    async def move_schedule(self, workflow: str, next_start: float | None, now: float) -> None:
+        await self._call(
+            self._execute,
+            "UPDATE schedules SET next_start = ?, updated_at = ? WHERE workflow = ?",
+            (next_start, now, workflow),
+        )
+
+    async def latest_version(self, name: str) -> int | None:
+        rows = await self._call(
+            self._fetch, "SELECT MAX(version) FROM workflows WHERE name = ?", (name,)
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def drop_schedule(self, workflow: str) -> None:
         await self._call(self._execute, "DELETE FROM schedules WHERE workflow = ?", (workflow,))
