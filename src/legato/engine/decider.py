@@ -147,7 +147,6 @@ class _Txn:
         self.info_changed = False
         self.changed: dict[str, StepState] = {}
         self.attempts: list[Attempt] = []
-        self.consumed_events: list[str] = []
         self.effects: list[Any] = []
         self._view: dict[str, Any] | None = None
 
@@ -175,7 +174,6 @@ class _Txn:
             steps=self.changed,
             attempts=self.attempts,
             effects=self.effects,
-            consumed_events=self.consumed_events,
         )
 
     def context(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -615,8 +613,6 @@ class _Txn:
             or s.attempt != ev.attempt
         ):
             return
-        if ev.kept is not None:
-            self.consumed_events.append(ev.kept)
         self.end_attempt(s._replace(reason=None, next_at=None), True, ev.data, None, self.now)
 
     def run_wait(self, name: str, wait: Wait) -> None:

@@ -4,7 +4,7 @@ next one to claim it) applies it, whichever process received it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from legato.engine.state import Callback, Cancel, ChildDone, Event, EventArrived, Retry
@@ -26,6 +26,6 @@ def encode(event: Inboxed) -> dict[str, Any]:
 
 
 def decode(body: dict[str, Any]) -> Event:
-    fields = dict(body)
-    cls = _KINDS[fields.pop("kind")]
-    return cls(**fields)
+    cls = _KINDS[body["kind"]]
+    known = {f.name for f in fields(cls)}  # a row written by another version may hold more
+    return cls(**{k: v for k, v in body.items() if k in known})

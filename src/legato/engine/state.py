@@ -124,12 +124,11 @@ class Callback:
 
 @dataclass(frozen=True, slots=True)
 class EventArrived:
-    """An event for a step listening for it; `kept` is the id of a kept event it consumes."""
+    """An event for a step listening for it (published, or a kept one moved to its inbox)."""
 
     step: str
     attempt: int
     data: Any
-    kept: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +272,7 @@ class Delivery:
 class Decision:
     """The changes to commit (all or nothing) and the effects to carry out after the commit.
 
-    The runtime adds the fields after `consumed_events`: the inbox rows the decision used up, the
+    The runtime adds the fields after `new_run`: the inbox rows the decision used up, the
     deliveries it sends, and whether the engine lets go of the run with it (`release`: the run
     waits or has ended; `wake_at` is when it has something due, stored so any engine can claim it).
     """
@@ -285,7 +284,6 @@ class Decision:
     attempts: list[Attempt] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     new_run: bool = False
-    consumed_events: list[str] = field(default_factory=list)
     consumed_inbox: list[int] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     release: bool = False
@@ -298,6 +296,4 @@ class Decision:
     @property
     def writes(self) -> bool:
         """Anything for the store to do (an empty decision may still use up an inbox row)."""
-        return not self.empty or bool(
-            self.consumed_events or self.consumed_inbox or self.deliveries or self.release
-        )
+        return not self.empty or bool(self.consumed_inbox or self.deliveries or self.release)

@@ -359,8 +359,6 @@ class PostgresStore:
                 rows = rows.only(lost)
             if rows.inbox_done:  # first: an ended run's wake time counts only what is left
                 await conn.executemany("DELETE FROM inbox WHERE id = $1", rows.inbox_done)
-            if rows.consumed:
-                await conn.executemany("DELETE FROM events WHERE id = $1", rows.consumed)
             if rows.runs:
                 await conn.executemany(_UPSERT_RUN, rows.runs)
             if rows.steps:

@@ -53,7 +53,7 @@ class BatchRows:
         self, decisions: Sequence[Decision], owner: str | None, lease_until: float
     ) -> None:
         self.decisions, self.owner, self.lease_until = decisions, owner, lease_until
-        runs, self.steps, self.attempts, self.consumed = decision_rows(decisions)
+        runs, self.steps, self.attempts = decision_rows(decisions)
         self.runs = [
             (*r, owner or "", lease_until if owner else r[7], None)  # r[7]: created_at
             if r[3] in ACTIVE_RUN
@@ -98,10 +98,8 @@ class BatchRows:
         return notice
 
 
-def decision_rows(
-    decisions: Sequence[Decision],
-) -> tuple[list[Row], list[Row], list[Row], list[tuple[str]]]:
-    """Runs, steps, attempts and consumed event ids of a batch."""
+def decision_rows(decisions: Sequence[Decision]) -> tuple[list[Row], list[Row], list[Row]]:
+    """Runs, steps and attempts of a batch."""
     runs: dict[str, Row] = {}
     steps: dict[tuple[str, str], Row] = {}
     attempts: list[Row] = []
@@ -152,8 +150,7 @@ def decision_rows(
                     dump(a.error),
                 )
             )
-    consumed = [(e,) for d in decisions for e in d.consumed_events]
-    return list(runs.values()), list(steps.values()), attempts, consumed
+    return list(runs.values()), list(steps.values()), attempts
 
 
 def workflow_record(r: Row) -> WorkflowRecord:

@@ -335,8 +335,6 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> Committed:
         if rows.inbox_done:  # first: an ended run's wake time counts only what is left
             conn.executemany("DELETE FROM inbox WHERE id = ?", rows.inbox_done)
-        if rows.consumed:
-            conn.executemany("DELETE FROM events WHERE id = ?", rows.consumed)
         if rows.runs:
             conn.executemany(_UPSERT_RUN, rows.runs)
         if rows.steps:
