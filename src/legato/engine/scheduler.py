@@ -61,14 +61,11 @@ class Scheduler:
         now = engine.clock()
         soonest = POLL
         schedules = await store.list_schedules()
-        # The latest versions as stored: another process may have registered one since this
-        # engine last looked, and its schedule is the one that counts.
-        latest = {r.name: r.version for r in await store.list_workflows()} if schedules else {}
         for row in schedules:
-            if row.paused or engine.draining or row.workflow not in latest:
+            if row.paused or engine.draining:
                 continue
             try:
-                fire = await self._fire(row.workflow, latest[row.workflow], row.next_start, now)
+                fire = await self._fire(row.workflow, row.next_start, now)
             except Exception:  # one schedule's trouble must not stop the others
                 log.exception("scheduling %s failed; trying again shortly", row.workflow)
                 continue
@@ -78,13 +75,13 @@ class Scheduler:
                 soonest = min(soonest, fire - now)
         return soonest
 
-    async def _fire(
-        self, name: str, version: int, next_start: float | None, now: float
-    ) -> float | None:
-        """Fire the due intervals of one schedule; when the next one is due."""
+    async def _fire(self, name: str, next_start: float | None, now: float) -> float | None:
+        """Fire the due intervals of one schedule; when the next one is due. The schedule that
+        counts is the latest version's (on a shared store, as the store knows it: another process
+        may have registered one)."""
         engine, store = self.engine, self.engine.store
         try:
-            wf, version = await engine.workflow_version(name, version)
+            wf, version = await engine.workflow_version(name)
         except (NotFound, DefinitionError):
             return None
         schedule = wf.schedule
