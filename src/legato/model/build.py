@@ -302,7 +302,8 @@ def _retry_on(r: Reader, key: str, default: frozenset[str]) -> frozenset[str]:
         return default
     unknown = [k for k in kinds if k not in FAILURE_KINDS]
     if unknown:
-        r.problem(key, f"unknown failure kind {unknown[0]!r}; known: {', '.join(FAILURE_KINDS)}")
+        known = ", ".join(k for k in FAILURE_KINDS if k not in NEVER_RETRIED)
+        r.problem(key, f"unknown failure kind {unknown[0]!r}; known: {known}")
     elif refused := [k for k in kinds if k in NEVER_RETRIED]:
         r.problem(key, f"{refused[0]!r} failures are never retried: the answer would not change")
     return frozenset(kinds)
