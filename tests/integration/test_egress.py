@@ -100,7 +100,7 @@ async def test_redirects_are_not_followed_unless_the_service_says_so(
     async with Engine.open(f"sqlite:///{tmp_path / 'e.db'}") as engine:
         await engine.put_service(Service(name="r", base_url=redirector.url, timeout=5))
         to = f"{other.url}/echo"
-        step = {"http": {"service": "r", "path": "/go", "query": {"to": to}}}
+        step: dict[str, Any] = {"http": {"service": "r", "path": "/go", "query": {"to": to}}}
         run = await run_one(engine, "stays", step)
         assert run.info.status == "failed"
         assert run.steps["a"].error["kind"] == "status"
