@@ -270,3 +270,30 @@ def test_the_cli_names_a_bad_rule() -> None:
         assert "1-65535" in result.output
         result = CliRunner().invoke(main, [command], env={"LEGATO_EGRESS": "a..b"})
         assert result.exit_code == 2 and "egress rule 'a..b'" in result.output
+
+
+async def test_a_server_started_with_a_policy_refuses_at_the_hop(
+    tmp_path: Path, redirector: Redirector, other: LoopbackService
+) -> None:
+    from legato.client import AsyncClient
+    from tests.integration.serverprocess import start_server
+    from tests.integration.test_cli import _run_async
+
+    proc = start_server(tmp_path, "--egress", f"127.0.0.1:{redirector.port}")
+    try:
+        code, _, err = await _run_async(
+            "service", "add", "r", redirector.url, "--follow-redirects", "--url", proc.url
+        )
+        assert code == 0, err
+        async with AsyncClient(proc.url) as client:
+            [entry] = [s for s in await client.services() if s["name"] == "r"]
+            assert entry["follow_redirects"] is True
+            step = {"http": {"service": "r", "path": "/go", "query": {"to": f"{other.url}/echo"}}}
+            await client.apply({"name": "served", "steps": {"a": step}})
+            run = await client.start("served", {}, wait=10)
+            assert run["status"] == "failed"
+            [a] = [s for s in run["steps"] if s["name"] == "a"]
+            assert a["error"]["kind"] == "egress", a
+    finally:
+        proc.stop()
+    assert redirector.hits == 1 and other.requests == []
