@@ -130,3 +130,23 @@ def test_refusal_names_host_address_port_and_rule() -> None:
     metadata = EgressPolicy.parse(None).refusal("169.254.169.254", "169.254.169.254", 80)
     assert metadata is not None
     assert "169.254.169.254 port 80: a cloud metadata address" in str(metadata)
+
+
+def test_follow_redirects_is_a_boolean_of_services_and_http_steps() -> None:
+    from legato.errors import DefinitionError
+    from legato.model.build import build_workflow
+    from legato.model.service import Service
+
+    service = Service.from_dict({"name": "s", "base_url": "http://s/", "follow_redirects": True})
+    assert service.follow_redirects and service.to_dict()["follow_redirects"] is True
+    assert (
+        "follow_redirects"
+        not in Service.from_dict({"name": "s", "base_url": "http://s/"}).to_dict()
+    )
+    with pytest.raises(DefinitionError, match="follow_redirects: must be a boolean"):
+        Service.from_dict({"name": "s", "base_url": "http://s/", "follow_redirects": "yes"})
+    step = {"http": {"url": "http://x/", "follow_redirects": 1}}
+    with pytest.raises(
+        DefinitionError, match=r"steps\.a\.http\.follow_redirects: must be a boolean"
+    ):
+        build_workflow({"name": "x", "steps": {"a": step}})

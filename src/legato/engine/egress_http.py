@@ -19,7 +19,7 @@ from aiohttp.client_reqrep import ClientRequest
 from aiohttp.resolver import DefaultResolver
 from aiohttp.tracing import Trace
 
-from legato.engine.egress import EgressPolicy
+from legato.engine.egress import EgressPolicy, EgressRefused
 
 
 class EgressResolver(AbstractResolver):
@@ -35,12 +35,14 @@ class EgressResolver(AbstractResolver):
             raise refused
         kept: list[ResolveResult] = []
         for result in await self._inner.resolve(host, port, family):
-            refused = refused or self.policy.refusal(host, result["host"], port)
-            if self.policy.check(host, result["host"], port).allowed:
+            verdict = self.policy.check(host, result["host"], port)
+            if verdict.allowed:
                 kept.append(result)
-        if not kept and refused is not None:
+            elif refused is None:
+                refused = EgressRefused(host, result["host"], port, verdict.reason)
+        if refused is not None and not kept:
             raise refused
-        return kept
+        return kept  # only the allowed addresses: the connector tries no other
 
     async def close(self) -> None:
         await self._inner.close()
