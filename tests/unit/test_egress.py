@@ -62,6 +62,10 @@ def test_no_policy_allows_all_but_link_local_and_metadata() -> None:
     assert not allowed(None, None, "fe80::1%eth0")
     assert not allowed(None, None, "fd00:ec2::254")
     assert not allowed(None, None, "::ffff:169.254.169.254")  # IPv4-mapped is the same address
+    assert not allowed(None, None, "0.0.0.0")  # reaches this machine
+    assert not allowed("!127.0.0.0/8", None, "0.0.0.0")
+    assert not allowed(None, None, "::")
+    assert allowed("0.0.0.0", None, "0.0.0.0")
     assert not allowed(None, "metadata.google.internal", "10.1.2.3")
     assert not allowed(None, "Metadata.Google.Internal.", "10.1.2.3")
     assert EgressPolicy.parse(None).refuse_name("metadata.google.internal", 80) is not None

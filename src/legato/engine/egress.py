@@ -11,8 +11,9 @@ A policy is a list of rules separated by commas or spaces; each is `[!]HOST[:POR
 A connection (the URL's host name, the IP address it is actually made to, its port) is refused when
 a denial matches it; otherwise it is allowed when an allowing rule matches it by name or by address,
 and refused when none does. A policy with no allowing rule allows everything not denied. No policy
-at all allows everything. Whatever the policy, link-local addresses (169.254.0.0/16, fe80::/10) and
-cloud metadata endpoints (169.254.169.254, fd00:ec2::254, metadata.google.internal) are refused unless
+at all allows everything. Whatever the policy, link-local addresses (169.254.0.0/16, fe80::/10),
+unspecified ones (0.0.0.0/8, ::, which reach the machine itself) and cloud metadata endpoints
+(169.254.169.254, fd00:ec2::254, metadata.google.internal) are refused unless
 a rule allows them explicitly: an address rule inside the refused range (`169.254.0.0/16` for
 link-local addresses, the address itself for a metadata address), or the exact name -- `*` and wide
 CIDRs such as `0.0.0.0/0` do not count.
@@ -39,6 +40,9 @@ _REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = (
     (ipaddress.ip_network("fd00:ec2::254/128"), "a cloud metadata address"),
     (ipaddress.ip_network("169.254.0.0/16"), "a link-local address"),
     (ipaddress.ip_network("fe80::/10"), "a link-local address"),
+    # Connecting to "this host" (0.0.0.0, ::) reaches the machine itself, past a loopback denial.
+    (ipaddress.ip_network("0.0.0.0/8"), "an unspecified address"),
+    (ipaddress.ip_network("::/128"), "an unspecified address"),
 )
 _REFUSED_NAMES = frozenset({"metadata.google.internal"})
 
