@@ -154,6 +154,9 @@ async def test_the_address_a_name_resolves_to_is_what_is_checked(
         error = run.steps["a"].error
         assert error["kind"] == "egress", error
         assert "localhost (" in error["message"] and "denied by rule" in error["message"]
+        # 0.0.0.0 would reach the loopback service past the denial: refused too.
+        run = await run_one(engine, "unspecified", {"http": {"url": f"http://0.0.0.0:{port}/echo"}})
+        assert run.steps["a"].error["kind"] == "egress", run.steps["a"].error
     assert service.requests == []
     # An address rule allows a name that resolves to the address (and only that address is used).
     async with Engine.open(f"sqlite:///{tmp_path / 'f.db'}", egress=f"127.0.0.1:{port}") as engine:
