@@ -20,7 +20,7 @@ from tests.integration.testservice import LoopbackService
 
 
 class Redirector:
-    """Answers /go?to=URL with a 302 to URL; counts what it answers."""
+    """Answers /go?to=URL with a 302 to URL (to itself without `to`); counts what it answers."""
 
     def __init__(self) -> None:
         self.url = ""
@@ -30,7 +30,7 @@ class Redirector:
 
     async def go(self, request: web.Request) -> web.Response:
         self.hits += 1
-        raise web.HTTPFound(request.query["to"])
+        raise web.HTTPFound(request.query.get("to", "/go"))
 
     async def start(self) -> None:
         app = web.Application()
@@ -112,6 +112,12 @@ async def test_redirects_are_not_followed_unless_the_service_says_so(
         run = await run_one(engine, "follows", step)
         assert run.info.status == "succeeded", run.info.error
         assert len(other.requests) == 1
+        # A loop ends after a bounded number of hops.
+        loop: dict[str, Any] = {"http": {"service": "r", "path": "/go"}}
+        run = await run_one(engine, "loop", loop)
+        assert run.steps["a"].error["kind"] == "status", run.steps["a"].error
+        assert "more than 10 redirects" in run.steps["a"].error["message"]
+        assert redirector.hits == 2 + 10  # the first call and 9 hops; the 10th is not taken
         # A step may say so itself, either way.
         step["http"]["follow_redirects"] = False
         run = await run_one(engine, "step-says-no", step)
