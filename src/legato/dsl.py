@@ -115,9 +115,11 @@ def http(
     json: Any = None,
     body: Any = None,
     success: Sequence[int | str] | None = None,
+    follow_redirects: bool | None = None,
     **options: Any,
 ) -> StepNode:
-    """An HTTP call to a directory service (or an absolute `url`)."""
+    """An HTTP call to a directory service (or an absolute `url`). `follow_redirects`: None
+    follows them as the service says (a step by URL does not)."""
     call = _clean(
         {
             "service": service,
@@ -129,6 +131,7 @@ def http(
             "json": json,
             "body": body,
             "success": list(success) if success is not None else None,
+            "follow_redirects": follow_redirects,
         }
     )
     return StepNode(name, {"http": call, **_common(options)})

@@ -351,3 +351,15 @@ def test_step_node_repr() -> None:
         nodes.append(http("a", url="http://svc.test/"))
 
     assert repr(nodes[0]) == "<step a>"
+
+
+def test_an_http_step_may_say_whether_it_follows_redirects() -> None:
+    @workflow()
+    def hops() -> None:
+        http("a", url="http://svc.test/", follow_redirects=True)
+        http("b", url="http://svc.test/")
+
+    w: Workflow = hops
+    a, b = w.steps["a"].action, w.steps["b"].action
+    assert isinstance(a, HttpCall) and isinstance(b, HttpCall)
+    assert (a.follow_redirects, b.follow_redirects) == (True, None)

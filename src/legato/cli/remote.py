@@ -70,6 +70,7 @@ def service() -> None:
 @click.option("--timeout", help="Per-call timeout, e.g. 5s.")
 @click.option("--concurrency", type=click.IntRange(1), help="Calls in flight at most.")
 @click.option("--header", multiple=True, help="K=V, sent with every call (repeatable).")
+@click.option("--follow-redirects", is_flag=True, help="Follow 3xx answers (each hop checked).")
 @click.option("--replace", is_flag=True, help="Replace a service of the same name.")
 @remote
 def service_add(
@@ -80,6 +81,7 @@ def service_add(
     timeout: str | None,
     concurrency: int | None,
     header: tuple[str, ...],
+    follow_redirects: bool,
     replace: bool,
 ) -> None:
     """Add NAME at ADDRESS, or every service of a --file."""
@@ -96,6 +98,8 @@ def service_add(
             entry["timeout"] = timeout
         if concurrency is not None:
             entry["concurrency"] = concurrency
+        if follow_redirects:
+            entry["follow_redirects"] = True
         if header:
             pairs = [h.split("=", 1) for h in header]
             if any(len(p) != 2 for p in pairs):

@@ -13,6 +13,7 @@ import click
 from legato import aio
 from legato.cli.common import DEFAULT_DB, dump_json, fail, main
 from legato.client import AsyncClient
+from legato.engine.egress import EgressPolicy, EgressSyntaxError
 from legato.errors import LegatoError
 from legato.model.durations import parse_duration
 from legato.server.app import DEFAULT_MAX_BODY
@@ -37,6 +38,13 @@ def _pair(value: str, sep: str, shape: str) -> tuple[str, str]:
     if not found or not name or not rest:
         raise click.BadParameter(f"must be {shape}, not {value!r}")
     return name, rest
+
+
+def _egress(ctx: click.Context, param: click.Parameter, value: str | None) -> EgressPolicy:
+    try:
+        return EgressPolicy.parse(value)
+    except EgressSyntaxError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -102,6 +110,15 @@ def _engine_options(fn: Any) -> Any:
             "NAME:DESTINATION.",
         ),
         click.option("--migrate", is_flag=True, help="Upgrade an older database schema at start."),
+        click.option(
+            "--egress",
+            envvar="LEGATO_EGRESS",
+            callback=_egress,
+            help="Where steps, polls and webhooks may connect: rules [!]HOST[:PORTS] separated by "
+            "commas, e.g. '10.0.0.0/8:443,*.example.com,!10.0.0.5'. Checked on resolved addresses "
+            "and at each redirect hop. Link-local and cloud metadata addresses are refused unless "
+            "named. Default: any other address.",
+        ),
         click.option(
             "--s3-endpoint",
             envvar="LEGATO_S3_ENDPOINT",

@@ -15,6 +15,8 @@ import aiohttp
 import orjson
 
 from legato import __version__
+from legato.engine.egress import EgressPolicy, EgressRefused
+from legato.engine.egress_http import EgressConnector
 from legato.engine.ids import traceparent
 from legato.engine.outcome import Outcome
 from legato.model.fields import check_object
@@ -23,18 +25,24 @@ from legato.model.workflow import HttpCall
 
 USER_AGENT = f"legato/{__version__}"
 _BODY_LIMIT_IN_ERROR = 2000
+MAX_REDIRECTS = 10  # hops followed where redirects are followed at all
 
 
 class HttpExecutor:
-    def __init__(self, lookup: Callable[[str], Service | None]) -> None:
+    def __init__(
+        self, lookup: Callable[[str], Service | None], egress: EgressPolicy | None = None
+    ) -> None:
         self._lookup = lookup
+        self.egress = egress or EgressPolicy()
         self._session: aiohttp.ClientSession | None = None
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            connector = EgressConnector(
+                self.egress, limit=0, ttl_dns_cache=300, keepalive_timeout=30
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 json_serialize=lambda v: orjson.dumps(v).decode(),
@@ -104,13 +112,18 @@ class HttpExecutor:
         method = request["method"]
         limit = timeout or (service.timeout if service else DEFAULT_TIMEOUT)
         where = f"{method} {url}"
+        follow = follows(action, service)
         try:
             # A call by URL has no directory entry, hence no limit.
             gate = self._semaphore(service) if service is not None else contextlib.nullcontext()
             async with gate:
                 status, resp_headers, raw, ctype = await self._send(
-                    method, url, request, headers, data, limit
+                    method, url, request, headers, data, limit, follow
                 )
+        except EgressRefused as exc:
+            return Outcome.failure("egress", f"{where}: {exc}")
+        except aiohttp.TooManyRedirects:
+            return Outcome.failure("status", f"{where}: more than {MAX_REDIRECTS} redirects")
         except TimeoutError:
             return Outcome.failure("timeout", f"{where} did not answer within {limit:g}s")
         except aiohttp.InvalidURL:
@@ -136,12 +149,19 @@ class HttpExecutor:
                 )
         return Outcome(True, output)
 
-    async def fetch(self, url: str) -> Outcome | None:
+    def follows(self, action: HttpCall) -> bool:
+        return follows(action, self._lookup(action.service) if action.service else None)
+
+    async def fetch(self, url: str, follow_redirects: bool = False) -> Outcome | None:
         """GET a polled result: its body on 200, None on 404 (not there yet), a failure otherwise."""
         try:
             status, _, raw, ctype = await self._send(
-                "GET", url, {}, {"User-Agent": USER_AGENT}, None, 30.0
+                "GET", url, {}, {"User-Agent": USER_AGENT}, None, 30.0, follow_redirects
             )
+        except EgressRefused as exc:
+            return Outcome.failure("egress", f"GET {url}: {exc}")
+        except aiohttp.TooManyRedirects:
+            return Outcome.failure("status", f"GET {url}: more than {MAX_REDIRECTS} redirects")
         except TimeoutError:
             return Outcome.failure("timeout", f"GET {url} did not answer within 30s")
         except (aiohttp.ClientError, OSError) as exc:
@@ -163,16 +183,33 @@ class HttpExecutor:
         headers: dict[str, str],
         data: bytes | str | None,
         limit: float,
+        follow: bool = False,
     ) -> tuple[int, dict[str, str], bytes, str]:
+        """Without `follow`, a redirect is the answer (its status is judged like any other);
+        with it, each hop's connection passes the egress policy like the first."""
         timeout = self._timeouts.get(limit)
         if timeout is None:
             timeout = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
         async with self._client().request(
-            method, url, params=request.get("query"), data=data, headers=headers, timeout=timeout
+            method,
+            url,
+            params=request.get("query"),
+            data=data,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=follow,
+            max_redirects=MAX_REDIRECTS,
         ) as resp:
             raw = await resp.read()
             headers = {str(k): v for k, v in resp.headers.items()}
             return resp.status, headers, raw, resp.content_type
+
+
+def follows(action: HttpCall, service: Service | None) -> bool:
+    """Whether a step's call follows redirects: as the step says, else as its service says."""
+    if action.follow_redirects is not None:
+        return action.follow_redirects
+    return service is not None and service.follow_redirects
 
 
 def status_kind(status: int) -> str:

@@ -24,6 +24,8 @@ import aiohttp
 import aiosmtplib
 import orjson
 
+from legato.engine.egress import EgressPolicy, EgressRefused
+from legato.engine.egress_http import EgressConnector
 from legato.engine.state import FAILED, SUCCEEDED, WAITING, Decision, RunInfo
 from legato.errors import LegatoError
 from legato.model.workflow import Notify
@@ -92,8 +94,9 @@ def events_of(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
 
 
 class Notifier:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, egress: EgressPolicy | None = None) -> None:
         self.store = store
+        self.egress = egress or EgressPolicy()
         url = os.environ.get("LEGATO_SMTP_URL")
         self.smtp: Smtp | None = Smtp.from_url(url) if url else None
         self.secret = ""  # set when the engine starts (the store's "webhooks" secret)
@@ -149,6 +152,9 @@ class Notifier:
                 try:
                     await asyncio.wait_for(send(), self.timeout)
                     error = None
+                    break
+                except EgressRefused as exc:  # the policy will not change: no second try
+                    error = f"{type(exc).__name__}: {exc}"
                     break
                 except Exception as exc:  # whatever goes wrong is recorded, never raised
                     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -208,14 +214,17 @@ class Notifier:
 
         async def send() -> None:
             if self._http is None:
-                self._http = aiohttp.ClientSession()
+                self._http = aiohttp.ClientSession(connector=EgressConnector(self.egress))
             stamp = str(int(time.time()))
             headers = {
                 "Content-Type": "application/json",
                 TIMESTAMP_HEADER: stamp,
                 SIGNATURE_HEADER: sign(self.secret, stamp, body),
             }
-            async with self._http.post(url, data=body, headers=headers) as response:
+            # A redirect is refused like any other non-2xx answer: the body is not sent on.
+            async with self._http.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
                 if response.status >= 300:
                     raise LegatoError(f"the receiver answered {response.status}")
 

@@ -27,6 +27,7 @@ import orjson
 
 from legato.engine import inbox
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
+from legato.engine.egress import EgressPolicy
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
 from legato.engine.notifier import Notifier
@@ -197,8 +198,11 @@ class Engine:
         python_modules: Collection[str] | None = None,
         worker: bool = True,
         lease: float = DEFAULT_LEASE,
+        egress: EgressPolicy | str | None = None,
     ) -> None:
-        """`python_modules`, when given, are the only modules a definition document's Python steps
+        """`egress`: where steps, polls and webhooks may connect (see engine/egress.py; None
+        refuses only link-local and metadata addresses).
+        `python_modules`, when given, are the only modules a definition document's Python steps
         may import functions from (a server passes its allow-list; None allows any import).
         `worker=False` makes an engine that runs no step (an API-only server): it records new runs
         and what reaches them, and worker engines sharing the store claim and run them."""
@@ -235,10 +239,11 @@ class Engine:
         self._watcher: asyncio.Task[None] | None = None
         self._claim_now: asyncio.Event | None = None
         self.scheduler = Scheduler(self)
-        self.notifier = Notifier(store)
+        self.egress = egress if isinstance(egress, EgressPolicy) else EgressPolicy.parse(egress)
+        self.notifier = Notifier(store, self.egress)
         self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
-        self.http = HttpExecutor(self._services.get)
+        self.http = HttpExecutor(self._services.get, self.egress)
         self.tokens: TaskTokens | None = None
         # Where services send callbacks: `legato serve` sets it to its own address (or --public-url).
         self.callback_base: str | None = None
@@ -265,6 +270,7 @@ class Engine:
         migrate: bool = False,
         worker: bool = True,
         lease: float = DEFAULT_LEASE,
+        egress: EgressPolicy | str | None = None,
     ) -> Engine:
         """`migrate`: upgrade a database with an older schema (a new one is always created)."""
         return cls(
@@ -272,6 +278,7 @@ class Engine:
             python_modules=python_modules,
             worker=worker,
             lease=lease,
+            egress=egress,
         )
 
     async def __aenter__(self) -> Engine:
@@ -1338,7 +1345,10 @@ class Engine:
         where = effect.location
         try:
             if "url" in where:
-                outcome = await self.http.fetch(where["url"])
+                step = active.wf.steps.get(effect.step)
+                action = step.action if step is not None else None
+                follow = isinstance(action, HttpCall) and self.http.follows(action)
+                outcome = await self.http.fetch(where["url"], follow)
             else:
                 outcome = await self.results.fetch(where["bucket"], where["key"])
         except Exception as exc:  # a reader's bug must fail the step, not strand it

@@ -19,6 +19,7 @@ from legato.model.reader import Reader, join, read_fields
 from legato.model.schedule import PRESETS, Schedule, cron_problem
 from legato.model.workflow import (
     FAILURE_KINDS,
+    NEVER_RETRIED,
     NOTIFY_ON,
     STEP_KINDS,
     TRIGGERS,
@@ -301,7 +302,10 @@ def _retry_on(r: Reader, key: str, default: frozenset[str]) -> frozenset[str]:
         return default
     unknown = [k for k in kinds if k not in FAILURE_KINDS]
     if unknown:
-        r.problem(key, f"unknown failure kind {unknown[0]!r}; known: {', '.join(FAILURE_KINDS)}")
+        known = ", ".join(k for k in FAILURE_KINDS if k not in NEVER_RETRIED)
+        r.problem(key, f"unknown failure kind {unknown[0]!r}; known: {known}")
+    elif refused := [k for k in kinds if k in NEVER_RETRIED]:
+        r.problem(key, f"{refused[0]!r} failures are never retried: the answer would not change")
     return frozenset(kinds)
 
 
@@ -486,6 +490,7 @@ def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None
         r.problem("heartbeat", "applies only to an async call (async: true)")
     if heartbeat is not None and heartbeat <= 0:
         r.problem("heartbeat", "must be positive")
+    follow = r.get("follow_redirects", bool, None)
     r.done()
     if len(problems) > before:
         return None
@@ -502,6 +507,7 @@ def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None
         callback,
         heartbeat,
         poll,
+        follow,
     )
 
 

@@ -29,6 +29,8 @@ class Service:
     inputs: tuple[Field, ...] = ()
     outputs: tuple[Field, ...] = ()
     description: str = ""
+    # Follow 3xx answers (each hop checked by the egress policy); otherwise a 3xx is the answer.
+    follow_redirects: bool = False
 
     def url(self, path: str) -> str:
         if not path:
@@ -45,6 +47,8 @@ class Service:
             out["token"] = self.token
         out["timeout"] = self.timeout
         out["concurrency"] = self.concurrency
+        if self.follow_redirects:
+            out["follow_redirects"] = True
         if self.inputs:
             out["inputs"] = fields_to_dicts(self.inputs)
         if self.outputs:
@@ -95,6 +99,7 @@ def read_service(data: Any, path: str, problems: list[Problem]) -> Service | Non
     if concurrency < 1:
         r.problem("concurrency", "must be at least 1")
     description = r.get("description", str, "")
+    follow_redirects = r.get("follow_redirects", bool, False)
     inputs = read_fields(r.raw("inputs"), r.at("inputs"), problems)
     outputs = read_fields(r.raw("outputs"), r.at("outputs"), problems)
     r.done()
@@ -110,4 +115,5 @@ def read_service(data: Any, path: str, problems: list[Problem]) -> Service | Non
         inputs=inputs,
         outputs=outputs,
         description=description,
+        follow_redirects=follow_redirects,
     )

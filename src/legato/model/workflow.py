@@ -28,7 +28,9 @@ FAILURE_KINDS = (
     "config",
     "callback",  # an async call's service reported an error through its callback
     "child",  # a sub-workflow's run failed or was cancelled
+    "egress",  # the egress policy refused the address (never retried: it will not change)
 )
+NEVER_RETRIED = frozenset({"egress"})
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 
 TRIGGERS = ("all_succeeded", "all_done", "one_succeeded", "none_failed")
@@ -47,7 +49,7 @@ class RetryPolicy:
     on: frozenset[str] = DEFAULT_RETRY_ON
 
     def should_retry(self, kind: str, tries: int) -> bool:
-        return tries <= self.retries and kind in self.on
+        return tries <= self.retries and kind in self.on and kind not in NEVER_RETRIED
 
     def delay_for(self, tries: int, rand: float) -> float:
         """`tries` is the number of attempts made so far (1 after the first); `rand` is in [0, 1)."""
@@ -88,6 +90,8 @@ class HttpCall:
     callback: bool = False
     heartbeat: float | None = None
     poll: Poll | None = None
+    # None: as the service says (`follow_redirects`), else not followed (a 3xx is the answer).
+    follow_redirects: bool | None = None
 
     kind = "http"
 

@@ -135,6 +135,10 @@ SCHEMAS: dict[str, Any] = {
             "token": {"type": "string", "description": "Sent as a bearer token; shown as ***."},
             "timeout": {"oneOf": [{"type": "number"}, {"type": "string"}]},
             "concurrency": {"type": "integer", "minimum": 1},
+            "follow_redirects": {
+                "type": "boolean",
+                "description": "Follow 3xx answers (each hop passes the egress policy).",
+            },
             "inputs": {"type": "array", "items": _ref("Field")},
             "outputs": {"type": "array", "items": _ref("Field")},
         },
