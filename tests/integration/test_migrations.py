@@ -122,7 +122,8 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
 
     refused = open_store(db_url)
     with pytest.raises(
-        LegatoError, match=f"has schema version 1; this Legato needs {SCHEMA_VERSION}: run `legato migrate"
+        LegatoError,
+        match=f"has schema version 1; this Legato needs {SCHEMA_VERSION}: run `legato migrate",
     ):
         await refused.open()
 
@@ -189,9 +190,9 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
     first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and first.stdout.strip() == f"schema version none -> {SCHEMA_VERSION}", (
-        first.stderr
-    )
+    assert (
+        first.returncode == 0 and first.stdout.strip() == f"schema version none -> {SCHEMA_VERSION}"
+    ), first.stderr
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == f"schema version {SCHEMA_VERSION}: up to date"
 
