@@ -5,6 +5,7 @@ tokens are refused on public addresses; named tokens have roles; every change is
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -267,3 +268,28 @@ def test_a_short_token_is_refused_on_a_public_address(tmp_path: Path) -> None:
     file.write_text('[tokens]\nweak = { token = "0123456789abcdef", role = "boss" }\n')
     done = serve("--token-file", str(file))
     assert done.returncode == 2 and "tokens.weak.role: must be one of read, operate" in done.stderr
+
+
+def test_a_store_that_fails_answers_503_and_logs_once(tmp_path: Path) -> None:
+    token = "store-token-0123456789"
+    server = start_server(tmp_path, env={"LEGATO_API_TOKEN": token})
+    try:
+        cookie = login(server.url, token)
+        path = server.db.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as db:  # the tables go away under the running server
+            db.execute("DROP TABLE sessions")
+            db.execute("DROP TABLE audit")
+        for _ in range(20):
+            answer = httpx.get(server.url + "/api/runs", cookies=cookie)
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert httpx.post(server.url + "/login", data={"token": token}).status_code == 503
+        # A change is still answered when its audit row cannot be written.
+        made = httpx.post(server.url + "/api/workflows", json=WORKFLOW, headers=bearer(token))
+        assert made.status_code == 201
+        time.sleep(0.2)
+        log = server.output()
+        assert log.count("cannot read sessions") == 1, log
+        assert log.count("cannot write the audit log") == 1
+        assert "Traceback" not in log
+    finally:
+        server.stop()

@@ -32,6 +32,30 @@ _TARGET = re.compile(
 )
 
 
+class QuietLog:
+    """A warning per kind at most every `every` seconds, with how many were left out: a database
+    that is down must not turn every request into a log line."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        left_out = self._left_out.pop(kind, 0)
+        more = f" ({left_out} more in the last {now - last:.0f} s)" if left_out and last else ""
+        log.warning("%s%s", message, more)
+
+
+QUIET = QuietLog()
+
+
 def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
@@ -103,7 +127,7 @@ class Guard:
                     self.store, self.tokens, cookies.get(auth.cookie_name(scope))
                 )
             except Exception as exc:  # the store is down: say so, not 500
-                log.warning("cannot read sessions: %s", exc)
+                QUIET.warn("sessions", f"cannot read sessions: {exc}")
                 return _refuse(503, "the session store cannot be read; try again", "unavailable")
             if token is None:
                 if auth.is_page(scope["path"], scope["method"]):
@@ -157,7 +181,7 @@ class Guard:
         try:
             await self.store.add_audit(row)
         except Exception as exc:  # the change is made: its answer must not be lost with the row
-            log.warning("cannot write the audit log (%s %s): %s", row.method, row.path, exc)
+            QUIET.warn("audit", f"cannot write the audit log ({row.method} {row.path}): {exc}")
 
 
 def _identity(scope: Scope) -> str | None:

@@ -27,7 +27,7 @@ from legato.model.workflow import Workflow
 from legato.server import payloads
 from legato.server.access import Throttle, Tokens
 from legato.server.errors import ApiError
-from legato.server.guard import IDENTITY, client_address
+from legato.server.guard import IDENTITY, QUIET, client_address
 from legato.ui import auth
 from legato.ui.live import Live
 from legato.ui.stats import WINDOW, CallStats
@@ -251,7 +251,11 @@ async def login(request: Request) -> Response:
         return ui.render(
             "login.html", 401, title="Sign in", next=auth.safe_next(target), failed=True
         )
-    session_id = await auth.open_session(ui.engine.store, token, ui.session_ttl)
+    try:
+        session_id = await auth.open_session(ui.engine.store, token, ui.session_ttl)
+    except Exception as exc:  # the database is down: say so, not 500
+        QUIET.warn("sessions", f"cannot store a session: {exc}")
+        return _unavailable(ui)
     request.scope[IDENTITY] = token.name
     response = RedirectResponse(auth.safe_next(target), 303)
     secure = request.url.scheme == "https"
@@ -259,15 +263,25 @@ async def login(request: Request) -> Response:
     return response
 
 
+def _unavailable(ui: UI) -> Response:
+    page = ui.error(503, "The database cannot be reached; try again in a moment.")
+    page.headers["Retry-After"] = "5"
+    return page
+
+
 async def logout(request: Request) -> Response:
     """Ends the session in the store, so a copy of the cookie is worthless too."""
     ui = _ui(request)
     session_id = request.cookies.get(auth.cookie_name(request.scope))
     if ui.tokens and session_id and len(session_id) <= 256:
-        token = await auth.session_token(ui.engine.store, ui.tokens, session_id)
-        if token is not None:
-            request.scope[IDENTITY] = token.name
-        await ui.engine.store.drop_session(auth.session_key(session_id))
+        try:
+            token = await auth.session_token(ui.engine.store, ui.tokens, session_id)
+            if token is not None:
+                request.scope[IDENTITY] = token.name
+            await ui.engine.store.drop_session(auth.session_key(session_id))
+        except Exception as exc:  # kept: better to say so than to pretend it ended
+            QUIET.warn("sessions", f"cannot end a session: {exc}")
+            return _unavailable(ui)
     response = RedirectResponse("/login", 303)
     auth.clear_session(response, request.scope)
     return response
