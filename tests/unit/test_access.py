@@ -32,6 +32,7 @@ def test_one_table_says_which_role_each_route_needs() -> None:
         f"/api/runs/{RUN}/cancel",
         f"/api/runs/{RUN}/retry",
         "/api/runs:cancel",
+        "/api/runs/retry",
         f"/api/runs/{RUN}/steps/approve/complete",
         "/e/orders",
         "/api/events",

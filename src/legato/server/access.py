@@ -41,7 +41,7 @@ _RULES: list[tuple[frozenset[str], re.Pattern[str], str]] = [
     (frozenset({"GET", "HEAD", "OPTIONS"}), re.compile(r".*"), READ),
     (frozenset({"POST"}), re.compile(r"/api/workflows/[^/]+/(runs|trigger)"), OPERATE),
     (frozenset({"POST"}), re.compile(r"/api/runs/[^/]+/(cancel|retry)"), OPERATE),
-    (frozenset({"POST"}), re.compile(r"/api/runs:(cancel|retry)"), OPERATE),
+    (frozenset({"POST"}), re.compile(r"/api/runs[:/](cancel|retry)"), OPERATE),  # in bulk
     (frozenset({"POST"}), re.compile(r"/api/runs/[^/]+/steps/[^/]+/complete"), OPERATE),
     (frozenset({"POST"}), re.compile(r"/e/[^/]+|/api/events"), OPERATE),
     (frozenset({"POST"}), re.compile(r"/api/schedules/[^/]+/(pause|unpause)"), OPERATE),
