@@ -135,7 +135,10 @@ class Guard:
                     return auth.login_redirect(scope["path"], query)
                 message = "this server needs Authorization: Bearer <token>"
                 return _refuse(401, message, "unauthorized")
-            if scope["method"] not in auth.SAFE_METHODS and headers.get(b"x-legato-ui") != b"1":
+            if (
+                scope["method"] not in auth.SAFE_METHODS
+                and headers.get(auth.UI_HEADER.encode()) != b"1"
+            ):
                 message = "a change made with the UI's session cookie must carry X-Legato-UI: 1"
                 return json_response(ApiError(403, message, "X-Legato-UI", "forbidden").body(), 403)
         scope[IDENTITY] = token.name

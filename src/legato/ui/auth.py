@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from urllib.parse import parse_qs, quote
@@ -115,7 +116,7 @@ def set_session(
     response.set_cookie(
         cookie_name(scope),
         session_id,
-        max_age=int(ttl),
+        max_age=max(1, math.ceil(ttl)),
         httponly=True,
         samesite="strict",
         secure=secure,
