@@ -237,6 +237,19 @@ class _Verbs(Generic[R]):
     def retry(self, run_id: str) -> R:
         return self._send(_Request("POST", f"/api/runs/{_q(run_id)}/retry"))
 
+    def audit(
+        self,
+        *,
+        since: str | None = None,
+        token: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> R:
+        """One page of the audit log (admin): `{"entries": [...], "next_cursor": ...}`, newest
+        first; `since` is an ISO time or a duration ago (`1h`)."""
+        params = _params(since=since, token=token, limit=limit, cursor=cursor)
+        return self._send(_Request("GET", "/api/audit", params=params))
+
 
 def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}

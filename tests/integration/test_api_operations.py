@@ -63,6 +63,7 @@ def test_the_openapi_document_describes_every_route(server: ServerProcess) -> No
         "/api/runs/{run_id}/cancel",
         "/api/runs/{run_id}/retry",
         "/api/runs/{run_id}/steps/{step}/complete",
+        "/api/audit",
         "/healthz",
         "/metrics",
     } <= paths

@@ -70,7 +70,10 @@ def _server_options(fn: Any) -> Any:
         click.option("--host", default="127.0.0.1", show_default=True),
         click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
         click.option(
-            "--token", envvar="LEGATO_API_TOKEN", default=None, help="Require this bearer token."
+            "--token",
+            envvar="LEGATO_API_TOKEN",
+            default=None,
+            help="Require this bearer token (an admin token named `default`).",
         ),
         GRACE,
     ]
@@ -192,6 +195,20 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     help="Serve a non-loopback address without a token.",
 )
 @click.option(
+    "--token-file",
+    envvar="LEGATO_TOKEN_FILE",
+    type=click.Path(dir_okay=False),
+    help="A TOML file of named tokens with roles (read, operate, admin).",
+)
+@click.option(
+    "--session-ttl",
+    envvar="LEGATO_SESSION_TTL",
+    default="12h",
+    show_default=True,
+    callback=_duration,
+    help="How long a UI sign-in lasts.",
+)
+@click.option(
     "--api-only",
     is_flag=True,
     help="Run no steps: `legato worker` processes sharing the (PostgreSQL) database run them.",
@@ -200,6 +217,7 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
 def serve(
     db: str,
     token: str | None,
+    token_file: str | None,
     max_body: int,
     allow_unauthenticated: bool,
     api_only: bool,
@@ -207,9 +225,10 @@ def serve(
 ) -> None:
     """Serve the REST API and run the engine, in one process, until SIGTERM or Ctrl-C."""
     _run_server(
-        lambda server: announce(server, db, token),
+        lambda server: announce(server, db, bool(token or token_file)),
         db=db,
         token=token,
+        token_file=token_file,
         max_body=max_body,
         allow_open=allow_unauthenticated,
         role="api" if api_only else "all",

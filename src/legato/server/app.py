@@ -6,80 +6,32 @@ executed by the same process, with no queue in between.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request, cookie_parser
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from legato.engine.runtime import Engine
 from legato.errors import LegatoError
-from legato.server import docs, routes
-from legato.server.errors import ApiError, error_response, handle
+from legato.server import audit, docs, routes
+from legato.server.access import Throttle, Tokens, load_tokens
+from legato.server.errors import ApiError, handle
+from legato.server.guard import Guard
 from legato.server.metrics import Metrics
-from legato.ui import auth, pages
+from legato.ui import pages
+from legato.ui.auth import DEFAULT_SESSION_TTL
 
 DEFAULT_MAX_BODY = 1024 * 1024
 Endpoint = Callable[[Request], Awaitable[Response]]
 # The health check, the static docs page, callbacks (their signed task token is the credential),
 # and the UI's login and logout forms and its static assets (which hold no data).
 OPEN_PATHS = ("/healthz", "/docs", "/api/callbacks/", "/login", "/logout", "/static/ui/")
-
-
-class BearerToken:
-    """Every path but the open ones needs `Authorization: Bearer`, or the UI's session cookie (see
-    `legato.ui.auth`); a page opened without either goes to the login form."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.token = token
-        self.expected = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if not given:
-            await self._by_cookie(scope, receive, send)
-            return
-        scheme, _, credentials = given.strip().partition(b" ")
-        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(
-            credentials.strip(), self.expected
-        ):
-            response = error_response(
-                ApiError(401, "the bearer token is not valid", "Authorization")
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    async def _by_cookie(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
-        cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
-        method = scope["method"]
-        if not auth.valid_session(cookies.get(auth.cookie_name(scope)), self.token):
-            if auth.is_page(scope["path"], method):
-                query = scope.get("query_string", b"").decode("latin-1")
-                response = auth.login_redirect(scope["path"], query)
-            else:
-                message = "this server needs Authorization: Bearer <token>"
-                response = error_response(ApiError(401, message, "Authorization"))
-            await response(scope, receive, send)
-            return
-        if method not in auth.SAFE_METHODS and headers.get(auth.UI_HEADER.encode()) != b"1":
-            message = "a change made with the UI's session cookie must carry X-Legato-UI: 1"
-            forbidden = error_response(ApiError(403, message, "X-Legato-UI", "forbidden"))
-            await forbidden(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def _route(path: str, **handlers: Endpoint) -> Route:
@@ -96,6 +48,8 @@ def create_app(
     engine: Engine,
     *,
     token: str | None = None,
+    tokens: Tokens | None = None,
+    session_ttl: float = DEFAULT_SESSION_TTL,
     max_body: int = DEFAULT_MAX_BODY,
     grace: float = 10.0,
     own_engine: bool = True,
@@ -103,7 +57,9 @@ def create_app(
 ) -> ASGIApp:
     """The API for `engine`. With `own_engine` (for any ASGI server) the app's lifespan starts the
     engine and closes it with the grace period; `legato serve` runs the engine around the server.
-    Without `api` (a `legato worker`), only the health check and the metrics."""
+    Without `api` (a `legato worker`), only the health check and the metrics. `token` is an admin
+    token named `default`; `tokens` adds named tokens with roles (see legato.server.access)."""
+    tokens = Tokens([*load_tokens(token, None).tokens, *(tokens.tokens if tokens else [])])
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -153,6 +109,7 @@ def create_app(
             Route("/e/{workflow}", routes.event, methods=["POST"]),
             Route("/api/callbacks/{token}", routes.callback, methods=["POST"]),
             Route("/api/events", routes.publish_event, methods=["POST"]),
+            Route("/api/audit", audit.list_audit),
             *pages.routes(),
         ],
         exception_handlers={
@@ -164,8 +121,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.legato = routes.Context(engine, Metrics(engine), max_body)
+    throttle = Throttle()
     if api:
-        app.state.ui = pages.UI(engine, token)
-    if token:
-        return BearerToken(app, token)
-    return app
+        app.state.ui = pages.UI(engine, tokens or None, throttle, session_ttl)
+    if not api and not tokens:
+        return app
+    return Guard(app, engine.store, tokens, OPEN_PATHS, throttle)

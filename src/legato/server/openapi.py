@@ -327,6 +327,42 @@ def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": _content(schema)}
 
 
+def _audit_op() -> dict[str, Any]:
+    entry = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "at": {"type": "string", "format": "date-time"},
+            "token": {"type": "string", "nullable": True, "description": "The token's name."},
+            "method": {"type": "string"},
+            "path": {"type": "string"},
+            "target": {"type": "string", "nullable": True, "description": "Run id or name."},
+            "status": {"type": "integer"},
+            "client": {"type": "string", "nullable": True},
+        },
+    }
+    page = {
+        "type": "object",
+        "properties": {
+            "entries": {"type": "array", "items": entry},
+            "next_cursor": {"type": "string", "nullable": True},
+        },
+    }
+    return _op(
+        "Changes made through the API and the UI, newest first, with the token that made each "
+        "(never a body). Needs an admin token.",
+        {"200": _ok("A page.", page), "403": _error("The token's role is not admin.")},
+        tag="audit",
+        params=[
+            _query("since", "An ISO 8601 time, or a duration ago (1h).", {"type": "string"}),
+            _query("token", "Only this token's changes (its name).", {"type": "string"}),
+            _query("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            _query("cursor", "The next_cursor of the previous page.", {"type": "string"}),
+        ],
+        errors=("400", "401"),
+    )
+
+
 def build() -> dict[str, Any]:
     services = {
         "type": "object",
@@ -690,6 +726,7 @@ def build() -> dict[str, Any]:
                 errors=("400", "401", "404", "413", "415", "422"),
             ),
         },
+        "/api/audit": {"get": _audit_op()},
     }
     return {
         "openapi": "3.0.3",

@@ -21,7 +21,9 @@ from legato.engine.egress import EgressPolicy
 from legato.engine.results import S3Results
 from legato.engine.runtime import DEFAULT_LEASE, Engine
 from legato.errors import LegatoError
+from legato.server.access import load_tokens
 from legato.server.app import DEFAULT_MAX_BODY, create_app
+from legato.ui.auth import DEFAULT_SESSION_TTL
 
 log = logging.getLogger("legato.server")
 
@@ -129,6 +131,8 @@ def build_server(
     host: str = "127.0.0.1",
     port: int = 8080,
     token: str | None = None,
+    token_file: str | None = None,
+    session_ttl: float = DEFAULT_SESSION_TTL,
     grace: float = 10.0,
     max_body: int = DEFAULT_MAX_BODY,
     allow_open: bool = False,
@@ -144,15 +148,21 @@ def build_server(
     lease: float = DEFAULT_LEASE,
     egress: EgressPolicy | None = None,
 ) -> DrainingServer:
-    """Refuses an unauthenticated server on a non-loopback address unless `allow_open`.
+    """Refuses an unauthenticated server on a non-loopback address unless `allow_open`, and a
+    token shorter than 16 characters there (a guess away).
 
     `role`: "all" (the API and the engine), "api" (the API only: workers sharing the database run
     the steps) or "worker" (the engine, with only its health check and metrics served)."""
-    if not token and not is_loopback(host) and not allow_open:
+    if not session_ttl > 0:
+        raise LegatoError("--session-ttl must be longer than 0s")
+    tokens = load_tokens(token, token_file)
+    if not tokens and not is_loopback(host) and not allow_open:
         raise LegatoError(
             f"refusing to serve {host} without a token: set LEGATO_API_TOKEN, bind to "
             "127.0.0.1, or pass --allow-unauthenticated"
         )
+    if not is_loopback(host):
+        tokens.check_public(host)
     engine = Engine.open(
         db,
         python_modules=python_modules,
@@ -176,7 +186,14 @@ def build_server(
             "(a SQLite file belongs to one `legato serve`)"
         )
     api = role != "worker"
-    app = create_app(engine, token=token, max_body=max_body, own_engine=False, api=api)
+    app = create_app(
+        engine,
+        tokens=tokens,
+        session_ttl=session_ttl,
+        max_body=max_body,
+        own_engine=False,
+        api=api,
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -201,7 +218,7 @@ async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:
     return server.address
 
 
-def announce(server: DrainingServer, db: str, token: str | None) -> None:
+def announce(server: DrainingServer, db: str, token: str | bool | None) -> None:
     print(f"Legato {server.address}  database {db}", file=sys.stderr)
     if server.api:
         print(f"  web UI    {server.address}/", file=sys.stderr)

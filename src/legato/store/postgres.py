@@ -24,6 +24,8 @@ import orjson
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store import access
+from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
     Accept,
@@ -119,7 +121,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (8, access.POSTGRES_V8)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -802,3 +804,22 @@ class PostgresStore:
             run_id,
         )
         return [NotificationRow(*r) for r in rows]
+
+    # -- sessions and the audit log (see access.py) ---------------------------------------------
+
+    async def add_session(self, row: SessionRow) -> None:
+        await access.pg_add_session(self.pool, row)
+
+    async def get_session(self, key: str) -> SessionRow | None:
+        return await access.pg_get_session(self.pool, key)
+
+    async def drop_session(self, key: str) -> None:
+        await access.pg_drop_session(self.pool, key)
+
+    async def add_audit(self, row: AuditRow) -> None:
+        await access.pg_add_audit(self.pool, row)
+
+    async def list_audit(
+        self, since: float | None, token: str | None, before: int | None, limit: int
+    ) -> list[AuditRow]:
+        return await access.pg_list_audit(self.pool, since, token, before, limit)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store.access import AuditRow, SessionRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +287,21 @@ class Store(Protocol):
 
     async def list_notifications(self, run_id: str) -> list[NotificationRow]:
         """A run's notifications, oldest first."""
+
+    # Sessions and the audit log (legato.store.access).
+    async def add_session(self, row: SessionRow) -> None:
+        """Store a new UI session (and drop the expired ones)."""
+
+    async def get_session(self, key: str) -> SessionRow | None: ...
+
+    async def drop_session(self, key: str) -> None: ...
+
+    async def add_audit(self, row: AuditRow) -> None: ...
+
+    async def list_audit(
+        self, since: float | None, token: str | None, before: int | None, limit: int
+    ) -> list[AuditRow]:
+        """Newest first, ids below `before`."""
 
 
 def open_store(url: str, *, migrate: bool = False) -> Store:

@@ -24,6 +24,8 @@ import orjson
 from legato.engine.state import Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store import access
+from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
     Accept,
@@ -119,7 +121,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     error TEXT, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (8, access.SQLITE_V8)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
@@ -807,3 +809,22 @@ class SQLiteStore:
             (run_id,),
         )
         return [NotificationRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    # -- sessions and the audit log (see access.py) ---------------------------------------------
+
+    async def add_session(self, row: SessionRow) -> None:
+        await self._call(access.sqlite_add_session, self.conn, row)
+
+    async def get_session(self, key: str) -> SessionRow | None:
+        return await self._call(access.sqlite_get_session, self.conn, key)
+
+    async def drop_session(self, key: str) -> None:
+        await self._call(access.sqlite_drop_session, self.conn, key)
+
+    async def add_audit(self, row: AuditRow) -> None:
+        await self._call(access.sqlite_add_audit, self.conn, row)
+
+    async def list_audit(
+        self, since: float | None, token: str | None, before: int | None, limit: int
+    ) -> list[AuditRow]:
+        return await self._call(access.sqlite_list_audit, self.conn, since, token, before, limit)

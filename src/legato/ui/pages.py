@@ -25,7 +25,9 @@ from legato.errors import LegatoError
 from legato.model.build import WORKFLOW_NAME
 from legato.model.workflow import Workflow
 from legato.server import payloads
+from legato.server.access import Throttle, Tokens
 from legato.server.errors import ApiError
+from legato.server.guard import IDENTITY, QUIET, client_address
 from legato.ui import auth
 from legato.ui.live import Live
 from legato.ui.stats import WINDOW, CallStats
@@ -50,9 +52,17 @@ PAGE_HEADERS = {
 class UI:
     """The UI's state for one app: the engine, the live streams, call counts and laid-out graphs."""
 
-    def __init__(self, engine: Engine, token: str | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tokens: Tokens | None,
+        throttle: Throttle | None = None,
+        session_ttl: float = auth.DEFAULT_SESSION_TTL,
+    ) -> None:
         self.engine = engine
-        self.token = token
+        self.tokens = tokens
+        self.throttle = throttle or Throttle()
+        self.session_ttl = session_ttl
         self.live = Live(engine)
         self.stats = CallStats(engine)
         self.env = Environment(
@@ -62,7 +72,7 @@ class UI:
             lstrip_blocks=True,
         )
         self.env.globals.update(
-            clip=clip, clip_middle=clip_middle, took=took, active=ACTIVE_RUN, signed_in=bool(token)
+            clip=clip, clip_middle=clip_middle, took=took, active=ACTIVE_RUN, signed_in=bool(tokens)
         )
         self.env.filters["iso"] = payloads.iso
         self.env.filters["pretty"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
@@ -222,23 +232,56 @@ async def services(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     ui = _ui(request)
-    if not ui.token:
+    if not ui.tokens:
         return RedirectResponse("/", 303)
     if request.method == "GET":
         target = auth.safe_next(request.query_params.get("next"))
         return ui.render("login.html", title="Sign in", next=target, failed=False)
+    client = client_address(request.scope)
+    wait = ui.throttle.wait(client)
+    if wait:
+        page = ui.error(429, f"Too many wrong tokens: try again in {wait} s.")
+        page.headers["Retry-After"] = str(wait)
+        return page
     given, target = await auth.login_form(request)
-    if not auth.valid_session(auth.session_value(given), ui.token):
+    token = ui.tokens.find(given)
+    if token is None:
+        ui.throttle.fail(client)
         await asyncio.sleep(FAILED_LOGIN_DELAY)
         return ui.render(
             "login.html", 401, title="Sign in", next=auth.safe_next(target), failed=True
         )
+    try:
+        session_id = await auth.open_session(ui.engine.store, token, ui.session_ttl)
+    except Exception as exc:  # the database is down: say so, not 500
+        QUIET.warn("sessions", f"cannot store a session: {exc}")
+        return _unavailable(ui)
+    request.scope[IDENTITY] = token.name
     response = RedirectResponse(auth.safe_next(target), 303)
-    auth.set_session(response, request.scope, ui.token, secure=request.url.scheme == "https")
+    secure = request.url.scheme == "https"
+    auth.set_session(response, request.scope, session_id, secure, ui.session_ttl)
     return response
 
 
+def _unavailable(ui: UI) -> Response:
+    page = ui.error(503, "The database cannot be reached; try again in a moment.")
+    page.headers["Retry-After"] = "5"
+    return page
+
+
 async def logout(request: Request) -> Response:
+    """Ends the session in the store, so a copy of the cookie is worthless too."""
+    ui = _ui(request)
+    session_id = request.cookies.get(auth.cookie_name(request.scope))
+    if ui.tokens and session_id and len(session_id) <= 256:
+        try:
+            token = await auth.session_token(ui.engine.store, ui.tokens, session_id)
+            if token is not None:
+                request.scope[IDENTITY] = token.name
+            await ui.engine.store.drop_session(auth.session_key(session_id))
+        except Exception as exc:  # kept: better to say so than to pretend it ended
+            QUIET.warn("sessions", f"cannot end a session: {exc}")
+            return _unavailable(ui)
     response = RedirectResponse("/login", 303)
     auth.clear_session(response, request.scope)
     return response
