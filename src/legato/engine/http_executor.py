@@ -7,9 +7,12 @@ run. The service is looked up at call time, so a changed address applies to the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -17,17 +20,35 @@ import orjson
 from legato import __version__
 from legato.engine.ids import traceparent
 from legato.engine.outcome import Outcome
+from legato.masking import SECRET_PARAM, mask_text
 from legato.model.fields import check_object
 from legato.model.service import DEFAULT_TIMEOUT, Service
 from legato.model.workflow import HttpCall
+from legato.secret_refs import (
+    names_in,
+    scrub,
+    service_names,
+    service_substitute,
+    substitute,
+    wanted,
+)
 
 USER_AGENT = f"legato/{__version__}"
 _BODY_LIMIT_IN_ERROR = 2000
 
+SecretLookup = Callable[[str], Awaitable[str | None]]
+
+
+class MissingSecret(Exception):
+    pass
+
 
 class HttpExecutor:
-    def __init__(self, lookup: Callable[[str], Service | None]) -> None:
+    def __init__(
+        self, lookup: Callable[[str], Service | None], secrets: SecretLookup | None = None
+    ) -> None:
         self._lookup = lookup
+        self._secrets = secrets
         self._session: aiohttp.ClientSession | None = None
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
@@ -56,6 +77,47 @@ class HttpExecutor:
             self._limits[service.name] = held
         return held[1]
 
+    async def _values(self, names: set[str], used: dict[str, str]) -> None:
+        for name in sorted(names - used.keys()):
+            value = await self._secrets(name) if self._secrets is not None else None
+            if value is None:
+                raise MissingSecret(
+                    f"secret {name!r} is not set (set it with `legato secret set {name}` "
+                    f"or the environment variable LEGATO_SECRET_{name})"
+                )
+            used[name] = value
+
+    async def _resolve(
+        self,
+        action: HttpCall,
+        request: dict[str, Any],
+        service: Service | None,
+        used: dict[str, str],
+    ) -> tuple[dict[str, Any], Service | None]:
+        """The request and service with their secret references replaced by the values."""
+        templates = (
+            action.url,
+            action.path,
+            action.query,
+            action.headers,
+            action.json,
+            action.body,
+        )
+        names = wanted(request, names_in(templates))
+        if service is not None:
+            names |= service_names(service.base_url, service.token, *service.headers.values())
+        if not names:
+            return request, service
+        await self._values(names, used)
+        if service is not None:
+            service = replace(
+                service,
+                base_url=service_substitute(service.base_url, used),
+                token=service_substitute(service.token, used) if service.token else None,
+                headers={k: service_substitute(v, used) for k, v in service.headers.items()},
+            )
+        return substitute(request, used), service
+
     async def execute(
         self,
         run_id: str,
@@ -65,6 +127,39 @@ class HttpExecutor:
         timeout: float | None,
         extra_headers: dict[str, str] | None = None,
     ) -> Outcome:
+        used: dict[str, str] = {}
+        try:
+            outcome = await self._execute(
+                run_id, step, action, request, timeout, extra_headers, used
+            )
+        except MissingSecret as exc:
+            return Outcome.failure("config", str(exc))
+        if outcome.error is not None:  # errors name the URL they called: never its credentials
+            outcome = replace(
+                outcome,
+                error={
+                    k: mask_text(v) if k == "message" and isinstance(v, str) else v
+                    for k, v in outcome.error.items()
+                },
+            )
+        if used:  # a service that echoes what it got must not get a secret stored
+            outcome = replace(
+                outcome,
+                output=scrub(outcome.output, used.values()),
+                error=scrub(outcome.error, used.values()),
+            )
+        return outcome
+
+    async def _execute(
+        self,
+        run_id: str,
+        step: str,
+        action: HttpCall,
+        request: dict[str, Any],
+        timeout: float | None,
+        extra_headers: dict[str, str] | None,
+        used: dict[str, str],
+    ) -> Outcome:
         service: Service | None = None
         headers: dict[str, str] = {}
         if "service" in request:
@@ -73,6 +168,8 @@ class HttpExecutor:
                 return Outcome.failure(
                     "config", f"service {request['service']!r} is not in the directory"
                 )
+        request, service = await self._resolve(action, request, service, used)
+        if service is not None:
             url = service.url(request.get("path", ""))
             headers.update(service.headers)
             if service.token:
@@ -95,6 +192,8 @@ class HttpExecutor:
         if extra_headers:
             headers.update(extra_headers)
         headers.setdefault("User-Agent", USER_AGENT)
+        _credentials(url, request.get("query") or {}, headers, used)
+        url = _userinfo_to_header(url, headers)
         data: bytes | str | None = None
         if "json" in request:
             data = orjson.dumps(request["json"])
@@ -117,6 +216,8 @@ class HttpExecutor:
             return Outcome.failure("config", f"{where}: invalid URL")
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome.failure("network", f"{where} failed: {type(exc).__name__}: {exc}")
+        except ValueError as exc:  # a header aiohttp refuses, ...
+            return Outcome.failure("config", f"{where}: {exc}")
         body = _parse_body(raw, ctype)
         output = {"status": status, "headers": resp_headers, "body": body}
         if not action.is_success(status):
@@ -138,16 +239,19 @@ class HttpExecutor:
 
     async def fetch(self, url: str) -> Outcome | None:
         """GET a polled result: its body on 200, None on 404 (not there yet), a failure otherwise."""
+        headers = {"User-Agent": USER_AGENT}
+        sent = _userinfo_to_header(url, headers)
+        url = mask_text(url)  # for the messages below
         try:
-            status, _, raw, ctype = await self._send(
-                "GET", url, {}, {"User-Agent": USER_AGENT}, None, 30.0
-            )
+            status, _, raw, ctype = await self._send("GET", sent, {}, headers, None, 30.0)
         except TimeoutError:
             return Outcome.failure("timeout", f"GET {url} did not answer within 30s")
         except (aiohttp.ClientError, OSError) as exc:
-            return Outcome.failure("network", f"GET {url} failed: {type(exc).__name__}: {exc}")
+            return Outcome.failure(
+                "network", mask_text(f"GET {url} failed: {type(exc).__name__}: {exc}")
+            )
         except ValueError as exc:  # not a URL aiohttp can use (e.g. an empty host label)
-            return Outcome.failure("config", f"GET {url}: invalid URL: {exc}")
+            return Outcome.failure("config", mask_text(f"GET {url}: invalid URL: {exc}"))
         if status == 404:
             return None
         if status >= 300:
@@ -173,6 +277,43 @@ class HttpExecutor:
             raw = await resp.read()
             headers = {str(k): v for k, v in resp.headers.items()}
             return resp.status, headers, raw, resp.content_type
+
+
+def _credentials(
+    url: str, query: dict[str, str], headers: dict[str, str], used: dict[str, str]
+) -> None:
+    """Credentials that are not secrets by name (a URL's password and key-like query values, the
+    Authorization header's value), kept in `used` so that they are scrubbed from what is stored."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    if parts.password:
+        used["(url password)"] = unquote(parts.password)
+    for k, v in [*parse_qsl(parts.query), *query.items()]:
+        if SECRET_PARAM.search(k):
+            used[f"(query {k})"] = v
+    for k, v in headers.items():
+        if k.lower() == "authorization":
+            used["(authorization)"] = v.split(" ", 1)[-1]
+
+
+def _userinfo_to_header(url: str, headers: dict[str, str]) -> str:
+    """The URL without its `user:password@`, which becomes Basic auth unless the call already has an
+    Authorization header (a service's token, or the step's own header): that one wins. aiohttp
+    refuses a URL with userinfo together with an Authorization header."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url  # aiohttp reports it as an invalid URL
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    if not any(k.lower() == "authorization" for k in headers):
+        user, _, password = userinfo.partition(":")
+        pair = f"{unquote(user)}:{unquote(password)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def status_kind(status: int) -> str:

@@ -34,6 +34,7 @@ from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
 from legato.engine.scheduler import Scheduler
+from legato.engine.secret_source import SecretSource
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -238,7 +239,8 @@ class Engine:
         self.notifier = Notifier(store)
         self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
-        self.http = HttpExecutor(self._services.get)
+        self.secrets = SecretSource(store)
+        self.http = HttpExecutor(self._services.get, self.secrets.get)
         self.tokens: TaskTokens | None = None
         # Where services send callbacks: `legato serve` sets it to its own address (or --public-url).
         self.callback_base: str | None = None

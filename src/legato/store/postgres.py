@@ -119,7 +119,12 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
+# Version 7: secrets that templates read as `{{ secrets.NAME }}`, set through the API or the CLI.
+V7 = f"""
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at {REAL} NOT NULL);
+"""
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (7, V7)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -594,6 +599,27 @@ class PostgresStore:
             result = await conn.execute("DELETE FROM services WHERE name = $1", name)
             await self._notify(conn, {"d": name})
         return bool(result.endswith(" 1"))
+
+    async def put_user_secret(self, name: str, value: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO secrets VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE "
+            "SET value = excluded.value, updated_at = excluded.updated_at",
+            name,
+            value,
+            time.time(),
+        )
+
+    async def delete_user_secret(self, name: str) -> bool:
+        result = await self.pool.execute("DELETE FROM secrets WHERE name = $1", name)
+        return bool(result.endswith(" 1"))
+
+    async def get_user_secret(self, name: str) -> str | None:
+        value = await self.pool.fetchval("SELECT value FROM secrets WHERE name = $1", name)
+        return None if value is None else str(value)
+
+    async def list_user_secrets(self) -> list[tuple[str, float]]:
+        rows = await self.pool.fetch("SELECT name, updated_at FROM secrets")
+        return sorted(((str(r[0]), float(r[1])) for r in rows), key=lambda r: r[0])
 
     async def secret(self, name: str) -> str:
         key = f"secret:{name}"

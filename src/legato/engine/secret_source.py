@@ -1,0 +1,49 @@
+"""Where `{{ secrets.NAME }}` values come from: the environment variable `LEGATO_SECRET_<NAME>` first
+(set by whoever deploys the process), then the store's `secrets` table (set through the API or CLI).
+
+Values are read at send time, so a changed secret applies to the next call; a short cache keeps a busy
+service from reading the table on every call (another process's change shows within `ttl` seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+from legato.store.protocol import Store
+
+ENV_PREFIX = "LEGATO_SECRET_"
+
+
+class SecretSource:
+    def __init__(
+        self, store: Store, environ: Mapping[str, str] | None = None, ttl: float = 2.0
+    ) -> None:
+        self._store = store
+        self._environ = os.environ if environ is None else environ
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, str | None]] = {}
+
+    def env_names(self) -> list[str]:
+        return sorted(k[len(ENV_PREFIX) :] for k in self._environ if k.startswith(ENV_PREFIX))
+
+    async def get(self, name: str) -> str | None:
+        value = self._environ.get(ENV_PREFIX + name)
+        if value is not None:
+            return value
+        now = time.monotonic()
+        held = self._cache.get(name)
+        if held is not None and held[0] > now:
+            return held[1]
+        found = await self._store.get_user_secret(name)
+        self._cache[name] = (now + self._ttl, found)
+        return found
+
+    async def put(self, name: str, value: str) -> None:
+        await self._store.put_user_secret(name, value)
+        self._cache.pop(name, None)
+
+    async def delete(self, name: str) -> bool:
+        self._cache.pop(name, None)
+        return await self._store.delete_user_secret(name)
