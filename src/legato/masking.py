@@ -168,3 +168,21 @@ def mask_service(service: Service) -> Service:
         headers=mask_headers(service.headers),
         token=MASK if service.token else service.token,
     )
+
+
+def mask_definition(value: Any, key: str = "") -> Any:
+    """A workflow's definition as shown: literal credentials in its URLs, headers, queries and
+    tokens as `***` (a definition should name `{{ secrets.NAME }}` instead of holding them)."""
+    if isinstance(value, str):
+        if key in ("url", "base_url", "address"):
+            return mask_url(value)
+        return MASK if key == "token" and value else value
+    if isinstance(value, dict):
+        if key == "headers":
+            return mask_headers(value)
+        if key == "query":
+            return mask_query(value)
+        return {k: mask_definition(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_definition(v, key) for v in value]
+    return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legato.cli import local, remote, server
+from legato.cli import local, remote, secret, server
 from legato.cli.common import main
 
-__all__ = ["local", "main", "remote", "server"]
+__all__ = ["local", "main", "remote", "secret", "server"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from legato.store.protocol import Store
 
@@ -39,6 +40,16 @@ class SecretSource:
         found = await self._store.get_user_secret(name)
         self._cache[name] = (now + self._ttl, found)
         return found
+
+    async def listing(self) -> list[dict[str, Any]]:
+        """Names and where each comes from; never a value. A name in both shows the environment's,
+        which is the one templates read."""
+        env = set(self.env_names())
+        out: list[dict[str, Any]] = [{"name": n, "source": "env"} for n in sorted(env)]
+        for name, updated in await self._store.list_user_secrets():
+            if name not in env:
+                out.append({"name": name, "source": "store", "updated_at": updated})
+        return sorted(out, key=lambda e: str(e["name"]))
 
     async def put(self, name: str, value: str) -> None:
         await self._store.put_user_secret(name, value)

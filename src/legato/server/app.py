@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from legato.engine.runtime import Engine
 from legato.errors import LegatoError
-from legato.server import docs, routes
+from legato.server import docs, routes, secret_routes
 from legato.server.errors import ApiError, error_response, handle
 from legato.server.metrics import Metrics
 from legato.ui import auth, pages
@@ -131,6 +131,12 @@ def create_app(
                 GET=routes.get_service,
                 PUT=routes.put_service,
                 DELETE=routes.delete_service,
+            ),
+            _route("/api/secrets", GET=secret_routes.list_secrets),
+            _route(
+                "/api/secrets/{name}",
+                PUT=secret_routes.put_secret,
+                DELETE=secret_routes.delete_secret,
             ),
             _route("/api/workflows", GET=routes.list_workflows, POST=routes.apply_workflow),
             Route("/api/workflows/{name}", routes.get_workflow),
