@@ -168,3 +168,25 @@ async def test_userinfo_and_token_and_literal_headers(
     run_rows = text[: text.rindex("\n")]
     assert URL_PASSWORD not in run_rows and TOKEN not in run_rows
     assert run.steps["url"].request["url"].startswith("http://u:***@")
+
+
+async def test_a_whole_url_can_be_a_secret(
+    engine: Engine, service: LoopbackService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook-like URL whose path is the credential: sent, stored as `***`."""
+    monkeypatch.setenv("LEGATO_SECRET_HOOK", f"{service.url}/echo/hook-{ENV_SECRET}")
+    monkeypatch.setenv("LEGATO_SECRET_NOT_A_URL", "ftp://example.test/")
+    await engine.apply(
+        spec(
+            {
+                "hook": {"http": {"url": "{{ secrets.HOOK }}", "method": "POST", "json": {}}},
+                "bad": {"http": {"url": "{{ secrets.NOT_A_URL }}"}},
+            }
+        )
+    )
+    run = await engine.run("wf", {}, timeout=10)
+    assert run.steps["hook"].status == "succeeded", run.steps["hook"].error
+    assert len(service.seen(f"/echo/hook-{ENV_SECRET}")) == 1
+    assert run.steps["hook"].request["url"] == "***"
+    bad = run.steps["bad"].error
+    assert bad is not None and bad["kind"] == "config" and "ftp" not in bad["message"]

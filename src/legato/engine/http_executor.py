@@ -184,6 +184,8 @@ class HttpExecutor:
                     )
         else:
             url = request["url"]
+            if not url.startswith(("http://", "https://")):  # a secret that is no URL
+                return Outcome.failure("config", "http.url must be an absolute http(s) URL")
             if request.get("path"):
                 url = url.rstrip("/") + "/" + request["path"].lstrip("/")
         headers.update(request.get("headers", {}))

@@ -18,7 +18,7 @@ from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
 from legato.errors import DefinitionError, NotFound
-from legato.masking import mask_service
+from legato.masking import mask_service, mask_text
 from legato.model.build import TAG, WORKFLOW_NAME
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
@@ -353,10 +353,10 @@ async def run_notifications(request: Request) -> Response:
                 {
                     "event": r.event,
                     "channel": r.channel,
-                    "target": r.target,
+                    "target": mask_text(r.target),
                     "ok": r.ok,
                     "tries": r.tries,
-                    "error": r.error,
+                    "error": mask_text(r.error) if r.error else r.error,
                     "created_at": payloads.iso(r.created_at),
                 }
                 for r in rows
