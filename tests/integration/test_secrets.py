@@ -3,13 +3,19 @@ not the attempts, not the run's output, not an error message (on a real SQLite f
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from legato import Engine, Service
+from legato.transports import Message, open_transport
+from tests.integration.brokers import broker_url, remove
 from tests.integration.testservice import LoopbackService
 
 TABLE_SECRET = "tbl-S3cr3t-4f9a2c"
@@ -190,3 +196,54 @@ async def test_a_whole_url_can_be_a_secret(
     assert run.steps["hook"].request["url"] == "***"
     bad = run.steps["bad"].error
     assert bad is not None and bad["kind"] == "config" and "ftp" not in bad["message"]
+
+
+async def test_an_emit_step_publishes_its_secrets_and_stores_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = broker_url("nats")
+    subject = f"legato-test-secret-{uuid.uuid4().hex[:12]}"
+    listener = open_transport(url)
+    await listener.connect()
+    got: list[Message] = []
+
+    async def keep(message: Message) -> None:
+        got.append(message)
+
+    await listener.subscribe(subject, keep)
+    monkeypatch.setenv("LEGATO_SECRET_BUS_KEY", ENV_SECRET)
+    engine = Engine.open(f"sqlite:///{tmp_path}/bus.db")
+    engine.add_transport("bus", url)
+    try:
+        async with engine:
+            await engine.apply(
+                spec(
+                    {
+                        "tell": {
+                            "emit": {
+                                "transport": "bus",
+                                "to": subject,
+                                "headers": {"X-Key": "{{ secrets.BUS_KEY }}"},
+                                "message": {"k": "{{ secrets.BUS_KEY }}"},
+                            }
+                        },
+                        "unset": {
+                            "emit": {"transport": "bus", "to": "{{ secrets.NO_SUCH }}"},
+                        },
+                    }
+                )
+            )
+            run = await engine.run("wf", {}, timeout=10)
+        for _ in range(500):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await listener.close()
+        await remove(url, [subject])
+    assert run.steps["tell"].status == "succeeded", run.steps["tell"].error
+    assert got[0].headers["X-Key"] == ENV_SECRET and orjson.loads(got[0].data) == {"k": ENV_SECRET}
+    assert run.steps["tell"].request["headers"] == {"X-Key": "***"}
+    assert run.steps["tell"].request["message"] == {"k": "***"}
+    unset = run.steps["unset"].error
+    assert unset is not None and unset["kind"] == "config" and "'NO_SUCH'" in unset["message"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -20,27 +20,20 @@ import orjson
 from legato import __version__
 from legato.engine.ids import traceparent
 from legato.engine.outcome import Outcome
-from legato.masking import SECRET_PARAM, mask_text
+from legato.engine.secret_source import (
+    MissingSecret,
+    SecretLookup,
+    fetch_values,
+    resolve_request,
+)
+from legato.masking import mask_text
 from legato.model.fields import check_object
 from legato.model.service import DEFAULT_TIMEOUT, Service
 from legato.model.workflow import HttpCall
-from legato.secret_refs import (
-    names_in,
-    scrub,
-    service_names,
-    service_substitute,
-    substitute,
-    wanted,
-)
+from legato.secret_refs import scrub, service_names, service_substitute
 
 USER_AGENT = f"legato/{__version__}"
 _BODY_LIMIT_IN_ERROR = 2000
-
-SecretLookup = Callable[[str], Awaitable[str | None]]
-
-
-class MissingSecret(Exception):
-    pass
 
 
 class HttpExecutor:
@@ -77,16 +70,6 @@ class HttpExecutor:
             self._limits[service.name] = held
         return held[1]
 
-    async def _values(self, names: set[str], used: dict[str, str]) -> None:
-        for name in sorted(names - used.keys()):
-            value = await self._secrets(name) if self._secrets is not None else None
-            if value is None:
-                raise MissingSecret(
-                    f"secret {name!r} is not set (set it with `legato secret set {name}` "
-                    f"or the environment variable LEGATO_SECRET_{name})"
-                )
-            used[name] = value
-
     async def _resolve(
         self,
         action: HttpCall,
@@ -103,20 +86,19 @@ class HttpExecutor:
             action.json,
             action.body,
         )
-        names = wanted(request, names_in(templates))
-        if service is not None:
-            names |= service_names(service.base_url, service.token, *service.headers.values())
-        if not names:
-            return request, service
-        await self._values(names, used)
-        if service is not None:
+        request = await resolve_request(request, templates, self._secrets, used)
+        if service is None:
+            return request, None
+        names = service_names(service.base_url, service.token, *service.headers.values())
+        if names:
+            await fetch_values(names, self._secrets, used)
             service = replace(
                 service,
                 base_url=service_substitute(service.base_url, used),
                 token=service_substitute(service.token, used) if service.token else None,
                 headers={k: service_substitute(v, used) for k, v in service.headers.items()},
             )
-        return substitute(request, used), service
+        return request, service
 
     async def execute(
         self,
@@ -194,7 +176,7 @@ class HttpExecutor:
         if extra_headers:
             headers.update(extra_headers)
         headers.setdefault("User-Agent", USER_AGENT)
-        _credentials(url, request.get("query") or {}, headers, used)
+        _credentials(url, headers, used)
         url = _userinfo_to_header(url, headers)
         data: bytes | str | None = None
         if "json" in request:
@@ -281,20 +263,16 @@ class HttpExecutor:
             return resp.status, headers, raw, resp.content_type
 
 
-def _credentials(
-    url: str, query: dict[str, str], headers: dict[str, str], used: dict[str, str]
-) -> None:
-    """Credentials that are not secrets by name (a URL's password and key-like query values, the
-    Authorization header's value), kept in `used` so that they are scrubbed from what is stored."""
+def _credentials(url: str, headers: dict[str, str], used: dict[str, str]) -> None:
+    """Credentials that are not secrets by name (a URL's password, the Authorization header's
+    credential), kept in `used` so that they are scrubbed from what is stored. Not key-like query
+    values: `?sort_key=name` would scrub every "name" out of the reply."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return
     if parts.password:
         used["(url password)"] = unquote(parts.password)
-    for k, v in [*parse_qsl(parts.query), *query.items()]:
-        if SECRET_PARAM.search(k):
-            used[f"(query {k})"] = v
     for k, v in headers.items():
         if k.lower() == "authorization":
             used["(authorization)"] = v.split(" ", 1)[-1]

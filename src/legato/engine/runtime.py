@@ -34,7 +34,7 @@ from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
 from legato.engine.scheduler import Scheduler
-from legato.engine.secret_source import SecretSource
+from legato.engine.secret_source import MissingSecret, SecretSource, resolve_request
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -76,6 +76,7 @@ from legato.errors import (
     Problem,
 )
 from legato.formats.loader import Definition, load_definition
+from legato.masking import mask_markers
 from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.schedule import interval_context
@@ -836,7 +837,13 @@ class Engine:
         await self.publish(kind or message.destination, key, data)
 
     async def _emit(self, active: _Active, effect: Execute) -> Outcome:
-        request = effect.request
+        action = effect.action
+        assert isinstance(action, Emit)
+        try:
+            templates = (action.to, action.message, action.headers)
+            request = await resolve_request(effect.request, templates, self.secrets.get, {})
+        except MissingSecret as exc:
+            return Outcome.failure("config", str(exc))
         transport = self.transports.get(request["transport"])
         if transport is None:
             return Outcome.failure("config", f"no transport named {request['transport']!r}")
@@ -847,7 +854,7 @@ class Engine:
             "Idempotency-Key": f"{run_id}:{effect.step}",
             **request.get("headers", {}),
         }
-        where = f"{request['transport']}:{request['to']}"
+        where = f"{request['transport']}:{mask_markers(effect.request['to'])}"
         limit = effect.timeout or 30.0
         try:
             async with asyncio.timeout(limit):

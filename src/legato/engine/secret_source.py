@@ -9,12 +9,49 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from legato.expressions import Template
+from legato.secret_refs import names_in, substitute, wanted
 from legato.store.protocol import Store
 
 ENV_PREFIX = "LEGATO_SECRET_"
+
+SecretLookup = Callable[[str], Awaitable[str | None]]
+
+
+class MissingSecret(Exception):
+    """A step names a secret that is set nowhere; the step fails with kind `config`."""
+
+
+async def fetch_values(
+    names: Iterable[str], lookup: SecretLookup | None, used: dict[str, str]
+) -> None:
+    """Read each name not in `used` yet into it, or raise MissingSecret naming the first unset."""
+    for name in sorted(set(names) - used.keys()):
+        value = await lookup(name) if lookup is not None else None
+        if value is None:
+            raise MissingSecret(
+                f"secret {name!r} is not set (set it with `legato secret set {name}` "
+                f"or the environment variable {ENV_PREFIX}{name})"
+            )
+        used[name] = value
+
+
+async def resolve_request(
+    request: dict[str, Any],
+    templates: Iterable[Template | None],
+    lookup: SecretLookup | None,
+    used: dict[str, str],
+) -> dict[str, Any]:
+    """`request` with the references to the secrets that `templates` name put in (see secret_refs)."""
+    names = wanted(request, names_in(templates))
+    if not names:
+        return request
+    await fetch_values(names, lookup, used)
+    result: dict[str, Any] = substitute(request, used)
+    return result
 
 
 class SecretSource:

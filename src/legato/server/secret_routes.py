@@ -46,6 +46,8 @@ async def put_secret(request: Request) -> Response:
         value = (await bodies.json_object(request, ctx.max_body)).get("value")
     if not isinstance(value, str) or not value:
         raise ApiError(422, "must be a non-empty string", "value")
+    if "\x00" in value:  # PostgreSQL's text cannot hold it
+        raise ApiError(422, "must not contain NUL characters", "value")
     existed = await ctx.engine.store.get_user_secret(name) is not None
     await ctx.engine.secrets.put(name, value)
     body = {"name": name, "source": "store", "updated_at": iso(time.time())}
