@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import orjson
 
@@ -85,15 +85,16 @@ def mask_url(url: str) -> str:
             userinfo, host = netloc.rsplit("@", 1)
             user = userinfo.split(":", 1)[0]
             netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            if any(SECRET_PARAM.search(k) for k, _ in pairs):
-                masked = [(k, MASK if SECRET_PARAM.search(k) else v) for k, v in pairs]
-                query = urlencode(masked, quote_via=quote, safe="*")
+        query = "&".join(_mask_pair(p) for p in parts.query.split("&")) if parts.query else ""
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:  # not a URL urllib can split: show nothing of it that could be a secret
         return MASK
+
+
+def _mask_pair(pair: str) -> str:
+    """One `name=value` of a query, as it was written unless its name is credential-like."""
+    name, eq, _ = pair.partition("=")
+    return f"{name}={MASK}" if eq and SECRET_PARAM.search(unquote_plus(name)) else pair
 
 
 def mask_headers(headers: Any) -> Any:

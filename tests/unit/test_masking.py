@@ -143,3 +143,16 @@ def test_the_decider_stores_a_masked_request_and_resume_sends_the_real_one() -> 
     }
     (again,) = executes(run.send(Resume()))
     assert again.request == sent
+
+
+def test_a_template_error_quoting_a_url_stores_it_masked() -> None:
+    run = Run(build({"a": {"http": {"url": "{{ input.u }}"}}}), {"u": "ftp://u:pw@h/?token=t"})
+    run.start()
+    error = run.step("a").error
+    assert error is not None and error["kind"] == "template"
+    assert "pw" not in error["message"] and "u:***@h" in error["message"], error
+
+
+def test_a_templated_url_keeps_its_text_but_not_its_credentials() -> None:
+    url = "http://h/{{ input.id }}?q={{ input.q }}&access_token={{ input.t }}&flag"
+    assert mask_url(url) == "http://h/{{ input.id }}?q={{ input.q }}&access_token=***&flag"

@@ -43,7 +43,7 @@ from legato.engine.state import (
     Wake,
 )
 from legato.expressions import TemplateError, evaluate_truth
-from legato.masking import mask_request
+from legato.masking import mask_request, mask_text
 from legato.model.durations import parse_time
 from legato.model.fields import check_object
 from legato.model.workflow import (
@@ -648,8 +648,8 @@ class _Txn:
         s = self.new_attempt(name, RUNNING)
         try:
             request = render_request(action, self.context(extra))
-        except TemplateError as exc:
-            error = {"kind": "template", "message": str(exc)}
+        except TemplateError as exc:  # it may quote a rendered URL: never with its credentials
+            error = {"kind": "template", "message": mask_text(str(exc))}
             self.record(s, FAILED, None, error, self.now)
             self.after_failure(s, error)
             return
