@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from legato.engine.state import Resume
+from legato.errors import LegatoError
 from legato.masking import (
     mask_error,
     mask_headers,
@@ -14,6 +17,7 @@ from legato.masking import (
 )
 from legato.model.service import Service
 from legato.secret_refs import marker, names_in, scrub, substitute, wanted
+from legato.store.migrations import to_apply
 from tests.unit.decider_support import Run, build, executes
 
 
@@ -156,3 +160,12 @@ def test_a_template_error_quoting_a_url_stores_it_masked() -> None:
 def test_a_templated_url_keeps_its_text_but_not_its_credentials() -> None:
     url = "http://h/{{ input.id }}?q={{ input.q }}&access_token={{ input.t }}&flag"
     assert mask_url(url) == "http://h/{{ input.id }}?q={{ input.q }}&access_token=***&flag"
+
+
+def test_a_database_url_in_a_migration_refusal_hides_its_password() -> None:
+    url = "postgresql://legato:db-pw-123@db.internal/legato"
+    for current in (1, 9):
+        with pytest.raises(LegatoError) as refused:
+            to_apply([(1, ""), (2, "")], current, url, allowed=False)
+        assert "db-pw-123" not in str(refused.value)
+        assert "legato:***@db.internal" in str(refused.value)

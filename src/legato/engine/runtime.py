@@ -76,7 +76,7 @@ from legato.errors import (
     Problem,
 )
 from legato.formats.loader import Definition, load_definition
-from legato.masking import mask_markers
+from legato.masking import mask_markers, mask_request, mask_url
 from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.schedule import interval_context
@@ -358,7 +358,7 @@ class Engine:
             try:
                 await transport.close()
             except Exception:
-                log.exception("closing transport %s failed", transport.url)
+                log.exception("closing transport %s failed", mask_url(transport.url))
         self._closing = True
         tasks = [t for t in tasks if not t.done()]
         for active in self._runs.values():
@@ -1351,7 +1351,7 @@ class Engine:
             else:
                 outcome = await self.results.fetch(where["bucket"], where["key"])
         except Exception as exc:  # a reader's bug must fail the step, not strand it
-            log.exception("fetching %s for %s failed", where, active.state.info.id)
+            log.exception("fetching %s for %s failed", mask_request(where), active.state.info.id)
             outcome = Outcome.failure("exception", f"{type(exc).__name__}: {exc}")
         if self._runs.get(active.state.info.id) is not active or self._closing:
             return

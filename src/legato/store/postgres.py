@@ -23,6 +23,7 @@ import orjson
 
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
+from legato.masking import mask_url
 from legato.model.service import Service
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
@@ -245,7 +246,9 @@ class PostgresStore:
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise LegatoError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
+            raise LegatoError(
+                f"cannot connect to PostgreSQL at {mask_url(self.url)}: {exc}"
+            ) from exc
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
@@ -283,7 +286,9 @@ class PostgresStore:
                 self._dsn, min_size=1, max_size=10, server_settings=settings
             )
         except (OSError, asyncpg.PostgresError) as exc:
-            raise LegatoError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
+            raise LegatoError(
+                f"cannot connect to PostgreSQL at {mask_url(self.url)}: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         if self._listening is not None:
