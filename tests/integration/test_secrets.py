@@ -247,3 +247,32 @@ async def test_an_emit_step_publishes_its_secrets_and_stores_none(
     assert run.steps["tell"].request["message"] == {"k": "***"}
     unset = run.steps["unset"].error
     assert unset is not None and unset["kind"] == "config" and "'NO_SUCH'" in unset["message"]
+
+
+async def test_a_poll_url_sends_its_secret_and_stores_none(
+    engine: Engine, service: LoopbackService, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEGATO_SECRET_POLL_KEY", ENV_SECRET)
+    await engine.apply(
+        spec(
+            {
+                "job": {
+                    "timeout": "10s",
+                    "http": {
+                        "service": "svc",
+                        "path": "/echo",
+                        "json": {"result": f"{service.url}/flaky/result?fail=1&status=404"},
+                        "poll": {
+                            "every": "50ms",
+                            "url": "{{ accepted.body.echo.result }}&key={{ secrets.POLL_KEY }}",
+                        },
+                    },
+                }
+            }
+        )
+    )
+    run = await engine.run("wf", {}, timeout=10)
+    assert run.info.status == "succeeded", run.steps["job"]
+    polls = service.seen("/flaky/result")
+    assert len(polls) == 2 and all(p.query["key"] == ENV_SECRET for p in polls)
+    assert ENV_SECRET not in await rows_text(db_url)

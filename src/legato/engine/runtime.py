@@ -34,7 +34,12 @@ from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
 from legato.engine.scheduler import Scheduler
-from legato.engine.secret_source import MissingSecret, SecretSource, resolve_request
+from legato.engine.secret_source import (
+    MissingSecret,
+    SecretSource,
+    poll_templates,
+    resolve_request,
+)
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -1347,9 +1352,13 @@ class Engine:
         where = effect.location
         try:
             if "url" in where:
-                outcome = await self.http.fetch(where["url"])
+                templates = poll_templates(active.wf)
+                sent = await resolve_request(where, templates, self.secrets.get, {})
+                outcome = await self.http.fetch(sent["url"])
             else:
                 outcome = await self.results.fetch(where["bucket"], where["key"])
+        except MissingSecret as exc:
+            outcome = Outcome.failure("config", str(exc))
         except Exception as exc:  # a reader's bug must fail the step, not strand it
             log.exception("fetching %s for %s failed", mask_request(where), active.state.info.id)
             outcome = Outcome.failure("exception", f"{type(exc).__name__}: {exc}")

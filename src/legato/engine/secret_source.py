@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from legato.expressions import Template
+from legato.model.workflow import HttpCall, MapOver, Workflow
 from legato.secret_refs import names_in, substitute, wanted
 from legato.store.protocol import Store
 
@@ -52,6 +53,16 @@ async def resolve_request(
     await fetch_values(names, lookup, used)
     result: dict[str, Any] = substitute(request, used)
     return result
+
+
+def poll_templates(wf: Workflow) -> list[Template | None]:
+    """Every poll URL template of a workflow: the secrets a poll of its runs may send."""
+    found: list[Template | None] = []
+    for step in wf.steps.values():
+        action = step.action.action if isinstance(step.action, MapOver) else step.action
+        if isinstance(action, HttpCall) and action.poll is not None:
+            found.append(action.poll.url)
+    return found
 
 
 class SecretSource:
