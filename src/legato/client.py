@@ -147,6 +147,17 @@ class _Verbs(Generic[R]):
     def delete_service(self, name: str) -> R:
         return self._send(_Request("DELETE", f"/api/services/{_q(name)}"))
 
+    def secrets(self) -> R:
+        """The secrets' names and sources (`env` or `store`); the API never answers a value."""
+        return self._send(_Request("GET", "/api/secrets", pick="secrets"))
+
+    def set_secret(self, name: str, value: str) -> R:
+        """Set a secret that templates read as `{{ secrets.NAME }}`."""
+        return self._send(_Request("PUT", f"/api/secrets/{_q(name)}", json={"value": value}))
+
+    def delete_secret(self, name: str) -> R:
+        return self._send(_Request("DELETE", f"/api/secrets/{_q(name)}"))
+
     def apply(self, document: str | bytes | Path | dict[str, Any] | Workflow) -> R:
         """Register a definition: a YAML/JSON text or file, a parsed mapping, or a DSL workflow."""
         return self._send(_definition(document))

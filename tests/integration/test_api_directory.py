@@ -30,12 +30,13 @@ async def test_services_can_be_added_listed_replaced_and_removed(api: AsyncClien
             "inputs": [{"name": "to", "type": "string"}],
             "outputs": [{"name": "sent", "type": "boolean"}],
             "token": "s3cret",
-            "headers": {"X-Api-Key": "k", "X-Team": "ops"},
+            "headers": {"X-Api-Key": "k", "X-Team": "ops", "Accept": "application/json"},
         }
     )
     assert added["base_url"] == "http://127.0.0.1:9/mail"  # the `address` form
     assert added["token"] == "***"  # never shown back
-    assert added["headers"] == {"X-Api-Key": "***", "X-Team": "ops"}
+    # Only headers on the allow-list show their value (legato.masking.SHOWN_HEADERS).
+    assert added["headers"] == {"X-Api-Key": "***", "X-Team": "***", "Accept": "application/json"}
     assert added["inputs"] == [{"name": "to", "type": "string"}]
     names = [s["name"] for s in await api.services()]
     assert "mail" in names

@@ -52,6 +52,8 @@ def test_the_openapi_document_describes_every_route(server: ServerProcess) -> No
     assert {
         "/api/services",
         "/api/services/{name}",
+        "/api/secrets",
+        "/api/secrets/{name}",
         "/api/workflows",
         "/api/workflows/{name}",
         "/api/workflows/{name}/versions/{version}",

@@ -155,6 +155,9 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
         assert [(r.token, r.status) for r in await migrated.list_audit(None, None, None, 9)] == [
             ("ci", 202)
         ]  # version 8's table
+        await migrated.put_user_secret("S", "v")  # version 7's table
+        assert await migrated.get_user_secret("S") == "v"
+        assert [n for n, _ in await migrated.list_user_secrets()] == ["S"]
         kept = KeptEvent("e1", "t", "other", {"d": 1}, 20.0, 9e9)  # version 2's table
         assert await migrated.publish("t", "other", 20.0, lambda s, a: {}, kept) == []
         assert await migrated.take_kept("t", "other", 21.0, waiting.id, "b", lambda e: e.data)
@@ -206,7 +209,7 @@ async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> Non
     await older.open()
     await older.close()
     again = open_store(db_url)
-    await again.open()  # no "needs 4": the mark is still 4
+    await again.open()  # no "needs N": the mark is still the latest
     try:
         assert again.found_version == SCHEMA_VERSION
     finally:

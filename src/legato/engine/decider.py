@@ -43,6 +43,7 @@ from legato.engine.state import (
     Wake,
 )
 from legato.expressions import TemplateError, evaluate_truth
+from legato.masking import mask_request, mask_text
 from legato.model.durations import parse_time
 from legato.model.fields import check_object
 from legato.model.workflow import (
@@ -60,6 +61,7 @@ from legato.model.workflow import (
     Wait,
     Workflow,
 )
+from legato.secret_refs import SECRETS
 
 READY, WAIT, SKIP = "ready", "wait", "skip"
 UPSTREAM_FAILED = "upstream_failed"
@@ -189,6 +191,7 @@ class _Txn:
                 "input": info.input,
                 "steps": steps,
                 "run": {"id": info.id, "workflow": info.workflow, "version": info.version},
+                "secrets": SECRETS,
             }
         if extra:
             return {**self._view, **extra}
@@ -466,8 +469,15 @@ class _Txn:
             return
         for n, s in self.run.steps.items():
             if s.status == RUNNING and not self.is_map(n):
-                step, action, _ = self.executable(n)
-                self.effects.append(Execute(n, s.attempt, action, s.request, step.timeout))
+                step, action, extra = self.executable(n)
+                request = s.request or {}
+                try:  # the stored copy is masked: render again what was sent, if it is the same
+                    again = render_request(action, self.context(extra))
+                    if again != request and mask_request(again) == request:
+                        request = again
+                except TemplateError:
+                    pass
+                self.effects.append(Execute(n, s.attempt, action, request, step.timeout))
             elif s.status == WAITING and s.next_at is not None:
                 self.effects.append(Schedule(n, s.next_at))
             if s.status == WAITING and s.reason == EVENT and s.request:
@@ -638,12 +648,13 @@ class _Txn:
         s = self.new_attempt(name, RUNNING)
         try:
             request = render_request(action, self.context(extra))
-        except TemplateError as exc:
-            error = {"kind": "template", "message": str(exc)}
+        except TemplateError as exc:  # it may quote a rendered URL: never with its credentials
+            error = {"kind": "template", "message": mask_text(str(exc))}
             self.record(s, FAILED, None, error, self.now)
             self.after_failure(s, error)
             return
-        s = s._replace(request=request)
+        # Stored and shown without credentials; the executor gets what it sends (see masking).
+        s = s._replace(request=mask_request(request))
         self.set(s)
         self.effects.append(Execute(name, s.attempt, action, request, step.timeout))
 

@@ -7,9 +7,12 @@ run. The service is looked up at call time, so a changed address applies to the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -19,9 +22,17 @@ from legato.engine.egress import EgressPolicy, EgressRefused
 from legato.engine.egress_http import EgressConnector
 from legato.engine.ids import traceparent
 from legato.engine.outcome import Outcome
+from legato.engine.secret_source import (
+    MissingSecret,
+    SecretLookup,
+    fetch_values,
+    resolve_request,
+)
+from legato.masking import mask_text
 from legato.model.fields import check_object
 from legato.model.service import DEFAULT_TIMEOUT, Service
 from legato.model.workflow import HttpCall
+from legato.secret_refs import scrub, service_names, service_substitute
 
 USER_AGENT = f"legato/{__version__}"
 _BODY_LIMIT_IN_ERROR = 2000
@@ -30,10 +41,14 @@ MAX_REDIRECTS = 10  # hops followed where redirects are followed at all
 
 class HttpExecutor:
     def __init__(
-        self, lookup: Callable[[str], Service | None], egress: EgressPolicy | None = None
+        self,
+        lookup: Callable[[str], Service | None],
+        egress: EgressPolicy | None = None,
+        secrets: SecretLookup | None = None,
     ) -> None:
         self._lookup = lookup
         self.egress = egress or EgressPolicy()
+        self._secrets = secrets
         self._session: aiohttp.ClientSession | None = None
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
@@ -64,6 +79,36 @@ class HttpExecutor:
             self._limits[service.name] = held
         return held[1]
 
+    async def _resolve(
+        self,
+        action: HttpCall,
+        request: dict[str, Any],
+        service: Service | None,
+        used: dict[str, str],
+    ) -> tuple[dict[str, Any], Service | None]:
+        """The request and service with their secret references replaced by the values."""
+        templates = (
+            action.url,
+            action.path,
+            action.query,
+            action.headers,
+            action.json,
+            action.body,
+        )
+        request = await resolve_request(request, templates, self._secrets, used)
+        if service is None:
+            return request, None
+        names = service_names(service.base_url, service.token, *service.headers.values())
+        if names:
+            await fetch_values(names, self._secrets, used)
+            service = replace(
+                service,
+                base_url=service_substitute(service.base_url, used),
+                token=service_substitute(service.token, used) if service.token else None,
+                headers={k: service_substitute(v, used) for k, v in service.headers.items()},
+            )
+        return request, service
+
     async def execute(
         self,
         run_id: str,
@@ -73,6 +118,39 @@ class HttpExecutor:
         timeout: float | None,
         extra_headers: dict[str, str] | None = None,
     ) -> Outcome:
+        used: dict[str, str] = {}
+        try:
+            outcome = await self._execute(
+                run_id, step, action, request, timeout, extra_headers, used
+            )
+        except MissingSecret as exc:
+            return Outcome.failure("config", str(exc))
+        if outcome.error is not None:  # errors name the URL they called: never its credentials
+            outcome = replace(
+                outcome,
+                error={
+                    k: mask_text(v) if k == "message" and isinstance(v, str) else v
+                    for k, v in outcome.error.items()
+                },
+            )
+        if used:  # a service that echoes what it got must not get a secret stored
+            outcome = replace(
+                outcome,
+                output=scrub(outcome.output, used.values()),
+                error=scrub(outcome.error, used.values()),
+            )
+        return outcome
+
+    async def _execute(
+        self,
+        run_id: str,
+        step: str,
+        action: HttpCall,
+        request: dict[str, Any],
+        timeout: float | None,
+        extra_headers: dict[str, str] | None,
+        used: dict[str, str],
+    ) -> Outcome:
         service: Service | None = None
         headers: dict[str, str] = {}
         if "service" in request:
@@ -81,6 +159,8 @@ class HttpExecutor:
                 return Outcome.failure(
                     "config", f"service {request['service']!r} is not in the directory"
                 )
+        request, service = await self._resolve(action, request, service, used)
+        if service is not None:
             url = service.url(request.get("path", ""))
             headers.update(service.headers)
             if service.token:
@@ -95,6 +175,8 @@ class HttpExecutor:
                     )
         else:
             url = request["url"]
+            if not url.startswith(("http://", "https://")):  # a secret that is no URL
+                return Outcome.failure("config", "http.url must be an absolute http(s) URL")
             if request.get("path"):
                 url = url.rstrip("/") + "/" + request["path"].lstrip("/")
         headers.update(request.get("headers", {}))
@@ -103,6 +185,8 @@ class HttpExecutor:
         if extra_headers:
             headers.update(extra_headers)
         headers.setdefault("User-Agent", USER_AGENT)
+        _credentials(url, headers, used)
+        url = _userinfo_to_header(url, headers)
         data: bytes | str | None = None
         if "json" in request:
             data = orjson.dumps(request["json"])
@@ -130,6 +214,8 @@ class HttpExecutor:
             return Outcome.failure("config", f"{where}: invalid URL")
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome.failure("network", f"{where} failed: {type(exc).__name__}: {exc}")
+        except ValueError as exc:  # a header aiohttp refuses, ...
+            return Outcome.failure("config", f"{where}: {exc}")
         body = _parse_body(raw, ctype)
         output = {"status": status, "headers": resp_headers, "body": body}
         if not action.is_success(status):
@@ -154,9 +240,12 @@ class HttpExecutor:
 
     async def fetch(self, url: str, follow_redirects: bool = False) -> Outcome | None:
         """GET a polled result: its body on 200, None on 404 (not there yet), a failure otherwise."""
+        headers = {"User-Agent": USER_AGENT}
+        sent = _userinfo_to_header(url, headers)
+        url = mask_text(url)  # for the messages below
         try:
             status, _, raw, ctype = await self._send(
-                "GET", url, {}, {"User-Agent": USER_AGENT}, None, 30.0, follow_redirects
+                "GET", sent, {}, headers, None, 30.0, follow_redirects
             )
         except EgressRefused as exc:
             return Outcome.failure("egress", f"GET {url}: {exc}")
@@ -165,9 +254,11 @@ class HttpExecutor:
         except TimeoutError:
             return Outcome.failure("timeout", f"GET {url} did not answer within 30s")
         except (aiohttp.ClientError, OSError) as exc:
-            return Outcome.failure("network", f"GET {url} failed: {type(exc).__name__}: {exc}")
+            return Outcome.failure(
+                "network", mask_text(f"GET {url} failed: {type(exc).__name__}: {exc}")
+            )
         except ValueError as exc:  # not a URL aiohttp can use (e.g. an empty host label)
-            return Outcome.failure("config", f"GET {url}: invalid URL: {exc}")
+            return Outcome.failure("config", mask_text(f"GET {url}: invalid URL: {exc}"))
         if status == 404:
             return None
         if status >= 300:
@@ -210,6 +301,39 @@ def follows(action: HttpCall, service: Service | None) -> bool:
     if action.follow_redirects is not None:
         return action.follow_redirects
     return service is not None and service.follow_redirects
+
+
+def _credentials(url: str, headers: dict[str, str], used: dict[str, str]) -> None:
+    """Credentials that are not secrets by name (a URL's password, the Authorization header's
+    credential), kept in `used` so that they are scrubbed from what is stored. Not key-like query
+    values: `?sort_key=name` would scrub every "name" out of the reply."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    if parts.password:
+        used["(url password)"] = unquote(parts.password)
+    for k, v in headers.items():
+        if k.lower() == "authorization":
+            used["(authorization)"] = v.split(" ", 1)[-1]
+
+
+def _userinfo_to_header(url: str, headers: dict[str, str]) -> str:
+    """The URL without its `user:password@`, which becomes Basic auth unless the call already has an
+    Authorization header (a service's token, or the step's own header): that one wins. aiohttp
+    refuses a URL with userinfo together with an Authorization header."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url  # aiohttp reports it as an invalid URL
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    if not any(k.lower() == "authorization" for k in headers):
+        user, _, password = userinfo.partition(":")
+        pair = f"{unquote(user)}:{unquote(password)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def status_kind(status: int) -> str:

@@ -28,6 +28,7 @@ from legato.engine.egress import EgressPolicy, EgressRefused
 from legato.engine.egress_http import EgressConnector
 from legato.engine.state import FAILED, SUCCEEDED, WAITING, Decision, RunInfo
 from legato.errors import LegatoError
+from legato.masking import mask_text
 from legato.model.workflow import Notify
 from legato.store.protocol import NotificationRow, Store
 
@@ -165,7 +166,11 @@ class Notifier:
             error = "cut short: the engine stopped before the send finished"
         if error is not None:
             log.warning(
-                "%s notification to %s failed after %d tries: %s", channel, target, tries, error
+                "%s notification to %s failed after %d tries: %s",
+                channel,
+                mask_text(target),
+                tries,
+                mask_text(error),
             )
         row = NotificationRow(
             payload["run_id"],

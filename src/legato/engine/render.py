@@ -30,7 +30,8 @@ def render_request(action: Call, ctx: Context) -> dict[str, Any]:
         req["service"] = action.service
     if action.url is not None:
         url = action.url.render(ctx)
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        # A URL may be a secret as a whole; the executor checks it once the secret is in.
+        if not isinstance(url, str) or not url.startswith(("http://", "https://", "~~secret.")):
             raise TemplateError(f"http.url must render to an absolute http(s) URL, got {url!r}")
         req["url"] = url
     path = action.path.render(ctx)

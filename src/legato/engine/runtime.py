@@ -35,6 +35,12 @@ from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
 from legato.engine.scheduler import Scheduler
+from legato.engine.secret_source import (
+    MissingSecret,
+    SecretSource,
+    poll_templates,
+    resolve_request,
+)
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -76,6 +82,7 @@ from legato.errors import (
     Problem,
 )
 from legato.formats.loader import Definition, load_definition
+from legato.masking import mask_markers, mask_request, mask_url
 from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
 from legato.model.schedule import interval_context
@@ -243,7 +250,8 @@ class Engine:
         self.notifier = Notifier(store, self.egress)
         self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
-        self.http = HttpExecutor(self._services.get, self.egress)
+        self.secrets = SecretSource(store)
+        self.http = HttpExecutor(self._services.get, self.egress, self.secrets.get)
         self.tokens: TaskTokens | None = None
         # Where services send callbacks: `legato serve` sets it to its own address (or --public-url).
         self.callback_base: str | None = None
@@ -362,7 +370,7 @@ class Engine:
             try:
                 await transport.close()
             except Exception:
-                log.exception("closing transport %s failed", transport.url)
+                log.exception("closing transport %s failed", mask_url(transport.url))
         self._closing = True
         tasks = [t for t in tasks if not t.done()]
         for active in self._runs.values():
@@ -841,7 +849,13 @@ class Engine:
         await self.publish(kind or message.destination, key, data)
 
     async def _emit(self, active: _Active, effect: Execute) -> Outcome:
-        request = effect.request
+        action = effect.action
+        assert isinstance(action, Emit)
+        try:
+            templates = (action.to, action.message, action.headers)
+            request = await resolve_request(effect.request, templates, self.secrets.get, {})
+        except MissingSecret as exc:
+            return Outcome.failure("config", str(exc))
         transport = self.transports.get(request["transport"])
         if transport is None:
             return Outcome.failure("config", f"no transport named {request['transport']!r}")
@@ -852,7 +866,7 @@ class Engine:
             "Idempotency-Key": f"{run_id}:{effect.step}",
             **request.get("headers", {}),
         }
-        where = f"{request['transport']}:{request['to']}"
+        where = f"{request['transport']}:{mask_markers(effect.request['to'])}"
         limit = effect.timeout or 30.0
         try:
             async with asyncio.timeout(limit):
@@ -1348,11 +1362,15 @@ class Engine:
                 step = active.wf.steps.get(effect.step)
                 action = step.action if step is not None else None
                 follow = isinstance(action, HttpCall) and self.http.follows(action)
-                outcome = await self.http.fetch(where["url"], follow)
+                templates = poll_templates(active.wf)
+                sent = await resolve_request(where, templates, self.secrets.get, {})
+                outcome = await self.http.fetch(sent["url"], follow)
             else:
                 outcome = await self.results.fetch(where["bucket"], where["key"])
+        except MissingSecret as exc:
+            outcome = Outcome.failure("config", str(exc))
         except Exception as exc:  # a reader's bug must fail the step, not strand it
-            log.exception("fetching %s for %s failed", where, active.state.info.id)
+            log.exception("fetching %s for %s failed", mask_request(where), active.state.info.id)
             outcome = Outcome.failure("exception", f"{type(exc).__name__}: {exc}")
         if self._runs.get(active.state.info.id) is not active or self._closing:
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from legato.masking import mask_url
 from legato.model.workflow import (
     Branch,
     HttpCall,
@@ -25,7 +26,8 @@ def _target(step: Step) -> dict[str, Any]:
     if isinstance(action, MapOver):
         action = action.action
     if isinstance(action, HttpCall):
-        where = action.service or (action.url.source if action.url else None)
+        url = action.url.source if action.url else None
+        where = action.service or (mask_url(url) if isinstance(url, str) else url)
         return {"service": action.service, "method": action.method, "target": where}
     if isinstance(action, PythonCall):
         return {"function": action.function, "target": action.function}

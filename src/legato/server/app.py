@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from legato.engine.runtime import Engine
 from legato.errors import LegatoError
-from legato.server import audit, docs, routes
+from legato.server import audit, docs, routes, secret_routes
 from legato.server.access import Throttle, Tokens, load_tokens
 from legato.server.errors import ApiError, handle
 from legato.server.guard import Guard
@@ -87,6 +87,12 @@ def create_app(
                 GET=routes.get_service,
                 PUT=routes.put_service,
                 DELETE=routes.delete_service,
+            ),
+            _route("/api/secrets", GET=secret_routes.list_secrets),
+            _route(
+                "/api/secrets/{name}",
+                PUT=secret_routes.put_secret,
+                DELETE=secret_routes.delete_secret,
             ),
             _route("/api/workflows", GET=routes.list_workflows, POST=routes.apply_workflow),
             Route("/api/workflows/{name}", routes.get_workflow),

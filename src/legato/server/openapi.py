@@ -89,6 +89,7 @@ WAIT = _query(
 NAME = _path_param("name", "A workflow's name.")
 RUN_ID = _path_param("run_id", "A run's id (32 hex digits).")
 SERVICE = _path_param("name", "A service's name.")
+SECRET = _path_param("name", "A secret's name: letters, digits and '_'.")
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 
@@ -382,6 +383,18 @@ def build() -> dict[str, Any]:
             "application/yaml": {"schema": {"type": "string"}},
         },
     }
+    secret_entry = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "source": {"type": "string", "enum": ["env", "store"]},
+            "updated_at": NULLABLE_TIME,
+        },
+    }
+    secret_list = {
+        "type": "object",
+        "properties": {"secrets": {"type": "array", "items": secret_entry}},
+    }
     paths: dict[str, Any] = {
         "/healthz": {
             "get": {
@@ -445,6 +458,43 @@ def build() -> dict[str, Any]:
                 {"204": {"description": "Removed."}},
                 tag="services",
                 params=[SERVICE],
+            ),
+        },
+        "/api/secrets": {
+            "get": _op(
+                "List the secrets templates read as `{{ secrets.NAME }}`: names, never values.",
+                {"200": _ok("Names and where each comes from (env or store).", secret_list)},
+                tag="secrets",
+                errors=("401",),
+            )
+        },
+        "/api/secrets/{name}": {
+            "put": _op(
+                "Set a secret (write-only: no route answers its value).",
+                {"200": _ok("Replaced.", secret_entry), "201": _ok("Added.", secret_entry)},
+                tag="secrets",
+                params=[SECRET],
+                body={
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["value"],
+                                "properties": {"value": {"type": "string", "minLength": 1}},
+                            }
+                        },
+                        "text/plain": {"schema": {"type": "string", "minLength": 1}},
+                    },
+                },
+                errors=("400", "401", "413", "415", "422"),
+            ),
+            "delete": _op(
+                "Delete a stored secret.",
+                {"204": {"description": "Deleted."}},
+                tag="secrets",
+                params=[SECRET],
+                errors=("401", "404", "422"),
             ),
         },
         "/api/workflows": {

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from legato.engine.state import Attempt, RunInfo, RunState, StepState
+from legato.masking import mask_definition, mask_error, mask_output, mask_request
 from legato.model.workflow import MapOver, Workflow
 from legato.store.protocol import WorkflowRecord
 
@@ -32,7 +33,7 @@ def run_summary(info: RunInfo) -> dict[str, Any]:
         "created_at": iso(info.created_at),
         "started_at": iso(info.started_at),
         "finished_at": iso(info.finished_at),
-        "error": info.error,
+        "error": mask_error(info.error),
     }
 
 
@@ -42,9 +43,9 @@ def _attempt(a: Attempt) -> dict[str, Any]:
         "status": a.status,
         "started_at": iso(a.started_at),
         "finished_at": iso(a.finished_at),
-        "request": a.request,
-        "output": a.output,
-        "error": a.error,
+        "request": mask_request(a.request),
+        "output": mask_output(a.output),
+        "error": mask_error(a.error),
     }
 
 
@@ -57,9 +58,9 @@ def _step(step: StepState, kind: str, history: list[Attempt]) -> dict[str, Any]:
         "started_at": iso(step.started_at),
         "finished_at": iso(step.finished_at),
         "next_attempt_at": iso(step.next_at),
-        "request": step.request,
-        "output": step.output,
-        "error": step.error,
+        "request": mask_request(step.request),
+        "output": mask_output(step.output),
+        "error": mask_error(step.error),
         "reason": step.reason,
         "attempts": [_attempt(a) for a in history],
     }
@@ -114,7 +115,7 @@ def workflow_summary(record: WorkflowRecord) -> dict[str, Any]:
 def workflow_detail(record: WorkflowRecord, versions: list[WorkflowRecord]) -> dict[str, Any]:
     out = workflow_summary(record)
     out["digest"] = record.digest
-    out["definition"] = record.spec
+    out["definition"] = mask_definition(record.spec)
     if versions:
         out["versions"] = [
             {"version": v.version, "created_at": iso(v.created_at), "digest": v.digest}

@@ -18,6 +18,7 @@ from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
 from legato.errors import DefinitionError, NotFound
+from legato.masking import mask_service, mask_text
 from legato.model.build import TAG, WORKFLOW_NAME
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
@@ -29,7 +30,6 @@ from legato.server.metrics import CONTENT_TYPE, Metrics
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT = 3600.0
 MAX_VERSION = 2**31
-SECRET_HEADER = re.compile(r"authorization|cookie|token|secret|key|password", re.IGNORECASE)
 
 
 @dataclass
@@ -69,15 +69,9 @@ async def metrics(request: Request) -> Response:
 
 
 def service_payload(service: Service) -> dict[str, Any]:
-    """A service as stored, with its token and secret-looking header values hidden."""
-    out = service.to_dict()
-    if "token" in out:
-        out["token"] = "***"
-    if "headers" in out:
-        out["headers"] = {
-            k: "***" if SECRET_HEADER.search(k) else v for k, v in out["headers"].items()
-        }
-    return out
+    """A service as stored, with its credentials hidden (URL password and key-like query values,
+    the token, headers off the allow-list: see legato.masking)."""
+    return mask_service(service).to_dict()
 
 
 async def list_services(request: Request) -> Response:
@@ -359,10 +353,10 @@ async def run_notifications(request: Request) -> Response:
                 {
                     "event": r.event,
                     "channel": r.channel,
-                    "target": r.target,
+                    "target": mask_text(r.target),
                     "ok": r.ok,
                     "tries": r.tries,
-                    "error": r.error,
+                    "error": mask_text(r.error) if r.error else r.error,
                     "created_at": payloads.iso(r.created_at),
                 }
                 for r in rows

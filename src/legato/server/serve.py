@@ -21,6 +21,7 @@ from legato.engine.egress import EgressPolicy
 from legato.engine.results import S3Results
 from legato.engine.runtime import DEFAULT_LEASE, Engine
 from legato.errors import LegatoError
+from legato.masking import mask_url
 from legato.server.access import load_tokens
 from legato.server.app import DEFAULT_MAX_BODY, create_app
 from legato.ui.auth import DEFAULT_SESSION_TTL
@@ -219,7 +220,7 @@ async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:
 
 
 def announce(server: DrainingServer, db: str, token: str | bool | None) -> None:
-    print(f"Legato {server.address}  database {db}", file=sys.stderr)
+    print(f"Legato {server.address}  database {mask_url(db)}", file=sys.stderr)
     if server.api:
         print(f"  web UI    {server.address}/", file=sys.stderr)
     print(f"  API docs  {server.address}/docs", file=sys.stderr)

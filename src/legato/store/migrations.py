@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from legato.errors import LegatoError
+from legato.masking import mask_url
 
 Migration = tuple[int, str]  # (the version it brings the schema to, its SQL)
 
@@ -25,6 +26,7 @@ def to_apply(
     """The migrations to run on a database at `current` (0: a new database)."""
     latest = migrations[-1][0] if target is None else target
     if current > migrations[-1][0]:
+        url = mask_url(url)
         raise LegatoError(
             f"the database {url} has schema version {current}, newer than this Legato knows "
             f"({migrations[-1][0]}): upgrade Legato"
@@ -32,6 +34,7 @@ def to_apply(
     if current >= latest:
         return []
     if current > 0 and not allowed:
+        url = mask_url(url)
         raise LegatoError(
             f"the database {url} has schema version {current}; this Legato needs {latest}: "
             f"run `legato migrate --db {url}` (or start the server with --migrate)"

@@ -23,6 +23,7 @@ import orjson
 
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
+from legato.masking import mask_url
 from legato.model.service import Service
 from legato.store import access
 from legato.store.access import AuditRow, SessionRow
@@ -121,7 +122,12 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (8, access.POSTGRES_V8)]
+# Version 7: secrets that templates read as `{{ secrets.NAME }}`, set through the API or the CLI.
+V7 = f"""
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at {REAL} NOT NULL);
+"""
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (7, V7), (8, access.POSTGRES_V8)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -242,7 +248,9 @@ class PostgresStore:
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise LegatoError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
+            raise LegatoError(
+                f"cannot connect to PostgreSQL at {mask_url(self.url)}: {exc}"
+            ) from exc
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
@@ -280,7 +288,9 @@ class PostgresStore:
                 self._dsn, min_size=1, max_size=10, server_settings=settings
             )
         except (OSError, asyncpg.PostgresError) as exc:
-            raise LegatoError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
+            raise LegatoError(
+                f"cannot connect to PostgreSQL at {mask_url(self.url)}: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         if self._listening is not None:
@@ -596,6 +606,27 @@ class PostgresStore:
             result = await conn.execute("DELETE FROM services WHERE name = $1", name)
             await self._notify(conn, {"d": name})
         return bool(result.endswith(" 1"))
+
+    async def put_user_secret(self, name: str, value: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO secrets VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE "
+            "SET value = excluded.value, updated_at = excluded.updated_at",
+            name,
+            value,
+            time.time(),
+        )
+
+    async def delete_user_secret(self, name: str) -> bool:
+        result = await self.pool.execute("DELETE FROM secrets WHERE name = $1", name)
+        return bool(result.endswith(" 1"))
+
+    async def get_user_secret(self, name: str) -> str | None:
+        value = await self.pool.fetchval("SELECT value FROM secrets WHERE name = $1", name)
+        return None if value is None else str(value)
+
+    async def list_user_secrets(self) -> list[tuple[str, float]]:
+        rows = await self.pool.fetch("SELECT name, updated_at FROM secrets")
+        return sorted(((str(r[0]), float(r[1])) for r in rows), key=lambda r: r[0])
 
     async def secret(self, name: str) -> str:
         key = f"secret:{name}"

@@ -236,6 +236,17 @@ class Store(Protocol):
 
     async def list_services(self) -> list[Service]: ...
 
+    # Secrets that templates read as `{{ secrets.NAME }}` (table `secrets`): write-only through the
+    # API; only the HTTP executor reads a value. Not `secret()` above, the store's own signing keys.
+    async def put_user_secret(self, name: str, value: str) -> None: ...
+
+    async def delete_user_secret(self, name: str) -> bool: ...
+
+    async def get_user_secret(self, name: str) -> str | None: ...
+
+    async def list_user_secrets(self) -> list[tuple[str, float]]:
+        """(name, updated_at) of every stored secret, by name; never a value."""
+
     async def get_run(self, run_id: str) -> RunState | None: ...
 
     async def run_status(self, run_id: str) -> str | None:

@@ -121,7 +121,12 @@ CREATE TABLE IF NOT EXISTS notifications (
     error TEXT, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (8, access.SQLITE_V8)]
+# Version 7: secrets that templates read as `{{ secrets.NAME }}`, set through the API or the CLI.
+V7 = """
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+"""
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (7, V7), (8, access.SQLITE_V8)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
@@ -586,6 +591,21 @@ class SQLiteStore:
 
     def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
         return self.conn.execute(sql, params).rowcount
+
+    async def put_user_secret(self, name: str, value: str) -> None:
+        sql = "INSERT OR REPLACE INTO secrets VALUES (?, ?, ?)"
+        await self._call(self._execute, sql, (name, value, time.time()))
+
+    async def delete_user_secret(self, name: str) -> bool:
+        return await self._call(self._execute, "DELETE FROM secrets WHERE name = ?", (name,)) > 0
+
+    async def get_user_secret(self, name: str) -> str | None:
+        rows = await self._call(self._fetch, "SELECT value FROM secrets WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    async def list_user_secrets(self) -> list[tuple[str, float]]:
+        rows = await self._call(self._fetch, "SELECT name, updated_at FROM secrets ORDER BY name")
+        return [(str(r[0]), float(r[1])) for r in rows]
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from legato.engine.runtime import Engine
 from legato.engine.state import ACTIVE_RUN, STATUSES
 from legato.errors import LegatoError
+from legato.masking import mask_definition, mask_service, mask_text
 from legato.model.build import WORKFLOW_NAME
 from legato.model.workflow import Workflow
 from legato.server import payloads
@@ -74,6 +75,8 @@ class UI:
         self.env.globals.update(
             clip=clip, clip_middle=clip_middle, took=took, active=ACTIVE_RUN, signed_in=bool(tokens)
         )
+        self.env.filters["masked"] = mask_text  # error messages name the URL they called
+        self.env.filters["masked_definition"] = mask_definition
         self.env.filters["iso"] = payloads.iso
         self.env.filters["pretty"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
         # A workflow version never changes, so its drawing is computed once.
@@ -224,7 +227,7 @@ async def services(request: Request) -> Response:
         "services.html",
         title="Services",
         nav="services",
-        services=ui.engine.services(),
+        services=[mask_service(s) for s in ui.engine.services()],
         counts=counts,
         minutes=int(WINDOW // 60),
     )

@@ -1,0 +1,171 @@
+"""The masking policy and secret references (pure): what is shown, stored and sent."""
+
+from __future__ import annotations
+
+import pytest
+
+from legato.engine.state import Resume
+from legato.errors import LegatoError
+from legato.masking import (
+    mask_error,
+    mask_headers,
+    mask_output,
+    mask_request,
+    mask_service,
+    mask_text,
+    mask_url,
+)
+from legato.model.service import Service
+from legato.secret_refs import marker, names_in, scrub, substitute, wanted
+from legato.store.migrations import to_apply
+from tests.unit.decider_support import Run, build, executes
+
+
+def test_urls_lose_their_password_and_key_like_query_values() -> None:
+    assert mask_url("http://user:pw@h:8/p?api_key=k&x=1&Signature=s") == (
+        "http://user:***@h:8/p?api_key=***&x=1&Signature=***"
+    )
+    assert mask_url("https://tok@h/a") == "https://***@h/a"
+    assert mask_url("https://h/a?q=1") == "https://h/a?q=1"
+    for name in ("token", "access_token", "password", "secret", "sig", "apikey", "key"):
+        assert mask_url(f"http://h/?{name}=v") == f"http://h/?{name}=***"
+    assert mask_url("http://[::1/") == "***"  # not splittable: nothing of it is shown
+
+
+def test_only_allowed_headers_are_shown() -> None:
+    shown = mask_headers(
+        {
+            "Content-Type": "application/json",
+            "Idempotency-Key": "r:s",
+            "Authorization": "Bearer t",
+            "X-Api-Key": "k",
+            "X-Tenant": "acme",
+            "Cookie": "a=b",
+        }
+    )
+    assert shown == {
+        "Content-Type": "application/json",
+        "Idempotency-Key": "r:s",
+        "Authorization": "***",
+        "X-Api-Key": "***",
+        "X-Tenant": "***",
+        "Cookie": "***",
+    }
+
+
+def test_a_request_is_masked_everywhere_a_credential_can_be() -> None:
+    ref = marker("T")
+    request = {
+        "method": "POST",
+        "url": f"http://u:p@h/{ref}?token=x",
+        "query": {"api_key": "k", "page": "2", "q": ref},
+        "headers": {"Accept": "*/*", "X-Secret": "s"},
+        "json": {"deep": [f"Bearer {ref}"]},
+        "poll": {"url": "http://h/r?X-Amz-Signature=abc"},
+    }
+    assert mask_request(request) == {
+        "method": "POST",
+        "url": "http://u:***@h/***?token=***",
+        "query": {"api_key": "***", "page": "2", "q": "***"},
+        "headers": {"Accept": "*/*", "X-Secret": "***"},
+        "json": {"deep": ["Bearer ***"]},
+        "poll": {"url": "http://h/r?X-Amz-Signature=***"},
+    }
+    assert mask_request(mask_request(request)) == mask_request(request)
+
+
+def test_errors_outputs_and_services_are_masked() -> None:
+    error = {"kind": "network", "message": "GET http://u:p@h/x?key=1 failed: refused"}
+    assert mask_error(error)["message"] == "GET http://u:***@h/x?key=*** failed: refused"
+    assert mask_text("no url here") == "no url here"
+    out = {"status": 200, "headers": {"Set-Cookie": "s=1", "ETag": "e"}, "body": {"a": 1}}
+    assert mask_output(out)["headers"] == {"Set-Cookie": "***", "ETag": "e"}
+    assert mask_output({"a": 1}) == {"a": 1}
+    svc = Service("s", "http://u:p@h/?api_key=k", {"X-Key": "k", "Accept": "a"}, token="t")
+    shown = mask_service(svc)
+    assert (shown.base_url, shown.headers, shown.token) == (
+        "http://u:***@h/?api_key=***",
+        {"X-Key": "***", "Accept": "a"},
+        "***",
+    )
+
+
+def test_secret_references_resolve_only_for_names_the_definition_writes() -> None:
+    wf = build(
+        {
+            "a": {
+                "http": {
+                    "url": "http://h/{{ secrets.PATH }}",
+                    "headers": {"A": "Bearer {{ secrets['TOK'] }}"},
+                    "json": {"x": "{{ input.x }}"},
+                }
+            }
+        }
+    )
+    action = wf.steps["a"].action
+    names = names_in([action.url, action.headers, action.json])  # type: ignore[union-attr]
+    assert names == {"PATH", "TOK"}
+    request = {"url": f"http://h/{marker('PATH')}", "json": {"x": marker("OTHER")}}
+    assert wanted(request, names) == {"PATH"}
+    sent = substitute(request, {"PATH": "p"})
+    assert sent == {"url": "http://h/p", "json": {"x": marker("OTHER")}}
+    assert scrub({"echo": ["got secret-1 and abc"]}, ["secret-1", "abc"]) == {
+        "echo": ["got *** and abc"]  # values under 4 characters are not scrubbed
+    }
+
+
+def test_the_decider_stores_a_masked_request_and_resume_sends_the_real_one() -> None:
+    run = Run(
+        build(
+            {
+                "a": {
+                    "http": {
+                        "url": "http://h/",
+                        "headers": {"Authorization": "Bearer {{ secrets.TOK }}", "Accept": "x"},
+                        "query": {"token": "literal"},
+                    }
+                }
+            }
+        ),
+        now=0.0,
+    )
+    d = run.start()
+    (e,) = executes(d)
+    sent = {
+        "method": "GET",
+        "url": "http://h/",
+        "headers": {"Authorization": f"Bearer {marker('TOK')}", "Accept": "x"},
+        "query": {"token": "literal"},
+    }
+    assert e.request == sent
+    stored = run.step("a").request
+    assert stored == {
+        "method": "GET",
+        "url": "http://h/",
+        "headers": {"Authorization": "***", "Accept": "x"},
+        "query": {"token": "***"},
+    }
+    (again,) = executes(run.send(Resume()))
+    assert again.request == sent
+
+
+def test_a_template_error_quoting_a_url_stores_it_masked() -> None:
+    run = Run(build({"a": {"http": {"url": "{{ input.u }}"}}}), {"u": "ftp://u:pw@h/?token=t"})
+    run.start()
+    error = run.step("a").error
+    assert error is not None and error["kind"] == "template"
+    assert "pw" not in error["message"] and "u:***@h" in error["message"], error
+
+
+def test_a_templated_url_keeps_its_text_but_not_its_credentials() -> None:
+    url = "http://h/{{ input.id }}?q={{ input.q }}&access_token={{ input.t }}&flag"
+    assert mask_url(url) == "http://h/{{ input.id }}?q={{ input.q }}&access_token=***&flag"
+
+
+def test_a_database_url_in_a_migration_refusal_hides_its_password() -> None:
+    url = "postgresql://legato:db-pw-123@db.internal/legato"
+    for current in (1, 9):
+        with pytest.raises(LegatoError) as refused:
+            to_apply([(1, ""), (2, "")], current, url, allowed=False)
+        assert "db-pw-123" not in str(refused.value)
+        assert "legato:***@db.internal" in str(refused.value)
