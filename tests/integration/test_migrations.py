@@ -14,6 +14,7 @@ from legato.engine.state import Decision, RunInfo, StepState
 from legato.errors import LegatoError
 from legato.store.jsontext import dump_json as dump
 from legato.store.protocol import KeptEvent, Store, open_store
+from legato.store.sqlite import SCHEMA_VERSION
 
 
 async def schema_of(store: Store) -> Any:
@@ -34,6 +35,14 @@ async def schema_of(store: Store) -> Any:
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY 1", schema
     )
     return [tuple(r) for r in columns], [(n, d.replace(schema, "S")) for n, d in indexes]
+
+
+async def rows_of(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    if store.url.startswith("sqlite"):
+        found = await store._call(store._fetch, sql)  # type: ignore[attr-defined]
+    else:
+        found = await store.pool.fetch(sql)  # type: ignore[attr-defined]
+    return [tuple(r) for r in found]
 
 
 def other_db(db_url: str, tmp_path: Path) -> str:
@@ -120,7 +129,8 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
 
     refused = open_store(db_url)
     with pytest.raises(
-        LegatoError, match="has schema version 1; this Legato needs 4: run `legato migrate"
+        LegatoError,
+        match=f"has schema version 1; this Legato needs {SCHEMA_VERSION}: run `legato migrate",
     ):
         await refused.open()
 
@@ -128,11 +138,21 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
     migrated.owner = "engine-1"
     await migrated.open()
     try:
-        assert (migrated.found_version, migrated.version) == (1, 4)
+        assert (migrated.found_version, migrated.version) == (1, SCHEMA_VERSION)
         state = await migrated.get_run(run.id)
         assert state is not None and state.info == run and state.steps == {"a": step}
         child = await migrated.get_run("3" * 32)
         assert child is not None and child.info.parent == (parent.id, "c", 1)
+        # Version 5: the child knows its parent, root and depth; its root counts it.
+        assert await rows_of(
+            migrated, "SELECT id, parent_id, root, depth FROM runs ORDER BY id"
+        ) == [
+            ("0" * 32, None, None, 0),
+            ("1" * 32, None, None, 0),
+            ("2" * 32, None, None, 0),
+            ("3" * 32, "2" * 32, "2" * 32, 1),
+        ]
+        assert await rows_of(migrated, "SELECT root, descendants FROM run_trees") == [("2" * 32, 1)]
         reached = await migrated.publish("t", "k", 20.0, lambda s, a: {"step": s}, None)
         assert reached == [waiting.id]
         # Every unfinished run is taken over by the first engine, in full (as after a crash).
@@ -154,7 +174,7 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
         fresh = open_store(other_db(db_url, tmp_path))
         await fresh.open()
         try:
-            assert (fresh.found_version, fresh.version) == (0, 4)
+            assert (fresh.found_version, fresh.version) == (0, SCHEMA_VERSION)
             assert await schema_of(fresh) == await schema_of(migrated)
         finally:
             await fresh.close()
@@ -183,11 +203,11 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
     first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 4", (
-        first.stderr
-    )
+    assert (
+        first.returncode == 0 and first.stdout.strip() == f"schema version none -> {SCHEMA_VERSION}"
+    ), first.stderr
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert again.stdout.strip() == "schema version 4: up to date"
+    assert again.stdout.strip() == f"schema version {SCHEMA_VERSION}: up to date"
 
 
 async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> None:
@@ -199,9 +219,9 @@ async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> Non
     await older.open()
     await older.close()
     again = open_store(db_url)
-    await again.open()  # no "needs 4": the mark is still 4
+    await again.open()  # no "needs N": the mark is still the latest
     try:
-        assert again.found_version == 4
+        assert again.found_version == SCHEMA_VERSION
     finally:
         await again.close()
 

@@ -25,10 +25,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from legato.engine import inbox
+from legato.engine import inbox, trees
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
+from legato.engine.lineage import LimitReached, RunFilter, RunLimits
 from legato.engine.notifier import Notifier
 from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
@@ -43,7 +44,6 @@ from legato.engine.state import (
     WAITING,
     Abort,
     Callback,
-    Cancel,
     ChildDone,
     Decision,
     Delivery,
@@ -197,6 +197,7 @@ class Engine:
         python_modules: Collection[str] | None = None,
         worker: bool = True,
         lease: float = DEFAULT_LEASE,
+        run_limits: RunLimits | None = None,
     ) -> None:
         """`python_modules`, when given, are the only modules a definition document's Python steps
         may import functions from (a server passes its allow-list; None allows any import).
@@ -206,6 +207,7 @@ class Engine:
         self.clock = clock
         self.worker = worker
         self.lease = lease
+        self.limits = run_limits or RunLimits()  # how deep and wide sub-workflow trees may grow
         self.id = new_run_id()
         self._services: dict[str, Service] = {}
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -265,6 +267,7 @@ class Engine:
         migrate: bool = False,
         worker: bool = True,
         lease: float = DEFAULT_LEASE,
+        run_limits: RunLimits | None = None,
     ) -> Engine:
         """`migrate`: upgrade a database with an older schema (a new one is always created)."""
         return cls(
@@ -272,6 +275,7 @@ class Engine:
             python_modules=python_modules,
             worker=worker,
             lease=lease,
+            run_limits=run_limits,
         )
 
     async def __aenter__(self) -> Engine:
@@ -585,6 +589,9 @@ class Engine:
             parent=parent,
         )
         active = _Active(RunState(info), wf)
+        if parent is not None:
+            await trees.start_child(self, active)
+            return info.id
         if self.worker:
             self._runs[info.id] = active
         await self._event(active, Start(), new_run=True)
@@ -654,18 +661,19 @@ class Engine:
         return state
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
-        """Cancel a run that has not ended; returns once the cancel is committed where the run is
-        held (or, if no engine holds it within a few seconds, once it is queued for it)."""
-        active = self._runs.get(run_id)
-        if active is not None:
-            await self._event(active, Cancel(reason))
-            return
-        result = await self._send(run_id, Cancel(reason), accept=lambda t: t.run_status in ACTIVE)
-        if result.target is None:
-            raise NotFound(f"no run with id {run_id!r}")
-        if not result.ok:
-            raise Conflict(f"run {run_id} has already ended ({result.target.run_status})")
-        await self.wait_ended(run_id, 2.0)
+        """Cancel a run that has not ended and, in the same transaction, all its descendants;
+        returns once that is committed."""
+        await trees.cancel(self, run_id, reason)
+
+    async def cancel_runs(self, runs: RunFilter, reason: str = "cancelled by request") -> list[str]:
+        """Cancel every run `runs` matches that has not ended, and their descendants, set-wise;
+        returns the runs cancelled."""
+        return await trees.cancel_runs(self, runs, reason)
+
+    async def retry_runs(self, runs: RunFilter) -> list[str]:
+        """Retry every failed or cancelled run `runs` matches (through their inboxes, as `retry`
+        does, without waiting for them to start); returns those runs."""
+        return await trees.retry_runs(self, runs)
 
     async def retry(self, run_id: str) -> None:
         """Run a failed or cancelled run again from the steps that did not succeed."""
@@ -920,6 +928,8 @@ class Engine:
             self._claim_soon()  # also when awake: the round under way may have missed it
         if "d" in notice:
             self._background_task(None, self._reload_services())
+        if "x" in notice:  # another engine cancelled runs set-wise: let go of those held here
+            self._background_task(None, trees.check_stopped(self))
 
     async def _reload_services(self) -> None:
         """Another engine changed the directory: calls from now on use it as stored."""
@@ -1402,18 +1412,17 @@ class Engine:
                 await self._cancel_child(effect.run_id, parent)
         except InputError as exc:
             error = {"kind": "input", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
+        except LimitReached as exc:
+            error = {"kind": "limit", "message": str(exc)}
         except (NotFound, DefinitionError) as exc:
             error = {"kind": "config", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
         if error is not None and self._still_waits_for(active, effect):
             self._event(active, ChildDone(effect.step, effect.attempt, False, None, error))
 
     async def _cancel_child(self, child: str, parent: str) -> None:
+        """Cancel a sub-workflow's run and its descendants, set-wise (see Store.cancel_runs)."""
         reason = f"its parent run {parent} stopped"
-        held = self._runs.get(child)
-        if held is not None:
-            self._event(held, Cancel(reason))
-            return
-        await self._send(child, Cancel(reason), accept=lambda t: t.run_status in ACTIVE)
+        await trees.cancel_runs(self, RunFilter(ids=(child,)), reason)
 
     def _abort_child(self, active: _Active, step: str) -> None:
         """A cancelled sub-workflow step cancels the run it started."""

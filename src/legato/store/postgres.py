@@ -21,9 +21,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import asyncpg
 import orjson
 
+from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store import postgres_lineage
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
     Accept,
@@ -119,7 +121,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (5, postgres_lineage.V5)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -193,7 +195,7 @@ def _notices(notice: dict[str, Any], sender: str) -> list[str]:
     if not notice:
         return []
     payloads = [
-        orjson.dumps({"s": sender, **{k: v for k, v in notice.items() if k in "wd"}}).decode()
+        orjson.dumps({"s": sender, **{k: v for k, v in notice.items() if k in "wdx"}}).decode()
     ]
     for kind in ("i", "e"):
         ids = notice.get(kind, [])
@@ -693,6 +695,52 @@ class PostgresStore:
         sql += f" ORDER BY id DESC LIMIT ${len(params)}"
         rows = await self.pool.fetch(sql, *params)
         return [run_info(tuple(r)) for r in rows]
+
+    # -- run trees (see engine/lineage.py) -----------------------------------------------------
+
+    async def start_child(
+        self, decision: Decision, parent: str, limits: RunLimits
+    ) -> tuple[str, str]:
+        now = time.time()
+        rows = BatchRows([decision], None, now)  # held by nobody: any worker claims it
+
+        async def write() -> None:
+            await conn.executemany(_UPSERT_RUN, rows.runs)
+            if rows.steps:
+                await conn.executemany(_UPSERT_STEP, rows.steps)
+            if rows.attempts:
+                await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
+            for run_id, event in rows.deliveries:
+                await conn.execute(_INBOX, run_id, event, None, now)
+                await conn.execute(_WAKE, now, run_id)
+            await self._notify(conn, rows.notice(now))
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await postgres_lineage.start_child(conn, decision.run_id, parent, limits, write)
+
+    async def cancel_runs(
+        self,
+        runs: RunFilter,
+        reason: str,
+        now: float,
+        report: Callable[[str, str, Any], dict[str, Any]],
+    ) -> tuple[list[str], list[str]]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids, told = await postgres_lineage.cancel(conn, runs, reason, now, report)
+            if ids:  # engines holding any of them let them go (see Engine._stopped)
+                await self._notify(conn, {"x": 1, "i": told, "w": now})
+        return ids, told
+
+    async def retry_runs(self, runs: RunFilter, event: dict[str, Any], now: float) -> list[str]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids = await postgres_lineage.retry(conn, runs, event, now)
+            if ids:
+                await self._notify(conn, {"w": now})
+        return ids
+
+    async def not_owned(self, run_ids: Sequence[str]) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await postgres_lineage.not_owned(conn, self.owner, run_ids)
 
     # -- schedules ------------------------------------------------------------------------------
 

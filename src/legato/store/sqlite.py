@@ -21,9 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store import sqlite_lineage
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
     Accept,
@@ -119,7 +121,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     error TEXT, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (5, sqlite_lineage.V5)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
@@ -329,10 +331,15 @@ class SQLiteStore:
         rows = BatchRows(decisions, self.owner, now + self.lease)
         if rows.empty:
             return Committed()  # effects only (a resumed run): nothing to write
-        # One engine per file: nobody else can have claimed its runs.
+        # One engine per file: nobody else can have claimed its runs, but a set-wise cancel may
+        # have taken some from it.
         return await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
 
     def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> Committed:
+        lost: frozenset[str] = frozenset()
+        if rows.existing and self.owner is not None:
+            lost = frozenset(sqlite_lineage.not_owned(conn, self.owner, rows.existing))
+            rows = rows.only(set(lost))
         if rows.inbox_done:  # first: an ended run's wake time counts only what is left
             conn.executemany("DELETE FROM inbox WHERE id = ?", rows.inbox_done)
         if rows.runs:
@@ -348,7 +355,7 @@ class SQLiteStore:
         for run, wake in rows.releases.items():
             for (at,) in conn.execute(_RELEASE + " RETURNING wake_at", (wake, run, self.owner)):
                 due = due or (at is not None and at <= now)
-        return Committed(due=due)
+        return Committed(lost, due)
 
     # -- claims and inboxes -------------------------------------------------------------------
 
@@ -703,6 +710,40 @@ class SQLiteStore:
         sql += " ORDER BY id DESC LIMIT ?"
         rows = await self._call(self._fetch, sql, (*params, limit))
         return [run_info(r) for r in rows]
+
+    # -- run trees (see engine/lineage.py) -----------------------------------------------------
+
+    async def start_child(
+        self, decision: Decision, parent: str, limits: RunLimits
+    ) -> tuple[str, str]:
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> tuple[str, str]:
+            rows = BatchRows([decision], None, now)  # held by nobody: the claimer takes it
+            return sqlite_lineage.start_child(
+                conn, decision.run_id, parent, limits, lambda: self._write(conn, rows, now)
+            )
+
+        return await self._call(self._transaction, work)
+
+    async def cancel_runs(
+        self,
+        runs: RunFilter,
+        reason: str,
+        now: float,
+        report: Callable[[str, str, Any], dict[str, Any]],
+    ) -> tuple[list[str], list[str]]:
+        return await self._call(
+            self._transaction, lambda conn: sqlite_lineage.cancel(conn, runs, reason, now, report)
+        )
+
+    async def retry_runs(self, runs: RunFilter, event: dict[str, Any], now: float) -> list[str]:
+        return await self._call(
+            self._transaction, lambda conn: sqlite_lineage.retry(conn, runs, event, now)
+        )
+
+    async def not_owned(self, run_ids: Sequence[str]) -> list[str]:
+        return await self._call(sqlite_lineage.not_owned, self.conn, self.owner, run_ids)
 
     # -- schedules ------------------------------------------------------------------------------
 
