@@ -36,7 +36,12 @@ def tree_rows(n: int, fanout: int) -> tuple[list[tuple[Any, ...]], list[tuple[An
                 now,
             )
         )
-        request = {"workflow": "tree", "version": None, "input": {}, "run_id": f"{run_id}-c"}
+        request: dict[str, Any] = {
+            "workflow": "tree",
+            "version": None,
+            "input": {},
+            "run_id": f"{run_id}-c",
+        }
         steps.append((run_id, "me", now, orjson.dumps(request).decode()))
     return runs, steps
 
