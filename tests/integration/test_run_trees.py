@@ -187,3 +187,68 @@ async def test_bulk_cancel_and_retry_by_filter(db_url: str) -> None:
         assert await engine.retry_runs(RunFilter(workflow="slow", status="cancelled")) == []
         everything = await engine.cancel_runs(RunFilter(everything=True))
         assert sorted(everything) == sorted([*slow, other])
+
+
+STARTED: asyncio.Event | None = None
+RELEASED: asyncio.Event | None = None
+
+
+async def held() -> dict[str, bool]:
+    """A Python step that runs (its run held by its engine) until the test lets it end."""
+    assert STARTED is not None and RELEASED is not None
+    STARTED.set()
+    await RELEASED.wait()
+    return {"through": True}
+
+
+HELD = {
+    "name": "held",
+    "steps": {
+        "work": {"python": {"function": "tests.integration.test_run_trees:held"}},
+        "next": {"depends_on": "work", "workflow": "held"},
+    },
+}
+HOLDER = {"name": "holder", "steps": {"h": {"workflow": "held"}}}
+
+
+async def test_a_run_held_with_a_step_under_way_is_let_go_and_stays_cancelled(
+    db_url: str,
+) -> None:
+    global STARTED, RELEASED
+    STARTED, RELEASED = asyncio.Event(), asyncio.Event()
+    async with Engine.open(db_url) as engine:
+        await engine.apply(HELD)
+        await engine.apply(HOLDER)
+        root = await engine.start_run("holder")
+        await asyncio.wait_for(STARTED.wait(), 10)
+        child = next(r.id for r in await all_runs(engine) if r.workflow == "held")
+        assert engine.live_run(child) is not None  # held here, its step under way
+        assert sorted(await engine.cancel_runs(RunFilter(workflow="holder"))) == sorted(
+            [root, child]
+        )
+        assert engine.live_run(child) is None
+        RELEASED.set()  # the step would end now: nothing of it is written
+        await asyncio.sleep(0.5)
+        state = await engine.get_run(child)
+        assert state.info.status == "cancelled" and state.steps["work"].status == "cancelled"
+        assert len(await all_runs(engine)) == 2
+
+
+async def test_another_engine_lets_go_of_the_runs_a_cancel_took(shared_db: str) -> None:
+    global STARTED, RELEASED
+    STARTED, RELEASED = asyncio.Event(), asyncio.Event()
+    async with Engine.open(shared_db) as worker, Engine.open(shared_db, worker=False) as api:
+        await api.apply(HELD)
+        root = await api.start_run("held")
+        await asyncio.wait_for(STARTED.wait(), 10)
+        assert worker.live_run(root) is not None
+        await api.cancel(root)
+        deadline = time.monotonic() + 5
+        while worker.live_run(root) is not None:  # told by the cancel's notice
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        RELEASED.set()
+        await asyncio.sleep(0.5)
+        state = await api.get_run(root)
+        assert state.info.status == "cancelled" and state.steps["work"].status == "cancelled"
+        assert [r.id for r in await all_runs(api)] == [root]

@@ -47,7 +47,7 @@ _WAKE = "UPDATE runs SET wake_at = LEAST(wake_at, $1) WHERE id = $2"
 
 
 def _message(mark: str) -> str:
-    return f"CASE WHEN c.seed THEN {mark} ELSE 'its parent run ' || r.parent_id || ' stopped' END"
+    return f"CASE WHEN c.seed THEN {mark} ELSE 'its parent run ' || c.parent_id || ' stopped' END"
 
 
 async def start_child(
@@ -96,24 +96,25 @@ async def cancel(
     await conn.execute("SELECT pg_advisory_xact_lock($1)", TREE_LOCK)
     cond, params = lineage.where(f, postgres=True)
     await conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS cancelling (id TEXT PRIMARY KEY, seed BOOLEAN NOT NULL) "
-        "ON COMMIT DELETE ROWS"
+        "CREATE TEMP TABLE IF NOT EXISTS cancelling (id TEXT PRIMARY KEY, seed BOOLEAN NOT NULL, "
+        "parent_id TEXT) ON COMMIT DELETE ROWS"
     )
     await conn.execute("DELETE FROM cancelling")
     await conn.execute(
         "WITH RECURSIVE tree(id, seed) AS ("
         f"SELECT id, TRUE FROM runs WHERE {cond} "
         "UNION SELECT r.id, FALSE FROM runs r JOIN tree t ON r.parent_id = t.id) "
-        "INSERT INTO cancelling (id, seed) SELECT t.id, bool_or(t.seed) FROM tree t "
-        f"JOIN runs r ON r.id = t.id WHERE r.status IN {ACTIVE} GROUP BY t.id",
+        "INSERT INTO cancelling (id, seed, parent_id) SELECT t.id, bool_or(t.seed), r.parent_id "
+        f"FROM tree t JOIN runs r ON r.id = t.id WHERE r.status IN {ACTIVE} "
+        "GROUP BY t.id, r.parent_id",
         *params,
     )
+    await conn.execute("ANALYZE cancelling")  # a temporary table has no statistics otherwise
     # Lock them and the parents that may hear of them in id order (as a commit does, so neither
     # waits on the other in a cycle), then drop those that ended meanwhile.
     await conn.execute(
-        "SELECT id FROM runs WHERE id IN (SELECT id FROM cancelling UNION SELECT r.parent_id "
-        "FROM cancelling c JOIN runs r ON r.id = c.id WHERE c.seed AND r.parent_id IS NOT NULL) "
-        "ORDER BY id FOR UPDATE"
+        "SELECT id FROM runs WHERE id IN (SELECT id FROM cancelling UNION SELECT parent_id "
+        "FROM cancelling WHERE seed AND parent_id IS NOT NULL) ORDER BY id FOR UPDATE"
     )
     await conn.execute(
         f"DELETE FROM cancelling c USING runs r WHERE r.id = c.id AND r.status NOT IN {ACTIVE}"
@@ -126,7 +127,6 @@ async def cancel(
         "INSERT INTO attempts (run_id, step, attempt, status, started_at, finished_at, request, "
         f"output, error) SELECT s.run_id, s.name, s.attempt, 'cancelled', s.started_at, $1, "
         f"s.request, NULL, {error} FROM steps s JOIN cancelling c ON c.id = s.run_id "
-        "JOIN runs r ON r.id = s.run_id "
         "WHERE s.status = 'running' OR (s.status = 'waiting' AND s.reason = 'callback') "
         "ON CONFLICT (run_id, step, attempt) DO UPDATE SET status = excluded.status, "
         "finished_at = excluded.finished_at, error = excluded.error",
@@ -136,21 +136,20 @@ async def cancel(
     await conn.execute(
         f"UPDATE steps SET status = 'cancelled', reason = {_message('$2::text')}, "
         "finished_at = $1, next_at = NULL, listen_key = NULL FROM cancelling c "
-        "JOIN runs r ON r.id = c.id WHERE steps.run_id = c.id "
+        "WHERE steps.run_id = c.id "
         "AND steps.status NOT IN ('succeeded', 'failed', 'skipped', 'cancelled')",
         now,
         reason,
     )
     parents = await conn.fetch(
         "SELECT r.id, r.workflow, r.parent, r.parent_id FROM cancelling c "
-        "JOIN runs r ON r.id = c.id JOIN runs p ON p.id = r.parent_id "
+        "JOIN runs r ON r.id = c.id JOIN runs p ON p.id = c.parent_id "
         f"WHERE c.seed AND p.status IN {ACTIVE} "
-        "AND NOT EXISTS (SELECT 1 FROM cancelling o WHERE o.id = r.parent_id)"
+        "AND NOT EXISTS (SELECT 1 FROM cancelling o WHERE o.id = c.parent_id)"
     )
     await conn.execute(
         f"UPDATE runs SET status = 'cancelled', finished_at = $1, error = {error}, owner = NULL, "
-        "lease_until = NULL, wake_at = NULL FROM cancelling c JOIN runs r ON r.id = c.id "
-        "WHERE runs.id = c.id",
+        "lease_until = NULL, wake_at = NULL FROM cancelling c WHERE runs.id = c.id",
         now,
         reason,
     )
