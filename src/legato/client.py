@@ -120,6 +120,13 @@ def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _run_filter(runs: dict[str, Any]) -> dict[str, Any]:
+    body = _params(**runs)
+    if body.pop("all_runs", False):
+        body["all"] = True
+    return body
+
+
 class _Verbs(Generic[R]):
     """Every verb, as the request it sends; `_send` is the sync or async transport."""
 
@@ -236,6 +243,16 @@ class _Verbs(Generic[R]):
 
     def retry(self, run_id: str) -> R:
         return self._send(_Request("POST", f"/api/runs/{_q(run_id)}/retry"))
+
+    def cancel_runs(self, **runs: Any) -> R:
+        """Cancel every run a filter matches, with their sub-workflow runs: `{"count", "ids"}`.
+        Filter by `workflow`, `status`, `tag`, `created_after`, `created_before` (epoch seconds or
+        ISO 8601); nothing given is refused unless `all_runs=True`."""
+        return self._send(_Request("POST", "/api/runs:cancel", json=_run_filter(runs)))
+
+    def retry_runs(self, **runs: Any) -> R:
+        """Retry every failed or cancelled run a filter matches (as `cancel_runs` filters)."""
+        return self._send(_Request("POST", "/api/runs:retry", json=_run_filter(runs)))
 
 
 def _headers(token: str | None) -> dict[str, str]:

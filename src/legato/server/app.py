@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from legato.engine.runtime import Engine
 from legato.errors import LegatoError
-from legato.server import docs, routes
+from legato.server import bulk, docs, routes
 from legato.server.errors import ApiError, error_response, handle
 from legato.server.metrics import Metrics
 from legato.ui import auth, pages
@@ -143,6 +143,8 @@ def create_app(
             Route("/api/schedules/{name}/pause", routes.pause_schedule, methods=["POST"]),
             Route("/api/schedules/{name}/unpause", routes.unpause_schedule, methods=["POST"]),
             Route("/api/runs", routes.list_runs),
+            Route("/api/runs:cancel", bulk.cancel_runs, methods=["POST"]),
+            Route("/api/runs:retry", bulk.retry_runs, methods=["POST"]),
             Route("/api/runs/{run_id}", routes.get_run),
             Route("/api/runs/{run_id}/notifications", routes.run_notifications),
             Route("/api/runs/{run_id}/cancel", routes.cancel_run, methods=["POST"]),

@@ -17,6 +17,7 @@ from types import FrameType
 
 import uvicorn
 
+from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS, RunLimits
 from legato.engine.results import S3Results
 from legato.engine.runtime import DEFAULT_LEASE, Engine
 from legato.errors import LegatoError
@@ -141,6 +142,8 @@ def build_server(
     migrate: bool = False,
     role: str = "all",
     lease: float = DEFAULT_LEASE,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_descendants: int = DEFAULT_MAX_DESCENDANTS,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`.
 
@@ -152,7 +155,12 @@ def build_server(
             "127.0.0.1, or pass --allow-unauthenticated"
         )
     engine = Engine.open(
-        db, python_modules=python_modules, migrate=migrate, worker=role != "api", lease=lease
+        db,
+        python_modules=python_modules,
+        migrate=migrate,
+        worker=role != "api",
+        lease=lease,
+        run_limits=RunLimits(max_depth, max_descendants),
     )
     if event_retention is not None:
         engine.event_retention = event_retention
