@@ -20,14 +20,12 @@ SELF = {"name": "rec-self", "steps": {"me": {"workflow": "rec-self"}}}
 PING = {"name": "ping", "steps": {"pong": {"workflow": "pong"}}}
 PONG = {"name": "pong", "steps": {"ping": {"workflow": "ping"}}}
 # Two children per run, each after a short wait: a tree that keeps growing until stopped.
-FAN = {
-    "name": "fan",
-    "steps": {
-        "nap": {"wait": "0.05s"},
-        "a": {"depends_on": "nap", "workflow": "fan"},
-        "b": {"depends_on": "nap", "workflow": "fan"},
-    },
+FAN_STEPS: dict[str, Any] = {
+    "nap": {"wait": "0.05s"},
+    "a": {"depends_on": "nap", "workflow": "fan"},
+    "b": {"depends_on": "nap", "workflow": "fan"},
 }
+FAN = {"name": "fan", "steps": FAN_STEPS}
 
 
 async def all_runs(engine: Engine) -> list[Any]:
@@ -252,3 +250,35 @@ async def test_another_engine_lets_go_of_the_runs_a_cancel_took(shared_db: str) 
         state = await api.get_run(root)
         assert state.info.status == "cancelled" and state.steps["work"].status == "cancelled"
         assert [r.id for r in await all_runs(api)] == [root]
+
+
+async def test_several_workers_never_pass_the_descendants_limit(shared_db: str) -> None:
+    limits = RunLimits(max_depth=50, max_descendants=40)
+    async with (
+        Engine.open(shared_db, run_limits=limits),
+        Engine.open(shared_db, run_limits=limits),
+        Engine.open(shared_db, worker=False) as api,
+    ):
+        quick: dict[str, Any] = {**FAN_STEPS, "nap": {"wait": "0s"}}
+        await api.apply({"name": "fan", "steps": quick})
+        root = await api.start_run("fan")
+        await api.wait(root, timeout=30)
+        assert await settle(api, 0.5) == 41  # the root and exactly 40 descendants
+
+
+async def test_a_tree_growing_on_several_workers_stops_when_cancelled(shared_db: str) -> None:
+    limits = RunLimits(max_depth=50, max_descendants=100_000)
+    async with (
+        Engine.open(shared_db, run_limits=limits),
+        Engine.open(shared_db, run_limits=limits),
+        Engine.open(shared_db, worker=False) as api,
+    ):
+        await api.apply(FAN)
+        root = await api.start_run("fan")
+        while len(await all_runs(api)) < 80:
+            await asyncio.sleep(0.02)
+        await api.cancel(root)
+        count = len(await all_runs(api))
+        await asyncio.sleep(1.0)
+        after = await all_runs(api)
+        assert len(after) == count and {r.status for r in after} == {"cancelled"}
