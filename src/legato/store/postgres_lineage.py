@@ -103,7 +103,7 @@ async def cancel(
     await conn.execute(
         "WITH RECURSIVE tree(id, seed) AS ("
         f"SELECT id, TRUE FROM runs WHERE {cond} "
-        "UNION SELECT r.id, FALSE FROM runs r JOIN tree t ON r.parent_id = t.id) "
+        "UNION ALL SELECT r.id, FALSE FROM runs r JOIN tree t ON r.parent_id = t.id) "
         "INSERT INTO cancelling (id, seed, parent_id) SELECT t.id, bool_or(t.seed), r.parent_id "
         f"FROM tree t JOIN runs r ON r.id = t.id WHERE r.status IN {ACTIVE} "
         "GROUP BY t.id, r.parent_id",
@@ -112,9 +112,10 @@ async def cancel(
     await conn.execute("ANALYZE cancelling")  # a temporary table has no statistics otherwise
     # Lock them and the parents that may hear of them in id order (as a commit does, so neither
     # waits on the other in a cycle), then drop those that ended meanwhile.
-    await conn.execute(
-        "SELECT id FROM runs WHERE id IN (SELECT id FROM cancelling UNION SELECT parent_id "
-        "FROM cancelling WHERE seed AND parent_id IS NOT NULL) ORDER BY id FOR UPDATE"
+    await conn.fetchval(
+        "SELECT count(*) FROM (SELECT id FROM runs WHERE id IN (SELECT id FROM cancelling UNION "
+        "SELECT parent_id FROM cancelling WHERE seed AND parent_id IS NOT NULL) ORDER BY id "
+        "FOR UPDATE) locked"
     )
     await conn.execute(
         f"DELETE FROM cancelling c USING runs r WHERE r.id = c.id AND r.status NOT IN {ACTIVE}"

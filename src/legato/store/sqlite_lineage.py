@@ -35,7 +35,7 @@ ACTIVE = "('pending', 'running', 'waiting')"
 _INBOX = "INSERT INTO inbox (run_id, event, dedupe, created_at) VALUES (?, ?, ?, ?)"
 _WAKE = "UPDATE runs SET wake_at = COALESCE(MIN(wake_at, ?1), ?1) WHERE id = ?2"
 # A descendant's error and its steps' reason say which run stopped it, as a one-by-one cancel did.
-_MESSAGE = "CASE WHEN c.seed THEN ? ELSE 'its parent run ' || r.parent_id || ' stopped' END"
+_MESSAGE = "CASE WHEN c.seed THEN ? ELSE 'its parent run ' || c.parent_id || ' stopped' END"
 # ChildDone for the parent of a cancelled run (run id, workflow, parent as stored).
 Report = Callable[[str, str, Any], dict[str, Any]]
 
@@ -83,15 +83,16 @@ def cancel(
     told."""
     cond, params = lineage.where(f, postgres=False)
     conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS cancelling (id TEXT PRIMARY KEY, seed INTEGER NOT NULL)"
+        "CREATE TEMP TABLE IF NOT EXISTS cancelling "
+        "(id TEXT PRIMARY KEY, seed INTEGER NOT NULL, parent_id TEXT)"
     )
     conn.execute("DELETE FROM temp.cancelling")
     conn.execute(
         "WITH RECURSIVE tree(id, seed) AS ("
         f"SELECT id, 1 FROM runs WHERE {cond} "
-        "UNION SELECT r.id, 0 FROM runs r JOIN tree t ON r.parent_id = t.id) "
-        "INSERT INTO temp.cancelling (id, seed) SELECT t.id, MAX(t.seed) FROM tree t "
-        f"JOIN runs r ON r.id = t.id WHERE r.status IN {ACTIVE} GROUP BY t.id",
+        "UNION ALL SELECT r.id, 0 FROM runs r JOIN tree t ON r.parent_id = t.id) "
+        "INSERT INTO temp.cancelling (id, seed, parent_id) SELECT t.id, MAX(t.seed), r.parent_id "
+        f"FROM tree t JOIN runs r ON r.id = t.id WHERE r.status IN {ACTIVE} GROUP BY t.id",
         params,
     )
     ids = [r[0] for r in conn.execute("SELECT id FROM temp.cancelling ORDER BY id")]
@@ -103,28 +104,26 @@ def cancel(
         "INSERT OR REPLACE INTO attempts (run_id, step, attempt, status, started_at, "
         "finished_at, request, output, error) "
         f"SELECT s.run_id, s.name, s.attempt, 'cancelled', s.started_at, ?, s.request, NULL, {error} "
-        "FROM steps s JOIN temp.cancelling c ON c.id = s.run_id JOIN runs r ON r.id = s.run_id "
+        "FROM steps s JOIN temp.cancelling c ON c.id = s.run_id "
         "WHERE s.status = 'running' OR (s.status = 'waiting' AND s.reason = 'callback')",
         (now, reason),
     )
     conn.execute(
         f"UPDATE steps SET status = 'cancelled', reason = {_MESSAGE}, finished_at = ?, "
-        "next_at = NULL, listen_key = NULL FROM temp.cancelling c JOIN runs r ON r.id = c.id "
-        "WHERE steps.run_id = c.id "
+        "next_at = NULL, listen_key = NULL FROM temp.cancelling c WHERE steps.run_id = c.id "
         "AND steps.status NOT IN ('succeeded', 'failed', 'skipped', 'cancelled')",
         (reason, now),
     )
     parents = conn.execute(
         "SELECT r.id, r.workflow, r.parent, r.parent_id FROM temp.cancelling c "
-        "JOIN runs r ON r.id = c.id JOIN runs p ON p.id = r.parent_id "
+        "JOIN runs r ON r.id = c.id JOIN runs p ON p.id = c.parent_id "
         f"WHERE c.seed AND p.status IN {ACTIVE} "
-        "AND r.parent_id NOT IN (SELECT id FROM temp.cancelling)"
+        "AND c.parent_id NOT IN (SELECT id FROM temp.cancelling)"
     ).fetchall()
     # Owner cleared: an engine holding one of these runs finds it lost at its next commit.
     conn.execute(
         f"UPDATE runs SET status = 'cancelled', finished_at = ?, error = {error}, owner = NULL, "
-        "lease_until = NULL, wake_at = NULL FROM temp.cancelling c "
-        "JOIN runs r ON r.id = c.id WHERE runs.id = c.id",
+        "lease_until = NULL, wake_at = NULL FROM temp.cancelling c WHERE runs.id = c.id",
         (now, reason),
     )
     conn.execute("DELETE FROM inbox WHERE run_id IN (SELECT id FROM temp.cancelling)")
