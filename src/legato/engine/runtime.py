@@ -1092,6 +1092,7 @@ class Engine:
             try:
                 if await self.store.keep_listening():
                     self._claim_soon()
+                    await trees.check_stopped(self)  # a set-wise cancel's notice may be lost
                 held = list(self._runs)
                 for i in range(0, len(held), CLAIM_BATCH):
                     await self._pull(held[i : i + CLAIM_BATCH])

@@ -28,6 +28,7 @@ FAILURE_KINDS = (
     "config",
     "callback",  # an async call's service reported an error through its callback
     "child",  # a sub-workflow's run failed or was cancelled
+    "limit",  # a sub-workflow run would pass the engine's RunLimits
 )
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 
