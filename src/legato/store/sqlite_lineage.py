@@ -19,7 +19,6 @@ ALTER TABLE runs ADD COLUMN root TEXT;
 ALTER TABLE runs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
 UPDATE runs SET parent_id = json_extract(parent, '$[0]') WHERE parent IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS runs_by_root ON runs (root) WHERE root IS NOT NULL;
 WITH RECURSIVE tree(id, root, depth) AS (
     SELECT p.id, p.id, 0 FROM runs p WHERE p.parent_id IS NULL
         AND EXISTS (SELECT 1 FROM runs c WHERE c.parent_id = p.id)
