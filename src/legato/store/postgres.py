@@ -725,11 +725,18 @@ class PostgresStore:
         now: float,
         report: Callable[[str, str, Any], dict[str, Any]],
     ) -> tuple[list[str], list[str]]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            ids, told = await postgres_lineage.cancel(conn, runs, reason, now, report)
-            if ids:  # engines holding any of them let them go (see Engine._stopped)
-                await self._notify(conn, {"x": 1, "i": told, "w": now})
-        return ids, told
+        for attempt in range(5):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    ids, told = await postgres_lineage.cancel(conn, runs, reason, now, report)
+                    if ids:  # engines holding any of them let them go (see trees.stopped)
+                        await self._notify(conn, {"x": 1, "i": told, "w": now})
+                return ids, told
+            except asyncpg.DeadlockDetectedError:  # with a lease renewal, say: nothing was written
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def retry_runs(self, runs: RunFilter, event: dict[str, Any], now: float) -> list[str]:
         async with self.pool.acquire() as conn, conn.transaction():
