@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -121,7 +122,8 @@ def _params(**values: Any) -> dict[str, Any]:
 
 
 def _run_filter(runs: dict[str, Any]) -> dict[str, Any]:
-    body = _params(**runs)
+    """A bulk action's filter as the API reads it (a `datetime` as ISO 8601, `all_runs` as all)."""
+    body = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in _params(**runs).items()}
     if body.pop("all_runs", False):
         body["all"] = True
     return body

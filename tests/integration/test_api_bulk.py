@@ -51,7 +51,7 @@ async def test_cancel_then_retry_every_run_a_filter_matches(api: AsyncClient) ->
     assert found["count"] == 4 and sorted(found["ids"]) == sorted(slow)
     assert (await api.run(other))["status"] == "running"
 
-    after = datetime.fromtimestamp(time.time() - 3600, UTC).isoformat()
+    after = datetime.fromtimestamp(time.time() - 3600, UTC)  # the client sends ISO 8601
     found = await api.retry_runs(workflow="bulk-slow", status="cancelled", created_after=after)
     assert found["count"] == 5  # the four, and the parent's child
     await until_status(api, "bulk-slow", "running", 5)
