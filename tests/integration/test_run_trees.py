@@ -12,7 +12,7 @@ import pytest
 
 from legato import Engine
 from legato.engine.lineage import RunFilter, RunLimits
-from legato.engine.state import RunState
+from legato.engine.state import RunState, StepDone
 from legato.errors import Conflict, NotFound
 from tests.integration.treebuild import WORKFLOW, build_tree
 
@@ -282,3 +282,28 @@ async def test_a_tree_growing_on_several_workers_stops_when_cancelled(shared_db:
         await asyncio.sleep(1.0)
         after = await all_runs(api)
         assert len(after) == count and {r.status for r in after} == {"cancelled"}
+
+
+async def test_a_decision_queued_before_a_cancel_writes_nothing(db_url: str) -> None:
+    """A step's end decided just before a set-wise cancel, committed just after it: the run the
+    cancel took is not written back as running (nor its next step started)."""
+    global STARTED, RELEASED
+    STARTED, RELEASED = asyncio.Event(), asyncio.Event()
+    async with Engine.open(db_url) as engine:
+        await engine.apply(HELD)
+        root = await engine.start_run("held")
+        await asyncio.wait_for(STARTED.wait(), 10)
+        active = engine._runs[root]
+        attempt = active.state.steps["work"].attempt
+        now = time.time()
+        engine._decide(active, StepDone("work", attempt, True, {"through": True}, None, now, now))
+        assert engine.commit_queue() == 1  # decided, not committed yet
+        assert await engine.cancel_runs(RunFilter(ids=(root,))) == [root]
+        await asyncio.sleep(0.5)
+        state = await engine.get_run(root)
+        assert state.info.status == "cancelled"
+        assert {r.status for r in await all_runs(engine)} == {"cancelled"}
+        if db_url.startswith("sqlite"):  # the commit waited for the cancel (PostgreSQL's may not)
+            assert state.steps["work"].status == "cancelled"
+            assert [r.id for r in await all_runs(engine)] == [root]
+        RELEASED.set()

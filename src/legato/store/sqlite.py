@@ -212,6 +212,7 @@ class SQLiteStore:
         self.target: int | None = None  # the version to stop at (tests build old databases)
         self.found_version = 0
         self.version = 0
+        self._fenced_until = 0.0  # commits until then check they still own their runs
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
@@ -331,13 +332,14 @@ class SQLiteStore:
         rows = BatchRows(decisions, self.owner, now + self.lease)
         if rows.empty:
             return Committed()  # effects only (a resumed run): nothing to write
-        # One engine per file: nobody else can have claimed its runs, but a set-wise cancel may
-        # have taken some from it.
+        # One engine per file: nobody else can have claimed its runs.
         return await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
 
     def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> Committed:
         lost: frozenset[str] = frozenset()
-        if rows.existing and self.owner is not None:
+        if rows.existing and self.owner is not None and time.monotonic() < self._fenced_until:
+            # Decisions queued before a set-wise cancel took their runs (its engine let go of them
+            # at once, so later ones cannot come): they write nothing.
             lost = frozenset(sqlite_lineage.not_owned(conn, self.owner, rows.existing))
             rows = rows.only(set(lost))
         if rows.inbox_done:  # first: an ended run's wake time counts only what is left
@@ -733,6 +735,7 @@ class SQLiteStore:
         now: float,
         report: Callable[[str, str, Any], dict[str, Any]],
     ) -> tuple[list[str], list[str]]:
+        self._fenced_until = time.monotonic() + 10.0
         return await self._call(
             self._transaction, lambda conn: sqlite_lineage.cancel(conn, runs, reason, now, report)
         )
