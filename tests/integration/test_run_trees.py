@@ -307,3 +307,15 @@ async def test_a_decision_queued_before_a_cancel_writes_nothing(db_url: str) -> 
             assert state.steps["work"].status == "cancelled"
             assert [r.id for r in await all_runs(engine)] == [root]
         RELEASED.set()
+
+
+async def test_a_deep_tree_quotes_a_bounded_cause(tmp_path: Any) -> None:
+    """Each level's error quotes the one below it: cut, so 60 levels do not make huge rows."""
+    async with Engine.open(
+        f"sqlite:///{tmp_path / 'deep.db'}", run_limits=RunLimits(max_depth=60)
+    ) as engine:
+        await engine.apply(SELF)
+        run = await engine.run("rec-self", timeout=30)
+        message = run.info.error["message"] if run.info.error else ""
+        assert run.info.status == "failed" and len(message) < 2200
+        assert message.endswith("...")

@@ -102,6 +102,7 @@ IDLE_POLL = 5.0  # the longest a worker sleeps between claims when no notice or 
 PARK_AFTER = 1.0  # a run whose next due time is nearer than this stays in memory
 CLAIM_BATCH = 500
 CLAIM_GATHER = 0.005
+CAUSE_CHARS = 2000  # of a sub-workflow's error quoted in its parent step's
 
 
 class PublishResult(NamedTuple):
@@ -137,7 +138,9 @@ def _child_done(step: str, attempt: int, info: RunInfo) -> ChildDone:
     """What a sub-workflow's end means to the parent step waiting for it."""
     if info.status == SUCCEEDED:
         return ChildDone(step, attempt, True, info.output)
-    cause = (info.error or {}).get("message", info.status)
+    cause = str((info.error or {}).get("message", info.status))
+    if len(cause) > CAUSE_CHARS:  # each level quotes the one below: deep trees stay bounded
+        cause = cause[:CAUSE_CHARS] + "..."
     error = {
         "kind": "child",
         "message": f"sub-workflow {info.workflow!r} run {info.id} {info.status}: {cause}",
