@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -118,6 +119,14 @@ def _q(segment: str) -> str:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _run_filter(runs: dict[str, Any]) -> dict[str, Any]:
+    """A bulk action's filter as the API reads it (a `datetime` as ISO 8601, `all_runs` as all)."""
+    body = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in _params(**runs).items()}
+    if body.pop("all_runs", False):
+        body["all"] = True
+    return body
 
 
 class _Verbs(Generic[R]):
@@ -260,6 +269,16 @@ class _Verbs(Generic[R]):
         first; `since` is an ISO time or a duration ago (`1h`)."""
         params = _params(since=since, token=token, limit=limit, cursor=cursor)
         return self._send(_Request("GET", "/api/audit", params=params))
+
+    def cancel_runs(self, **runs: Any) -> R:
+        """Cancel every run a filter matches, with their sub-workflow runs: `{"count", "ids"}`.
+        Filter by `workflow`, `status`, `tag`, `created_after`, `created_before` (epoch seconds or
+        ISO 8601); nothing given is refused unless `all_runs=True`."""
+        return self._send(_Request("POST", "/api/runs:cancel", json=_run_filter(runs)))
+
+    def retry_runs(self, **runs: Any) -> R:
+        """Retry every failed or cancelled run a filter matches (as `cancel_runs` filters)."""
+        return self._send(_Request("POST", "/api/runs:retry", json=_run_filter(runs)))
 
 
 def _headers(token: str | None) -> dict[str, str]:

@@ -62,6 +62,8 @@ def test_the_openapi_document_describes_every_route(server: ServerProcess) -> No
         "/e/{workflow}",
         "/api/runs",
         "/api/runs/{run_id}",
+        "/api/runs:cancel",
+        "/api/runs:retry",
         "/api/runs/{run_id}/cancel",
         "/api/runs/{run_id}/retry",
         "/api/runs/{run_id}/steps/{step}/complete",

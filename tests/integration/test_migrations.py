@@ -38,6 +38,14 @@ async def schema_of(store: Store) -> Any:
     return [tuple(r) for r in columns], [(n, d.replace(schema, "S")) for n, d in indexes]
 
 
+async def rows_of(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    if store.url.startswith("sqlite"):
+        found = await store._call(store._fetch, sql)  # type: ignore[attr-defined]
+    else:
+        found = await store.pool.fetch(sql)  # type: ignore[attr-defined]
+    return [tuple(r) for r in found]
+
+
 def other_db(db_url: str, tmp_path: Path) -> str:
     if db_url.startswith("sqlite"):
         return f"sqlite:///{tmp_path / 'fresh.db'}"
@@ -136,6 +144,16 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
         assert state is not None and state.info == run and state.steps == {"a": step}
         child = await migrated.get_run("3" * 32)
         assert child is not None and child.info.parent == (parent.id, "c", 1)
+        # Version 5: the child knows its parent, root and depth; its root counts it.
+        assert await rows_of(
+            migrated, "SELECT id, parent_id, root, depth FROM runs ORDER BY id"
+        ) == [
+            ("0" * 32, None, None, 0),
+            ("1" * 32, None, None, 0),
+            ("2" * 32, None, None, 0),
+            ("3" * 32, "2" * 32, "2" * 32, 1),
+        ]
+        assert await rows_of(migrated, "SELECT root, descendants FROM run_trees") == [("2" * 32, 1)]
         reached = await migrated.publish("t", "k", 20.0, lambda s, a: {"step": s}, None)
         assert reached == [waiting.id]
         # Every unfinished run is taken over by the first engine, in full (as after a crash).

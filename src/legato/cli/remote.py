@@ -314,19 +314,66 @@ def show(client: Client, run_id: str, as_json: bool) -> None:
         _print_run(run)
 
 
+def _bulk_options(fn: F) -> F:
+    """The filter of a bulk cancel or retry (instead of a RUN_ID)."""
+    options = [
+        click.option("--workflow", help="Every run of this workflow (with the other filters)."),
+        click.option("--status", help="Only runs in this status."),
+        click.option("--tag", help="Only runs of workflows with this tag."),
+        click.option("--created-after", help="Created at or after (ISO 8601 or epoch seconds)."),
+        click.option("--created-before", help="Created before (ISO 8601 or epoch seconds)."),
+        click.option("all_runs", "--all", is_flag=True, help="Every run, when no filter is given."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _bulk(action: Callable[..., Any], verb: str, run_id: str | None, runs: dict[str, Any]) -> bool:
+    """Carry out a bulk action if a filter was given (not with a RUN_ID); False if none was."""
+    given = {k: v for k, v in runs.items() if v}
+    if not given:
+        if run_id is None:
+            raise click.UsageError(
+                "give a RUN_ID, or a filter (--workflow, --status, ...) or --all"
+            )
+        return False
+    if run_id is not None:
+        raise click.UsageError("give a RUN_ID or a filter, not both")
+    for name in ("created_after", "created_before"):
+        text = given.get(name)
+        if text is not None and text.replace(".", "", 1).isdigit():
+            given[name] = float(text)
+    found = action(**given)
+    click.echo(f"{verb} {found['count']} run(s)")
+    for shown in found["ids"]:
+        click.echo(shown)
+    return True
+
+
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@_bulk_options
 @remote
-def cancel(client: Client, run_id: str) -> None:
-    """Cancel a run that has not ended."""
+def cancel(client: Client, run_id: str | None, **runs: Any) -> None:
+    """Cancel a run that has not ended (and its sub-workflow runs), or every run a filter
+    matches: `legato cancel --workflow NAME --status running`."""
+    if _bulk(client.cancel_runs, "cancelled", run_id, runs):
+        return
+    assert run_id is not None
     run = client.cancel(run_id)
     click.echo(f"{run['id']} {run['status']}")
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@_bulk_options
 @remote
-def retry(client: Client, run_id: str) -> None:
-    """Run a failed or cancelled run again from the steps that did not succeed."""
+def retry(client: Client, run_id: str | None, **runs: Any) -> None:
+    """Run a failed or cancelled run again from the steps that did not succeed, or every run a
+    filter matches: `legato retry --workflow NAME --status failed`."""
+    if _bulk(client.retry_runs, "retrying", run_id, runs):
+        return
+    assert run_id is not None
     run = client.retry(run_id)
     click.echo(f"{run['id']} {run['status']}")

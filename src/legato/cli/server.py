@@ -14,6 +14,7 @@ from legato import aio
 from legato.cli.common import DEFAULT_DB, dump_json, fail, main
 from legato.client import AsyncClient
 from legato.engine.egress import EgressPolicy, EgressSyntaxError
+from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS
 from legato.errors import LegatoError
 from legato.model.durations import parse_duration
 from legato.server.app import DEFAULT_MAX_BODY
@@ -149,6 +150,24 @@ def _engine_options(fn: Any) -> Any:
             callback=_duration,
             help="How long a claim on a run lasts unless renewed: a run whose worker died is "
             "taken over after it.",
+        ),
+        click.option(
+            "--max-depth",
+            type=click.IntRange(1),
+            default=DEFAULT_MAX_DEPTH,
+            envvar="LEGATO_MAX_DEPTH",
+            show_default=True,
+            help="Sub-workflow levels under a root run; a step that would start one deeper fails "
+            "with kind `limit`.",
+        ),
+        click.option(
+            "--max-descendants",
+            type=click.IntRange(1),
+            default=DEFAULT_MAX_DESCENDANTS,
+            envvar="LEGATO_MAX_DESCENDANTS",
+            show_default=True,
+            help="Sub-workflow runs one root run may start in all, at every depth; past it a step "
+            "fails with kind `limit`.",
         ),
         click.option(
             "--log-level",

@@ -25,11 +25,12 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from legato.engine import inbox
+from legato.engine import inbox, trees
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
 from legato.engine.egress import EgressPolicy
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
+from legato.engine.lineage import LimitReached, RunFilter, RunLimits
 from legato.engine.notifier import Notifier
 from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
@@ -50,7 +51,6 @@ from legato.engine.state import (
     WAITING,
     Abort,
     Callback,
-    Cancel,
     ChildDone,
     Decision,
     Delivery,
@@ -110,6 +110,7 @@ IDLE_POLL = 5.0  # the longest a worker sleeps between claims when no notice or 
 PARK_AFTER = 1.0  # a run whose next due time is nearer than this stays in memory
 CLAIM_BATCH = 500
 CLAIM_GATHER = 0.005
+CAUSE_CHARS = 2000  # of a sub-workflow's error quoted in its parent step's
 
 
 class PublishResult(NamedTuple):
@@ -145,7 +146,9 @@ def _child_done(step: str, attempt: int, info: RunInfo) -> ChildDone:
     """What a sub-workflow's end means to the parent step waiting for it."""
     if info.status == SUCCEEDED:
         return ChildDone(step, attempt, True, info.output)
-    cause = (info.error or {}).get("message", info.status)
+    cause = str((info.error or {}).get("message", info.status))
+    if len(cause) > CAUSE_CHARS:  # each level quotes the one below: deep trees stay bounded
+        cause = cause[:CAUSE_CHARS] + "..."
     error = {
         "kind": "child",
         "message": f"sub-workflow {info.workflow!r} run {info.id} {info.status}: {cause}",
@@ -206,6 +209,7 @@ class Engine:
         worker: bool = True,
         lease: float = DEFAULT_LEASE,
         egress: EgressPolicy | str | None = None,
+        run_limits: RunLimits | None = None,
     ) -> None:
         """`egress`: where steps, polls and webhooks may connect (see engine/egress.py; None
         refuses only link-local and metadata addresses).
@@ -217,6 +221,7 @@ class Engine:
         self.clock = clock
         self.worker = worker
         self.lease = lease
+        self.limits = run_limits or RunLimits()  # how deep and wide sub-workflow trees may grow
         self.id = new_run_id()
         self._services: dict[str, Service] = {}
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -279,6 +284,7 @@ class Engine:
         worker: bool = True,
         lease: float = DEFAULT_LEASE,
         egress: EgressPolicy | str | None = None,
+        run_limits: RunLimits | None = None,
     ) -> Engine:
         """`migrate`: upgrade a database with an older schema (a new one is always created)."""
         return cls(
@@ -287,6 +293,7 @@ class Engine:
             worker=worker,
             lease=lease,
             egress=egress,
+            run_limits=run_limits,
         )
 
     async def __aenter__(self) -> Engine:
@@ -600,6 +607,9 @@ class Engine:
             parent=parent,
         )
         active = _Active(RunState(info), wf)
+        if parent is not None:
+            await trees.start_child(self, active)
+            return info.id
         if self.worker:
             self._runs[info.id] = active
         await self._event(active, Start(), new_run=True)
@@ -669,18 +679,19 @@ class Engine:
         return state
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
-        """Cancel a run that has not ended; returns once the cancel is committed where the run is
-        held (or, if no engine holds it within a few seconds, once it is queued for it)."""
-        active = self._runs.get(run_id)
-        if active is not None:
-            await self._event(active, Cancel(reason))
-            return
-        result = await self._send(run_id, Cancel(reason), accept=lambda t: t.run_status in ACTIVE)
-        if result.target is None:
-            raise NotFound(f"no run with id {run_id!r}")
-        if not result.ok:
-            raise Conflict(f"run {run_id} has already ended ({result.target.run_status})")
-        await self.wait_ended(run_id, 2.0)
+        """Cancel a run that has not ended and, in the same transaction, all its descendants;
+        returns once that is committed."""
+        await trees.cancel(self, run_id, reason)
+
+    async def cancel_runs(self, runs: RunFilter, reason: str = "cancelled by request") -> list[str]:
+        """Cancel every run `runs` matches that has not ended, and their descendants, set-wise;
+        returns the runs cancelled."""
+        return await trees.cancel_runs(self, runs, reason)
+
+    async def retry_runs(self, runs: RunFilter) -> list[str]:
+        """Retry every failed or cancelled run `runs` matches (through their inboxes, as `retry`
+        does, without waiting for them to start); returns those runs."""
+        return await trees.retry_runs(self, runs)
 
     async def retry(self, run_id: str) -> None:
         """Run a failed or cancelled run again from the steps that did not succeed."""
@@ -941,6 +952,8 @@ class Engine:
             self._claim_soon()  # also when awake: the round under way may have missed it
         if "d" in notice:
             self._background_task(None, self._reload_services())
+        if "x" in notice:  # another engine cancelled runs set-wise: let go of those held here
+            self._background_task(None, trees.check_stopped(self))
 
     async def _reload_services(self) -> None:
         """Another engine changed the directory: calls from now on use it as stored."""
@@ -1103,6 +1116,7 @@ class Engine:
             try:
                 if await self.store.keep_listening():
                     self._claim_soon()
+                    await trees.check_stopped(self)  # a set-wise cancel's notice may be lost
                 held = list(self._runs)
                 for i in range(0, len(held), CLAIM_BATCH):
                     await self._pull(held[i : i + CLAIM_BATCH])
@@ -1430,18 +1444,17 @@ class Engine:
                 await self._cancel_child(effect.run_id, parent)
         except InputError as exc:
             error = {"kind": "input", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
+        except LimitReached as exc:
+            error = {"kind": "limit", "message": str(exc)}
         except (NotFound, DefinitionError) as exc:
             error = {"kind": "config", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
         if error is not None and self._still_waits_for(active, effect):
             self._event(active, ChildDone(effect.step, effect.attempt, False, None, error))
 
     async def _cancel_child(self, child: str, parent: str) -> None:
+        """Cancel a sub-workflow's run and its descendants, set-wise (see Store.cancel_runs)."""
         reason = f"its parent run {parent} stopped"
-        held = self._runs.get(child)
-        if held is not None:
-            self._event(held, Cancel(reason))
-            return
-        await self._send(child, Cancel(reason), accept=lambda t: t.run_status in ACTIVE)
+        await trees.cancel_runs(self, RunFilter(ids=(child,)), reason)
 
     def _abort_child(self, active: _Active, step: str) -> None:
         """A cancelled sub-workflow step cancels the run it started."""

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from legato.engine.runtime import Engine
 from legato.errors import LegatoError
-from legato.server import audit, docs, routes, secret_routes
+from legato.server import audit, bulk, docs, routes, secret_routes
 from legato.server.access import Throttle, Tokens, load_tokens
 from legato.server.errors import ApiError, handle
 from legato.server.guard import Guard
@@ -105,6 +105,8 @@ def create_app(
             Route("/api/schedules/{name}/pause", routes.pause_schedule, methods=["POST"]),
             Route("/api/schedules/{name}/unpause", routes.unpause_schedule, methods=["POST"]),
             Route("/api/runs", routes.list_runs),
+            Route("/api/runs:cancel", bulk.cancel_runs, methods=["POST"]),
+            Route("/api/runs:retry", bulk.retry_runs, methods=["POST"]),
             Route("/api/runs/{run_id}", routes.get_run),
             Route("/api/runs/{run_id}/notifications", routes.run_notifications),
             Route("/api/runs/{run_id}/cancel", routes.cancel_run, methods=["POST"]),

@@ -260,6 +260,43 @@ SCHEMAS: dict[str, Any] = {
             "heartbeat": {"type": "boolean", "enum": [True]},
         },
     },
+    "RunFilter": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Which runs a bulk action takes: every field given must match. An empty "
+        'filter is refused unless `"all": true`.',
+        "properties": {
+            "workflow": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["pending", "running", "waiting", "succeeded", "failed", "cancelled"],
+            },
+            "tag": {"type": "string", "description": "Runs of the workflows with this tag."},
+            "created_after": {
+                "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+                "description": "Created at or after: epoch seconds or ISO 8601 (UTC by default).",
+            },
+            "created_before": {
+                "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+                "description": "Created before: epoch seconds or ISO 8601 (UTC by default).",
+            },
+            "all": {
+                "type": "boolean",
+                "description": "Match every run when nothing else is given.",
+            },
+        },
+    },
+    "BulkResult": {
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer", "description": "How many runs the action touched."},
+            "ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The first 100 of them.",
+            },
+        },
+    },
     "Completion": {
         "type": "object",
         "additionalProperties": False,
@@ -741,6 +778,25 @@ def build() -> dict[str, Any]:
                 },
                 tag="runs",
                 params=[RUN_ID],
+            ),
+        },
+        "/api/runs:cancel": {
+            "post": _op(
+                "Cancel every run the filter matches that has not ended, with all their "
+                "sub-workflow runs.",
+                {"200": _ok("Cancelled (count: every run cancelled).", _ref("BulkResult"))},
+                tag="runs",
+                body=_json_body(_ref("RunFilter")),
+                errors=("400", "401", "413", "415", "422"),
+            ),
+        },
+        "/api/runs:retry": {
+            "post": _op(
+                "Retry every failed or cancelled run the filter matches.",
+                {"200": _ok("Queued for a retry.", _ref("BulkResult"))},
+                tag="runs",
+                body=_json_body(_ref("RunFilter")),
+                errors=("400", "401", "413", "415", "422"),
             ),
         },
         "/api/runs/{run_id}/cancel": {

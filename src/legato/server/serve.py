@@ -18,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from legato.engine.egress import EgressPolicy
+from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS, RunLimits
 from legato.engine.results import S3Results
 from legato.engine.runtime import DEFAULT_LEASE, Engine
 from legato.errors import LegatoError
@@ -148,6 +149,8 @@ def build_server(
     role: str = "all",
     lease: float = DEFAULT_LEASE,
     egress: EgressPolicy | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_descendants: int = DEFAULT_MAX_DESCENDANTS,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`, and a
     token shorter than 16 characters there (a guess away).
@@ -171,6 +174,7 @@ def build_server(
         worker=role != "api",
         lease=lease,
         egress=egress,
+        run_limits=RunLimits(max_depth, max_descendants),
     )
     if event_retention is not None:
         engine.event_retention = event_retention

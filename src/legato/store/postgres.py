@@ -21,11 +21,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import asyncpg
 import orjson
 
+from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.masking import mask_url
 from legato.model.service import Service
-from legato.store import access
+from legato.store import access, postgres_lineage
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
@@ -127,7 +128,15 @@ V7 = f"""
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at {REAL} NOT NULL);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (7, V7), (8, access.POSTGRES_V8)]
+MIGRATIONS: list[Migration] = [
+    (1, V1),
+    (2, V2),
+    (3, V3),
+    (4, V4),
+    (5, postgres_lineage.V5),
+    (7, V7),
+    (8, access.POSTGRES_V8),
+]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -201,7 +210,7 @@ def _notices(notice: dict[str, Any], sender: str) -> list[str]:
     if not notice:
         return []
     payloads = [
-        orjson.dumps({"s": sender, **{k: v for k, v in notice.items() if k in "wd"}}).decode()
+        orjson.dumps({"s": sender, **{k: v for k, v in notice.items() if k in "wdx"}}).decode()
     ]
     for kind in ("i", "e"):
         ids = notice.get(kind, [])
@@ -726,6 +735,59 @@ class PostgresStore:
         sql += f" ORDER BY id DESC LIMIT ${len(params)}"
         rows = await self.pool.fetch(sql, *params)
         return [run_info(tuple(r)) for r in rows]
+
+    # -- run trees (see engine/lineage.py) -----------------------------------------------------
+
+    async def start_child(
+        self, decision: Decision, parent: str, limits: RunLimits
+    ) -> tuple[str, str]:
+        now = time.time()
+        rows = BatchRows([decision], None, now)  # held by nobody: any worker claims it
+
+        async def write() -> None:
+            await conn.executemany(_UPSERT_RUN, rows.runs)
+            if rows.steps:
+                await conn.executemany(_UPSERT_STEP, rows.steps)
+            if rows.attempts:
+                await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
+            for run_id, event in rows.deliveries:
+                await conn.execute(_INBOX, run_id, event, None, now)
+                await conn.execute(_WAKE, now, run_id)
+            await self._notify(conn, rows.notice(now))
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await postgres_lineage.start_child(conn, decision.run_id, parent, limits, write)
+
+    async def cancel_runs(
+        self,
+        runs: RunFilter,
+        reason: str,
+        now: float,
+        report: Callable[[str, str, Any], dict[str, Any]],
+    ) -> tuple[list[str], list[str]]:
+        for attempt in range(5):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    ids, told = await postgres_lineage.cancel(conn, runs, reason, now, report)
+                    if ids:  # engines holding any of them let them go (see trees.stopped)
+                        await self._notify(conn, {"x": 1, "i": told, "w": now})
+                return ids, told
+            except asyncpg.DeadlockDetectedError:  # with a lease renewal, say: nothing was written
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def retry_runs(self, runs: RunFilter, event: dict[str, Any], now: float) -> list[str]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids = await postgres_lineage.retry(conn, runs, event, now)
+            if ids:
+                await self._notify(conn, {"w": now})
+        return ids
+
+    async def not_owned(self, run_ids: Sequence[str]) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await postgres_lineage.not_owned(conn, self.owner, run_ids)
 
     # -- schedules ------------------------------------------------------------------------------
 

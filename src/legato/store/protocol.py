@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
@@ -293,6 +294,33 @@ class Store(Protocol):
         worker to claim; skipped if its id exists) and move the schedule on to `following`.
         Returns "fired", "moved" (another process fired it, or it was paused) or "busy"
         (`max_active` runs of the workflow are active: nothing changes)."""
+
+    async def start_child(
+        self, decision: Decision, parent: str, limits: RunLimits
+    ) -> tuple[str, str]:
+        """In one transaction: if the `parent` run has not ended and no limit stops it, commit the
+        sub-workflow run's first decision (a new run held by nobody, for any worker to claim) with
+        its parent, root and depth, and count it in its root's descendants. Returns one of
+        engine/lineage.py's outcomes and the root run's id."""
+
+    async def cancel_runs(
+        self,
+        runs: RunFilter,
+        reason: str,
+        now: float,
+        report: Callable[[str, str, Any], dict[str, Any]],
+    ) -> tuple[list[str], list[str]]:
+        """In one transaction, set-wise: cancel the matched runs that have not ended and all their
+        descendants that have not (their owner cleared, so engines holding them find them lost);
+        the parent of a matched run, if it runs on, gets `report(run_id, workflow, parent)` in its
+        inbox. Returns the runs cancelled and the parents told."""
+
+    async def retry_runs(self, runs: RunFilter, event: dict[str, Any], now: float) -> list[str]:
+        """Put `event` (a Retry) in the inbox of each matched failed or cancelled run, once;
+        returns those runs."""
+
+    async def not_owned(self, run_ids: Sequence[str]) -> list[str]:
+        """The stored runs among these that this engine does not own (any more)."""
 
     async def record_notification(self, row: NotificationRow) -> None: ...
 

@@ -21,10 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
-from legato.store import access
+from legato.store import access, sqlite_lineage
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
@@ -126,7 +127,15 @@ V7 = """
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (7, V7), (8, access.SQLITE_V8)]
+MIGRATIONS: list[Migration] = [
+    (1, V1),
+    (2, V2),
+    (3, V3),
+    (4, V4),
+    (5, sqlite_lineage.V5),
+    (7, V7),
+    (8, access.SQLITE_V8),
+]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _UPSERT_RUN = """
@@ -217,6 +226,7 @@ class SQLiteStore:
         self.target: int | None = None  # the version to stop at (tests build old databases)
         self.found_version = 0
         self.version = 0
+        self._fenced_until = 0.0  # commits until then check they still own their runs
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
@@ -340,6 +350,12 @@ class SQLiteStore:
         return await self._call(self._transaction, lambda conn: self._write(conn, rows, now))
 
     def _write(self, conn: sqlite3.Connection, rows: BatchRows, now: float) -> Committed:
+        lost: frozenset[str] = frozenset()
+        if rows.existing and self.owner is not None and time.monotonic() < self._fenced_until:
+            # Decisions queued before a set-wise cancel took their runs (its engine let go of them
+            # at once, so later ones cannot come): they write nothing.
+            lost = frozenset(sqlite_lineage.not_owned(conn, self.owner, rows.existing))
+            rows = rows.only(set(lost))
         if rows.inbox_done:  # first: an ended run's wake time counts only what is left
             conn.executemany("DELETE FROM inbox WHERE id = ?", rows.inbox_done)
         if rows.runs:
@@ -355,7 +371,7 @@ class SQLiteStore:
         for run, wake in rows.releases.items():
             for (at,) in conn.execute(_RELEASE + " RETURNING wake_at", (wake, run, self.owner)):
                 due = due or (at is not None and at <= now)
-        return Committed(due=due)
+        return Committed(lost, due)
 
     # -- claims and inboxes -------------------------------------------------------------------
 
@@ -725,6 +741,41 @@ class SQLiteStore:
         sql += " ORDER BY id DESC LIMIT ?"
         rows = await self._call(self._fetch, sql, (*params, limit))
         return [run_info(r) for r in rows]
+
+    # -- run trees (see engine/lineage.py) -----------------------------------------------------
+
+    async def start_child(
+        self, decision: Decision, parent: str, limits: RunLimits
+    ) -> tuple[str, str]:
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> tuple[str, str]:
+            rows = BatchRows([decision], None, now)  # held by nobody: the claimer takes it
+            return sqlite_lineage.start_child(
+                conn, decision.run_id, parent, limits, lambda: self._write(conn, rows, now)
+            )
+
+        return await self._call(self._transaction, work)
+
+    async def cancel_runs(
+        self,
+        runs: RunFilter,
+        reason: str,
+        now: float,
+        report: Callable[[str, str, Any], dict[str, Any]],
+    ) -> tuple[list[str], list[str]]:
+        self._fenced_until = time.monotonic() + 10.0
+        return await self._call(
+            self._transaction, lambda conn: sqlite_lineage.cancel(conn, runs, reason, now, report)
+        )
+
+    async def retry_runs(self, runs: RunFilter, event: dict[str, Any], now: float) -> list[str]:
+        return await self._call(
+            self._transaction, lambda conn: sqlite_lineage.retry(conn, runs, event, now)
+        )
+
+    async def not_owned(self, run_ids: Sequence[str]) -> list[str]:
+        return await self._call(sqlite_lineage.not_owned, self.conn, self.owner, run_ids)
 
     # -- schedules ------------------------------------------------------------------------------
 
