@@ -76,7 +76,7 @@ class Load:
                     continue
                 took = time.monotonic() - sent
                 body = r.json() if r.headers.get("content-type") == "application/json" else None
-                run_id = body.get("id") if r.status_code in (200, 201, 202) else None
+                run_id = body["id"] if body and r.status_code in (200, 201, 202) else None
                 self.answers.append(
                     Answer(sent, took, r.status_code, r.headers.get("retry-after"), run_id, body)
                 )

@@ -377,7 +377,13 @@ class Engine:
         if self._flusher is not None:
             assert self._wake is not None
             self._wake.set()
-            await self._flusher
+            # With the store down the last batch may never commit: its runs resume on the next
+            # start, as after a crash, rather than the process hanging on its way out.
+            done, _ = await asyncio.wait([self._flusher], timeout=max(grace, 5.0))
+            if not done:
+                log.warning("the last commit did not go through; its runs resume on the next start")
+                self._flusher.cancel()
+                await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         if self.worker and self.store.shared:
             try:

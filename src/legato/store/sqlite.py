@@ -331,7 +331,8 @@ class SQLiteStore:
         try:
             result = work(conn)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a full disk (SQLITE_FULL) has rolled it back already
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         return result
