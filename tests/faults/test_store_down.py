@@ -130,3 +130,39 @@ async def test_postgres_stopped_under_load(
     finally:
         if server.proc.poll() is None:
             server.stop()
+
+
+async def test_a_worker_is_ready_only_while_it_reaches_its_store(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """`legato worker` serves /readyz on its probe port: 503 while PostgreSQL is down (it can
+    neither commit nor renew its leases), 200 again once it is back, with /healthz 200 throughout."""
+    pg = own_postgres
+    worker = start_server(tmp_path, "--lease", "3s", db=pg.url, name="worker", command="worker")
+    try:
+        async with httpx.AsyncClient(base_url=worker.url, timeout=5) as http:
+
+            async def status() -> int:
+                return (await http.get("/readyz")).status_code
+
+            async def ready() -> bool:
+                return await status() == 200
+
+            async def not_ready() -> bool:
+                return await status() == 503
+
+            await until(ready, 10)
+            await asyncio.to_thread(pg.stop)
+            await until(not_ready, 5)
+            body = (await http.get("/readyz")).json()
+            assert body["status"] == "not ready" and body["reasons"], body
+            assert (await http.get("/healthz")).status_code == 200
+            await asyncio.sleep(2)  # past a renewal (every lease / 3)
+            body = (await http.get("/readyz")).json()
+            assert "renew" in body["checks"] and not body["checks"]["renew"]["ok"], body
+            await asyncio.to_thread(pg.start)
+            await until(ready, 30)
+        assert worker.output().count("Traceback") == 0, worker.output()[-5000:]
+    finally:
+        if worker.proc.poll() is None:
+            worker.stop()

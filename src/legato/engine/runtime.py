@@ -238,6 +238,9 @@ class Engine:
         # New runs whose start request gave up (the store was down) before their first commit:
         # dropped from the batches still to be committed, so a start answered 503 never runs.
         self._withdrawn: dict[int, Decision] = {}
+        # Withdrawn starts a failed commit may still have written (its answer lost with the
+        # connection): handed back once the store answers, for any engine to claim if they exist.
+        self._unsure: list[str] = []
         self._claimer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -1274,6 +1277,12 @@ class Engine:
             self.health.ok("commit")
             for _, decision in batch:  # withdrawn too late: the run is durable, and goes on
                 self._withdrawn.pop(id(decision), None)
+            if self._unsure:
+                try:
+                    await self.store.hand_back(self._unsure, self.clock())
+                    self._unsure = []
+                except Exception as exc:
+                    store_failed(log, exc, "handing back withdrawn starts failed; again later")
             return batch, committed
 
     def _without_withdrawn(
@@ -1287,6 +1296,7 @@ class Engine:
                 kept.append((holding, decision))
                 continue
             log.info("run %s was not started: its start gave up on the store", decision.run_id)
+            self._unsure.append(decision.run_id)
             if holding is not None:
                 holding.pending -= 1
                 if self._runs.get(decision.run_id) is holding:

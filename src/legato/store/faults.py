@@ -24,7 +24,7 @@ log = logging.getLogger("legato.store")
 
 # How long a request may wait on one store call (or on the commit of what it decided) before it is
 # answered 503. None outside a request: the engine's own loops wait as long as a call takes.
-STORE_TIMEOUT = float(os.environ.get("LEGATO_STORE_TIMEOUT", "4"))
+STORE_TIMEOUT = float(os.environ.get("LEGATO_STORE_TIMEOUT", "3"))
 REQUEST_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "legato_request_limit", default=None
 )
