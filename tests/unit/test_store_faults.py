@@ -31,6 +31,7 @@ def test_bugs_and_bad_sql_are_not_store_faults() -> None:
     assert store_fault(sqlite3.OperationalError("no such table: runs")) is None
     assert store_fault(ValueError("x")) is None
     assert store_fault(KeyError("x")) is None
+    assert store_fault(FileNotFoundError(2, "No such file or directory")) is None
 
 
 def test_asyncpg_connection_errors_are_store_faults() -> None:

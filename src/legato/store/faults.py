@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import logging
 import os
 import sqlite3
@@ -35,6 +36,15 @@ RETRY_AFTER = 5  # seconds, the Retry-After of a 503
 # intervention (shutdown, cannot connect now), and a read-only standby.
 _PG_CLASSES = ("08", "53", "57P")
 _PG_CODES = ("25006", "58030")
+_NETWORK_ERRNOS = (
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EPIPE,
+)
 
 
 class StoreUnavailable(LegatoError):
@@ -74,8 +84,14 @@ def _kind(exc: BaseException) -> str | None:
         if "locked" in text or "busy" in text:
             return "busy"
         return None
-    if isinstance(exc, OSError):
-        return "disk full" if exc.errno == 28 else "connection"  # ENOSPC
+    if isinstance(exc, ConnectionError) or (
+        isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
+    ):
+        return "connection"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    if isinstance(exc, OSError) and exc.errno == errno.EIO:
+        return "disk"
     module = type(exc).__module__
     if module.startswith("asyncpg"):
         state = str(getattr(exc, "sqlstate", "") or "")
@@ -122,7 +138,8 @@ class Bounded:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._store, name)
-        if asyncio.iscoroutinefunction(value):
+        # Opening and closing keep their own errors: a store that cannot open is not "unavailable".
+        if asyncio.iscoroutinefunction(value) and name not in ("open", "close"):
 
             async def call(*args: Any, **kwargs: Any) -> Any:
                 try:
