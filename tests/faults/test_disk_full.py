@@ -147,6 +147,8 @@ async def test_sqlite_disk_fills_up_under_load(service: LoopbackService, tmp_pat
         }
     )
     assert not lost, lost[:5]
+    # A start answered 503 was withdrawn: it never runs later behind its client's back.
+    assert set(rows) == set(acknowledged), sorted(set(rows) - set(acknowledged))[:5]
     assert not partial, partial[:5]
     assert not duplicated, duplicated[:5]
     assert tracebacks == 0, log[-5000:]

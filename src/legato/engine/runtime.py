@@ -81,7 +81,7 @@ from legato.model.fields import check_object
 from legato.model.schedule import interval_context
 from legato.model.service import Service
 from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
-from legato.store.faults import Bounded, StoreUnavailable, bounded
+from legato.store.faults import REQUEST_LIMIT, Bounded, StoreUnavailable, bounded, unavailable
 from legato.store.faults import failed as store_failed
 from legato.store.protocol import (
     Accept,
@@ -241,6 +241,7 @@ class Engine:
         # Withdrawn starts a failed commit may still have written (its answer lost with the
         # connection): handed back once the store answers, for any engine to claim if they exist.
         self._unsure: list[str] = []
+        self._giving_up: dict[int, asyncio.Future[None]] = {}  # starts waiting in a request
         self._claimer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -612,11 +613,28 @@ class Engine:
             self._runs[info.id] = active
         decision, committed = self._decide(active, Start(), new_run=True)
         try:
-            await bounded(asyncio.shield(committed))
+            await bounded(self._start_committed(decision, committed))
         except StoreUnavailable:
             self._withdrawn[id(decision)] = decision  # unless its commit is under way already
             raise
         return info.id
+
+    async def _start_committed(self, decision: Decision, committed: asyncio.Future[None]) -> None:
+        """Wait for a new run's commit; in a request, give up as soon as a commit holding it fails
+        (the caller answers 503 rather than wait out the store timeout)."""
+        if REQUEST_LIMIT.get() is None:
+            await asyncio.shield(committed)
+            return
+        gave_up = asyncio.get_running_loop().create_future()
+        self._giving_up[id(decision)] = gave_up
+        try:
+            await asyncio.wait([committed, gave_up], return_when=asyncio.FIRST_COMPLETED)
+            if not committed.done():
+                raise gave_up.exception() or StoreUnavailable("commit", "failed")
+        finally:
+            self._giving_up.pop(id(decision), None)
+            if gave_up.done():
+                gave_up.exception()  # retrieved, even when the commit went in after all
 
     async def run(
         self, workflow: str, input: dict[str, Any] | None = None, timeout: float | None = None
@@ -1268,6 +1286,12 @@ class Engine:
             except Exception as exc:
                 # Effects wait for the commit, so nothing acts on state that is not durable yet.
                 self.health.failed("commit", exc)
+                for _, decision in batch:
+                    gave_up = self._giving_up.pop(id(decision), None)
+                    if gave_up is not None and not gave_up.done():
+                        gave_up.set_exception(
+                            unavailable(exc) or StoreUnavailable("commit", str(exc))
+                        )
                 store_failed(
                     log, exc, "commit of %d decisions failed; retrying in %.2fs", len(batch), delay
                 )
