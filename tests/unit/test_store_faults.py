@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 
 import pytest
 
-from legato.store.faults import StoreUnavailable, Trouble, store_fault, unavailable
+from legato.store.faults import (
+    REQUEST_LIMIT,
+    Bounded,
+    StoreUnavailable,
+    Trouble,
+    store_fault,
+    unavailable,
+)
 
 
 @pytest.mark.parametrize(
@@ -70,3 +78,31 @@ def test_trouble_says_each_kind_once_per_window_with_a_count(
         "store available again",
     ]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+class _SlowStore:
+    url = "slow://"
+
+    async def get_run(self, run_id: str) -> str:
+        await asyncio.sleep(0.5)
+        return run_id
+
+    async def list_services(self) -> list[str]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_store_calls_in_a_request_are_bounded_and_faults_become_unavailable() -> None:
+    store = Bounded(_SlowStore())
+    assert await store.get_run("a") == "a"  # outside a request: as long as it takes
+    token = REQUEST_LIMIT.set(0.05)
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.get_run("a")
+        assert raised.value.kind == "timeout"
+        with pytest.raises(StoreUnavailable) as full:
+            await store.list_services()
+        assert full.value.kind == "disk full"
+    finally:
+        REQUEST_LIMIT.reset(token)
+    store.url = "changed"  # attributes are the store's own
+    assert store.url == "changed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import inspect
 import logging
 import os
 import sqlite3
@@ -139,7 +140,7 @@ class Bounded:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._store, name)
         # Opening and closing keep their own errors: a store that cannot open is not "unavailable".
-        if asyncio.iscoroutinefunction(value) and name not in ("open", "close"):
+        if inspect.iscoroutinefunction(value) and name not in ("open", "close"):
 
             async def call(*args: Any, **kwargs: Any) -> Any:
                 try:
