@@ -1299,8 +1299,9 @@ class Engine:
                 delay = min(delay * 2, 5.0)
                 continue
             self.health.ok("commit")
-            for _, decision in batch:  # withdrawn too late: the run is durable, and goes on
-                self._withdrawn.pop(id(decision), None)
+            if self._withdrawn:  # withdrawn too late: those runs are durable, and go on
+                for _, decision in batch:
+                    self._withdrawn.pop(id(decision), None)
             if self._unsure:
                 try:
                     await self.store.hand_back(self._unsure, self.clock())
@@ -1319,7 +1320,7 @@ class Engine:
             if self._withdrawn.pop(id(decision), None) is None:
                 kept.append((holding, decision))
                 continue
-            log.info("run %s was not started: its start gave up on the store", decision.run_id)
+            log.debug("run %s was not started: its start gave up on the store", decision.run_id)
             self._unsure.append(decision.run_id)
             if holding is not None:
                 holding.pending -= 1

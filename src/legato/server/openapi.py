@@ -36,7 +36,7 @@ ERRORS = {
     "503": {
         **_error(
             "The database is unavailable (down, full, or slower than the store timeout): "
-            "try again after Retry-After seconds. Nothing was changed."
+            "try again after Retry-After seconds. A start answered 503 was not started."
         ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
