@@ -55,6 +55,18 @@ async def test_postgres_stopped_under_load(
             assert r.status_code == 503 and r.headers["retry-after"]
             assert r.json()["status"] == "not ready" and r.json()["reasons"], r.text
             assert (await http.get("/healthz")).status_code == 200
+            # Other calls that need the store answer the same way.
+            others = [
+                await http.get("/api/runs"),
+                await http.get("/api/workflows"),
+                await http.post(
+                    "/api/services", json={"name": "other", "base_url": "http://127.0.0.1:9"}
+                ),
+            ]
+            for other in others:
+                assert other.status_code == 503, other.text
+                assert other.headers["retry-after"] == "5"
+                assert other.json()["error"] == "store_unavailable", other.text
             await asyncio.sleep(OUTAGE)
             up = time.monotonic()
             await asyncio.to_thread(pg.start)
