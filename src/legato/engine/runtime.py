@@ -21,13 +21,14 @@ import random
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
 from legato.engine import inbox, trees
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
 from legato.engine.egress import EgressPolicy
+from legato.engine.health import Health
 from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
 from legato.engine.lineage import LimitReached, RunFilter, RunLimits
@@ -88,6 +89,8 @@ from legato.model.fields import check_object
 from legato.model.schedule import interval_context
 from legato.model.service import Service
 from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
+from legato.store.faults import REQUEST_LIMIT, Bounded, StoreUnavailable, bounded, unavailable
+from legato.store.faults import failed as store_failed
 from legato.store.protocol import (
     Accept,
     Claimed,
@@ -217,7 +220,9 @@ class Engine:
         may import functions from (a server passes its allow-list; None allows any import).
         `worker=False` makes an engine that runs no step (an API-only server): it records new runs
         and what reaches them, and worker engines sharing the store claim and run them."""
-        self.store = store
+        # Inside a request, store calls are bounded (see store/faults.py); elsewhere they are not.
+        self.store = cast(Store, Bounded(store))
+        self.health = Health(self.store.probe, lease=lease, worker=worker)
         self.clock = clock
         self.worker = worker
         self.lease = lease
@@ -246,6 +251,13 @@ class Engine:
         self._parking: dict[str, bool] = {}
         self._applying: set[int] = set()  # inbox rows being applied (decided, not yet committed)
         self._applied: dict[int, None] = {}  # the last inbox rows applied, oldest first
+        # New runs whose start request gave up (the store was down) before their first commit:
+        # dropped from the batches still to be committed, so a start answered 503 never runs.
+        self._withdrawn: dict[int, Decision] = {}
+        # Withdrawn starts a failed commit may still have written (its answer lost with the
+        # connection): handed back once the store answers, for any engine to claim if they exist.
+        self._unsure: list[str] = []
+        self._giving_up: dict[int, asyncio.Future[None]] = {}  # starts waiting in a request
         self._claimer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -337,6 +349,8 @@ class Engine:
             self._scheduling = asyncio.create_task(
                 self.scheduler.run_forever(), name="legato-schedule"
             )
+        self.health.worker = self.worker
+        self.health.start()
 
     def drain(self) -> None:
         """Start no new step from now on; steps under way finish and their outcomes are committed.
@@ -364,6 +378,7 @@ class Engine:
         released, so another engine sharing the store can claim them at once.
         """
         self.drain()
+        await self.health.stop()
         for task in (self._scheduling, self._claimer, self._renewer, self._watcher):
             if task is not None:
                 task.cancel()
@@ -388,7 +403,13 @@ class Engine:
         if self._flusher is not None:
             assert self._wake is not None
             self._wake.set()
-            await self._flusher
+            # With the store down the last batch may never commit: its runs resume on the next
+            # start, as after a crash, rather than the process hanging on its way out.
+            done, _ = await asyncio.wait([self._flusher], timeout=max(grace, 5.0))
+            if not done:
+                log.warning("the last commit did not go through; its runs resume on the next start")
+                self._flusher.cancel()
+                await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         if self.worker and self.store.shared:
             try:
@@ -610,10 +631,35 @@ class Engine:
         if parent is not None:
             await trees.start_child(self, active)
             return info.id
+        failing = self.health.failing("commit")
+        if failing is not None:  # it would wait behind a batch that cannot commit
+            raise StoreUnavailable("commits failing", failing)
         if self.worker:
             self._runs[info.id] = active
-        await self._event(active, Start(), new_run=True)
+        decision, committed = self._decide(active, Start(), new_run=True)
+        try:
+            await bounded(self._start_committed(decision, committed))
+        except StoreUnavailable:
+            self._withdrawn[id(decision)] = decision  # unless its commit is under way already
+            raise
         return info.id
+
+    async def _start_committed(self, decision: Decision, committed: asyncio.Future[None]) -> None:
+        """Wait for a new run's commit; in a request, give up as soon as a commit holding it fails
+        (the caller answers 503 rather than wait out the store timeout)."""
+        if REQUEST_LIMIT.get() is None:
+            await asyncio.shield(committed)
+            return
+        gave_up = asyncio.get_running_loop().create_future()
+        self._giving_up[id(decision)] = gave_up
+        try:
+            await asyncio.wait([committed, gave_up], return_when=asyncio.FIRST_COMPLETED)
+            if not committed.done():
+                raise gave_up.exception() or StoreUnavailable("commit", "failed")
+        finally:
+            self._giving_up.pop(id(decision), None)
+            if gave_up.done():
+                gave_up.exception()  # retrieved, even when the commit went in after all
 
     async def run(
         self, workflow: str, input: dict[str, Any] | None = None, timeout: float | None = None
@@ -972,8 +1018,8 @@ class Engine:
                 if await self._claim_round() >= CLAIM_BATCH:
                     continue
                 nxt = await self.store.next_wake()
-            except Exception:
-                log.exception("claiming runs failed; trying again in a second")
+            except Exception as exc:
+                store_failed(log, exc, "claiming runs failed; trying again in a second")
                 await asyncio.sleep(1.0)
                 continue
             now = self.clock()
@@ -1120,16 +1166,19 @@ class Engine:
                 held = list(self._runs)
                 for i in range(0, len(held), CLAIM_BATCH):
                     await self._pull(held[i : i + CLAIM_BATCH])
-            except Exception:
-                log.exception("checking the notice connection failed")
+            except Exception as exc:
+                store_failed(log, exc, "checking the notice connection failed")
 
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
                 await self.store.renew(self.clock(), [*self._runs, *self._parking])
-            except Exception:
-                log.exception("renewing leases failed; trying again")
+            except Exception as exc:
+                self.health.failed("renew", exc)
+                store_failed(log, exc, "renewing leases failed; trying again")
+            else:
+                self.health.ok("renew")
 
     # -- the decide / commit / act loop -------------------------------------------------------
 
@@ -1180,8 +1229,8 @@ class Engine:
                 continue
             batch, done = self._queue, self._batch
             self._queue, self._batch = [], loop.create_future()
+            batch, committed = await self._commit(batch)
             decisions = [d for _, d in batch]
-            committed = await self._commit(decisions)
             lost = committed.lost
             if committed.due:
                 self._claim_soon()  # a run it let go of has something in its inbox already
@@ -1259,16 +1308,60 @@ class Engine:
         touched[run_id] = active
         self._act(active, decision)
 
-    async def _commit(self, batch: list[Decision]) -> Committed:
+    async def _commit(
+        self, batch: list[tuple[_Active | None, Decision]]
+    ) -> tuple[list[tuple[_Active | None, Decision]], Committed]:
+        """Commit the batch, trying again until it goes in; the batch as committed (without the
+        starts withdrawn meanwhile)."""
         delay = 0.05
         while True:
+            batch = self._without_withdrawn(batch)
             try:
-                return await self.store.commit(batch)
-            except Exception:
+                committed = await self.store.commit([d for _, d in batch])
+            except Exception as exc:
                 # Effects wait for the commit, so nothing acts on state that is not durable yet.
-                log.exception("commit of %d decisions failed; retrying in %.2fs", len(batch), delay)
+                self.health.failed("commit", exc)
+                for _, decision in batch:
+                    gave_up = self._giving_up.pop(id(decision), None)
+                    if gave_up is not None and not gave_up.done():
+                        gave_up.set_exception(
+                            unavailable(exc) or StoreUnavailable("commit", str(exc))
+                        )
+                store_failed(
+                    log, exc, "commit of %d decisions failed; retrying in %.2fs", len(batch), delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            self.health.ok("commit")
+            if self._withdrawn:  # withdrawn too late: those runs are durable, and go on
+                for _, decision in batch:
+                    self._withdrawn.pop(id(decision), None)
+            if self._unsure:
+                try:
+                    await self.store.hand_back(self._unsure, self.clock())
+                    self._unsure = []
+                except Exception as exc:
+                    store_failed(log, exc, "handing back withdrawn starts failed; again later")
+            return batch, committed
+
+    def _without_withdrawn(
+        self, batch: list[tuple[_Active | None, Decision]]
+    ) -> list[tuple[_Active | None, Decision]]:
+        if not self._withdrawn:
+            return batch
+        kept = []
+        for holding, decision in batch:
+            if self._withdrawn.pop(id(decision), None) is None:
+                kept.append((holding, decision))
+                continue
+            log.debug("run %s was not started: its start gave up on the store", decision.run_id)
+            self._unsure.append(decision.run_id)
+            if holding is not None:
+                holding.pending -= 1
+                if self._runs.get(decision.run_id) is holding:
+                    del self._runs[decision.run_id]
+        return kept
 
     def _act(self, active: _Active, decision: Decision) -> None:
         self.stats["step_transitions"] += len(decision.steps)

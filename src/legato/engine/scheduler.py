@@ -23,6 +23,7 @@ from legato.errors import DefinitionError, NotFound
 from legato.model.fields import check_object
 from legato.model.schedule import interval_context
 from legato.model.workflow import Workflow
+from legato.store.faults import failed as store_failed
 
 if TYPE_CHECKING:
     from legato.engine.runtime import Engine
@@ -48,8 +49,8 @@ class Scheduler:
         while True:
             try:
                 delay = await self.tick()
-            except Exception:
-                log.exception("scheduler pass failed; trying again shortly")
+            except Exception as exc:
+                store_failed(log, exc, "scheduler pass failed; trying again shortly")
                 delay = POLL
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -66,8 +67,8 @@ class Scheduler:
                 continue
             try:
                 fire = await self._fire(row.workflow, row.next_start, now)
-            except Exception:  # one schedule's trouble must not stop the others
-                log.exception("scheduling %s failed; trying again shortly", row.workflow)
+            except Exception as exc:  # one schedule's trouble must not stop the others
+                store_failed(log, exc, "scheduling %s failed; trying again shortly", row.workflow)
                 continue
             # A fire time already past means the interval could not run (too many runs active,
             # or another process has it): look again after POLL, not in a tight loop.

@@ -15,15 +15,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from legato.engine.runtime import Engine
 from legato.errors import LegatoError
-from legato.server import audit, bulk, docs, routes, secret_routes
+from legato.server import audit, bulk, docs, readiness, routes, secret_routes
 from legato.server.access import Throttle, Tokens, load_tokens
 from legato.server.errors import ApiError, handle
 from legato.server.guard import Guard
 from legato.server.metrics import Metrics
+from legato.store.faults import REQUEST_LIMIT, STORE_TIMEOUT, fault_types
 from legato.ui import pages
 from legato.ui.auth import DEFAULT_SESSION_TTL
 
@@ -31,7 +32,26 @@ DEFAULT_MAX_BODY = 1024 * 1024
 Endpoint = Callable[[Request], Awaitable[Response]]
 # The health check, the static docs page, callbacks (their signed task token is the credential),
 # and the UI's login and logout forms and its static assets (which hold no data).
-OPEN_PATHS = ("/healthz", "/docs", "/api/callbacks/", "/login", "/logout", "/static/ui/")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/api/callbacks/", "/login", "/logout", "/static/ui/")
+
+
+class StoreLimit:
+    """A request waits on the store (a call, or the commit of what it decided) no longer than
+    `limit` seconds: past it, or with the store down, it is answered 503 (see store/faults.py)."""
+
+    def __init__(self, app: ASGIApp, limit: float = STORE_TIMEOUT) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = REQUEST_LIMIT.set(self.limit)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_LIMIT.reset(token)
 
 
 def _route(path: str, **handlers: Endpoint) -> Route:
@@ -72,7 +92,11 @@ def create_app(
         finally:
             await engine.close(grace)
 
-    probes = [Route("/healthz", routes.healthz), Route("/metrics", routes.metrics)]
+    probes = [
+        Route("/healthz", routes.healthz),
+        Route("/readyz", readiness.readyz),
+        Route("/metrics", routes.metrics),
+    ]
     app = Starlette(
         routes=probes
         if not api
@@ -124,6 +148,8 @@ def create_app(
             ApiError: handle,
             LegatoError: handle,
             HTTPException: handle,
+            # Store faults answer 503 here, not in the catch-all (which re-raises, for a traceback).
+            **dict.fromkeys(fault_types(), handle),
             Exception: handle,
         },
         lifespan=lifespan,
@@ -133,5 +159,5 @@ def create_app(
     if api:
         app.state.ui = pages.UI(engine, tokens or None, throttle, session_ttl)
     if not api and not tokens:
-        return app
-    return Guard(app, engine.store, tokens, OPEN_PATHS, throttle)
+        return StoreLimit(app)
+    return StoreLimit(Guard(app, engine.store, tokens, OPEN_PATHS, throttle))

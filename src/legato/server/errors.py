@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from legato.errors import Conflict, LegatoError, NotFound, ValidationError
+from legato.store.faults import RETRY_AFTER, TROUBLE, unavailable
 
 log = logging.getLogger("legato.server")
 
@@ -63,8 +64,13 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, ApiError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status == 503:
-            headers = {"Retry-After": "5"}
+            headers = {"Retry-After": str(RETRY_AFTER)}
         return json_response(exc.body(), exc.status, headers)
+    fault = unavailable(exc)
+    if fault is not None:  # not a bug: no traceback, one log line per kind every 10 s
+        TROUBLE.report(fault, "a request")
+        body = ApiError(503, str(fault), kind="store_unavailable").body()
+        return json_response(body, 503, {"Retry-After": str(RETRY_AFTER)})
     if isinstance(exc, ValidationError):
         return json_response(exc.to_dict(), 422)
     if isinstance(exc, NotFound):

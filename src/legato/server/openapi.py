@@ -33,6 +33,13 @@ ERRORS = {
     "413": _error("The body is over the server's size limit."),
     "415": _error("The Content-Type is not one this route reads."),
     "422": _error("The document or input is not valid; `problems` names each field."),
+    "503": {
+        **_error(
+            "The database is unavailable (down, full, or slower than the store timeout): "
+            "try again after Retry-After seconds. A start answered 503 was not started."
+        ),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
 }
 
 
@@ -46,7 +53,7 @@ def _op(
     errors: tuple[str, ...] = ("400", "401", "404"),
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": dict(responses)}
-    for code in errors:
+    for code in (*errors, "503"):  # every operation may meet a store that is down
         op["responses"][code] = ERRORS[code]
     if body is not None:
         op["requestBody"] = body
@@ -441,6 +448,22 @@ def build() -> dict[str, Any]:
                 "responses": {
                     "200": _ok("Serving.", ANY_OBJECT),
                     "503": _ok("Draining before exit.", ANY_OBJECT),
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: 200 while this process can read and commit to its database "
+                "(and a worker renews its leases); 503 with the reasons otherwise, or while "
+                "draining. Answered from a probe made every second. Needs no token.",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": _ok("Ready.", ANY_OBJECT),
+                    "503": {
+                        **_ok("Not ready: `reasons` says why.", ANY_OBJECT),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    },
                 },
             }
         },

@@ -310,6 +310,13 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
+    async def probe(self) -> None:
+        await self.pool.fetchval(
+            "INSERT INTO legato_meta VALUES ('probe', $1) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value RETURNING value",
+            repr(time.time()),
+        )
+
     # -- notifications ------------------------------------------------------------------------
 
     async def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:

@@ -139,6 +139,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def probe(self) -> None:
+        """Write a tiny row and read it back, committed: the readiness check (engine/health.py)."""
+
     async def commit(self, decisions: Sequence[Decision]) -> Committed:
         """Write every change of every decision in one transaction, in order (later wins): with
         them the inbox rows they used up, their deliveries and releases."""

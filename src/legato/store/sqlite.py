@@ -183,6 +183,11 @@ def _has_meta(conn: sqlite3.Connection) -> bool:
     return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'legato_meta'").fetchall())
 
 
+def _probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO legato_meta VALUES ('probe', ?)", (repr(time.time()),))
+    conn.execute("SELECT value FROM legato_meta WHERE key = 'probe'").fetchall()
+
+
 def sqlite_path(url: str) -> tuple[str, dict[str, list[str]]]:
     if "://" not in url:
         return url, {}
@@ -214,6 +219,8 @@ class SQLiteStore:
                 f"synchronous must be off, normal, full or extra, not {sync.lower()!r}"
             )
         self.synchronous = sync
+        # A testing aid: `?max_page_count=N` caps the file at N pages, a disk that fills up.
+        self.max_page_count = int(options.get("max_page_count", ["0"])[0])
         # Without an fsync per commit, a batch commits in well under a millisecond: doing it on the
         # event loop beats handing it to a thread (measured). With FULL, the fsync goes to a thread.
         self.inline = sync in ("OFF", "NORMAL")
@@ -262,6 +269,8 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 conn.execute("PRAGMA busy_timeout=10000")
+                if self.max_page_count:
+                    conn.execute(f"PRAGMA max_page_count={self.max_page_count}")
                 self.version = self._migrate(conn)
             except BaseException:
                 conn.close()
@@ -327,6 +336,9 @@ class SQLiteStore:
             os.close(self._lock)  # closing the descriptor releases the lock
             self._lock = None
 
+    async def probe(self) -> None:
+        await self._call(self._transaction, _probe)
+
     # -- writes -------------------------------------------------------------------------------
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -336,7 +348,8 @@ class SQLiteStore:
         try:
             result = work(conn)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a full disk (SQLITE_FULL) has rolled it back already
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         return result
