@@ -14,6 +14,7 @@ from legato.engine.state import Decision, RunInfo, StepState
 from legato.errors import LegatoError
 from legato.store.jsontext import dump_json as dump
 from legato.store.protocol import KeptEvent, Store, open_store
+from legato.store.sqlite import SCHEMA_VERSION
 
 
 async def schema_of(store: Store) -> Any:
@@ -120,7 +121,8 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
 
     refused = open_store(db_url)
     with pytest.raises(
-        LegatoError, match="has schema version 1; this Legato needs 4: run `legato migrate"
+        LegatoError,
+        match=f"has schema version 1; this Legato needs {SCHEMA_VERSION}: run `legato migrate",
     ):
         await refused.open()
 
@@ -128,7 +130,7 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
     migrated.owner = "engine-1"
     await migrated.open()
     try:
-        assert (migrated.found_version, migrated.version) == (1, 4)
+        assert (migrated.found_version, migrated.version) == (1, SCHEMA_VERSION)
         state = await migrated.get_run(run.id)
         assert state is not None and state.info == run and state.steps == {"a": step}
         child = await migrated.get_run("3" * 32)
@@ -148,13 +150,14 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
         assert [(r.workflow, r.next_start, r.paused) for r in await migrated.list_schedules()] == [
             ("w", 100.0, False)
         ]
+        assert await migrated.claim_outbox("engine-1", 21.0, 10, 30.0) == []  # version 9's
         kept = KeptEvent("e1", "t", "other", {"d": 1}, 20.0, 9e9)  # version 2's table
         assert await migrated.publish("t", "other", 20.0, lambda s, a: {}, kept) == []
         assert await migrated.take_kept("t", "other", 21.0, waiting.id, "b", lambda e: e.data)
         fresh = open_store(other_db(db_url, tmp_path))
         await fresh.open()
         try:
-            assert (fresh.found_version, fresh.version) == (0, 4)
+            assert (fresh.found_version, fresh.version) == (0, SCHEMA_VERSION)
             assert await schema_of(fresh) == await schema_of(migrated)
         finally:
             await fresh.close()
@@ -183,11 +186,11 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
     first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 4", (
-        first.stderr
-    )
+    assert (
+        first.returncode == 0 and first.stdout.strip() == f"schema version none -> {SCHEMA_VERSION}"
+    ), first.stderr
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert again.stdout.strip() == "schema version 4: up to date"
+    assert again.stdout.strip() == f"schema version {SCHEMA_VERSION}: up to date"
 
 
 async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> None:
@@ -199,9 +202,9 @@ async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> Non
     await older.open()
     await older.close()
     again = open_store(db_url)
-    await again.open()  # no "needs 4": the mark is still 4
+    await again.open()  # no "needs ...": the mark is still the latest
     try:
-        assert again.found_version == 4
+        assert again.found_version == SCHEMA_VERSION
     finally:
         await again.close()
 

@@ -364,6 +364,7 @@ async def run_notifications(request: Request) -> Response:
                     "tries": r.tries,
                     "error": r.error,
                     "created_at": payloads.iso(r.created_at),
+                    "delivery_id": r.delivery_id,
                 }
                 for r in rows
             ]
