@@ -135,7 +135,8 @@ class Notifier:
                 delay = 1.0
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancel
+                        await self._wake.wait()
 
     async def _claim(self) -> int:
         free = self.concurrency - len(self.tasks)

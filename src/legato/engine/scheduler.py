@@ -53,8 +53,11 @@ class Scheduler:
                 log.exception("scheduler pass failed; trying again shortly")
                 delay = POLL
             self.wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes as the
+            # event is set (a pause just before a stop), and the engine's close waited forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), max(0.01, min(POLL, delay)))
+                async with asyncio.timeout(max(0.01, min(POLL, delay))):
+                    await self.wake.wait()
 
     async def tick(self) -> float:
         """Fire every interval that is due; return the seconds until the next one may be."""
