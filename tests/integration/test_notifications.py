@@ -114,6 +114,7 @@ async def test_a_failed_run_emails_its_addresses(db_url: str, smtp: tuple[Mailbo
     [(rcpt, message)] = box.messages
     assert rcpt == ["ops@example.com", "dev@example.com"]
     assert message["From"] == "legato@test.local"
+    assert message["Legato-Delivery"] == row.delivery_id and row.delivery_id
     assert run.info.id in message["Subject"] and "failed" in message["Subject"]
     body = message.get_payload(decode=True)
     assert isinstance(body, bytes) and b"the ledger does not balance" in body

@@ -41,6 +41,7 @@ TIMESTAMP_HEADER = "X-Legato-Timestamp"
 DELIVERY_HEADER = "Legato-Delivery"  # the same on every try of one notification: dedupe on it
 POLL = 5.0  # the longest the loop sleeps: rows a dead engine left are found this soon
 CONCURRENCY = 32  # sends under way at once
+TELL_EVERY = 10.0  # seconds between two log lines about the store failing
 T = TypeVar("T", int, float)
 __all__ = ["DELIVERY_HEADER", "Notifier", "Smtp", "events_of", "sign"]
 
@@ -102,6 +103,8 @@ class Notifier:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._told = -TELL_EVERY  # when store trouble was last logged (monotonic)
+        self._troubles = 0
 
     @property
     def lease(self) -> float:
@@ -130,8 +133,8 @@ class Notifier:
                     delay = min(max(nxt - self.clock(), 0.0), self.poll)
                 if not found or len(self.tasks) >= self.concurrency:
                     delay = max(delay, 0.05)  # due rows others hold, or no free slot: not a spin
-            except Exception:
-                log.exception("reading the notification outbox failed; trying again shortly")
+            except Exception as exc:
+                self._store_trouble("reading the notification outbox", exc)
                 delay = 1.0
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -197,8 +200,22 @@ class Notifier:
                 item.delivery_id,
             )
             await self.store.settle_outbox(item.id, self.claimant, record=row)
-        except Exception:  # the claim's lease runs out and the row is tried again
-            log.exception("settling notification %s of run %s failed", item.id, item.run_id)
+        except Exception as exc:  # the claim's lease runs out and the row is tried again
+            self._store_trouble("settling a notification", exc)
+
+    def _store_trouble(self, what: str, exc: Exception) -> None:
+        """A store that is down fails every look: say so once in a while, not once a second."""
+        self._troubles += 1
+        now = time.monotonic()
+        if now - self._told >= TELL_EVERY:
+            log.warning(
+                "%s failed (%d times since the last report): %s: %s",
+                what,
+                self._troubles,
+                type(exc).__name__,
+                exc,
+            )
+            self._told, self._troubles = now, 0
 
     async def _send(self, item: OutboxItem) -> None:
         if item.channel == "email":
