@@ -92,7 +92,8 @@ class Notifier:
         self.smtp: Smtp | None = Smtp.from_url(url) if url else None
         self.secret = ""  # set when the engine starts (the store's "webhooks" secret)
         self.claimant = ""  # set when the engine starts (its id): who holds a claimed row
-        self.tries = _env_number("LEGATO_NOTIFY_TRIES", 8, int)
+        # 12 tries, 0.5 s apart at first, doubling up to 300 s: about 14 minutes of trying.
+        self.tries = _env_number("LEGATO_NOTIFY_TRIES", 12, int)
         self.timeout = _env_number("LEGATO_NOTIFY_TIMEOUT", 10.0, float)
         self.backoff = 0.5  # seconds before the second try; doubles after each
         self.max_backoff = 300.0
@@ -147,6 +148,8 @@ class Notifier:
             return 0
         items = await self.store.claim_outbox(self.claimant, self.clock(), free, self.lease)
         for item in items:
+            if item.id in self.tasks:  # still under way here (its lease ran out): it settles it
+                continue
             task = asyncio.create_task(self._deliver(item))
             self.tasks[item.id] = task
             task.add_done_callback(functools.partial(self._done, item.id))
