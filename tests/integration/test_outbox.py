@@ -218,3 +218,24 @@ async def test_two_engines_on_postgres_deliver_each_notification_once(
     assert sorted(b["run_id"] for b in bodies) == sorted(ids)  # each run's failure, once
     assert len({h[DELIVERY_HEADER] for h, _ in hooks.at("/ok")}) == 20
     assert all(len(r) == 1 and r[0].ok and r[0].tries == 1 for r in rows)
+
+
+async def test_a_row_a_dead_engine_held_is_delivered_by_another_once_its_lease_ends(
+    shared_db: str, hooks: Hooks
+) -> None:
+    ghost = open_store(shared_db)
+    ghost.owner = "ghost"
+    await ghost.open()
+    info = RunInfo("g" * 32, "orphan", 1, "failed", {}, 1.0, 1.0, 2.0)
+    row = Outgoing("dead-1", info.id, "failure", "webhook", f"{hooks.base}/ok", {"event": "x"})
+    await ghost.commit([Decision(info.id, "orphan", info, new_run=True, outbox=[row])])
+    claimed_at = time.monotonic()
+    [_] = await ghost.claim_outbox("ghost", time.time(), 10, 1.5)  # then it dies mid-send
+    await ghost.close()
+    async with Engine.open(shared_db) as engine:
+        engine.notifier.poll = 0.1
+        [rec] = await recorded(engine, info.id, 1)
+    [(_, headers, _, arrived)] = hooks.seen
+    assert arrived >= claimed_at + 1.4  # not before the dead engine's lease ran out
+    assert headers[DELIVERY_HEADER] == "dead-1" == rec.delivery_id
+    assert (rec.ok, rec.tries) == (True, 2)
