@@ -165,7 +165,8 @@ class Notifier:
             error = item.error or "cut short: the engine stopped before the send finished"
         else:
             try:
-                await asyncio.wait_for(self._send(item), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self._send(item)
             except asyncio.CancelledError:
                 self._cut.append(item)  # the engine stops: the next one sends it
                 raise
