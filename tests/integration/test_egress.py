@@ -243,7 +243,7 @@ async def test_a_webhook_redirect_is_not_followed(
     tmp_path: Path, redirector: Redirector, other: LoopbackService
 ) -> None:
     async with Engine.open(f"sqlite:///{tmp_path / 'e.db'}") as engine:
-        engine.notifier.backoff = 0.01
+        engine.notifier.backoff, engine.notifier.tries = 0.01, 3
         hook = f"{redirector.url}/go?to={other.url}/echo"
         await engine.apply(
             {

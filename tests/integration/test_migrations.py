@@ -176,6 +176,7 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
         await migrated.put_user_secret("S", "v")  # version 7's table
         assert await migrated.get_user_secret("S") == "v"
         assert [n for n, _ in await migrated.list_user_secrets()] == ["S"]
+        assert await migrated.claim_outbox("engine-1", 21.0, 10, 30.0) == []  # version 9's
         kept = KeptEvent("e1", "t", "other", {"d": 1}, 20.0, 9e9)  # version 2's table
         assert await migrated.publish("t", "other", 20.0, lambda s, a: {}, kept) == []
         assert await migrated.take_kept("t", "other", 21.0, waiting.id, "b", lambda e: e.data)
@@ -227,7 +228,7 @@ async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> Non
     await older.open()
     await older.close()
     again = open_store(db_url)
-    await again.open()  # no "needs N": the mark is still the latest
+    await again.open()  # no "needs ...": the mark is still the latest
     try:
         assert again.found_version == SCHEMA_VERSION
     finally:

@@ -114,6 +114,7 @@ async def test_a_failed_run_emails_its_addresses(db_url: str, smtp: tuple[Mailbo
     [(rcpt, message)] = box.messages
     assert rcpt == ["ops@example.com", "dev@example.com"]
     assert message["From"] == "legato@test.local"
+    assert message["Legato-Delivery"] == row.delivery_id and row.delivery_id
     assert run.info.id in message["Subject"] and "failed" in message["Subject"]
     body = message.get_payload(decode=True)
     assert isinstance(body, bytes) and b"the ledger does not balance" in body
@@ -160,6 +161,7 @@ async def test_webhooks_are_signed_and_retried(db_url: str) -> None:
 async def test_a_failing_notifier_leaves_the_run_alone_and_is_recorded(db_url: str) -> None:
     async with Engine.open(db_url) as engine:
         engine.notifier.backoff = 0.05
+        engine.notifier.tries = 3
         engine.notifier.smtp = None  # nowhere to send email
         hook = f"http://127.0.0.1:{closed_port()}/hook"  # nobody listens
         await engine.apply(

@@ -6,14 +6,26 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 import orjson
+import pytest
 
 from legato.client import AsyncClient
-from tests.integration.serverprocess import ServerProcess
+from tests.integration.serverprocess import ServerProcess, start_server
 from tests.integration.test_cli_remote import legato
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The module's server, giving up on a notification after 3 tries (0.5 s, then 1 s apart)."""
+    proc = start_server(
+        tmp_path_factory.mktemp("server"), "--max-body", "65536", env={"LEGATO_NOTIFY_TRIES": "3"}
+    )
+    yield proc
+    proc.stop()
 
 
 async def run_count(api: AsyncClient, workflow: str) -> int:

@@ -33,6 +33,7 @@ from legato.engine.http_executor import HttpExecutor
 from legato.engine.ids import new_run_id, result_key
 from legato.engine.lineage import LimitReached, RunFilter, RunLimits
 from legato.engine.notifier import Notifier
+from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.outcome import Outcome
 from legato.engine.python_executor import PythonExecutor
 from legato.engine.results import S3Results
@@ -264,7 +265,7 @@ class Engine:
         self._claim_now: asyncio.Event | None = None
         self.scheduler = Scheduler(self)
         self.egress = egress if isinstance(egress, EgressPolicy) else EgressPolicy.parse(egress)
-        self.notifier = Notifier(store, self.egress)
+        self.notifier = Notifier(store, clock, self.egress)
         self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
         self.secrets = SecretSource(store)
@@ -323,6 +324,7 @@ class Engine:
         await self.store.open()
         self.tokens = TaskTokens(await self.store.secret("callbacks"))
         self.notifier.secret = await self.store.secret("webhooks")
+        self.notifier.claimant = self.id
         for name, transport in self.transports.items():
             try:
                 await transport.connect()
@@ -341,6 +343,8 @@ class Engine:
         await self.store.listen(self._on_notice)
         if self.store.shared:
             self._watcher = asyncio.create_task(self._watch_forever(), name="legato-listen")
+        if self.worker or self.store.shared:  # a SQLite file's outbox is its worker's
+            self.notifier.start()
         if self.worker:
             while await self._claim_round() >= CLAIM_BATCH:
                 pass
@@ -1207,6 +1211,7 @@ class Engine:
             state.steps.update(decision.steps)
         if ended and state.info.parent is not None:
             decision.deliveries.append(_child_report(state.info))
+        decision.outbox = outgoing(active.wf.notify, decision, state.info, new_delivery_id)
         return decision, self._queue_decision(active, decision)
 
     def _queue_decision(self, active: _Active | None, decision: Decision) -> asyncio.Future[None]:
@@ -1247,24 +1252,12 @@ class Engine:
                         listener(decision)
                     except Exception:
                         log.exception("decision listener %r failed", listener)
-            self._notify(batch, lost)
+            if any(d.outbox for d in decisions):
+                self.notifier.wake()  # written with the batch; sent from the background
             for active in touched.values():
                 self._maybe_park(active)
             if self._queue:
                 self._wake.set()
-
-    def _notify(self, batch: list[tuple[_Active | None, Decision]], lost: frozenset[str]) -> None:
-        """Hand committed decisions to the notifier, which sends in the background."""
-        for holding, decision in batch:
-            if decision.run_id in lost:
-                continue
-            wf: Workflow | None = holding.wf if holding is not None else None
-            if wf is None and decision.run is not None:
-                wf = self._workflows.get((decision.workflow, decision.run.version))
-            if wf is None or not (wf.notify.email or wf.notify.webhooks):
-                continue
-            info = holding.state.info if holding is not None else None
-            self.notifier.on_committed(wf.notify, decision, info)
 
     def _committed(
         self,

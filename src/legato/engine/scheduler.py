@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from legato.engine.decider import decide
 from legato.engine.ids import scheduled_run_id
+from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.state import PENDING, RunInfo, RunState, Start
 from legato.errors import DefinitionError, NotFound
 from legato.model.fields import check_object
@@ -53,8 +54,11 @@ class Scheduler:
                 store_failed(log, exc, "scheduler pass failed; trying again shortly")
                 delay = POLL
             self.wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes as the
+            # event is set (a pause just before a stop), and the engine's close waited forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), max(0.01, min(POLL, delay)))
+                async with asyncio.timeout(max(0.01, min(POLL, delay))):
+                    await self.wake.wait()
 
     async def tick(self) -> float:
         """Fire every interval that is due; return the seconds until the next one may be."""
@@ -103,6 +107,8 @@ class Scheduler:
             )
             decision = decide(wf, RunState(info), Start(), now, random.random())
             decision.new_run = True
+            # A run that fails at once (its first step's template) is notified like any other.
+            decision.outbox = outgoing(wf.notify, decision, info, new_delivery_id)
             outcome = await store.fire_schedule(
                 wf.name, next_start, end, decision, schedule.max_active_runs, now
             )
@@ -110,5 +116,7 @@ class Scheduler:
                 break  # another process fired it, it was paused, or too many runs are active
             log.info("scheduled run %s of %s for %s", info.id, wf.name, start)
             engine.scheduled_run_started()
+            if decision.outbox:
+                engine.notifier.wake()
             next_start = end
         return schedule.next_fire(next_start)

@@ -268,12 +268,26 @@ class Delivery:
     event: dict[str, Any]  # an Event as inbox.encode makes it
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A notification to send, written to the outbox in the same transaction as the decision that
+    causes it, and delivered after the commit by whichever engine is alive (engine/outbox.py).
+    `delivery_id` stays the same across retries and redeliveries, for the receiver to dedupe."""
+
+    delivery_id: str
+    run_id: str
+    event: str  # "failure", "success" or "retry"
+    channel: str  # "email" or "webhook"
+    target: str  # the addresses (", "-joined), or the webhook's URL
+    payload: dict[str, Any]
+
+
 @dataclass(slots=True)
 class Decision:
     """The changes to commit (all or nothing) and the effects to carry out after the commit.
 
     The runtime adds the fields after `new_run`: the inbox rows the decision used up, the
-    deliveries it sends, and whether the engine lets go of the run with it (`release`: the run
+    deliveries it sends, the notifications it causes (`outbox`), and whether the engine lets go of the run with it (`release`: the run
     waits or has ended; `wake_at` is when it has something due, stored so any engine can claim it).
     """
 
@@ -288,6 +302,7 @@ class Decision:
     deliveries: list[Delivery] = field(default_factory=list)
     release: bool = False
     wake_at: float | None = None
+    outbox: list[Outgoing] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -296,4 +311,6 @@ class Decision:
     @property
     def writes(self) -> bool:
         """Anything for the store to do (an empty decision may still use up an inbox row)."""
-        return not self.empty or bool(self.consumed_inbox or self.deliveries or self.release)
+        return not self.empty or bool(
+            self.consumed_inbox or self.deliveries or self.release or self.outbox
+        )

@@ -208,6 +208,11 @@ SCHEMAS: dict[str, Any] = {
             "tries": {"type": "integer"},
             "error": {"type": "string", "nullable": True, "description": "The last try's."},
             "created_at": {"type": "string", "format": "date-time"},
+            "delivery_id": {
+                "type": "string",
+                "nullable": True,
+                "description": "Sent as `Legato-Delivery` on every try: receivers dedupe on it.",
+            },
         },
     },
     "Schedule": {

@@ -358,6 +358,7 @@ async def run_notifications(request: Request) -> Response:
                     "tries": r.tries,
                     "error": mask_text(r.error) if r.error else r.error,
                     "created_at": payloads.iso(r.created_at),
+                    "delivery_id": r.delivery_id,
                 }
                 for r in rows
             ]

@@ -29,6 +29,13 @@ from legato.model.service import Service
 from legato.store import access, postgres_lineage
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
+from legato.store.postgres_outbox import (
+    INSERT_NOTIFICATION,
+    INSERT_OUTBOX,
+    V9,
+    PostgresOutbox,
+    notification_params,
+)
 from legato.store.protocol import (
     Accept,
     Claimed,
@@ -136,6 +143,7 @@ MIGRATIONS: list[Migration] = [
     (5, postgres_lineage.V5),
     (7, V7),
     (8, access.POSTGRES_V8),
+    (9, V9),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
@@ -220,7 +228,7 @@ def _notices(notice: dict[str, Any], sender: str) -> list[str]:
     return payloads
 
 
-class PostgresStore:
+class PostgresStore(PostgresOutbox):
     shared = True  # many engines on many machines (see Store.shared)
 
     def __init__(self, url: str) -> None:
@@ -396,6 +404,8 @@ class PostgresStore:
             for run_id, event in rows.deliveries:
                 await conn.execute(_INBOX, run_id, event, None, now)
                 await conn.execute(_WAKE, now, run_id)
+            if rows.outbox:
+                await conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
             due = False
             for run, wake in rows.releases.items():
                 at = await conn.fetchval(_RELEASE + " RETURNING wake_at", wake, run, self.owner)
@@ -872,6 +882,8 @@ class PostgresStore:
                     await conn.executemany(_UPSERT_STEP, rows.steps)
                 if rows.attempts:
                     await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
+                if rows.outbox:  # a run that fails at once (its first step's template)
+                    await conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
                 await self._notify(conn, rows.notice(now))
             await conn.execute(
                 "UPDATE schedules SET next_start = $1, updated_at = $2 WHERE workflow = $3",
@@ -884,22 +896,11 @@ class PostgresStore:
     # -- notifications --------------------------------------------------------------------------
 
     async def record_notification(self, row: NotificationRow) -> None:
-        await self.pool.execute(
-            "INSERT INTO notifications (run_id, event, channel, target, ok, tries, error, "
-            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            row.run_id,
-            row.event,
-            row.channel,
-            row.target,
-            row.ok,
-            row.tries,
-            row.error,
-            row.created_at,
-        )
+        await self.pool.execute(INSERT_NOTIFICATION, *notification_params(row))
 
     async def list_notifications(self, run_id: str) -> list[NotificationRow]:
         rows = await self.pool.fetch(
-            "SELECT run_id, event, channel, target, ok, tries, error, created_at "
+            "SELECT run_id, event, channel, target, ok, tries, error, created_at, delivery_id "
             "FROM notifications WHERE run_id = $1 ORDER BY id",
             run_id,
         )

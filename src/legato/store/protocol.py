@@ -117,6 +117,24 @@ class NotificationRow:
     tries: int
     error: str | None
     created_at: float
+    delivery_id: str | None = None  # the outbox row's (the `Legato-Delivery` header)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A notification claimed from the outbox: `attempts` counts this try (a try cut short by a
+    crash counts too); `error` is the previous try's."""
+
+    id: int
+    delivery_id: str
+    run_id: str
+    event: str
+    channel: str
+    target: str
+    payload: dict[str, Any]
+    attempts: int
+    error: str | None
+    created_at: float
 
 
 class Store(Protocol):
@@ -344,6 +362,29 @@ class Store(Protocol):
         self, since: float | None, token: str | None, before: int | None, limit: int
     ) -> list[AuditRow]:
         """Newest first, ids below `before`."""
+
+    async def claim_outbox(
+        self, claimant: str, now: float, limit: int, lease: float
+    ) -> list[OutboxItem]:
+        """Claim up to `limit` outbox rows that are due (new, due again after a failed try, or
+        whose claim's lease ran out; on SQLite also any another claimant holds: a dead
+        process's) for `lease` seconds, counting a try for each (SKIP LOCKED on PostgreSQL)."""
+
+    async def settle_outbox(
+        self,
+        item_id: int,
+        claimant: str,
+        *,
+        retry_at: float | None = None,
+        error: str | None = None,
+        record: NotificationRow | None = None,
+    ) -> bool:
+        """What became of a claimed row, if `claimant` still holds it: with `record` it is done
+        (delivered, or given up), leaves the outbox and `record` joins the notifications in one
+        transaction; else it is due again at `retry_at`. False when another claimant holds it."""
+
+    async def next_outbox(self) -> float | None:
+        """When the earliest outbox row is due (None: the outbox is empty)."""
 
 
 def open_store(url: str, *, migrate: bool = False) -> Store:

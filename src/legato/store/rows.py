@@ -62,6 +62,12 @@ class BatchRows:
         ]
         self.inbox_done = [(i,) for d in decisions for i in d.consumed_inbox]
         self.deliveries = [(x.run_id, dump(x.event)) for d in decisions for x in d.deliveries]
+        # Notifications the batch causes (engine/outbox.py): the backend adds next_at, created_at.
+        self.outbox = [
+            (o.delivery_id, o.run_id, o.event, o.channel, o.target, dump(o.payload))
+            for d in decisions
+            for o in d.outbox
+        ]
         # Released with their next due time: runs that only wait (an ended run's own update
         # releases it).
         self.releases: dict[str, float | None] = {}

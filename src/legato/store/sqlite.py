@@ -52,6 +52,13 @@ from legato.store.rows import (
     step_state,
     workflow_record,
 )
+from legato.store.sqlite_outbox import (
+    INSERT_NOTIFICATION,
+    INSERT_OUTBOX,
+    V9,
+    SQLiteOutbox,
+    notification_params,
+)
 
 T = TypeVar("T")
 
@@ -135,6 +142,7 @@ MIGRATIONS: list[Migration] = [
     (5, sqlite_lineage.V5),
     (7, V7),
     (8, access.SQLITE_V8),
+    (9, V9),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -205,7 +213,7 @@ def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteOutbox):
     shared = False  # one engine per file (see Store.shared)
 
     def __init__(self, url: str) -> None:
@@ -380,6 +388,8 @@ class SQLiteStore:
         for run_id, event in rows.deliveries:
             conn.execute(_INBOX, (run_id, event, None, now))
             conn.execute(_WAKE, (now, run_id))
+        if rows.outbox:
+            conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
         due = False
         for run, wake in rows.releases.items():
             for (at,) in conn.execute(_RELEASE + " RETURNING wake_at", (wake, run, self.owner)):
@@ -869,30 +879,16 @@ class SQLiteStore:
     # -- notifications --------------------------------------------------------------------------
 
     async def record_notification(self, row: NotificationRow) -> None:
-        await self._call(
-            self._execute,
-            "INSERT INTO notifications (run_id, event, channel, target, ok, tries, error, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.run_id,
-                row.event,
-                row.channel,
-                row.target,
-                int(row.ok),
-                row.tries,
-                row.error,
-                row.created_at,
-            ),
-        )
+        await self._call(self._execute, INSERT_NOTIFICATION, notification_params(row))
 
     async def list_notifications(self, run_id: str) -> list[NotificationRow]:
         rows = await self._call(
             self._fetch,
-            "SELECT run_id, event, channel, target, ok, tries, error, created_at "
+            "SELECT run_id, event, channel, target, ok, tries, error, created_at, delivery_id "
             "FROM notifications WHERE run_id = ? ORDER BY id",
             (run_id,),
         )
-        return [NotificationRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]
+        return [NotificationRow(r[0], r[1], r[2], r[3], bool(r[4]), *r[5:]) for r in rows]
 
     # -- sessions and the audit log (see access.py) ---------------------------------------------
 
