@@ -14,6 +14,7 @@ from legato.engine.state import Decision, RunInfo, StepState
 from legato.errors import LegatoError
 from legato.store.jsontext import dump_json as dump
 from legato.store.protocol import KeptEvent, Store, open_store
+from legato.store.sqlite import SCHEMA_VERSION
 
 
 async def schema_of(store: Store) -> Any:
@@ -120,7 +121,8 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
 
     refused = open_store(db_url)
     with pytest.raises(
-        LegatoError, match="has schema version 1; this Legato needs 4: run `legato migrate"
+        LegatoError,
+        match=f"has schema version 1; this Legato needs {SCHEMA_VERSION}: run `legato migrate",
     ):
         await refused.open()
 
@@ -128,7 +130,7 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
     migrated.owner = "engine-1"
     await migrated.open()
     try:
-        assert (migrated.found_version, migrated.version) == (1, 4)
+        assert (migrated.found_version, migrated.version) == (1, SCHEMA_VERSION)
         state = await migrated.get_run(run.id)
         assert state is not None and state.info == run and state.steps == {"a": step}
         child = await migrated.get_run("3" * 32)
@@ -154,7 +156,7 @@ async def test_an_old_database_is_refused_then_migrated_with_its_runs_intact(
         fresh = open_store(other_db(db_url, tmp_path))
         await fresh.open()
         try:
-            assert (fresh.found_version, fresh.version) == (0, 4)
+            assert (fresh.found_version, fresh.version) == (0, SCHEMA_VERSION)
             assert await schema_of(fresh) == await schema_of(migrated)
         finally:
             await fresh.close()
@@ -183,11 +185,10 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
     first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and first.stdout.strip() == "schema version none -> 4", (
-        first.stderr
-    )
+    done = f"schema version none -> {SCHEMA_VERSION}"
+    assert first.returncode == 0 and first.stdout.strip() == done, first.stderr
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert again.stdout.strip() == "schema version 4: up to date"
+    assert again.stdout.strip() == f"schema version {SCHEMA_VERSION}: up to date"
 
 
 async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> None:
@@ -199,9 +200,9 @@ async def test_an_older_legato_never_lowers_the_version_mark(db_url: str) -> Non
     await older.open()
     await older.close()
     again = open_store(db_url)
-    await again.open()  # no "needs 4": the mark is still 4
+    await again.open()  # no "needs" the latest: the mark is still the latest
     try:
-        assert again.found_version == 4
+        assert again.found_version == SCHEMA_VERSION
     finally:
         await again.close()
 

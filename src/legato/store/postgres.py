@@ -24,6 +24,7 @@ import orjson
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
+from legato.store import starts
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
     Accept,
@@ -119,7 +120,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
-MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4)]
+# Version 6: Idempotency-Keys of run starts (see starts.py).
+MIGRATIONS: list[Migration] = [(1, V1), (2, V2), (3, V3), (4, V4), (6, starts.POSTGRES_SCHEMA)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
 INSERT INTO runs (id, workflow, version, status, input, output, error, created_at, started_at,
@@ -778,6 +780,15 @@ class PostgresStore:
                 workflow,
             )
             return "fired"
+
+    async def start_once(
+        self, decision: Decision, key: starts.StartKey | None, now: float
+    ) -> starts.StartOutcome:
+        return await starts.postgres_start_once(self, decision, key, now)
+
+    async def purge_start_keys(self, now: float) -> int:
+        done = await self.pool.execute(starts.purge_sql("$1"), now)
+        return int(done.split()[-1])
 
     # -- notifications --------------------------------------------------------------------------
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
+
+if TYPE_CHECKING:
+    from legato.store.starts import StartKey, StartOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +284,16 @@ class Store(Protocol):
         worker to claim; skipped if its id exists) and move the schedule on to `following`.
         Returns "fired", "moved" (another process fired it, or it was paused) or "busy"
         (`max_active` runs of the workflow are active: nothing changes)."""
+
+    async def start_once(
+        self, decision: Decision, key: StartKey | None, now: float
+    ) -> StartOutcome:
+        """Commit `decision` (a new run, for any worker to claim) unless `key` (unexpired) names a
+        run already or a run with its id exists: then that run, and nothing is written. The key is
+        recorded in the run's transaction; concurrent starts with one key make one run."""
+
+    async def purge_start_keys(self, now: float) -> int:
+        """Delete the Idempotency-Keys expired by `now`; how many."""
 
     async def record_notification(self, row: NotificationRow) -> None: ...
 
