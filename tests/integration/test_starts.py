@@ -244,3 +244,18 @@ async def test_api_burst_on_postgresql(
     finally:
         one.stop()
         two.stop()
+
+
+async def test_api_key_lifetime_is_configurable(tmp_path: Path, service: LoopbackService) -> None:
+    server = start_server(tmp_path, "--idempotency-ttl", "1s")
+    try:
+        await _setup(server.url, service)
+        key = {"Idempotency-Key": "short-lived"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            first = await http.post("/api/workflows/once/runs", json={}, headers=key)
+            await asyncio.sleep(1.2)
+            second = await http.post("/api/workflows/once/runs", json={}, headers=key)
+        assert first.status_code == second.status_code == 202
+        assert first.json()["id"] != second.json()["id"]
+    finally:
+        server.stop()

@@ -19,8 +19,11 @@ import uvicorn
 
 from legato.engine.results import S3Results
 from legato.engine.runtime import DEFAULT_LEASE, Engine
+from legato.engine.starts import DEFAULT_TTL
 from legato.errors import LegatoError
+from legato.server import connections
 from legato.server.app import DEFAULT_MAX_BODY, create_app
+from legato.server.connections import DEFAULT_HEADER_TIMEOUT
 
 log = logging.getLogger("legato.server")
 
@@ -141,6 +144,8 @@ def build_server(
     migrate: bool = False,
     role: str = "all",
     lease: float = DEFAULT_LEASE,
+    idempotency_ttl: float = DEFAULT_TTL,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`.
 
@@ -156,6 +161,7 @@ def build_server(
     )
     if event_retention is not None:
         engine.event_retention = event_retention
+    engine.starts.ttl = idempotency_ttl
     if s3_endpoint:
         engine.results = S3Results(s3_endpoint)
     for name, url in transports:
@@ -174,7 +180,7 @@ def build_server(
         app,
         host=host,
         port=port,
-        http="httptools",
+        http=connections.protocol(header_timeout),
         lifespan="off",
         log_level=log_level,
         access_log=False,
