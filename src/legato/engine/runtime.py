@@ -299,7 +299,14 @@ class Engine:
                     f"cannot connect transport {name!r} ({transport.url}): {exc}"
                 ) from exc
         for name, destination in self._subscriptions:
-            await self.transports[name].subscribe(destination, self._on_message)
+            transport = self.transports[name]
+            try:
+                await transport.subscribe(destination, self._on_message)
+            except Exception as exc:  # the broker's refusal, not the database's
+                raise LegatoError(
+                    f"cannot subscribe to {destination!r} on transport {name!r} "
+                    f"({transport.url}): {type(exc).__name__}: {exc}"
+                ) from exc
         self._wake = asyncio.Event()
         self._claim_now = asyncio.Event()
         self._batch = asyncio.get_running_loop().create_future()
