@@ -225,8 +225,14 @@ class _Verbs(Generic[R]):
     def unpause(self, workflow: str) -> R:
         return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/unpause"))
 
-    def send_event(self, workflow: str, data: dict[str, Any]) -> R:
-        return self._send(_Request("POST", f"/e/{_q(workflow)}", json={"data": data}))
+    def send_event(
+        self, workflow: str, data: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> R:
+        return self._send(
+            _Request(
+                "POST", f"/e/{_q(workflow)}", json={"data": data}, headers=_key(idempotency_key)
+            )
+        )
 
     def runs(
         self,
