@@ -15,10 +15,12 @@ import httpx
 import pytest
 
 from legato import Engine
+from legato.client import ApiConflict, AsyncClient
 from legato.engine.ids import new_run_id
 from legato.engine.starts import KeyReused, Once
 from legato.errors import Conflict
 from tests.integration.serverprocess import ServerProcess, start_server
+from tests.integration.test_cli_remote import legato
 from tests.integration.testservice import LoopbackService
 
 ECHO = {
@@ -259,3 +261,30 @@ async def test_api_key_lifetime_is_configurable(tmp_path: Path, service: Loopbac
         assert first.json()["id"] != second.json()["id"]
     finally:
         server.stop()
+
+
+async def test_cli_and_client_start_once(server: ServerProcess, service: LoopbackService) -> None:
+    await _setup(server.url, service)
+    args = ("start", "once", "--input", '{"n": 7}', "--idempotency-key", "cli-1")
+    code, first, err = await legato(server, *args)
+    assert code == 0, err
+    code, again, err = await legato(server, *args)
+    assert code == 0 and again == first
+    run_id = new_run_id()
+    code, out, err = await legato(server, "start", "once-slow", "--id", run_id)
+    assert code == 0 and out.strip() == run_id
+    code, out, err = await legato(server, "start", "once-slow", "--id", run_id)
+    assert code == 2 and run_id in err
+    code, one, err = await legato(server, "trigger", "once-trigger", "--idempotency-key", "t-1")
+    code, two, err = await legato(server, "trigger", "once-trigger", "--idempotency-key", "t-1")
+    assert one == two and len(one.strip()) == 32
+    async with AsyncClient(server.url) as client:
+        a = await client.start("once", {"n": 8}, idempotency_key="client-1")
+        b = await client.start("once", {"n": 8}, idempotency_key="client-1")
+        assert a["id"] == b["id"]
+        with pytest.raises(ApiConflict, match="has not ended"):
+            await client.start("once-slow", run_id=run_id)
+        e1 = await client.send_event("once", {"n": 9}, idempotency_key="client-e")
+        e2 = await client.send_event("once", {"n": 9}, idempotency_key="client-e")
+        assert e1["event_id"] == e2["event_id"]
+        await client.cancel(run_id)
