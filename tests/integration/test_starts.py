@@ -269,15 +269,15 @@ async def test_cli_and_client_start_once(server: ServerProcess, service: Loopbac
     code, first, err = await legato(server, *args)
     assert code == 0, err
     code, again, err = await legato(server, *args)
-    assert code == 0 and again == first
+    assert code == 0 and again == first, (first, again, err)
     run_id = new_run_id()
     code, out, err = await legato(server, "start", "once-slow", "--id", run_id)
-    assert code == 0 and out.strip() == run_id
+    assert code == 0 and out.strip() == run_id, (out, err)
     code, out, err = await legato(server, "start", "once-slow", "--id", run_id)
-    assert code == 2 and run_id in err
+    assert code == 2 and run_id in err, (code, out, err)
     code, one, err = await legato(server, "trigger", "once-trigger", "--idempotency-key", "t-1")
     code, two, err = await legato(server, "trigger", "once-trigger", "--idempotency-key", "t-1")
-    assert one == two and len(one.strip()) == 32
+    assert one == two and len(one.strip()) == 32, (one, two, err)
     async with AsyncClient(server.url) as client:
         a = await client.start("once", {"n": 8}, idempotency_key="client-1")
         b = await client.start("once", {"n": 8}, idempotency_key="client-1")
