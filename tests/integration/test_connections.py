@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -80,3 +81,15 @@ def test_a_request_that_waits_longer_than_the_timeout_is_answered(guarded: Serve
         sock.sendall(request)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     assert time.monotonic() - began > 1.5
+
+
+def test_headers_past_the_size_limit_are_refused(guarded: ServerProcess) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(70):  # just past the limit: the server reads it all before it answers
+            sock.sendall(b"X-Pad: " + b"a" * 1000 + b"\r\n")
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
