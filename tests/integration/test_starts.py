@@ -28,10 +28,7 @@ ECHO = {
     "inputs": [{"name": "n", "type": "integer", "required": False}],
     "steps": {"a": {"http": {"service": "svc", "path": "/echo", "json": {"n": "{{ input.n }}"}}}},
 }
-SLOW = {
-    "name": "once-slow",
-    "steps": {"nap": {"http": {"service": "svc", "path": "/slow", "query": {"delay": "30"}}}},
-}
+SLOW = {"name": "once-slow", "steps": {"nap": {"wait": "10m"}}}  # live until cancelled
 FAILS = {"name": "fails-fast", "steps": {"a": {"http": {"service": "svc", "path": "/status/500"}}}}
 
 
