@@ -117,6 +117,10 @@ def _q(segment: str) -> str:
     return quote(segment, safe="")
 
 
+def _key(idempotency_key: str | None) -> dict[str, str]:
+    return {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+
+
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -190,23 +194,41 @@ class _Verbs(Generic[R]):
         *,
         version: int | None = None,
         wait: float | None = None,
+        idempotency_key: str | None = None,
+        run_id: str | None = None,
     ) -> R:
-        """Start a run; with `wait`, answer when it ends (or after `wait` seconds) with the whole run."""
-        body = _params(input=input or {}, version=version)
+        """Start a run; with `wait`, answer when it ends (or after `wait` seconds) with the whole run.
+
+        Sent again with the same `idempotency_key` (and the same arguments), it answers the run the
+        first start made instead of making another: retrying a start that timed out is safe.
+        `run_id` (32 lowercase hex digits) names the run; a second start with it is a Conflict."""
+        body = _params(input=input or {}, version=version, id=run_id)
         return self._send(
             _Request(
                 "POST",
                 f"/api/workflows/{_q(workflow)}/runs",
                 json=body,
                 params=_params(wait=wait),
+                headers=_key(idempotency_key),
                 timeout=wait,
             )
         )
 
-    def trigger(self, workflow: str, conf: dict[str, Any] | None = None) -> R:
+    def trigger(
+        self,
+        workflow: str,
+        conf: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> R:
         """Start a run by hand; `conf` is its input."""
         return self._send(
-            _Request("POST", f"/api/workflows/{_q(workflow)}/trigger", json={"conf": conf or {}})
+            _Request(
+                "POST",
+                f"/api/workflows/{_q(workflow)}/trigger",
+                json={"conf": conf or {}},
+                headers=_key(idempotency_key),
+            )
         )
 
     def tags(self) -> R:
@@ -223,8 +245,14 @@ class _Verbs(Generic[R]):
     def unpause(self, workflow: str) -> R:
         return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/unpause"))
 
-    def send_event(self, workflow: str, data: dict[str, Any]) -> R:
-        return self._send(_Request("POST", f"/e/{_q(workflow)}", json={"data": data}))
+    def send_event(
+        self, workflow: str, data: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> R:
+        return self._send(
+            _Request(
+                "POST", f"/e/{_q(workflow)}", json={"data": data}, headers=_key(idempotency_key)
+            )
+        )
 
     def runs(
         self,

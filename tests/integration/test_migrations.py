@@ -212,9 +212,8 @@ def test_legato_migrate_reports_the_versions(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'm.db'}"
     legato = [sys.executable, "-m", "legato.cli", "migrate", "--db", db]
     first = subprocess.run(legato, capture_output=True, text=True, timeout=60)
-    assert (
-        first.returncode == 0 and first.stdout.strip() == f"schema version none -> {SCHEMA_VERSION}"
-    ), first.stderr
+    done = f"schema version none -> {SCHEMA_VERSION}"
+    assert first.returncode == 0 and first.stdout.strip() == done, first.stderr
     again = subprocess.run(legato, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == f"schema version {SCHEMA_VERSION}: up to date"
 

@@ -177,6 +177,10 @@ def _wait(client: Client, run_id: str, timeout: float | None) -> dict[str, Any]:
 @click.option("--version", type=int, help="Pin a version (the latest by default).")
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print it.")
 @click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
+@click.option("--id", "run_id", help="The run's id (32 lowercase hex digits); used once.")
+@click.option(
+    "--idempotency-key", help="Starting again with this key (and input) answers the same run."
+)
 @remote
 def start(
     client: Client,
@@ -185,13 +189,21 @@ def start(
     version: int | None,
     wait: bool,
     timeout: float | None,
+    run_id: str | None,
+    idempotency_key: str | None,
 ) -> None:
     """Start a run of WORKFLOW; prints its id, or with --wait the finished run.
 
     With --wait the exit code is 0 if the run succeeded, 1 if it failed or was cancelled, and 3 if it
     was still going when --timeout passed.
     """
-    started = client.start(workflow, parse_input(input_text), version=version)
+    started = client.start(
+        workflow,
+        parse_input(input_text),
+        version=version,
+        run_id=run_id,
+        idempotency_key=idempotency_key,
+    )
     if not wait:
         click.echo(started["id"])
         return
@@ -205,10 +217,16 @@ def start(
 @click.option(
     "--conf", "conf_text", help="The run's configuration (its input): JSON, or @file.json."
 )
+@click.option(
+    "--idempotency-key", help="Triggering again with this key (and conf) answers the same run."
+)
 @remote
-def trigger(client: Client, workflow: str, conf_text: str | None) -> None:
+def trigger(
+    client: Client, workflow: str, conf_text: str | None, idempotency_key: str | None
+) -> None:
     """Trigger a run of WORKFLOW by hand; prints its id."""
-    click.echo(client.trigger(workflow, parse_input(conf_text))["id"])
+    run = client.trigger(workflow, parse_input(conf_text), idempotency_key=idempotency_key)
+    click.echo(run["id"])
 
 
 @main.command()

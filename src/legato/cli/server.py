@@ -232,6 +232,21 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     is_flag=True,
     help="Run no steps: `legato worker` processes sharing the (PostgreSQL) database run them.",
 )
+@click.option(
+    "--idempotency-ttl",
+    default="24h",
+    show_default=True,
+    envvar="LEGATO_IDEMPOTENCY_TTL",
+    callback=_duration,
+    help="How long a start's Idempotency-Key answers the run it made.",
+)
+@click.option(
+    "--header-timeout",
+    default="10s",
+    show_default=True,
+    callback=_duration,
+    help="Close a connection that has not sent a request's headers this long after it began.",
+)
 @_engine_options
 def serve(
     db: str,

@@ -44,6 +44,7 @@ from legato.engine.secret_source import (
     poll_templates,
     resolve_request,
 )
+from legato.engine.starts import Once, Starts
 from legato.engine.state import (
     CANCELLED,
     FAILED,
@@ -265,6 +266,7 @@ class Engine:
         self._claim_now: asyncio.Event | None = None
         self.scheduler = Scheduler(self)
         self.egress = egress if isinstance(egress, EgressPolicy) else EgressPolicy.parse(egress)
+        self.starts = Starts(self)  # Idempotency-Keys and callers' run ids
         self.notifier = Notifier(store, clock, self.egress)
         self._scheduling: asyncio.Task[None] | None = None
         self._sleep_until = 0.0  # when the claimer will look next, unless woken
@@ -333,7 +335,14 @@ class Engine:
                     f"cannot connect transport {name!r} ({transport.url}): {exc}"
                 ) from exc
         for name, destination in self._subscriptions:
-            await self.transports[name].subscribe(destination, self._on_message)
+            transport = self.transports[name]
+            try:
+                await transport.subscribe(destination, self._on_message)
+            except Exception as exc:  # the broker's refusal, not the database's
+                raise LegatoError(
+                    f"cannot subscribe to {destination!r} on transport {name!r} "
+                    f"({transport.url}): {type(exc).__name__}: {exc}"
+                ) from exc
         self._wake = asyncio.Event()
         self._claim_now = asyncio.Event()
         self._batch = asyncio.get_running_loop().create_future()
@@ -520,7 +529,9 @@ class Engine:
                 found.setdefault(str(tag), []).append(record.name)
         return {tag: sorted(names) for tag, names in sorted(found.items())}
 
-    async def trigger(self, workflow: str, conf: dict[str, Any] | None = None) -> str:
+    async def trigger(
+        self, workflow: str, conf: dict[str, Any] | None = None, once: Once | None = None
+    ) -> str:
         """Start a run by hand with `conf` as its input (checked like any input). A scheduled
         workflow's run also gets `input.schedule`, as its templates expect, with an empty
         interval at now and `manual: true`."""
@@ -529,7 +540,7 @@ class Engine:
         if wf.schedule is not None:
             now = self.clock()
             extra = {"schedule": {**interval_context(now, now), "manual": True}}
-        return await self.start_run(workflow, conf, extra=extra)
+        return await self.start_run(workflow, conf, extra=extra, once=once)
 
     async def pause_schedule(self, workflow: str, paused: bool) -> None:
         """Pause (no interval runs; they are caught up on unpause if the workflow has catchup) or
@@ -539,6 +550,20 @@ class Engine:
         ):
             raise NotFound(f"workflow {workflow!r} has no schedule")
         self.scheduler.wake.set()
+
+    def started_elsewhere(self, decision: Decision) -> None:
+        """A new run was committed outside the commit loop, held by nobody: tell whoever listens
+        and claim it now."""
+        for listener in self._listeners:
+            try:
+                listener(decision)
+            except Exception:
+                log.exception("decision listener %r failed", listener)
+        if decision.outbox:
+            self.notifier.wake()
+        if decision.run is not None and decision.run.done:
+            self._ended(decision.run_id)
+        self._claim_soon()
 
     def scheduled_run_started(self) -> None:
         """The scheduler committed a new run, held by nobody: claim it now."""
@@ -608,10 +633,12 @@ class Engine:
         run_id: str | None = None,
         parent: tuple[str, str, int] | None = None,
         extra: dict[str, Any] | None = None,
+        once: Once | None = None,
     ) -> str:
         """Validate the input, commit the new run with its first steps, and return its id.
         (`run_id` and `parent` are for sub-workflows: their parent's attempt fixes the id, and
-        the parent hears of the run's end. `extra` joins the input after it was checked.)"""
+        the parent hears of the run's end. `extra` joins the input after it was checked. `once`:
+        a start with an Idempotency-Key or a caller's `run_id`, see engine/starts.py.)"""
         wf, found = await self.workflow_version(workflow, version)
         data, problems = check_object(wf.inputs, {} if input is None else input, "input")
         if problems:
@@ -631,6 +658,8 @@ class Engine:
             created_at=self.clock(),
             parent=parent,
         )
+        if once is not None:
+            return await self.starts.start(wf, info, once)
         active = _Active(RunState(info), wf)
         if parent is not None:
             await trees.start_child(self, active)
@@ -763,15 +792,16 @@ class Engine:
             raise Conflict(
                 f"run {run_id} {result.target.run_status}; only failed or cancelled runs retry"
             )
-        await self._settle(run_id, RETRIES)
+        await self._settle(run_id, inbox.encode(Retry()))
 
-    async def _settle(self, run_id: str, leaving: Collection[str], timeout: float = 5.0) -> bool:
-        """Wait (briefly) until an engine has applied what was sent and committed it: the run's
-        stored status is no longer one of `leaving`. Answers say what happened, not what is
-        queued."""
+    async def _settle(self, run_id: str, sent: dict[str, Any], timeout: float = 5.0) -> bool:
+        """Wait (briefly) until an engine has applied what was sent and committed it: it has left
+        the run's inbox (its row goes in the commit that applied it). Answers say what happened,
+        not what is queued. Not the run's status: a retried run that fails again at once is back
+        where it was, and waiting for it to leave that status took the whole timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._draining:
-            if await self.store.run_status(run_id) not in leaving:
+            if not any(row.event == sent for row in await self.store.inbox([run_id])):
                 return True
             await asyncio.sleep(0.01)
         return False

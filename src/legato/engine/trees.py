@@ -13,6 +13,7 @@ import orjson
 from legato.engine import inbox, lineage
 from legato.engine.decider import decide
 from legato.engine.lineage import LimitReached, RunFilter
+from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.state import ACTIVE_RUN, CANCELLED, Cancel, Retry, RunInfo, Start
 from legato.errors import Conflict, NotFound
 
@@ -37,6 +38,7 @@ async def start_child(engine: Engine, active: _Active) -> None:
         log.exception("deciding the start of run %s failed", info.id)
         decision = _broken(active.state, exc, now)
     decision.new_run = True
+    decision.outbox = outgoing(active.wf.notify, decision, info, new_delivery_id)
     if decision.run is not None and decision.run.done:
         decision.deliveries.append(_child_report(decision.run))
     outcome, root = await engine.store.start_child(decision, info.parent[0], engine.limits)
@@ -50,6 +52,8 @@ async def start_child(engine: Engine, active: _Active) -> None:
         except Exception:
             log.exception("decision listener %r failed", listener)
     engine._arrived([d.run_id for d in decision.deliveries])
+    if decision.outbox:
+        engine.notifier.wake()
     engine._claim_soon()
 
 

@@ -93,6 +93,14 @@ WAIT = _query(
     "Answer when the run ends or after this many seconds, with the whole run.",
     {"type": "number", "minimum": 0, "maximum": 3600},
 )
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "The same key and request (within 24 h by default) answer the run the first "
+    "made; another request with it is a 422. Per workflow; 1-255 printable ASCII characters.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 NAME = _path_param("name", "A workflow's name.")
 RUN_ID = _path_param("run_id", "A run's id (32 hex digits).")
 SERVICE = _path_param("name", "A service's name.")
@@ -186,6 +194,12 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "input": ANY_OBJECT,
             "version": {"type": "integer", "minimum": 1, "description": "Pin a version."},
+            "id": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{32}$",
+                "description": "The run's id, chosen by the caller; a second start with it is a "
+                "409 (live or ended).",
+            },
         },
     },
     "Trigger": {
@@ -630,10 +644,10 @@ def build() -> dict[str, Any]:
                 {
                     "202": _ok("Started (or still running after `wait`).", _ref("Started")),
                     "200": _ok("Ended within `wait`.", _ref("Run")),
-                    "409": _error("The stored version cannot be built."),
+                    "409": _error("The stored version cannot be built, or a run has this `id`."),
                 },
                 tag="runs",
-                params=[NAME, WAIT],
+                params=[NAME, WAIT, IDEMPOTENCY_KEY],
                 body=_json_body(_ref("StartRun"), required=False),
                 errors=("400", "401", "404", "413", "415", "422"),
             ),
@@ -647,7 +661,7 @@ def build() -> dict[str, Any]:
                     "409": _error("The stored version cannot be built."),
                 },
                 tag="runs",
-                params=[NAME],
+                params=[NAME, IDEMPOTENCY_KEY],
                 body=_json_body(_ref("Trigger"), required=False),
                 errors=("400", "401", "404", "413", "415", "422"),
             ),
@@ -721,7 +735,7 @@ def build() -> dict[str, Any]:
                 "Event form: start the workflow with the event's data as input.",
                 {"202": _ok("Accepted; event_id is the run's id.", _ref("EventAck"))},
                 tag="runs",
-                params=[_path_param("workflow", "A workflow's name.")],
+                params=[_path_param("workflow", "A workflow's name."), IDEMPOTENCY_KEY],
                 body=_json_body(_ref("Event")),
                 errors=("400", "401", "404", "413", "415", "422"),
             ),

@@ -16,14 +16,15 @@ from starlette.responses import Response
 
 from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
+from legato.engine.starts import KeyReused, Once
 from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
-from legato.errors import DefinitionError, NotFound
+from legato.errors import Conflict, DefinitionError, NotFound
 from legato.masking import mask_service, mask_text
 from legato.model.build import TAG, WORKFLOW_NAME
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
 from legato.model.service import Service
-from legato.server import bodies, payloads
+from legato.server import bodies, once, payloads
 from legato.server.errors import ApiError, json_response
 from legato.server.metrics import CONTENT_TYPE, Metrics
 
@@ -282,10 +283,23 @@ def _refuse_while_draining(engine: Engine) -> None:
         raise ApiError(503, "the server is shutting down; try again shortly", "", "draining")
 
 
-async def _start(ctx: Context, workflow: str, data: dict[str, Any], version: int | None) -> str:
+async def _start(
+    ctx: Context,
+    workflow: str,
+    data: dict[str, Any],
+    version: int | None,
+    started: Once | None = None,
+) -> str:
     _refuse_while_draining(ctx.engine)
     try:
-        return await ctx.engine.start_run(workflow, data, version=version)
+        run_id = None if started is None else started.run_id
+        return await ctx.engine.start_run(
+            workflow, data, version=version, run_id=run_id, once=started
+        )
+    except KeyReused as exc:
+        raise ApiError(422, str(exc), once.HEADER) from None
+    except Conflict as exc:  # the caller's run id is taken
+        raise ApiError(409, str(exc), "id") from None
     except NotFound as exc:
         raise ApiError(404, str(exc), "workflow" if version is None else "version") from None
     except DefinitionError as exc:  # a stored version that no longer builds (e.g. a lost function)
@@ -296,8 +310,9 @@ async def start_run(request: Request) -> Response:
     ctx = _ctx(request)
     wait = bodies.query_seconds(request, "wait", MAX_WAIT)
     body = await bodies.json_object(request, ctx.max_body, required=False)
-    bodies.only_fields(body, ("input", "version"))
+    bodies.only_fields(body, ("input", "version", "id"))
     data = bodies.object_field(body, "input")
+    started = once.once(request, "runs", body, body.get("id"))
     raw_version = body.get("version")
     if raw_version is not None and (
         not isinstance(raw_version, int)
@@ -305,13 +320,15 @@ async def start_run(request: Request) -> Response:
         or not 0 < raw_version < MAX_VERSION
     ):
         raise ApiError(422, f"must be an integer from 1 to {MAX_VERSION - 1}", "version")
-    run_id = await _start(ctx, request.path_params["name"], data, raw_version)
-    headers = {"Location": f"/api/runs/{run_id}"}
+    run_id = await _start(ctx, request.path_params["name"], data, raw_version, started)
+    headers = once.headers(run_id, started)
     if wait is not None:
         await ctx.engine.wait_ended(run_id, wait)
         detail = await _detail(ctx.engine, await ctx.engine.get_run(run_id))
         return json_response(detail, 202 if detail["status"] in ACTIVE_RUN else 200, headers)
     live = ctx.engine.live_run(run_id)
+    if live is None and started is not None and started.replayed:
+        live = await ctx.engine.get_run(run_id)
     created = live.info.created_at if live is not None else time.time()
     status = live.info.status if live is not None else "pending"
     return json_response(
@@ -326,9 +343,12 @@ async def trigger_run(request: Request) -> Response:
     body = await bodies.json_object(request, ctx.max_body, required=False)
     bodies.only_fields(body, ("conf",))
     conf = bodies.object_field(body, "conf")
+    started = once.once(request, "trigger", body)
     _refuse_while_draining(ctx.engine)
     try:
-        run_id = await ctx.engine.trigger(request.path_params["name"], conf)
+        run_id = await ctx.engine.trigger(request.path_params["name"], conf, started)
+    except KeyReused as exc:
+        raise ApiError(422, str(exc), once.HEADER) from None
     except NotFound as exc:
         raise ApiError(404, str(exc), "name") from None
     except DefinitionError as exc:
@@ -336,7 +356,7 @@ async def trigger_run(request: Request) -> Response:
     return json_response(
         {"id": run_id, "status": "pending", "created_at": payloads.iso(time.time())},
         202,
-        {"Location": f"/api/runs/{run_id}"},
+        once.headers(run_id, started),
     )
 
 
@@ -407,11 +427,12 @@ async def event(request: Request) -> Response:
     body = await bodies.json_object(request, ctx.max_body)
     bodies.only_fields(body, ("data",))
     data = bodies.object_field(body, "data")
-    run_id = await _start(ctx, request.path_params["workflow"], data, None)
+    started = once.once(request, "event", body)
+    run_id = await _start(ctx, request.path_params["workflow"], data, None, started)
     return json_response(
         {"event_id": run_id, "ack_date": payloads.iso(time.time()), "status": "accepted"},
         202,
-        {"Location": f"/api/runs/{run_id}"},
+        once.headers(run_id, started),
     )
 
 

@@ -21,10 +21,13 @@ from legato.engine.egress import EgressPolicy
 from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS, RunLimits
 from legato.engine.results import S3Results
 from legato.engine.runtime import DEFAULT_LEASE, Engine
+from legato.engine.starts import DEFAULT_TTL
 from legato.errors import LegatoError
 from legato.masking import mask_url
+from legato.server import connections
 from legato.server.access import load_tokens
 from legato.server.app import DEFAULT_MAX_BODY, create_app
+from legato.server.connections import DEFAULT_HEADER_TIMEOUT
 from legato.ui.auth import DEFAULT_SESSION_TTL
 
 log = logging.getLogger("legato.server")
@@ -151,6 +154,8 @@ def build_server(
     egress: EgressPolicy | None = None,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_descendants: int = DEFAULT_MAX_DESCENDANTS,
+    idempotency_ttl: float = DEFAULT_TTL,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`, and a
     token shorter than 16 characters there (a guess away).
@@ -178,6 +183,7 @@ def build_server(
     )
     if event_retention is not None:
         engine.event_retention = event_retention
+    engine.starts.ttl = idempotency_ttl
     if s3_endpoint:
         engine.results = S3Results(s3_endpoint)
     for name, url in transports:
@@ -203,7 +209,7 @@ def build_server(
         app,
         host=host,
         port=port,
-        http="httptools",
+        http=connections.protocol(header_timeout),
         lifespan="off",
         log_level=log_level,
         access_log=False,

@@ -26,7 +26,7 @@ from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.masking import mask_url
 from legato.model.service import Service
-from legato.store import access, postgres_lineage
+from legato.store import access, postgres_lineage, starts
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.postgres_outbox import (
@@ -130,6 +130,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at {REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
+# Version 6: Idempotency-Keys of run starts (see starts.py).
 # Version 7: secrets that templates read as `{{ secrets.NAME }}`, set through the API or the CLI.
 V7 = f"""
 CREATE TABLE IF NOT EXISTS secrets (
@@ -141,6 +142,7 @@ MIGRATIONS: list[Migration] = [
     (3, V3),
     (4, V4),
     (5, postgres_lineage.V5),
+    (6, starts.POSTGRES_SCHEMA),
     (7, V7),
     (8, access.POSTGRES_V8),
     (9, V9),
@@ -755,6 +757,22 @@ class PostgresStore(PostgresOutbox):
 
     # -- run trees (see engine/lineage.py) -----------------------------------------------------
 
+    async def write_new(self, conn: Conn, rows: BatchRows, now: float) -> None:
+        """Write a new run's first decision, held by nobody (any worker claims it, woken by the
+        notice): its rows, what it delivers to other runs' inboxes, and the notifications it
+        causes (a run that fails at once, in its first step's template)."""
+        await conn.executemany(_UPSERT_RUN, rows.runs)
+        if rows.steps:
+            await conn.executemany(_UPSERT_STEP, rows.steps)
+        if rows.attempts:
+            await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
+        for run_id, event in rows.deliveries:
+            await conn.execute(_INBOX, run_id, event, None, now)
+            await conn.execute(_WAKE, now, run_id)
+        if rows.outbox:
+            await conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
+        await self._notify(conn, rows.notice(now))
+
     async def start_child(
         self, decision: Decision, parent: str, limits: RunLimits
     ) -> tuple[str, str]:
@@ -762,15 +780,7 @@ class PostgresStore(PostgresOutbox):
         rows = BatchRows([decision], None, now)  # held by nobody: any worker claims it
 
         async def write() -> None:
-            await conn.executemany(_UPSERT_RUN, rows.runs)
-            if rows.steps:
-                await conn.executemany(_UPSERT_STEP, rows.steps)
-            if rows.attempts:
-                await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
-            for run_id, event in rows.deliveries:
-                await conn.execute(_INBOX, run_id, event, None, now)
-                await conn.execute(_WAKE, now, run_id)
-            await self._notify(conn, rows.notice(now))
+            await self.write_new(conn, rows, now)
 
         async with self.pool.acquire() as conn, conn.transaction():
             return await postgres_lineage.start_child(conn, decision.run_id, parent, limits, write)
@@ -876,15 +886,7 @@ class PostgresStore(PostgresOutbox):
             exists = await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", decision.run_id)
             if exists is None:
                 # Held by nobody: any worker claims it, woken by the notice.
-                rows = BatchRows([decision], None, now)
-                await conn.executemany(_UPSERT_RUN, rows.runs)
-                if rows.steps:
-                    await conn.executemany(_UPSERT_STEP, rows.steps)
-                if rows.attempts:
-                    await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
-                if rows.outbox:  # a run that fails at once (its first step's template)
-                    await conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
-                await self._notify(conn, rows.notice(now))
+                await self.write_new(conn, BatchRows([decision], None, now), now)
             await conn.execute(
                 "UPDATE schedules SET next_start = $1, updated_at = $2 WHERE workflow = $3",
                 following,
@@ -892,6 +894,15 @@ class PostgresStore(PostgresOutbox):
                 workflow,
             )
             return "fired"
+
+    async def start_once(
+        self, decision: Decision, key: starts.StartKey | None, now: float
+    ) -> starts.StartOutcome:
+        return await starts.postgres_start_once(self, decision, key, now)
+
+    async def purge_start_keys(self, now: float) -> int:
+        done = await self.pool.execute(starts.purge_sql("$1"), now)
+        return int(done.split()[-1])
 
     # -- notifications --------------------------------------------------------------------------
 

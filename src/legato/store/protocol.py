@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.model.service import Service
 from legato.store.access import AuditRow, SessionRow
+
+if TYPE_CHECKING:
+    from legato.store.starts import StartKey, StartOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +345,16 @@ class Store(Protocol):
 
     async def not_owned(self, run_ids: Sequence[str]) -> list[str]:
         """The stored runs among these that this engine does not own (any more)."""
+
+    async def start_once(
+        self, decision: Decision, key: StartKey | None, now: float
+    ) -> StartOutcome:
+        """Commit `decision` (a new run, for any worker to claim) unless `key` (unexpired) names a
+        run already or a run with its id exists: then that run, and nothing is written. The key is
+        recorded in the run's transaction; concurrent starts with one key make one run."""
+
+    async def purge_start_keys(self, now: float) -> int:
+        """Delete the Idempotency-Keys expired by `now`; how many."""
 
     async def record_notification(self, row: NotificationRow) -> None: ...
 

@@ -25,7 +25,7 @@ from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
-from legato.store import access, sqlite_lineage
+from legato.store import access, sqlite_lineage, starts
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.protocol import (
@@ -129,6 +129,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     error TEXT, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_run ON notifications (run_id, id);
 """
+# Version 6: Idempotency-Keys of run starts (see starts.py).
 # Version 7: secrets that templates read as `{{ secrets.NAME }}`, set through the API or the CLI.
 V7 = """
 CREATE TABLE IF NOT EXISTS secrets (
@@ -140,6 +141,7 @@ MIGRATIONS: list[Migration] = [
     (3, V3),
     (4, V4),
     (5, sqlite_lineage.V5),
+    (6, starts.SQLITE_SCHEMA),
     (7, V7),
     (8, access.SQLITE_V8),
     (9, V9),
@@ -875,6 +877,16 @@ class SQLiteStore(SQLiteOutbox):
             return "fired"
 
         return await self._call(self._transaction, work)
+
+    async def start_once(
+        self, decision: Decision, key: starts.StartKey | None, now: float
+    ) -> starts.StartOutcome:
+        return await self._call(
+            self._transaction, lambda conn: starts.sqlite_start(self, conn, decision, key, now)
+        )
+
+    async def purge_start_keys(self, now: float) -> int:
+        return await self._call(self._execute, starts.purge_sql("?"), (now,))
 
     # -- notifications --------------------------------------------------------------------------
 

@@ -2,22 +2,28 @@
 
 A destination is a subject. Publishing or subscribing makes sure a stream captures the subject (one
 stream per subject, named after it), so the first emit never disappears into a subject nobody stores.
+Every process subscribing to a subject shares one durable consumer as a queue group (its deliver
+group), so several workers can listen to one subject and each message reaches one of them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import re
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js import JetStreamContext, api
+from nats.js.errors import Error, NotFoundError
 
 from legato.transports import Handler, Message
 
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_-]")
+log = logging.getLogger("legato.transports")
 
 
 def _name(subject: str) -> str:
@@ -73,6 +79,45 @@ class NatsTransport:
                 raise
             await msg.ack()
 
-        await self._context().subscribe(
-            destination, durable=_name(destination), cb=deliver, manual_ack=True
+        name = _name(destination)
+        await self._as_queue_group(destination, name)
+        for attempt in range(3):
+            try:
+                # The queue name is also the durable consumer's name and its deliver group.
+                await self._context().subscribe(
+                    destination, queue=name, cb=deliver, manual_ack=True
+                )
+                return
+            except Error:
+                # Another process created the consumer between this one's look and its create:
+                # bind to that one.
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def _as_queue_group(self, destination: str, name: str) -> None:
+        """A consumer made by an older Legato has no deliver group, so only one process could bind
+        it: make it again as a queue group, starting after the last message it had acknowledged
+        (what was delivered but not acknowledged comes again)."""
+        js = self._context()
+        stream = await js.find_stream_name_by_subject(destination)
+        try:
+            info = await js.consumer_info(stream, name)
+        except NotFoundError:
+            return
+        if info.config.deliver_group:
+            return
+        start = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+        log.warning("making NATS consumer %s a queue group, from stream sequence %d", name, start)
+        await js.delete_consumer(stream, name)
+        config = api.ConsumerConfig(
+            durable_name=name,
+            deliver_group=name,
+            deliver_subject=self._nc.new_inbox() if self._nc else None,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            filter_subject=info.config.filter_subject,
         )
+        with contextlib.suppress(Error):  # another process made it meanwhile, with the same start
+            await js.add_consumer(stream, config=config)

@@ -3,7 +3,11 @@
 In-process and in-memory on purpose: no store change, and the page says what it counts ("this
 process, last 15 minutes"). A call is a finished attempt of an HTTP step: a succeeded step, or an
 attempt the decider recorded as failed. The service is looked up from the run's workflow when the
-page is drawn, so the hot path only appends to a bounded deque.
+page is drawn, so the hot path only adds to a count.
+
+Calls are counted per minute and per (workflow, version, step), not kept one by one: memory stays
+the same whatever the load. (A deque of every call, pruned only when the page was drawn, grew by
+each call for as long as nobody looked: RSS rose in a straight line under steady load.)
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from legato.errors import LegatoError
 from legato.model.workflow import HttpCall, MapOver, Workflow
 
 WINDOW = 15 * 60.0
-MAX_KEPT = 200_000
+BUCKET = 60.0  # seconds a count covers
+
+_Key = tuple[str, int | None, str]  # workflow, version (None: the latest), step
 
 
 @dataclass
@@ -44,33 +50,45 @@ class CallStats:
     def __init__(self, engine: Engine, window: float = WINDOW) -> None:
         self.engine = engine
         self.window = window
-        # (finished at, workflow, version, step, ok)
-        self._calls: deque[tuple[float, str, int | None, str, bool]] = deque(maxlen=MAX_KEPT)
+        # Oldest first: (minute, {key: [calls, errors]}); only the window's minutes are kept.
+        self._buckets: deque[tuple[int, dict[_Key, list[int]]]] = deque()
         engine.subscribe(self.observe)
+
+    def _count(self, at: float, key: _Key, ok: bool) -> None:
+        minute = int(at // BUCKET)
+        if not self._buckets or self._buckets[-1][0] < minute:
+            self._buckets.append((minute, {}))
+            self._prune(at)
+        # A call that finished a little before the newest minute began counts in it.
+        entry = self._buckets[-1][1].setdefault(key, [0, 0])
+        entry[0] += 1
+        entry[1] += not ok
+
+    def _prune(self, now: float) -> None:
+        oldest = int((now - self.window) // BUCKET)
+        while self._buckets and self._buckets[0][0] < oldest:
+            self._buckets.popleft()
 
     def observe(self, d: Decision) -> None:
         # The version is known when the decision carries the run; otherwise the latest is used.
         version = d.run.version if d.run is not None else None
         for a in d.attempts:
             if a.status == FAILED:
-                self._calls.append(
-                    (a.finished_at or time.time(), d.workflow, version, a.step, False)
-                )
+                step = a.step.split("[", 1)[0]
+                self._count(a.finished_at or time.time(), (d.workflow, version, step), False)
         for s in d.steps.values():
             if s.status == SUCCEEDED and s.finished_at is not None:
-                self._calls.append((s.finished_at, d.workflow, version, s.name, True))
+                step = s.name.split("[", 1)[0]
+                self._count(s.finished_at, (d.workflow, version, step), True)
 
     async def by_service(self) -> dict[str, ServiceCalls]:
-        since = time.time() - self.window
-        while self._calls and self._calls[0][0] < since:
-            self._calls.popleft()
-        counts: dict[tuple[str, int | None, str], list[int]] = {}
-        for at, name, version, step, ok in self._calls:
-            if at < since:
-                continue
-            entry = counts.setdefault((name, version, step.split("[", 1)[0]), [0, 0])
-            entry[0] += 1
-            entry[1] += not ok
+        self._prune(time.time())
+        counts: dict[_Key, list[int]] = {}
+        for _, bucket in self._buckets:
+            for key, (calls, errors) in bucket.items():
+                entry = counts.setdefault(key, [0, 0])
+                entry[0] += calls
+                entry[1] += errors
         out: dict[str, ServiceCalls] = {}
         for (wf_name, version, step), (calls, errors) in counts.items():
             try:
