@@ -12,14 +12,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
+import orjson
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from legato.sandbox import LIMITS, BoundedEnvironment, TemplateLimit, end_budget, start_budget
 
 Context = Mapping[str, Any]
 
 
 class TemplateError(Exception):
-    """A template failed to compile or to render; the message says which and why."""
+    """A template failed to compile or to render; the message says which and why. `kind` is the
+    failure kind a step reports: "template", or "limit" when a bound on templates refused it."""
+
+    def __init__(self, message: str, kind: str = "template") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def _merge(*parts: Any) -> dict[str, Any]:
@@ -36,7 +43,7 @@ def _pick(value: Any, *keys: str) -> dict[str, Any]:
     return {k: value[k] for k in keys if k in value}
 
 
-class _Environment(ImmutableSandboxedEnvironment):
+class _Environment(BoundedEnvironment):
     """Data first: `input.items` is the input's `items` field, not the dict method of that name."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -48,11 +55,11 @@ class _Environment(ImmutableSandboxedEnvironment):
 _JSON_TYPES = (str, int, float, bool, list, dict, tuple, type(None))
 
 
-def _make_env() -> ImmutableSandboxedEnvironment:
+def _make_env() -> BoundedEnvironment:
     env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     env.globals["merge"] = _merge
-    env.filters["merge"] = _merge
-    env.filters["pick"] = _pick
+    env.add_filter("merge", _merge)
+    env.add_filter("pick", _pick)
     return env
 
 
@@ -70,16 +77,27 @@ class Template:
         self.references = references
 
     def render(self, context: Context) -> Any:
+        """The value; TemplateError (kind "limit") when it is over the size limit, so an oversized
+        value is never stored or sent."""
+        budget = start_budget()
         try:
-            return self._render(context)
+            return _check_rendered(self._render(context))
         except TemplateError:
             raise
+        except TemplateLimit as exc:
+            raise TemplateError(str(exc), "limit") from None
+        except RecursionError:
+            raise TemplateError("the template recurses too deeply", "limit") from None
+        except MemoryError:
+            raise TemplateError("the template needs more memory than there is", "limit") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"undefined value: {exc}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(str(exc)) from None
         except Exception as exc:  # an expression may divide by zero, index out of range, ...
             raise TemplateError(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            end_budget(budget)
 
     @property
     def is_constant(self) -> bool:
@@ -87,6 +105,26 @@ class Template:
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
+
+
+def _check_rendered(value: Any) -> Any:
+    """Hold a rendered value to the size limit, counted as the JSON it is stored and sent as."""
+    if isinstance(value, str):
+        size = len(value) if len(value) * 4 <= LIMITS.max_size else len(value.encode())
+    elif isinstance(value, dict | list | tuple) and value:
+        try:
+            size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+        except TypeError:  # not JSON: refused where it is used, with a better message
+            return value
+    else:
+        return value
+    if size > LIMITS.max_size:
+        raise TemplateError(
+            f"the rendered value is {size} bytes; the limit is {LIMITS.max_size} "
+            "(legato serve --max-rendered)",
+            "limit",
+        )
+    return value
 
 
 def compile_template(source: Any) -> Template:
@@ -147,7 +185,10 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
 
         path = _as_path(node)
         return _fast_path(path, render_expr) if path else render_expr
-    template = ENV.from_string(text)
+    try:
+        template = ENV.from_string(text)
+    except jinja2.TemplateSyntaxError as exc:  # e.g. an unknown filter, found when compiling
+        raise TemplateError(f"bad template {text!r}: {exc.message}") from None
 
     def render_text(ctx: Context) -> str:
         return template.render(ctx)

@@ -373,7 +373,7 @@ def test_retry_problems_have_exact_paths() -> None:
         "steps.charge.retry.delay": "must be a duration such as 500ms, 30s, 5m, 1h or a number of seconds",
         "steps.charge.retry.backoff": "must be from 1 to 100",
         "steps.charge.retry.on": "unknown failure kind 'teapot'; known: network, timeout, 5xx, 429, 4xx, "
-        "status, exception, input, output, template, config, callback, child",
+        "status, exception, input, output, template, config, callback, child, limit",
         "steps.charge.retry.jitter": "must be a boolean",
         "steps.charge.retry.x": "is not a known field",
     }

@@ -15,6 +15,13 @@ from legato.cli.common import DEFAULT_DB, dump_json, fail, main
 from legato.client import AsyncClient
 from legato.errors import LegatoError
 from legato.model.durations import parse_duration
+from legato.model.limits import (
+    DEFAULT_MAX_DEFINITION,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_STEPS,
+    DefinitionLimits,
+)
+from legato.sandbox import DEFAULT_MAX_RENDERED
 from legato.server.app import DEFAULT_MAX_BODY
 from legato.server.serve import DrainingServer, announce, build_server, started
 
@@ -131,6 +138,15 @@ def _engine_options(fn: Any) -> Any:
             "taken over after it.",
         ),
         click.option(
+            "--max-rendered",
+            type=click.IntRange(1024),
+            default=DEFAULT_MAX_RENDERED,
+            envvar="LEGATO_MAX_RENDERED",
+            show_default=True,
+            help="Bytes a rendered template value (or a step's request) may have; past it the "
+            "step fails with kind `limit`, and nothing is stored or sent.",
+        ),
+        click.option(
             "--log-level",
             type=click.Choice(["critical", "error", "warning", "info", "debug"]),
             default="info",
@@ -170,6 +186,30 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     help="Bytes per request.",
 )
 @click.option(
+    "--max-steps",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_STEPS,
+    envvar="LEGATO_MAX_STEPS",
+    show_default=True,
+    help="Steps a workflow definition may have.",
+)
+@click.option(
+    "--max-depth",
+    type=click.IntRange(4, 250),
+    default=DEFAULT_MAX_DEPTH,
+    envvar="LEGATO_MAX_DEPTH",
+    show_default=True,
+    help="Levels of nesting a workflow definition may have.",
+)
+@click.option(
+    "--max-definition",
+    type=click.IntRange(1024),
+    default=DEFAULT_MAX_DEFINITION,
+    envvar="LEGATO_MAX_DEFINITION",
+    show_default=True,
+    help="Bytes a workflow definition may have (as JSON).",
+)
+@click.option(
     "--allow-unauthenticated",
     is_flag=True,
     help="Serve a non-loopback address without a token.",
@@ -184,6 +224,9 @@ def serve(
     db: str,
     token: str | None,
     max_body: int,
+    max_steps: int,
+    max_depth: int,
+    max_definition: int,
     allow_unauthenticated: bool,
     api_only: bool,
     **settings: Any,
@@ -194,6 +237,7 @@ def serve(
         db=db,
         token=token,
         max_body=max_body,
+        limits=DefinitionLimits(max_steps, max_depth, max_definition),
         allow_open=allow_unauthenticated,
         role="api" if api_only else "all",
         **settings,

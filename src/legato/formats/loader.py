@@ -13,6 +13,7 @@ import yaml
 from legato.errors import DefinitionError, Problem
 from legato.formats.services_in_order import is_services_in_order, to_native
 from legato.model.build import build_workflow
+from legato.model.limits import DefinitionLimits
 from legato.model.service import Service
 from legato.model.workflow import Workflow
 
@@ -124,13 +125,20 @@ def load_definition(
     *,
     functions: Mapping[str, Callable[..., Any]] | None = None,
     services: Collection[str] | None = None,
+    limits: DefinitionLimits | None = None,
 ) -> Definition:
     """Accept the native form or the services-in-order form (told apart by `services` without `steps`).
 
     `services` are the directory's names; services the document itself declares count as known.
+    `limits` (the defaults when None) are checked before anything is built.
     """
+    limits = limits or DefinitionLimits()
+    size = None
     if isinstance(data, str | bytes):
+        size = len(data)
+        limits.check_size(size)
         data = parse_document(data)
+    limits.check(data, size)
     if is_services_in_order(data):
         problems: list[Problem] = []
         spec, inline = to_native(data, problems)

@@ -28,6 +28,7 @@ FAILURE_KINDS = (
     "config",
     "callback",  # an async call's service reported an error through its callback
     "child",  # a sub-workflow's run failed or was cancelled
+    "limit",  # a bound was passed (e.g. a rendered value over --max-rendered)
 )
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})
 

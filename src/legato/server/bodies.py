@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -75,7 +76,7 @@ async def document(request: Request, limit: int) -> Any:
     if not raw.strip():
         raise ApiError(400, "the body is empty; send a workflow definition", "body")
     try:
-        return parse_document(raw, fmt)
+        return await asyncio.to_thread(parse_document, raw, fmt)  # a big YAML takes seconds
     except DefinitionError as exc:
         problem = exc.problems[0]
         raise ApiError(400, problem.message, "body", "malformed_document") from None

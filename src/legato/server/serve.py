@@ -20,6 +20,8 @@ import uvicorn
 from legato.engine.results import S3Results
 from legato.engine.runtime import DEFAULT_LEASE, Engine
 from legato.errors import LegatoError
+from legato.model.limits import DefinitionLimits
+from legato.sandbox import LIMITS
 from legato.server.app import DEFAULT_MAX_BODY, create_app
 
 log = logging.getLogger("legato.server")
@@ -141,6 +143,8 @@ def build_server(
     migrate: bool = False,
     role: str = "all",
     lease: float = DEFAULT_LEASE,
+    limits: DefinitionLimits | None = None,
+    max_rendered: int | None = None,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`.
 
@@ -156,6 +160,10 @@ def build_server(
     )
     if event_retention is not None:
         engine.event_retention = event_retention
+    if limits is not None:
+        engine.limits = limits
+    if max_rendered is not None:
+        LIMITS.max_size = max_rendered  # process-wide: templates render wherever runs are decided
     if s3_endpoint:
         engine.results = S3Results(s3_endpoint)
     for name, url in transports:
