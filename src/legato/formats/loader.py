@@ -41,6 +41,10 @@ def parse_document(text: str | bytes, fmt: str = "auto") -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise DefinitionError([Problem("", f"malformed YAML{where}: {reason}")]) from None
+    except RecursionError:
+        raise DefinitionError([Problem("", "the document nests too deeply")]) from None
+    except ValueError as exc:  # bytes that are not text
+        raise DefinitionError([Problem("", f"unreadable document: {exc}")]) from None
 
 
 # Aliases let a small YAML text stand for a huge document ("billion laughs"); a definition is far smaller.
