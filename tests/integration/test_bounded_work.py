@@ -120,12 +120,10 @@ async def test_limits_come_from_the_environment_too(tmp_path: Path) -> None:
         response = _post(server, orjson.dumps(chain(4)))
         assert response.status_code == 422
         assert "4 steps; the limit is 3" in response.text
-        deep = {"name": "d", "steps": {"s": {"fail": "x"}}, "description": "x"}
-        deep["steps"]["s"]["description"] = "y"
         nested: Any = 1
         for _ in range(6):
             nested = {"n": nested}
-        deep["output"] = nested
+        deep = {"name": "d", "steps": {"s": {"fail": "x"}}, "output": nested}
         response = _post(server, orjson.dumps(deep))
         assert response.status_code == 422
         assert response.json()["problems"][0]["message"].startswith("nests deeper than 6")
