@@ -169,22 +169,52 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
     node = _single_output(ENV.parse(stripped)) if stripped.startswith("{{") else None
     if node is not None and not isinstance(node, nodes.TemplateData) and stripped.endswith("}}"):
         expr = stripped[2:-2].strip()
-        try:
-            compiled = ENV.compile_expression(expr, undefined_to_none=False)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"bad expression {text!r}: {exc.message}") from None
-
-        def render_expr(ctx: Context) -> Any:
-            result = compiled(**ctx)
-            if isinstance(result, jinja2.Undefined):
-                # StrictUndefined raises on use; a bare undefined result is reported the same way.
-                str(result)
-            if not isinstance(result, _JSON_TYPES):
-                raise TemplateError(f"{text!r} yields a {type(result).__name__}, not a JSON value")
-            return result
-
         path = _as_path(node)
-        return _fast_path(path, render_expr) if path else render_expr
+        if path:  # a path compiles without fail: compile it the first time the fast path cannot do
+            return _fast_path(path, _lazy(lambda: _expression(text, expr)))
+        _expression(text, expr)  # refuses what Jinja finds when compiling (an unknown filter)
+        return _lazy(lambda: _expression(text, expr))
+    parts = _text_parts(tree)
+    if parts:
+        return _fast_text(parts, _lazy(lambda: _text(text)))
+    _text(text)
+    return _lazy(lambda: _text(text))
+
+
+def _lazy(make: Callable[[], Callable[[Context], Any]]) -> Callable[[Context], Any]:
+    """Compile on first use. Compiled Jinja is costly: ~0.5 ms, and objects that every full garbage
+    collection then walks (a definition of 10,000 compiled templates made each one stall the
+    process for ~0.5 s). Validation compiles once and drops the result, which is collected young,
+    and paths, which the fast path renders, are only compiled if it ever falls back."""
+    compiled: list[Callable[[Context], Any]] = []
+
+    def render(ctx: Context) -> Any:
+        if not compiled:
+            compiled.append(make())
+        return compiled[0](ctx)
+
+    return render
+
+
+def _expression(text: str, expr: str) -> Callable[[Context], Any]:
+    try:
+        compiled = ENV.compile_expression(expr, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"bad expression {text!r}: {exc.message}") from None
+
+    def render_expr(ctx: Context) -> Any:
+        result = compiled(**ctx)
+        if isinstance(result, jinja2.Undefined):
+            # StrictUndefined raises on use; a bare undefined result is reported the same way.
+            str(result)
+        if not isinstance(result, _JSON_TYPES):
+            raise TemplateError(f"{text!r} yields a {type(result).__name__}, not a JSON value")
+        return result
+
+    return render_expr
+
+
+def _text(text: str) -> Callable[[Context], str]:
     try:
         template = ENV.from_string(text)
     except jinja2.TemplateSyntaxError as exc:  # e.g. an unknown filter, found when compiling
@@ -193,8 +223,7 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
     def render_text(ctx: Context) -> str:
         return template.render(ctx)
 
-    parts = _text_parts(tree)
-    return _fast_text(parts, render_text) if parts else render_text
+    return render_text
 
 
 # Fast paths. Most templates are plain paths (`{{ steps.a.output.body.id }}`) or text around them;

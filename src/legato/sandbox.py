@@ -38,7 +38,7 @@ class RenderLimits:
         DEFAULT_MAX_RENDERED  # characters of a string, items of a list, bytes of a value
     )
     max_int_bits: int = 16_384  # an integer computed by a template (JSON holds 64 bits)
-    max_ops: int = 200_000  # loop iterations, calls, filters and checked operators per render
+    max_ops: int = 50_000  # loop iterations, calls, filters and checked operators per render
 
 
 LIMITS = RenderLimits()

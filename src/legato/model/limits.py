@@ -49,6 +49,13 @@ class DefinitionLimits:
     def check(self, data: Any, size: int | None = None) -> None:
         """Raise DefinitionError naming the first limit `data` passes. `size`: the document's
         length as sent, when known (otherwise its JSON is measured)."""
+        if isinstance(data, dict):  # first: counting steps is free, the rest walks everything
+            steps = data.get("steps")
+            if isinstance(steps, dict | list):
+                self.check_steps(len(steps))
+            services = data.get("services")
+            if steps is None and isinstance(services, list):  # the services-in-order form
+                self.check_steps(len(services), "services")
         if size is None:
             try:
                 size = len(orjson.dumps(data))
@@ -65,13 +72,6 @@ class DefinitionLimits:
                     )
                 ]
             )
-        if isinstance(data, dict):
-            steps = data.get("steps")
-            if isinstance(steps, dict | list):
-                self.check_steps(len(steps))
-            services = data.get("services")
-            if steps is None and isinstance(services, list):  # the services-in-order form
-                self.check_steps(len(services), "services")
 
 
 def _too_deep(data: Any, limit: int) -> str | None:

@@ -25,6 +25,7 @@ from legato.sandbox import LIMITS
 from legato.server.app import DEFAULT_MAX_BODY, create_app
 
 log = logging.getLogger("legato.server")
+SWITCH_INTERVAL = 0.001
 
 
 def is_loopback(host: str) -> bool:
@@ -155,6 +156,9 @@ def build_server(
             f"refusing to serve {host} without a token: set LEGATO_API_TOKEN, bind to "
             "127.0.0.1, or pass --allow-unauthenticated"
         )
+    # Definitions are validated in a thread, which holds the GIL between its switches: the event
+    # loop waits up to this long for it at each of a request's handoffs (Python's default is 5 ms).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     engine = Engine.open(
         db, python_modules=python_modules, migrate=migrate, worker=role != "api", lease=lease
     )
