@@ -18,6 +18,7 @@ from jinja2 import nodes
 from legato.sandbox import LIMITS, BoundedEnvironment, TemplateLimit, end_budget, start_budget
 
 Context = Mapping[str, Any]
+EAGER_OVER = 2048  # characters
 
 
 class TemplateError(Exception):
@@ -172,20 +173,24 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
         path = _as_path(node)
         if path:  # a path compiles without fail: compile it the first time the fast path cannot do
             return _fast_path(path, _lazy(lambda: _expression(text, expr)))
-        _expression(text, expr)  # refuses what Jinja finds when compiling (an unknown filter)
-        return _lazy(lambda: _expression(text, expr))
+        compiled = _expression(text, expr)  # refuses an unknown filter, found when compiling
+        return compiled if len(text) > EAGER_OVER else _lazy(lambda: _expression(text, expr))
     parts = _text_parts(tree)
     if parts:
-        return _fast_text(parts, _lazy(lambda: _text(text)))
-    _text(text)
-    return _lazy(lambda: _text(text))
+        return _fast_text(
+            parts, _text(text) if len(text) > EAGER_OVER else _lazy(lambda: _text(text))
+        )
+    compiled = _text(text)
+    return compiled if len(text) > EAGER_OVER else _lazy(lambda: _text(text))
 
 
 def _lazy(make: Callable[[], Callable[[Context], Any]]) -> Callable[[Context], Any]:
     """Compile on first use. Compiled Jinja is costly: ~0.5 ms, and objects that every full garbage
     collection then walks (a definition of 10,000 compiled templates made each one stall the
     process for ~0.5 s). Validation compiles once and drops the result, which is collected young,
-    and paths, which the fast path renders, are only compiled if it ever falls back."""
+    and paths, which the fast path renders, are only compiled if it ever falls back. A template
+    longer than EAGER_OVER keeps what validation compiled: compiling it again would take the
+    event loop (where runs are decided) too long."""
     compiled: list[Callable[[Context], Any]] = []
 
     def render(ctx: Context) -> Any:
