@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from legato import expressions
 from legato.errors import DefinitionError
 from legato.formats import load_definition
 from legato.model.limits import DEFAULT_MAX_STEPS, DefinitionLimits
@@ -108,3 +109,29 @@ def test_an_unknown_filter_in_text_is_a_definition_problem_naming_the_field() ->
     [(path, message)] = problems(caught.value).items()
     assert path == "steps.s.http.headers"
     assert "No filter named 'b64encode'" in message
+
+
+def test_path_templates_are_not_compiled_until_the_fast_path_falls_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiled Jinja is what made big definitions slow to validate and to garbage-collect."""
+    compiled: list[str] = []
+    real = expressions._text
+
+    def counting(text: str) -> Any:
+        compiled.append(text)
+        return real(text)
+
+    monkeypatch.setattr(expressions, "_text", counting)
+    template = expressions.compile_template("http://h/{{ input.id }}")
+    assert compiled == []
+    assert template.render({"input": {"id": 7}}) == "http://h/7"
+    assert compiled == []  # the fast path rendered it
+    assert template.render({"input": {"id": {"a": 1}}}) == "http://h/{'a': 1}"  # Jinja's way
+    assert compiled == ["http://h/{{ input.id }}"]
+
+
+def test_a_document_too_deep_for_the_reader_or_not_text_is_a_definition_problem() -> None:
+    for text in (b"[" * 5000 + b"]" * 5000, b"\xff\xfe\x00\x00", b"a: \x80\x81"):
+        with pytest.raises(DefinitionError):
+            load_definition(text, limits=DefinitionLimits(max_depth=10**6))
