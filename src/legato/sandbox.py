@@ -28,6 +28,7 @@ from jinja2.utils import _PassArg
 MAX_RANGE = 100_000
 DEFAULT_MAX_RENDERED = 1024 * 1024
 MACRO_COST = 10  # a macro call costs about ten loop iterations
+FILTER_BYTES_PER_OP = 64  # a filter costs one operation per this many characters or items it reads
 
 
 @dataclass
@@ -210,10 +211,15 @@ def _guarded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     first = 0 if _PassArg.from_obj(fn) is None else 1  # the context or environment it is given
 
     def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        _tick()
         value, rest = (args[first], args[first + 1 :]) if first < len(args) else (None, ())
+        _tick(1 + _size_of(value) // FILTER_BYTES_PER_OP)
         extra = [*rest, *kwargs.values()]
-        if name == "center":
+        if name == "wordwrap" and isinstance(value, str):  # textwrap is slow Python, per chunk
+            width = extra[0] if extra and _int(extra[0]) else 79
+            _tick(len(value) // 8 + len(value) // max(width, 1))
+        elif name in ("urlize", "title") and isinstance(value, str):  # a regex match per word
+            _tick(len(value) // 16)
+        elif name == "center":
             width = extra[0] if extra else 80
             if _int(width):
                 _refuse_size(width, "center")
@@ -289,6 +295,14 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def add_filter(self, name: str, fn: Callable[..., Any]) -> None:
         self.filters[name] = _guarded_filter(name, fn)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()  # also what sort, groupby, map... read each item's attribute with
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
 
     def call_binop(self, context: JinjaContext, operator: str, left: Any, right: Any) -> Any:
         _tick()

@@ -51,6 +51,10 @@ BOMBS = [
     pytest.param("{{ ('a\\n' * 500000) | indent(1000) }}", "indent", id="indent"),
     pytest.param("{{ ('\t' * 1000000).expandtabs(100) }}", "expandtabs", id="expandtabs"),
     pytest.param("{{ [1] | batch(100000000, 0) | list }}", "batch", id="batch-fill"),
+    pytest.param("{{ ('a' * 1000000) | wordwrap(1) }}", "operations", id="wordwrap"),
+    pytest.param("{{ ('x.io ' * 200000) | urlize }}", "operations", id="urlize"),
+    pytest.param("{{ range(100000) | groupby('real') | list }}", "operations", id="groupby"),
+    pytest.param("{{ range(100000) | map('string') | list }}", "operations", id="map"),
 ]
 
 
