@@ -15,7 +15,14 @@ import jinja2
 import orjson
 from jinja2 import nodes
 
-from legato.sandbox import LIMITS, BoundedEnvironment, TemplateLimit, end_budget, start_budget
+from legato.sandbox import (
+    LIMITS,
+    BoundedEnvironment,
+    TemplateLimit,
+    deep_size,
+    end_budget,
+    start_budget,
+)
 
 Context = Mapping[str, Any]
 EAGER_OVER = 2048  # characters
@@ -80,7 +87,6 @@ class Template:
     def render(self, context: Context) -> Any:
         """The value; TemplateError (kind "limit") when it is over the size limit, so an oversized
         value is never stored or sent."""
-        budget = start_budget()
         try:
             return _check_rendered(self._render(context))
         except TemplateError:
@@ -97,8 +103,6 @@ class Template:
             raise TemplateError(str(exc)) from None
         except Exception as exc:  # an expression may divide by zero, index out of range, ...
             raise TemplateError(f"{type(exc).__name__}: {exc}") from None
-        finally:
-            end_budget(budget)
 
     @property
     def is_constant(self) -> bool:
@@ -113,6 +117,17 @@ def _check_rendered(value: Any) -> Any:
     if isinstance(value, str):
         size = len(value) if len(value) * 4 <= LIMITS.max_size else len(value.encode())
     elif isinstance(value, dict | list | tuple) and value:
+        # Walked before it is written out: `{"a": "{{ input.big }}", "b": "{{ input.big }}", ...}`
+        # is one value many times. Small enough, even escaped, it needs no writing out at all.
+        estimate = deep_size(value, LIMITS.max_size)
+        if estimate > LIMITS.max_size:
+            raise TemplateError(
+                f"the rendered value is more than {LIMITS.max_size} bytes; the limit is "
+                f"{LIMITS.max_size} (legato serve --max-rendered)",
+                "limit",
+            )
+        if estimate * 6 <= LIMITS.max_size:  # JSON escapes a character in at most 6
+            return value
         try:
             size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
         except TypeError:  # not JSON: refused where it is used, with a better message
@@ -208,7 +223,11 @@ def _expression(text: str, expr: str) -> Callable[[Context], Any]:
         raise TemplateError(f"bad expression {text!r}: {exc.message}") from None
 
     def render_expr(ctx: Context) -> Any:
-        result = compiled(**ctx)
+        budget = start_budget()
+        try:
+            result = compiled(**ctx)
+        finally:
+            end_budget(budget)
         if isinstance(result, jinja2.Undefined):
             # StrictUndefined raises on use; a bare undefined result is reported the same way.
             str(result)
@@ -226,7 +245,11 @@ def _text(text: str) -> Callable[[Context], str]:
         raise TemplateError(f"bad template {text!r}: {exc.message}") from None
 
     def render_text(ctx: Context) -> str:
-        return template.render(ctx)
+        budget = start_budget()
+        try:
+            return template.render(ctx)
+        finally:
+            end_budget(budget)
 
     return render_text
 

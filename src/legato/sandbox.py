@@ -28,6 +28,43 @@ from jinja2.utils import _PassArg
 MAX_RANGE = 100_000
 DEFAULT_MAX_RENDERED = 1024 * 1024
 MACRO_COST = 10  # a macro call costs about ten loop iterations
+# Filters that do not write their input out as text (the others may: `[s] * 1000 | tojson`).
+STRUCTURAL = frozenset(
+    [
+        "abs",
+        "attr",
+        "batch",
+        "count",
+        "d",
+        "default",
+        "dictsort",
+        "first",
+        "float",
+        "groupby",
+        "int",
+        "items",
+        "join",
+        "last",
+        "length",
+        "list",
+        "map",
+        "max",
+        "merge",
+        "min",
+        "pick",
+        "random",
+        "reject",
+        "rejectattr",
+        "reverse",
+        "round",
+        "select",
+        "selectattr",
+        "slice",
+        "sort",
+        "sum",
+        "unique",
+    ]
+)
 FILTER_BYTES_PER_OP = 64  # a filter costs one operation per this many characters or items it reads
 
 
@@ -92,11 +129,63 @@ def check_size(value: Any, what: str = "a value") -> Any:
     return value
 
 
+def deep_size(value: Any, cap: int) -> int:
+    """About the size of `value` as text or JSON, walking into containers, stopping once past
+    `cap`. Lengths alone do not do: `[s] * 1000` is 1,000 items, yet 1,000 copies of `s` once
+    written out, and writing it out would be the bomb. (Tight: it runs on every rendered value.)"""
+    total = 0
+    stack = [value]
+    pop = stack.pop
+    extend = stack.extend
+    while stack:
+        v = pop()
+        kind = type(v)
+        if kind is str:
+            total += len(v) + 2
+        elif kind is dict:
+            total += 2 + 2 * len(v)
+            try:
+                total += sum(map(len, v))
+            except TypeError:  # keys that are not strings (numbers)
+                total += 8 * len(v)
+            extend(v.values())
+        elif kind is list or kind is tuple:
+            total += 2 + len(v)
+            extend(v)
+        elif isinstance(v, str | bytes | bytearray):
+            total += len(v) + 2
+        elif isinstance(v, dict):
+            total += 2 + 10 * len(v)
+            extend(v.values())
+        elif isinstance(v, list | tuple | set | frozenset):
+            total += 2 + len(v)
+            extend(v)
+        else:
+            total += 8
+        if total > cap:
+            return total
+    return total
+
+
+def _refuse_deep(value: Any, what: str, already: int = 0) -> int:
+    """Refuse writing out `value` when that would pass the size limit; its size otherwise."""
+    if isinstance(value, str):
+        size = len(value)
+    else:
+        size = deep_size(value, LIMITS.max_size - already)
+        _tick(size // 4096)
+    _refuse_size(already + size, what)
+    return size
+
+
 def _refuse_size(size: int, what: str) -> None:
     if size > LIMITS.max_size:
         raise TemplateLimit(
             f"{what} would make {size} characters or items; the limit is {LIMITS.max_size}"
         )
+
+
+_SEQUENCES = (str, bytes, bytearray, list, tuple)
 
 
 def _int(value: Any) -> bool:
@@ -115,13 +204,11 @@ def _check_binop(op: str, left: Any, right: Any) -> None:
             bits = abs(left).bit_length() + abs(right).bit_length()
             if bits > LIMITS.max_int_bits:
                 raise TemplateLimit(f"a product of {bits} bits; the limit is {LIMITS.max_int_bits}")
-        elif _int(right) and isinstance(left, str | list | tuple):
+        elif _int(right) and isinstance(left, _SEQUENCES):
             _refuse_size(len(left) * right, "repeating a value")
-        elif _int(left) and isinstance(right, str | list | tuple):
+        elif _int(left) and isinstance(right, _SEQUENCES):
             _refuse_size(len(right) * left, "repeating a value")
-    elif (
-        op == "+" and isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple)
-    ):
+    elif op == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
         _refuse_size(len(left) + len(right), "joining two values")
     elif op == "%" and isinstance(left, str):
         _check_percent(left, right)
@@ -155,13 +242,17 @@ def _flat_args(args: Any) -> list[Any]:
 def _check_percent(fmt: str, args: Any) -> None:
     widths: list[str] = []
     dynamic = False
+    fields = 0
     for m in _PERCENT_SPEC.finditer(fmt):
+        fields += 1
         for group in m.groups():
             if group == "*":
                 dynamic = True
             elif group:
                 widths.append(group)
-    _check_widths(widths, dynamic, _flat_args(args))
+    values = _flat_args(args)
+    _check_widths(widths, dynamic, values)
+    _check_fields(fmt, fields, values)
 
 
 def _check_format(fmt: str, args: Iterable[Any]) -> None:
@@ -171,7 +262,16 @@ def _check_format(fmt: str, args: Iterable[Any]) -> None:
         spec = m.group(1)
         dynamic = dynamic or "{" in spec
         widths.extend(_DIGITS.findall(spec))
-    _check_widths(widths, dynamic, args)
+    values = list(args)
+    _check_widths(widths, dynamic, values)
+    _check_fields(fmt, fmt.count("{"), values)
+
+
+def _check_fields(fmt: str, fields: int, args: list[Any]) -> None:
+    """Each field of a format may write out any argument (`'{0}{0}{0}'.format(s)`)."""
+    if fields and args:
+        largest = max(_refuse_deep(a, "a formatted value") for a in args)
+        _refuse_size(len(fmt) + fields * largest, "formatting")
 
 
 def _check_str_method(name: str, text: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -200,8 +300,10 @@ def _check_replace(text: Any, old: Any, new: Any, count: Any) -> None:
 
 def _check_join(separator: Any, items: Any) -> None:
     if isinstance(items, list | tuple | str | dict) and isinstance(separator, str):
-        parts = [len(x) for x in items if isinstance(x, str)]
-        _refuse_size(sum(parts) + len(separator) * max(len(items) - 1, 0), "join")
+        size = len(separator) * max(len(items) - 1, 0)
+        _refuse_size(size, "join")
+        for item in items:
+            size += _refuse_deep(item, "join", size)
 
 
 def _guarded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -214,6 +316,8 @@ def _guarded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         value, rest = (args[first], args[first + 1 :]) if first < len(args) else (None, ())
         _tick(1 + _size_of(value) // FILTER_BYTES_PER_OP)
         extra = [*rest, *kwargs.values()]
+        if name not in STRUCTURAL and not isinstance(value, str | int | float | type(None)):
+            _refuse_deep(value, f"filter {name!r} writing out its input")  # e.g. tojson, upper
         if name == "wordwrap" and isinstance(value, str):  # textwrap is slow Python, per chunk
             width = extra[0] if extra and _int(extra[0]) else 79
             _tick(len(value) // 8 + len(value) // max(width, 1))
@@ -258,11 +362,20 @@ def _safe_range(*args: int) -> range:
     return rng
 
 
+def _finalize(value: Any) -> Any:
+    """What `{{ ... }}` in text writes out, checked before it is (`{{ [s] * 1000 }}`)."""
+    if not isinstance(value, str | int | float | type(None)):
+        _refuse_deep(value, "the template's output")
+    return value
+
+
 def _guarded_join(parts: Iterable[Any]) -> str:
     """Jinja's `concat`: how a template's (or a macro's, or a block's) output is joined."""
     out: list[str] = []
     size = 0
     for part in parts:
+        if not isinstance(part, str):
+            _refuse_deep(part, "the template's output", size)
         text = str(part)
         size += len(text)
         _refuse_size(size, "the template's output")
@@ -288,6 +401,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     concat = staticmethod(_guarded_join)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("finalize", _finalize)
         super().__init__(*args, **kwargs)
         self.globals["range"] = _safe_range
         self.globals.pop("lipsum", None)  # lorem ipsum of any length: no use in a workflow

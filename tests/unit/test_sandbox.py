@@ -15,6 +15,7 @@ from legato.model.workflow import HttpCall
 from legato.sandbox import LIMITS
 from tests.unit.decider_support import Run, build, executes
 
+S = "{% set s = 'a' * 1000000 %}"
 BOMBS = [
     pytest.param("{{ (10 ** input.n) % 7 }}", "bits", id="power"),
     pytest.param("{{ 2 ** 100000 }}", "bits", id="power-literal"),
@@ -52,6 +53,15 @@ BOMBS = [
     pytest.param("{{ ('\t' * 1000000).expandtabs(100) }}", "expandtabs", id="expandtabs"),
     pytest.param("{{ [1] | batch(100000000, 0) | list }}", "batch", id="batch-fill"),
     pytest.param("{{ ('a' * 1000000) | wordwrap(1) }}", "operations", id="wordwrap"),
+    pytest.param("{{ 'a'.encode() * 100000000 }}", "repeating", id="repeat-bytes"),
+    pytest.param(S + "{{ [s] * 1000 }}", "output", id="shared-list-in-text"),
+    pytest.param(S + "{{ ([s] * 1000) | tojson }}", "tojson", id="shared-list-tojson"),
+    pytest.param(S + "{{ ([s] * 1000) | upper }}", "upper", id="shared-list-upper"),
+    pytest.param(S + "{{ ([s] * 1000) | join(',') }}", "join", id="shared-list-join"),
+    pytest.param(S + "{{ [[s] * 1000] | join }}", "join", id="nested-list-join"),
+    pytest.param(S + "{{ 'x' ~ ([s] * 1000) }}", "output", id="shared-list-concat"),
+    pytest.param(S + "{{ ('{0}' * 100).format(s) }}", "formatting", id="format-fields"),
+    pytest.param(S + "{{ ('%s' * 100) % ((s,) * 100) }}", "formatting", id="percent-fields"),
     pytest.param("{{ ('x.io ' * 200000) | urlize }}", "operations", id="urlize"),
     pytest.param("{{ range(100000) | groupby('real') | list }}", "operations", id="groupby"),
     pytest.param("{{ range(100000) | map('string') | list }}", "operations", id="map"),
@@ -67,6 +77,13 @@ def test_bombs_are_refused_quickly_with_kind_limit(source: str, says: str) -> No
     assert caught.value.kind == "limit", str(caught.value)
     assert says in str(caught.value)
     assert time.perf_counter() - started < 5  # generous: unbounded, each took seconds to minutes
+
+
+def test_a_single_expression_of_shared_references_is_refused_before_it_is_written() -> None:
+    template = compile_template("{{ ['a' * 1000000] * 1000 }}")
+    with pytest.raises(TemplateError, match="limit") as caught:
+        template.render({})
+    assert caught.value.kind == "limit"
 
 
 def test_lipsum_is_not_offered() -> None:
