@@ -179,3 +179,11 @@ def test_a_step_whose_request_is_too_big_fails_and_stores_no_request(small_limit
     assert step.request is None  # nor stored
     assert step.error is not None and step.error["kind"] == "limit"
     assert run.state.info.status == FAILED
+
+
+def test_one_value_in_many_fields_counts_each_time(small_limit: int) -> None:
+    template = compile_template({f"f{i}": "{{ input.s }}" for i in range(100)})
+    with pytest.raises(TemplateError) as caught:
+        template.render({"input": {"s": "x" * 100}})
+    assert caught.value.kind == "limit"
+    assert len(template.render({"input": {"s": "x"}})) == 100
