@@ -5,8 +5,9 @@ seconds stalls every request. Jinja's sandbox keeps templates away from Python i
 from work: `10 ** 10000000`, `'a' * 100000000`, nested loops over ranges or a macro that calls
 itself twice. Here every operation that can make a value much larger than its operands is checked
 *before* it runs (powers, repeats, concatenations, padding and formatting widths, joins, replaces),
-every produced string or list is held to `LIMITS.max_size`, and each render has a budget of
-operations (loop iterations, calls, filters) so its time is bounded too. The checks are
+every produced string or list is held to `LIMITS.max_size` (what is written out as text, with
+what it holds), and each render has a budget of operations (loop iterations, calls, attribute
+reads, filters) so its time is bounded too. The checks are
 deterministic, so a run replayed anywhere fails the same way.
 """
 
@@ -72,9 +73,8 @@ FILTER_BYTES_PER_OP = 64  # a filter costs one operation per this many character
 class RenderLimits:
     """Process-wide; `legato serve --max-rendered` sets `max_size`."""
 
-    max_size: int = (
-        DEFAULT_MAX_RENDERED  # characters of a string, items of a list, bytes of a value
-    )
+    # Characters of a string, items of a list, bytes of a rendered value as JSON.
+    max_size: int = DEFAULT_MAX_RENDERED
     max_int_bits: int = 16_384  # an integer computed by a template (JSON holds 64 bits)
     max_ops: int = 50_000  # loop iterations, calls, filters and checked operators per render
 
