@@ -12,14 +12,29 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
+import orjson
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from legato.sandbox import (
+    LIMITS,
+    BoundedEnvironment,
+    TemplateLimit,
+    deep_size,
+    end_budget,
+    start_budget,
+)
 
 Context = Mapping[str, Any]
+EAGER_OVER = 2048  # characters
 
 
 class TemplateError(Exception):
-    """A template failed to compile or to render; the message says which and why."""
+    """A template failed to compile or to render; the message says which and why. `kind` is the
+    failure kind a step reports: "template", or "limit" when a bound on templates refused it."""
+
+    def __init__(self, message: str, kind: str = "template") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def _merge(*parts: Any) -> dict[str, Any]:
@@ -36,7 +51,7 @@ def _pick(value: Any, *keys: str) -> dict[str, Any]:
     return {k: value[k] for k in keys if k in value}
 
 
-class _Environment(ImmutableSandboxedEnvironment):
+class _Environment(BoundedEnvironment):
     """Data first: `input.items` is the input's `items` field, not the dict method of that name."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -48,11 +63,11 @@ class _Environment(ImmutableSandboxedEnvironment):
 _JSON_TYPES = (str, int, float, bool, list, dict, tuple, type(None))
 
 
-def _make_env() -> ImmutableSandboxedEnvironment:
+def _make_env() -> BoundedEnvironment:
     env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     env.globals["merge"] = _merge
-    env.filters["merge"] = _merge
-    env.filters["pick"] = _pick
+    env.add_filter("merge", _merge)
+    env.add_filter("pick", _pick)
     return env
 
 
@@ -70,10 +85,18 @@ class Template:
         self.references = references
 
     def render(self, context: Context) -> Any:
+        """The value; TemplateError (kind "limit") when it is over the size limit, so an oversized
+        value is never stored or sent."""
         try:
-            return self._render(context)
+            return _check_rendered(self._render(context))
         except TemplateError:
             raise
+        except TemplateLimit as exc:
+            raise TemplateError(str(exc), "limit") from None
+        except RecursionError:
+            raise TemplateError("the template recurses too deeply", "limit") from None
+        except MemoryError:
+            raise TemplateError("the template needs more memory than there is", "limit") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"undefined value: {exc}") from None
         except jinja2.TemplateError as exc:
@@ -87,6 +110,37 @@ class Template:
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
+
+
+def _check_rendered(value: Any) -> Any:
+    """Hold a rendered value to the size limit, counted as the JSON it is stored and sent as."""
+    if isinstance(value, str):
+        size = len(value) if len(value) * 4 <= LIMITS.max_size else len(value.encode())
+    elif isinstance(value, dict | list | tuple) and value:
+        # Walked before it is written out: `{"a": "{{ input.big }}", "b": "{{ input.big }}", ...}`
+        # is one value many times. Small enough, even escaped, it needs no writing out at all.
+        estimate = deep_size(value, LIMITS.max_size)
+        if estimate > LIMITS.max_size:
+            raise TemplateError(
+                f"the rendered value is more than {LIMITS.max_size} bytes; the limit is "
+                f"{LIMITS.max_size} (legato serve --max-rendered)",
+                "limit",
+            )
+        if estimate * 6 <= LIMITS.max_size:  # JSON escapes a character in at most 6
+            return value
+        try:
+            size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+        except TypeError:  # not JSON: refused where it is used, with a better message
+            return value
+    else:
+        return value
+    if size > LIMITS.max_size:
+        raise TemplateError(
+            f"the rendered value is {size} bytes; the limit is {LIMITS.max_size} "
+            "(legato serve --max-rendered)",
+            "limit",
+        )
+    return value
 
 
 def compile_template(source: Any) -> Template:
@@ -131,29 +185,73 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
     node = _single_output(ENV.parse(stripped)) if stripped.startswith("{{") else None
     if node is not None and not isinstance(node, nodes.TemplateData) and stripped.endswith("}}"):
         expr = stripped[2:-2].strip()
-        try:
-            compiled = ENV.compile_expression(expr, undefined_to_none=False)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"bad expression {text!r}: {exc.message}") from None
-
-        def render_expr(ctx: Context) -> Any:
-            result = compiled(**ctx)
-            if isinstance(result, jinja2.Undefined):
-                # StrictUndefined raises on use; a bare undefined result is reported the same way.
-                str(result)
-            if not isinstance(result, _JSON_TYPES):
-                raise TemplateError(f"{text!r} yields a {type(result).__name__}, not a JSON value")
-            return result
-
         path = _as_path(node)
-        return _fast_path(path, render_expr) if path else render_expr
-    template = ENV.from_string(text)
+        if path:  # a path compiles without fail: compile it the first time the fast path cannot do
+            return _fast_path(path, _lazy(lambda: _expression(text, expr)))
+        compiled = _expression(text, expr)  # refuses an unknown filter, found when compiling
+        return compiled if len(text) > EAGER_OVER else _lazy(lambda: _expression(text, expr))
+    parts = _text_parts(tree)
+    if parts:
+        return _fast_text(
+            parts, _text(text) if len(text) > EAGER_OVER else _lazy(lambda: _text(text))
+        )
+    compiled = _text(text)
+    return compiled if len(text) > EAGER_OVER else _lazy(lambda: _text(text))
+
+
+def _lazy(make: Callable[[], Callable[[Context], Any]]) -> Callable[[Context], Any]:
+    """Compile on first use. Compiled Jinja is costly: ~0.5 ms, and objects that every full garbage
+    collection then walks (a definition of 10,000 compiled templates made each one stall the
+    process for ~0.5 s). Validation compiles once and drops the result, which is collected young,
+    and paths, which the fast path renders, are only compiled if it ever falls back. A template
+    longer than EAGER_OVER keeps what validation compiled: compiling it again would take the
+    event loop (where runs are decided) too long."""
+    compiled: list[Callable[[Context], Any]] = []
+
+    def render(ctx: Context) -> Any:
+        if not compiled:
+            compiled.append(make())
+        return compiled[0](ctx)
+
+    return render
+
+
+def _expression(text: str, expr: str) -> Callable[[Context], Any]:
+    try:
+        compiled = ENV.compile_expression(expr, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"bad expression {text!r}: {exc.message}") from None
+
+    def render_expr(ctx: Context) -> Any:
+        budget = start_budget()
+        try:
+            result = compiled(**ctx)
+        finally:
+            end_budget(budget)
+        if isinstance(result, jinja2.Undefined):
+            # StrictUndefined raises on use; a bare undefined result is reported the same way.
+            str(result)
+        if not isinstance(result, _JSON_TYPES):
+            raise TemplateError(f"{text!r} yields a {type(result).__name__}, not a JSON value")
+        return result
+
+    return render_expr
+
+
+def _text(text: str) -> Callable[[Context], str]:
+    try:
+        template = ENV.from_string(text)
+    except jinja2.TemplateSyntaxError as exc:  # e.g. an unknown filter, found when compiling
+        raise TemplateError(f"bad template {text!r}: {exc.message}") from None
 
     def render_text(ctx: Context) -> str:
-        return template.render(ctx)
+        budget = start_budget()
+        try:
+            return template.render(ctx)
+        finally:
+            end_budget(budget)
 
-    parts = _text_parts(tree)
-    return _fast_text(parts, render_text) if parts else render_text
+    return render_text
 
 
 # Fast paths. Most templates are plain paths (`{{ steps.a.output.body.id }}`) or text around them;

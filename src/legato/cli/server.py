@@ -17,6 +17,13 @@ from legato.engine.egress import EgressPolicy, EgressSyntaxError
 from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS
 from legato.errors import LegatoError
 from legato.model.durations import parse_duration
+from legato.model.limits import (
+    DEFAULT_MAX_DEFINITION,
+    DEFAULT_MAX_NESTING,
+    DEFAULT_MAX_STEPS,
+    DefinitionLimits,
+)
+from legato.sandbox import DEFAULT_MAX_RENDERED
 from legato.server.app import DEFAULT_MAX_BODY
 from legato.server.serve import DrainingServer, announce, build_server, started
 
@@ -170,6 +177,15 @@ def _engine_options(fn: Any) -> Any:
             "fails with kind `limit`.",
         ),
         click.option(
+            "--max-rendered",
+            type=click.IntRange(1024),
+            default=DEFAULT_MAX_RENDERED,
+            envvar="LEGATO_MAX_RENDERED",
+            show_default=True,
+            help="Bytes a rendered template value (or a step's request) may have; past it the "
+            "step fails with kind `limit`, and nothing is stored or sent.",
+        ),
+        click.option(
             "--log-level",
             type=click.Choice(["critical", "error", "warning", "info", "debug"]),
             default="info",
@@ -207,6 +223,30 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     default=DEFAULT_MAX_BODY,
     show_default=True,
     help="Bytes per request.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_STEPS,
+    envvar="LEGATO_MAX_STEPS",
+    show_default=True,
+    help="Steps a workflow definition may have.",
+)
+@click.option(
+    "--max-nesting",
+    type=click.IntRange(4, 250),
+    default=DEFAULT_MAX_NESTING,
+    envvar="LEGATO_MAX_NESTING",
+    show_default=True,
+    help="Levels of nesting a workflow definition may have.",
+)
+@click.option(
+    "--max-definition",
+    type=click.IntRange(1024),
+    default=DEFAULT_MAX_DEFINITION,
+    envvar="LEGATO_MAX_DEFINITION",
+    show_default=True,
+    help="Bytes a workflow definition may have (as JSON).",
 )
 @click.option(
     "--allow-unauthenticated",
@@ -253,6 +293,9 @@ def serve(
     token: str | None,
     token_file: str | None,
     max_body: int,
+    max_steps: int,
+    max_nesting: int,
+    max_definition: int,
     allow_unauthenticated: bool,
     api_only: bool,
     **settings: Any,
@@ -264,6 +307,7 @@ def serve(
         token=token,
         token_file=token_file,
         max_body=max_body,
+        limits=DefinitionLimits(max_steps, max_nesting, max_definition),
         allow_open=allow_unauthenticated,
         role="api" if api_only else "all",
         **settings,

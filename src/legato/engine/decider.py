@@ -258,7 +258,7 @@ class _Txn:
                 if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                     raise TemplateError(f"must render to an absolute http(s) URL, got {url!r}")
             except TemplateError as exc:
-                error = {"kind": "template", "message": f"poll.url {exc}"}
+                error = {"kind": exc.kind, "message": f"poll.url {exc}"}
                 self.end_attempt(s, False, accepted, error, self.now)
                 return
             location = {"url": url}
@@ -576,7 +576,7 @@ class _Txn:
             if not isinstance(data, dict):
                 raise TemplateError(f"must render to an object, got {type(data).__name__}")
         except TemplateError as exc:
-            self.inline_result(name, False, None, {"kind": "template", "message": f"input {exc}"})
+            self.inline_result(name, False, None, {"kind": exc.kind, "message": f"input {exc}"})
             return
         s = self.new_attempt(name, WAITING)
         child = child_run_id(self.info.id, name, s.attempt, self.now)
@@ -605,7 +605,7 @@ class _Txn:
         try:
             key = event_key(listen.key.render(self.context()) if listen.key else None)
         except TemplateError as exc:
-            self.inline_result(name, False, None, {"kind": "template", "message": f"key {exc}"})
+            self.inline_result(name, False, None, {"kind": exc.kind, "message": f"key {exc}"})
             return
         due = self.now + step.timeout if step.timeout else None
         s = self.new_attempt(name, WAITING, request={"event": listen.event, "key": key})
@@ -633,9 +633,8 @@ class _Txn:
             try:
                 due = parse_time(wait.until.render(self.context()))
             except (TemplateError, ValueError) as exc:
-                self.inline_result(
-                    name, False, None, {"kind": "template", "message": f"until {exc}"}
-                )
+                kind = exc.kind if isinstance(exc, TemplateError) else "template"
+                self.inline_result(name, False, None, {"kind": kind, "message": f"until {exc}"})
                 return
         if due <= self.now:
             self.inline_result(name, True, {"until": due}, None)
@@ -649,7 +648,7 @@ class _Txn:
         try:
             request = render_request(action, self.context(extra))
         except TemplateError as exc:  # it may quote a rendered URL: never with its credentials
-            error = {"kind": "template", "message": mask_text(str(exc))}
+            error = {"kind": exc.kind, "message": mask_text(str(exc))}
             self.record(s, FAILED, None, error, self.now)
             self.after_failure(s, error)
             return
@@ -672,7 +671,7 @@ class _Txn:
                 (then for when, then in branch.cases if evaluate_truth(when, ctx)), branch.otherwise
             )
         except TemplateError as exc:
-            self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
+            self.inline_result(name, False, None, {"kind": exc.kind, "message": str(exc)})
             return
         self.inline_result(name, True, {"next": list(chosen)}, None)
 
@@ -693,7 +692,7 @@ class _Txn:
                     f"map.over rendered {len(items)} items; a map takes at most {MAX_MAP_ITEMS}"
                 )
         except TemplateError as exc:
-            self.inline_result(name, False, None, {"kind": "template", "message": str(exc)})
+            self.inline_result(name, False, None, {"kind": exc.kind, "message": str(exc)})
             return
         self.set(self.new_attempt(name, RUNNING, request={"items": items}))
         for i in range(len(items)):

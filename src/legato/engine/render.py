@@ -5,12 +5,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from legato.expressions import Context, TemplateError
 from legato.model.workflow import Call, Emit, PythonCall
+from legato.sandbox import LIMITS
 
 
 def render_request(action: Call, ctx: Context) -> dict[str, Any]:
-    """Raise TemplateError when a template fails or renders to the wrong shape."""
+    """Raise TemplateError when a template fails or renders to the wrong shape, or (kind "limit")
+    when the request is larger than templates may make: it is then neither stored nor sent."""
+    request = _render(action, ctx)
+    try:
+        size = len(orjson.dumps(request))
+    except TypeError:  # not JSON: the executor refuses it, as before
+        return request
+    if size > LIMITS.max_size:
+        raise TemplateError(
+            f"the rendered request is {size} bytes; the limit is {LIMITS.max_size} "
+            "(legato serve --max-rendered)",
+            "limit",
+        )
+    return request
+
+
+def _render(action: Call, ctx: Context) -> dict[str, Any]:
     if isinstance(action, Emit):
         to = action.to.render(ctx)
         if not isinstance(to, str) or not to:

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
 
@@ -88,6 +88,7 @@ from legato.formats.loader import Definition, load_definition
 from legato.masking import mask_markers, mask_request, mask_url
 from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
+from legato.model.limits import DefinitionLimits
 from legato.model.schedule import interval_context
 from legato.model.service import Service
 from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
@@ -107,6 +108,7 @@ from legato.store.protocol import (
 from legato.transports import Message, Transport, open_transport
 
 log = logging.getLogger("legato.engine")
+_T = TypeVar("_T")
 ACTIVE = frozenset({PENDING, RUNNING, WAITING})
 RETRIES = frozenset({FAILED, CANCELLED})
 DEFAULT_EVENT_RETENTION = 3600.0
@@ -280,6 +282,8 @@ class Engine:
         self.results = S3Results()
         self._subscriptions: list[tuple[str, str]] = []
         self.python = PythonExecutor(self._functions, python_modules)
+        self.definition_limits = DefinitionLimits()  # for definitions registered from now on
+        self._building = asyncio.Semaphore(1)
         self.stats = {
             "commits": 0,
             "decisions": 0,
@@ -460,6 +464,7 @@ class Engine:
         else:
             wf = definition
         # Check everything before writing anything: a refused definition leaves no service behind.
+        self.definition_limits.check_steps(len(wf.steps))
         known = {*self._services, *(s.name for s in inline)}
         problems = unknown_services(wf.steps, known)
         if problems:
@@ -572,8 +577,12 @@ class Engine:
 
     async def apply(self, document: str | bytes | dict[str, Any]) -> WorkflowRecord:
         """Validate and register a definition document (YAML, JSON, or an already parsed mapping)."""
-        definition = load_definition(
-            document, functions=self._functions, services=self._services.keys()
+        definition = await self._off_loop(
+            load_definition,
+            document,
+            functions=dict(self._functions),
+            services=set(self._services),
+            limits=self.definition_limits,
         )
         refused = [
             Problem(f"steps.{step.name}.{where}.function", f"{call.function!r} {self._refusal()}")
@@ -586,6 +595,12 @@ class Engine:
         if refused:
             raise DefinitionError(refused)
         return await self.register(definition)
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Validating a definition compiles each of its templates (a big one takes seconds): in a
+        thread, one at a time, so the event loop keeps serving meanwhile."""
+        async with self._building:
+            return await asyncio.to_thread(fn, *args, **kwargs)
 
     def _refusal(self) -> str:
         modules = self.python.modules or ()
@@ -617,7 +632,10 @@ class Engine:
             )
         key = (name, record.version)
         if key not in self._workflows:
-            self._workflows[key] = build_workflow(record.spec, functions=self._functions)
+            built = await self._off_loop(
+                build_workflow, record.spec, functions=dict(self._functions)
+            )
+            self._workflows[key] = built
         if version is None:
             self._latest[name] = record.version
         return self._workflows[key], record.version

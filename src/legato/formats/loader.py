@@ -13,6 +13,7 @@ import yaml
 from legato.errors import DefinitionError, Problem
 from legato.formats.services_in_order import is_services_in_order, to_native
 from legato.model.build import build_workflow
+from legato.model.limits import DefinitionLimits
 from legato.model.service import Service
 from legato.model.workflow import Workflow
 
@@ -40,6 +41,10 @@ def parse_document(text: str | bytes, fmt: str = "auto") -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise DefinitionError([Problem("", f"malformed YAML{where}: {reason}")]) from None
+    except RecursionError:
+        raise DefinitionError([Problem("", "the document nests too deeply")]) from None
+    except ValueError as exc:  # bytes that are not text
+        raise DefinitionError([Problem("", f"unreadable document: {exc}")]) from None
 
 
 # Aliases let a small YAML text stand for a huge document ("billion laughs"); a definition is far smaller.
@@ -124,13 +129,20 @@ def load_definition(
     *,
     functions: Mapping[str, Callable[..., Any]] | None = None,
     services: Collection[str] | None = None,
+    limits: DefinitionLimits | None = None,
 ) -> Definition:
     """Accept the native form or the services-in-order form (told apart by `services` without `steps`).
 
     `services` are the directory's names; services the document itself declares count as known.
+    `limits` (the defaults when None) are checked before anything is built.
     """
+    limits = limits or DefinitionLimits()
+    size = None
     if isinstance(data, str | bytes):
+        size = len(data)
+        limits.check_size(size)
         data = parse_document(data)
+    limits.check(data, size)
     if is_services_in_order(data):
         problems: list[Problem] = []
         spec, inline = to_native(data, problems)

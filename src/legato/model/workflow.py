@@ -29,7 +29,7 @@ FAILURE_KINDS = (
     "callback",  # an async call's service reported an error through its callback
     "child",  # a sub-workflow's run failed or was cancelled
     "egress",  # the egress policy refused the address (never retried: it will not change)
-    "limit",  # a sub-workflow run would pass the engine's RunLimits
+    "limit",  # a bound was passed: sub-workflow depth or descendants, a rendered value's size
 )
 NEVER_RETRIED = frozenset({"egress"})
 DEFAULT_RETRY_ON = frozenset({"network", "timeout", "5xx", "429"})

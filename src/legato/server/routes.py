@@ -6,6 +6,7 @@ error that `errors.error_response` turns into a 4xx JSON body.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ async def workflow_graph_route(request: Request) -> Response:
         wf, found = await _ctx(request).engine.workflow_version(name, version)
     except NotFound as exc:
         raise ApiError(404, str(exc), "name" if version is None else "version") from None
-    graph = workflow_graph(wf)
+    graph = await asyncio.to_thread(workflow_graph, wf)
     graph["version"] = found
     return json_response(graph)
 

@@ -24,6 +24,8 @@ from legato.engine.runtime import DEFAULT_LEASE, Engine
 from legato.engine.starts import DEFAULT_TTL
 from legato.errors import LegatoError
 from legato.masking import mask_url
+from legato.model.limits import DefinitionLimits
+from legato.sandbox import LIMITS
 from legato.server import connections
 from legato.server.access import load_tokens
 from legato.server.app import DEFAULT_MAX_BODY, create_app
@@ -31,6 +33,7 @@ from legato.server.connections import DEFAULT_HEADER_TIMEOUT
 from legato.ui.auth import DEFAULT_SESSION_TTL
 
 log = logging.getLogger("legato.server")
+SWITCH_INTERVAL = 0.001
 
 
 def is_loopback(host: str) -> bool:
@@ -156,6 +159,8 @@ def build_server(
     max_descendants: int = DEFAULT_MAX_DESCENDANTS,
     idempotency_ttl: float = DEFAULT_TTL,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    limits: DefinitionLimits | None = None,
+    max_rendered: int | None = None,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`, and a
     token shorter than 16 characters there (a guess away).
@@ -172,6 +177,9 @@ def build_server(
         )
     if not is_loopback(host):
         tokens.check_public(host)
+    # Definitions are validated in a thread, which holds the GIL between its switches: the event
+    # loop waits up to this long for it at each of a request's handoffs (Python's default is 5 ms).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     engine = Engine.open(
         db,
         python_modules=python_modules,
@@ -184,6 +192,10 @@ def build_server(
     if event_retention is not None:
         engine.event_retention = event_retention
     engine.starts.ttl = idempotency_ttl
+    if limits is not None:
+        engine.definition_limits = limits
+    if max_rendered is not None:
+        LIMITS.max_size = max_rendered  # process-wide: templates render wherever runs are decided
     if s3_endpoint:
         engine.results = S3Results(s3_endpoint)
     for name, url in transports:
