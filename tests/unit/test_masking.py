@@ -105,12 +105,39 @@ def test_secret_references_resolve_only_for_names_the_definition_writes() -> Non
     action = wf.steps["a"].action
     names = names_in([action.url, action.headers, action.json])  # type: ignore[union-attr]
     assert names == {"PATH", "TOK"}
-    request = {"url": f"http://h/{marker('PATH')}", "json": {"x": marker("OTHER")}}
-    assert wanted(request, names) == {"PATH"}
-    sent = substitute(request, {"PATH": "p"})
-    assert sent == {"url": "http://h/p", "json": {"x": marker("OTHER")}}
-    assert scrub({"echo": ["got secret-1 and abc"]}, ["secret-1", "abc"]) == {
-        "echo": ["got *** and abc"]  # values under 4 characters are not scrubbed
+    t = "0123456789abcdef"
+    request = {
+        "url": f"http://h/{marker('PATH', t)}",
+        "json": {"x": marker("OTHER", t), "y": marker("TOK"), "z": marker("TOK", "f" * 16)},
+    }
+    assert wanted(request, names, t) == {"PATH"}
+    assert wanted(request, names, None) == set()
+    sent = substitute(request, {"PATH": "p", "TOK": "t"}, t)
+    # Only this rendering's own markers are replaced: untagged or other tags stay inert text.
+    assert sent == {
+        "url": "http://h/p",
+        "json": {"x": marker("OTHER", t), "y": marker("TOK"), "z": marker("TOK", "f" * 16)},
+    }
+    assert scrub({"echo": ["got secret-1-long and abc"]}, ["secret-1-long", "abc"]) == {
+        "echo": ["got *** and abc"]
+    }
+
+
+def test_scrub_keeps_keys_and_short_values_and_catches_encoded_forms() -> None:
+    reply = {"body": "body", "admin": ["admin", "role admin"], "n": 1}
+    assert scrub(reply, ["body", "admin"]) == reply  # under SCRUB_MIN: data is not rewritten
+    secret = "p@ss w/rd&x=1yz"
+    echoed = {
+        "url": "http://h/q?q=p@ss+w/rd%26x%3D1yz",
+        "path": "/p%40ss%20w/rd%26x%3D1yz",
+        "json": '{"pw": "p@ss w/rd&x=1yz"}',
+        "p@ss w/rd&x=1yz": 1,
+    }
+    assert scrub(echoed, [secret]) == {
+        "url": "http://h/q?q=***",
+        "path": "/***",
+        "json": '{"pw": "***"}',
+        "p@ss w/rd&x=1yz": 1,  # keys are never rewritten
     }
 
 
@@ -131,11 +158,13 @@ def test_the_decider_stores_a_masked_request_and_resume_sends_the_real_one() -> 
     )
     d = run.start()
     (e,) = executes(d)
+    tag = e.request["secret_tag"]
     sent = {
         "method": "GET",
         "url": "http://h/",
-        "headers": {"Authorization": f"Bearer {marker('TOK')}", "Accept": "x"},
+        "headers": {"Authorization": f"Bearer {marker('TOK', tag)}", "Accept": "x"},
         "query": {"token": "literal"},
+        "secret_tag": tag,
     }
     assert e.request == sent
     stored = run.step("a").request
@@ -146,7 +175,13 @@ def test_the_decider_stores_a_masked_request_and_resume_sends_the_real_one() -> 
         "query": {"token": "***"},
     }
     (again,) = executes(run.send(Resume()))
-    assert again.request == sent
+    retag = again.request["secret_tag"]
+    assert retag != tag  # a fresh tag for each rendering
+    assert again.request == {
+        **sent,
+        "headers": {"Authorization": f"Bearer {marker('TOK', retag)}", "Accept": "x"},
+        "secret_tag": retag,
+    }
 
 
 def test_a_template_error_quoting_a_url_stores_it_masked() -> None:
