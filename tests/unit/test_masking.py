@@ -204,3 +204,54 @@ def test_a_database_url_in_a_migration_refusal_hides_its_password() -> None:
             to_apply([(1, ""), (2, "")], current, url, allowed=False)
         assert "db-pw-123" not in str(refused.value)
         assert "legato:***@db.internal" in str(refused.value)
+
+
+def test_a_masked_url_keeps_its_text_exactly_and_masks_path_params_and_fragments() -> None:
+    assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert mask_url("sqlite:///rel.db") == "sqlite:///rel.db"
+    assert mask_url("postgresql://pg:SuperSecretPw@db:5432/t?schema=s") == (
+        "postgresql://pg:***@db:5432/t?schema=s"
+    )
+    assert mask_url("http://h/a;jsessionid=ABC/b?x=1#access_token=T&y=2") == (
+        "http://h/a;jsessionid=***/b?x=1#access_token=***&y=2"
+    )
+    assert mask_url("http://h/a;v=1#top") == "http://h/a;v=1#top"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"base_url": "http://h/", "token": "{{ secrets.1X }}"}, "token"),
+        ({"base_url": "http://h/", "token": "{{ secrets.X | upper }}"}, "token"),
+        ({"base_url": "http://h/", "token": "two words"}, "token"),
+        ({"base_url": "http://h/", "headers": {"X-A\nB": "v"}}, "headers.'X-A\\nB'"),
+        ({"base_url": "http://h/", "headers": {"X-A": "v\r\nX-B: w"}}, "headers.X-A"),
+        ({"base_url": "http://h/", "headers": {"X-A": "{{ input.x }}"}}, "headers.X-A"),
+        ({"base_url": "http://h:99999/"}, "base_url"),
+        ({"base_url": "http://u:p@/"}, "base_url"),
+        ({"base_url": "http://{{ secrets.H | lower }}/"}, "base_url"),
+    ],
+)
+def test_a_service_that_no_call_could_use_is_refused_naming_the_field(
+    data: dict[str, object], field: str
+) -> None:
+    with pytest.raises(LegatoError) as refused:
+        Service.from_dict({"name": "s", **data})
+    assert [p.path for p in refused.value.problems] == [field]  # type: ignore[attr-defined]
+    # An entry stored before these checks still loads (its calls fail) rather than stop a start.
+    assert Service.from_dict({"name": "s", **data}, strict=False).name == "s"
+
+
+def test_a_service_may_name_secrets_and_put_a_path_before_its_query() -> None:
+    svc = Service.from_dict(
+        {
+            "name": "s",
+            "base_url": "http://{{ secrets.HOST }}/base?api_key={{secrets.K}}",
+            "token": "{{ secrets.T }}",
+            "headers": {"X-Key": "k {{ secrets.K }}"},
+        }
+    )
+    assert (
+        Service("s", "http://h/base?api_key=K&x=1#f").url("/p") == "http://h/base/p?api_key=K&x=1#f"
+    )
+    assert svc.url("") == svc.base_url
