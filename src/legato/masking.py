@@ -67,6 +67,18 @@ SECRET_PARAM = re.compile(
     r"key|token|pass|pwd|secret|sig|auth|credential|session|cookie|jwt|^code$", re.IGNORECASE
 )
 
+# Narrower: names whose values are scrubbed out of what a service answers (see secret_refs.scrub).
+# Not every name SECRET_PARAM masks: scrubbing `sort_key=created_at` or `page_token` would rewrite a
+# reply's data, so only names that are credentials as a whole.
+CREDENTIAL_NAME = re.compile(
+    r"^(?:x-)?(?:api[-_]?key|apikey|access[-_]?key|secret[-_]?key|private[-_]?key|key"
+    r"|(?:access|refresh|id|auth|bearer|session|csrf|xsrf)?[-_]?token|client[-_]?secret|secret"
+    r"|password|passwd|pwd|pass|signature|sig|amz-signature|amz-credential|amz-security-token"
+    r"|credentials?|auth|authorization|proxy-authorization|jwt|session(?:[-_]?id)?|jsessionid"
+    r"|cookie)$",
+    re.IGNORECASE,
+)
+
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 

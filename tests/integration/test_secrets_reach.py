@@ -180,7 +180,13 @@ async def test_scrubbing_never_rewrites_keys_or_short_words(
         spec(
             "scrubkey",
             {
-                "a": {"http": {"url": f"http://api:body@{host}/mirror/x?role=admin"}},
+                "a": {
+                    "http": {
+                        "url": f"http://api:body@{host}/mirror/x?role=admin",
+                        # Named like keys and tokens, but data: not scrubbed out of the reply.
+                        "query": {"sort_key": "created_at_desc", "page_token": "cursor-0042"},
+                    }
+                },
                 "b": {
                     "depends_on": "a",
                     "http": {
@@ -197,5 +203,7 @@ async def test_scrubbing_never_rewrites_keys_or_short_words(
     assert run.info.status == "succeeded", [s.error for s in run.steps.values()]
     body = run.steps["a"].output["body"]
     assert set(body) == {"method", "url", "raw_path", "headers", "body"}
-    assert body["url"].endswith("/mirror/x?role=admin")
+    assert body["url"].endswith(
+        "/mirror/x?role=admin&sort_key=created_at_desc&page_token=cursor-0042"
+    ), body["url"]
     assert run.steps["b"].output["body"]["echo"] == {"m": "GET"}

@@ -7,6 +7,7 @@ import pytest
 from legato.engine.state import Resume
 from legato.errors import LegatoError
 from legato.masking import (
+    CREDENTIAL_NAME,
     mask_error,
     mask_headers,
     mask_output,
@@ -204,6 +205,13 @@ def test_a_database_url_in_a_migration_refusal_hides_its_password() -> None:
             to_apply([(1, ""), (2, "")], current, url, allowed=False)
         assert "db-pw-123" not in str(refused.value)
         assert "legato:***@db.internal" in str(refused.value)
+
+
+def test_only_names_that_are_credentials_as_a_whole_are_scrubbed() -> None:
+    for name in ("api_key", "key", "X-Api-Key", "access_token", "X-Auth-Token", "Authorization"):
+        assert CREDENTIAL_NAME.fullmatch(name), name
+    for name in ("sort_key", "page_token", "next_page_token", "X-Tenant", "keyword", "monkey"):
+        assert not CREDENTIAL_NAME.fullmatch(name), name
 
 
 def test_a_masked_url_keeps_its_text_exactly_and_masks_path_params_and_fragments() -> None:

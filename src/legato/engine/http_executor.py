@@ -29,7 +29,7 @@ from legato.engine.secret_source import (
     resolve_request,
 )
 from legato.expressions import Template
-from legato.masking import SECRET_PARAM, SHOWN_HEADERS, mask_text, mask_url
+from legato.masking import CREDENTIAL_NAME, SHOWN_HEADERS, mask_text, mask_url
 from legato.model.fields import check_object
 from legato.model.service import DEFAULT_TIMEOUT, Service, join_path
 from legato.model.workflow import HttpCall
@@ -345,7 +345,7 @@ def _credentials(url: str, headers: dict[str, str], used: dict[str, str]) -> Non
     stored (only long ones: see `secret_refs.SCRUB_MIN`)."""
     _url_credentials(url, used)
     for k, v in headers.items():
-        if k.lower() in SHOWN_HEADERS or not SECRET_PARAM.search(k):
+        if k.lower() in SHOWN_HEADERS or not CREDENTIAL_NAME.fullmatch(k):
             continue
         if k.lower() in ("authorization", "proxy-authorization"):
             used[f"({k.lower()})"] = v.split(" ", 1)[-1]
@@ -361,14 +361,14 @@ def _url_credentials(url: str, used: dict[str, str]) -> None:
     if password:
         used["(url password)"] = unquote(password)
     for name, value in parse_qsl(parts.query) + parse_qsl(parts.fragment):
-        if SECRET_PARAM.search(name):
+        if CREDENTIAL_NAME.fullmatch(name):
             used[f"(query {name})"] = value
 
 
 def _query_credentials(query: Any, used: dict[str, str]) -> None:
     if isinstance(query, dict):
         for k, v in query.items():
-            if isinstance(v, str) and SECRET_PARAM.search(str(k)):
+            if isinstance(v, str) and CREDENTIAL_NAME.fullmatch(str(k)):
                 used[f"(query {k})"] = v
 
 
