@@ -14,12 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import orjson
 
 from legato.model.service import Service
-from legato.secret_refs import MARKER
+from legato.secret_refs import MARKER, TAG_KEY
 
 MASK = "***"
 
@@ -67,6 +67,18 @@ SECRET_PARAM = re.compile(
     r"key|token|pass|pwd|secret|sig|auth|credential|session|cookie|jwt|^code$", re.IGNORECASE
 )
 
+# Narrower: names whose values are scrubbed out of what a service answers (see secret_refs.scrub).
+# Not every name SECRET_PARAM masks: scrubbing `sort_key=created_at` or `page_token` would rewrite a
+# reply's data, so only names that are credentials as a whole.
+CREDENTIAL_NAME = re.compile(
+    r"^(?:x-)?(?:api[-_]?key|apikey|access[-_]?key|secret[-_]?key|private[-_]?key|key"
+    r"|(?:access|refresh|id|auth|bearer|session|csrf|xsrf)?[-_]?token|client[-_]?secret|secret"
+    r"|password|passwd|pwd|pass|signature|sig|amz-signature|amz-credential|amz-security-token"
+    r"|credentials?|auth|authorization|proxy-authorization|jwt|session(?:[-_]?id)?|jsessionid"
+    r"|cookie)$",
+    re.IGNORECASE,
+)
+
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
@@ -76,19 +88,35 @@ def mask_markers(text: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its userinfo password and credential-like query values as `***`."""
+    """The URL with its userinfo password, credential-like query and fragment values and path
+    parameters (`;jsessionid=`) as `***`; everything else exactly as written (`sqlite:////x.db`
+    keeps its four slashes)."""
     url = mask_markers(url)
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
-        query = "&".join(_mask_pair(p) for p in parts.query.split("&")) if parts.query else ""
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:  # not a URL urllib can split: show nothing of it that could be a secret
         return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    out = f"{parts.scheme}:" if parts.scheme else ""
+    if url[len(out) :].startswith("//"):
+        out += "//" + netloc
+    out += _PATH_PARAM.sub(_mask_param, parts.path)
+    if parts.query or "?" in url.split("#", 1)[0]:
+        out += "?" + "&".join(_mask_pair(p) for p in parts.query.split("&"))
+    if parts.fragment or "#" in url:
+        out += "#" + "&".join(_mask_pair(p) for p in parts.fragment.split("&"))
+    return out
+
+
+_PATH_PARAM = re.compile(r";([^;/=]*)=([^;/]*)")
+
+
+def _mask_param(m: re.Match[str]) -> str:
+    return f";{m.group(1)}={MASK}" if SECRET_PARAM.search(m.group(1)) else m.group(0)
 
 
 def _mask_pair(pair: str) -> str:
@@ -145,6 +173,8 @@ def mask_request(request: Any) -> Any:
         return request
     out: dict[str, Any] = {}
     for k, v in request.items():
+        if k == TAG_KEY:  # made for one sending; not part of what was asked
+            continue
         if k == "url" and isinstance(v, str):
             out[k] = mask_url(v)
         elif k == "headers":
@@ -155,6 +185,7 @@ def mask_request(request: Any) -> Any:
             out[k] = {
                 pk: mask_url(pv) if pk == "url" and isinstance(pv, str) else pv
                 for pk, pv in v.items()
+                if pk != TAG_KEY
             }
         else:
             out[k] = _deep(v)

@@ -1,36 +1,53 @@
 """`{{ secrets.NAME }}` in templates: the decider renders a reference, never the value (pure).
 
-A template sees `secrets` as a mapping whose every entry renders to the marker `~~secret.NAME~~`, so
-the request the decider stores holds only the name. The HTTP executor swaps each marker for the value
-just before sending (`substitute`), and only for names that the step's own definition writes down
-(`names_in`): a marker smuggled in through run input or a service's reply resolves to nothing. The
-marker is made of URL-safe characters, so it survives `urlencode` and the path; a filter applied to a
-secret (`| upper`) applies to the marker, not the value, so a secret is substituted whole and as is.
+A template sees `secrets` as a mapping whose every entry renders to a marker `~~secret.NAME.TAG~~`,
+so the request the decider stores holds only the name. TAG is random and fresh for each rendering of
+a request (`new_tag`) and travels with it (`TAG_KEY`): the HTTP executor swaps a marker for the value
+just before sending (`substitute`) only when it carries that request's own tag and names a secret
+that the step's own template writes down (`names_in`). Text arriving through run input, a service's
+reply or another step cannot know a tag made after it arrived, so a marker smuggled in that way stays
+inert text. The marker is made of URL-safe characters, so it survives `urlencode` and the path; a
+filter applied to a secret (`| upper`) applies to the marker, not the value, so a secret is
+substituted whole and as is, or not at all.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
+import orjson
 from jinja2 import nodes
+from yarl import URL
 
 from legato.expressions import ENV, Template
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-MARKER = re.compile(r"~~secret\.([A-Za-z_][A-Za-z0-9_]{0,127})~~")
+# A marker rendered outside a request (a run's output, a sub-workflow's input) has no tag: never sent.
+MARKER = re.compile(r"~~secret\.([A-Za-z_][A-Za-z0-9_]{0,127})(?:\.([0-9a-f]{16}))?~~")
+TAG_KEY = "secret_tag"  # the request's key holding its tag (never stored: see masking)
 # A service's base_url, headers and token may say `{{ secrets.NAME }}` (and nothing fancier).
 SERVICE_REF = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]{0,127})\s*\}\}")
 
 
-def marker(name: str) -> str:
-    return f"~~secret.{name}~~"
+def marker(name: str, tag: str | None = None) -> str:
+    return f"~~secret.{name}.{tag}~~" if tag else f"~~secret.{name}~~"
+
+
+def new_tag() -> str:
+    return os.urandom(8).hex()
 
 
 class SecretRefs(dict[str, str]):
     """Every key is present and renders to its marker; there is nothing to list or iterate."""
+
+    def __init__(self, tag: str | None = None) -> None:
+        super().__init__()
+        self.tag = tag
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and NAME.fullmatch(key) is not None
@@ -38,7 +55,7 @@ class SecretRefs(dict[str, str]):
     def __missing__(self, key: str) -> str:
         if not NAME.fullmatch(key):
             raise KeyError(key)
-        return marker(key)
+        return marker(key, self.tag)
 
 
 SECRETS = SecretRefs()
@@ -92,25 +109,44 @@ def names_in(templates: Iterable[Template | None]) -> frozenset[str]:
     return frozenset(found)
 
 
-def wanted(value: Any, allowed: frozenset[str]) -> set[str]:
-    """The allowed names whose markers occur in `value`."""
+def wanted(value: Any, allowed: frozenset[str], tag: str | None) -> set[str]:
+    """The allowed names whose markers with this tag occur in `value`'s strings (not its keys)."""
     found: set[str] = set()
-    for text in _strings(value):
+    if not tag:
+        return found
+    for text in _values(value):
         if "~~secret." in text:
-            found.update(n for n in MARKER.findall(text) if n in allowed)
+            found.update(n for n, t in MARKER.findall(text) if n in allowed and t == tag)
     return found
 
 
-def substitute(value: Any, values: Mapping[str, str]) -> Any:
-    """`value` with the markers of `values`' names replaced by the secrets themselves."""
+def _values(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _values(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _values(v)
+
+
+def substitute(value: Any, values: Mapping[str, str], tag: str | None) -> Any:
+    """`value` with the markers of `values`' names carrying `tag` replaced by the secrets
+    themselves; dict keys are left as they are (a secret is never sent as a key)."""
+    if not tag:
+        return value
     if isinstance(value, str):
         if "~~secret." not in value:
             return value
-        return MARKER.sub(lambda m: values.get(m.group(1), m.group(0)), value)
+        return MARKER.sub(
+            lambda m: values.get(m.group(1), m.group(0)) if m.group(2) == tag else m.group(0),
+            value,
+        )
     if isinstance(value, dict):
-        return {k: substitute(v, values) for k, v in value.items()}
+        return {k: substitute(v, values, tag) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute(v, values) for v in value]
+        return [substitute(v, values, tag) for v in value]
     return value
 
 
@@ -122,10 +158,40 @@ def service_substitute(text: str, values: Mapping[str, str]) -> str:
     return SERVICE_REF.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
+# Credentials shorter than this are not scrubbed out of replies: replacing every "admin" or "body" in
+# a service's reply would silently change the data later steps read. They are still never stored
+# where Legato itself writes them (requests, URLs, headers: see masking).
+SCRUB_MIN = 8
+
+
+def encodings(secret: str) -> set[str]:
+    """The forms a service may echo a secret back in: as is, percent-encoded the ways a query or a
+    path encodes it (`+` for a space included), and JSON-escaped."""
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret, safe="/"),
+        quote_plus(secret, safe=""),
+        quote_plus(secret, safe="/"),
+        orjson.dumps(secret).decode()[1:-1],
+    }
+    try:  # exactly as aiohttp (yarl) puts it in a query and a path
+        forms.add(URL.build(query={"q": secret}).raw_query_string[2:])
+        forms.add(URL.build(path="/" + secret).raw_path[1:])
+    except (ValueError, TypeError):
+        pass
+    return forms
+
+
 def scrub(value: Any, secrets: Iterable[str]) -> Any:
-    """`value` with every occurrence of these secret values (4 characters or more) as `***`: a
-    service that echoes its request must not get a secret stored in the step's output."""
-    found = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+    """`value` with every occurrence of these credentials (of `SCRUB_MIN` characters or more, in
+    any of their `encodings`) inside its strings as `***`: a service that echoes its request must
+    not get a secret stored in the step's output. Keys and non-strings are left as they are."""
+    found = sorted(
+        {f for s in secrets if len(s) >= SCRUB_MIN for f in encodings(s) if len(f) >= SCRUB_MIN},
+        key=len,
+        reverse=True,
+    )
     if not found:
         return value
     pattern = re.compile("|".join(re.escape(s) for s in found))
@@ -134,7 +200,7 @@ def scrub(value: Any, secrets: Iterable[str]) -> Any:
         if isinstance(v, str):
             return pattern.sub("***", v)
         if isinstance(v, dict):
-            return {walk(k) if isinstance(k, str) else k: walk(x) for k, x in v.items()}
+            return {k: walk(x) for k, x in v.items()}
         if isinstance(v, list):
             return [walk(x) for x in v]
         return v

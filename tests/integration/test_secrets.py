@@ -25,9 +25,10 @@ TOKEN = "svc-token-5d2e8a"
 LITERAL = "literal-auth-0a6f"
 
 
-async def rows_text(db_url: str) -> str:
+async def rows_text(
+    db_url: str, tables: tuple[str, ...] = ("runs", "steps", "attempts", "inbox", "services")
+) -> str:
     """Every row of the run tables, as text, read straight from the database."""
-    tables = ("runs", "steps", "attempts", "inbox", "services")
     if db_url.startswith("sqlite:"):
         with sqlite3.connect(db_url.removeprefix("sqlite:///")) as lite:
             return "\n".join(repr(lite.execute(f"SELECT * FROM {t}").fetchall()) for t in tables)

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from legato.client import AsyncClient
+from tests.integration.conftest import fresh_schema
 from tests.integration.serverprocess import ServerProcess, start_server
 from tests.integration.testservice import LoopbackService
 
@@ -153,6 +155,26 @@ async def test_secret_routes_refuse_bad_input_and_an_unknown_secret_fails_its_st
         assert "value" not in again.json()
         assert (await http.delete("/api/secrets/PLAIN")).status_code == 204
         assert (await http.delete("/api/secrets/PLAIN")).status_code == 404
+        extra = await http.put("/api/secrets/X1", json={"value": "v-123456", "valeu": "typo"})
+        assert extra.status_code == 422 and extra.json()["problems"][0]["path"] == "valeu"
+        latin = await http.put(
+            "/api/secrets/X1", content=b"caf\xe9", headers={"content-type": "text/plain"}
+        )
+        assert latin.status_code == 422 and latin.json()["problems"][0]["path"] == "value"
+        listed = (await http.get("/api/secrets")).json()["secrets"]
+        assert "X1" not in [e["name"] for e in listed]  # neither was stored
+        for body, field in (
+            ({"token": "{{ secrets.1X }}"}, "token"),
+            ({"token": "{{ secrets.X | upper }}"}, "token"),
+            ({"headers": {"X-A\nB": "v"}}, "headers.'X-A\\nB'"),
+            ({"base_url": "http://h:99999/"}, "base_url"),
+            ({"base_url": "http://u:p@/"}, "base_url"),
+        ):
+            refused = await http.post(
+                "/api/services", json={"name": "bad", "base_url": "http://h/", **body}
+            )
+            assert refused.status_code == 422, (body, refused.text)
+            assert refused.json()["problems"][0]["path"] == field, refused.json()
     async with AsyncClient(server.url) as api:
         await api.add_service({"name": "svc", "base_url": service.url}, replace=True)
         await api.apply(
@@ -167,6 +189,26 @@ async def test_secret_routes_refuse_bad_input_and_an_unknown_secret_fails_its_st
         assert error["kind"] == "config" and "'MISSING'" in error["message"]
     await asyncio.sleep(0)
     assert "Traceback" not in server.output()
+
+
+async def test_the_worker_banner_hides_the_database_password(tmp_path: Path) -> None:
+    async with fresh_schema() as url:
+        base, schema = url.split("?schema=")
+        # PostgreSQL here trusts local connections: the password is ignored, but must not show.
+        p = urlsplit(base)
+        where = f"{p.username or 'postgres'}:SuperSecretPw@{p.hostname}:{p.port or 5432}"
+        db = f"{p.scheme}://{where}{p.path}?schema={schema}"
+        worker = start_server(tmp_path, "--migrate", db=db, name="worker", command="worker")
+        try:
+            for _ in range(100):  # the banner may follow the first /healthz answer
+                banner = worker.output()
+                if "Legato worker" in banner:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+    assert "Legato worker" in banner and "SuperSecretPw" not in banner, banner
+    assert ":***@" in banner
 
 
 def test_cli_secret_delete_and_empty_value(server: ServerProcess, tmp_path: Path) -> None:

@@ -95,6 +95,19 @@ class LoopbackService:
                 self.early_reports.append(answer.status)
         return _json({"accepted": True}, 202)
 
+    async def mirror(self, request: web.Request) -> web.Response:
+        """Echoes the whole request as it arrived (URL, raw path, headers, body) with the status
+        `?status=` asks for: a service that reflects what it got, credentials included."""
+        await self._record(request)
+        reply = {
+            "method": request.method,
+            "url": str(request.url),
+            "raw_path": request.raw_path,
+            "headers": {str(k): v for k, v in request.headers.items()},
+            "body": await request.text(),
+        }
+        return _json(reply, int(request.query.get("status", "200")))
+
     async def text(self, request: web.Request) -> web.Response:
         await self._record(request)
         return web.Response(text="plain words")
@@ -108,6 +121,8 @@ class LoopbackService:
         app.router.add_route("*", "/status/{code}", self.status)
         app.router.add_route("*", "/slow", self.slow)
         app.router.add_route("*", "/text", self.text)
+        app.router.add_route("*", "/mirror", self.mirror)
+        app.router.add_route("*", "/mirror/{tail:.*}", self.mirror)
         app.router.add_route("*", "/deep", self.deep)
         app.router.add_route("*", "/callback-first", self.callback_first)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)

@@ -7,6 +7,7 @@ import pytest
 from legato.engine.state import Resume
 from legato.errors import LegatoError
 from legato.masking import (
+    CREDENTIAL_NAME,
     mask_error,
     mask_headers,
     mask_output,
@@ -105,12 +106,39 @@ def test_secret_references_resolve_only_for_names_the_definition_writes() -> Non
     action = wf.steps["a"].action
     names = names_in([action.url, action.headers, action.json])  # type: ignore[union-attr]
     assert names == {"PATH", "TOK"}
-    request = {"url": f"http://h/{marker('PATH')}", "json": {"x": marker("OTHER")}}
-    assert wanted(request, names) == {"PATH"}
-    sent = substitute(request, {"PATH": "p"})
-    assert sent == {"url": "http://h/p", "json": {"x": marker("OTHER")}}
-    assert scrub({"echo": ["got secret-1 and abc"]}, ["secret-1", "abc"]) == {
-        "echo": ["got *** and abc"]  # values under 4 characters are not scrubbed
+    t = "0123456789abcdef"
+    request = {
+        "url": f"http://h/{marker('PATH', t)}",
+        "json": {"x": marker("OTHER", t), "y": marker("TOK"), "z": marker("TOK", "f" * 16)},
+    }
+    assert wanted(request, names, t) == {"PATH"}
+    assert wanted(request, names, None) == set()
+    sent = substitute(request, {"PATH": "p", "TOK": "t"}, t)
+    # Only this rendering's own markers are replaced: untagged or other tags stay inert text.
+    assert sent == {
+        "url": "http://h/p",
+        "json": {"x": marker("OTHER", t), "y": marker("TOK"), "z": marker("TOK", "f" * 16)},
+    }
+    assert scrub({"echo": ["got secret-1-long and abc"]}, ["secret-1-long", "abc"]) == {
+        "echo": ["got *** and abc"]
+    }
+
+
+def test_scrub_keeps_keys_and_short_values_and_catches_encoded_forms() -> None:
+    reply = {"body": "body", "admin": ["admin", "role admin"], "n": 1}
+    assert scrub(reply, ["body", "admin"]) == reply  # under SCRUB_MIN: data is not rewritten
+    secret = "p@ss w/rd&x=1yz"
+    echoed = {
+        "url": "http://h/q?q=p@ss+w/rd%26x%3D1yz",
+        "path": "/p%40ss%20w/rd%26x%3D1yz",
+        "json": '{"pw": "p@ss w/rd&x=1yz"}',
+        "p@ss w/rd&x=1yz": 1,
+    }
+    assert scrub(echoed, [secret]) == {
+        "url": "http://h/q?q=***",
+        "path": "/***",
+        "json": '{"pw": "***"}',
+        "p@ss w/rd&x=1yz": 1,  # keys are never rewritten
     }
 
 
@@ -131,11 +159,13 @@ def test_the_decider_stores_a_masked_request_and_resume_sends_the_real_one() -> 
     )
     d = run.start()
     (e,) = executes(d)
+    tag = e.request["secret_tag"]
     sent = {
         "method": "GET",
         "url": "http://h/",
-        "headers": {"Authorization": f"Bearer {marker('TOK')}", "Accept": "x"},
+        "headers": {"Authorization": f"Bearer {marker('TOK', tag)}", "Accept": "x"},
         "query": {"token": "literal"},
+        "secret_tag": tag,
     }
     assert e.request == sent
     stored = run.step("a").request
@@ -146,7 +176,13 @@ def test_the_decider_stores_a_masked_request_and_resume_sends_the_real_one() -> 
         "query": {"token": "***"},
     }
     (again,) = executes(run.send(Resume()))
-    assert again.request == sent
+    retag = again.request["secret_tag"]
+    assert retag != tag  # a fresh tag for each rendering
+    assert again.request == {
+        **sent,
+        "headers": {"Authorization": f"Bearer {marker('TOK', retag)}", "Accept": "x"},
+        "secret_tag": retag,
+    }
 
 
 def test_a_template_error_quoting_a_url_stores_it_masked() -> None:
@@ -169,3 +205,61 @@ def test_a_database_url_in_a_migration_refusal_hides_its_password() -> None:
             to_apply([(1, ""), (2, "")], current, url, allowed=False)
         assert "db-pw-123" not in str(refused.value)
         assert "legato:***@db.internal" in str(refused.value)
+
+
+def test_only_names_that_are_credentials_as_a_whole_are_scrubbed() -> None:
+    for name in ("api_key", "key", "X-Api-Key", "access_token", "X-Auth-Token", "Authorization"):
+        assert CREDENTIAL_NAME.fullmatch(name), name
+    for name in ("sort_key", "page_token", "next_page_token", "X-Tenant", "keyword", "monkey"):
+        assert not CREDENTIAL_NAME.fullmatch(name), name
+
+
+def test_a_masked_url_keeps_its_text_exactly_and_masks_path_params_and_fragments() -> None:
+    assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert mask_url("sqlite:///rel.db") == "sqlite:///rel.db"
+    assert mask_url("postgresql://pg:SuperSecretPw@db:5432/t?schema=s") == (
+        "postgresql://pg:***@db:5432/t?schema=s"
+    )
+    assert mask_url("http://h/a;jsessionid=ABC/b?x=1#access_token=T&y=2") == (
+        "http://h/a;jsessionid=***/b?x=1#access_token=***&y=2"
+    )
+    assert mask_url("http://h/a;v=1#top") == "http://h/a;v=1#top"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"base_url": "http://h/", "token": "{{ secrets.1X }}"}, "token"),
+        ({"base_url": "http://h/", "token": "{{ secrets.X | upper }}"}, "token"),
+        ({"base_url": "http://h/", "token": "two words"}, "token"),
+        ({"base_url": "http://h/", "headers": {"X-A\nB": "v"}}, "headers.'X-A\\nB'"),
+        ({"base_url": "http://h/", "headers": {"X-A": "v\r\nX-B: w"}}, "headers.X-A"),
+        ({"base_url": "http://h/", "headers": {"X-A": "{{ input.x }}"}}, "headers.X-A"),
+        ({"base_url": "http://h:99999/"}, "base_url"),
+        ({"base_url": "http://u:p@/"}, "base_url"),
+        ({"base_url": "http://{{ secrets.H | lower }}/"}, "base_url"),
+    ],
+)
+def test_a_service_that_no_call_could_use_is_refused_naming_the_field(
+    data: dict[str, object], field: str
+) -> None:
+    with pytest.raises(LegatoError) as refused:
+        Service.from_dict({"name": "s", **data})
+    assert [p.path for p in refused.value.problems] == [field]  # type: ignore[attr-defined]
+    # An entry stored before these checks still loads (its calls fail) rather than stop a start.
+    assert Service.from_dict({"name": "s", **data}, strict=False).name == "s"
+
+
+def test_a_service_may_name_secrets_and_put_a_path_before_its_query() -> None:
+    svc = Service.from_dict(
+        {
+            "name": "s",
+            "base_url": "http://{{ secrets.HOST }}/base?api_key={{secrets.K}}",
+            "token": "{{ secrets.T }}",
+            "headers": {"X-Key": "k {{ secrets.K }}"},
+        }
+    )
+    assert (
+        Service("s", "http://h/base?api_key=K&x=1#f").url("/p") == "http://h/base/p?api_key=K&x=1#f"
+    )
+    assert svc.url("") == svc.base_url

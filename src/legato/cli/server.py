@@ -16,6 +16,7 @@ from legato.client import AsyncClient
 from legato.engine.egress import EgressPolicy, EgressSyntaxError
 from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS
 from legato.errors import LegatoError
+from legato.masking import mask_url
 from legato.model.durations import parse_duration
 from legato.model.limits import (
     DEFAULT_MAX_DEFINITION,
@@ -335,7 +336,7 @@ def worker(db: str, **settings: Any) -> None:
 
     def announce_worker(server: DrainingServer) -> None:
         click.echo(
-            f"Legato worker {server.engine.id}  database {db}  probes {server.address}/healthz",
+            f"Legato worker {server.engine.id}  database {mask_url(db)}  probes {server.address}/healthz",
             err=True,
         )
 

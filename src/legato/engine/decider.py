@@ -43,7 +43,7 @@ from legato.engine.state import (
     Wake,
 )
 from legato.expressions import TemplateError, evaluate_truth
-from legato.masking import mask_request, mask_text
+from legato.masking import mask_request, mask_text, mask_url
 from legato.model.durations import parse_time
 from legato.model.fields import check_object
 from legato.model.workflow import (
@@ -61,7 +61,7 @@ from legato.model.workflow import (
     Wait,
     Workflow,
 )
-from legato.secret_refs import SECRETS
+from legato.secret_refs import SECRETS, TAG_KEY, SecretRefs, new_tag
 
 READY, WAIT, SKIP = "ready", "wait", "skip"
 UPSTREAM_FAILED = "upstream_failed"
@@ -254,20 +254,46 @@ class _Txn:
         else:
             assert poll.url is not None
             try:
-                url = poll.url.render(self.context({"accepted": accepted}))
-                if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                    raise TemplateError(f"must render to an absolute http(s) URL, got {url!r}")
+                url = self.poll_url(poll, accepted)[0]
             except TemplateError as exc:
-                error = {"kind": exc.kind, "message": f"poll.url {exc}"}
+                error = {"kind": exc.kind, "message": mask_text(f"poll.url {exc}")}
                 self.end_attempt(s, False, accepted, error, self.now)
                 return
-            location = {"url": url}
+            # Stored without credentials; each look renders it again to send it (`poll_location`).
+            location = {"url": mask_url(url)}
         at = self.now + poll.every
         request = {**(s.request or {}), "poll": location}
         self.set(
             s._replace(status=WAITING, reason=POLL, output=accepted, request=request, next_at=at)
         )
         self.effects.append(Schedule(s.name, at))
+
+    def poll_url(self, poll: Poll, accepted: Any) -> tuple[str, str]:
+        """The poll URL and the tag of its secrets' markers (see secret_refs)."""
+        assert poll.url is not None
+        tag = new_tag()
+        url = poll.url.render(self.context({"accepted": accepted, "secrets": SecretRefs(tag)}))
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise TemplateError(f"must render to an absolute http(s) URL, got {url!r}")
+        return url, tag
+
+    def poll_location(self, s: StepState) -> dict[str, str]:
+        """Where to look for a polled result: the URL rendered again as it was first (the stored
+        copy is masked), with its own tag; the stored copy if the render now differs."""
+        stored: dict[str, str] = (s.request or {}).get("poll", {})
+        step = self.wf.steps.get(s.name.partition("[")[0])
+        action = step.action if step is not None else None
+        if isinstance(action, MapOver):
+            action = action.action
+        if "url" not in stored or not isinstance(action, HttpCall) or action.poll is None:
+            return stored
+        try:
+            url, tag = self.poll_url(action.poll, s.output)
+        except TemplateError:
+            return stored
+        if mask_url(url) != stored["url"]:
+            return stored
+        return {"url": url, TAG_KEY: tag} if tag in url else {"url": url}
 
     def fetched(self, ev: Fetched) -> None:
         s = self.get(ev.step)
@@ -341,7 +367,7 @@ class _Txn:
         """A waiting step's due time has come: what that means depends on what it waits for."""
         step = self.wf.steps.get(name)
         if s.reason == POLL:
-            self.effects.append(Fetch(name, s.attempt, (s.request or {}).get("poll", {})))
+            self.effects.append(Fetch(name, s.attempt, self.poll_location(s)))
         elif s.reason == TIMER:
             self.close_wait(s, SUCCEEDED, {"until": s.next_at}, None)
         elif s.reason == EVENT:

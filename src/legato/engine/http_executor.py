@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -28,9 +28,10 @@ from legato.engine.secret_source import (
     fetch_values,
     resolve_request,
 )
-from legato.masking import mask_text
+from legato.expressions import Template
+from legato.masking import CREDENTIAL_NAME, SHOWN_HEADERS, mask_text, mask_url
 from legato.model.fields import check_object
-from legato.model.service import DEFAULT_TIMEOUT, Service
+from legato.model.service import DEFAULT_TIMEOUT, Service, join_path
 from legato.model.workflow import HttpCall
 from legato.secret_refs import scrub, service_names, service_substitute
 
@@ -96,6 +97,7 @@ class HttpExecutor:
             action.body,
         )
         request = await resolve_request(request, templates, self._secrets, used)
+        _query_credentials(request.get("query"), used)
         if service is None:
             return request, None
         names = service_names(service.base_url, service.token, *service.headers.values())
@@ -107,6 +109,11 @@ class HttpExecutor:
                 token=service_substitute(service.token, used) if service.token else None,
                 headers={k: service_substitute(v, used) for k, v in service.headers.items()},
             )
+        # A service that echoes its own credentials must not get them stored either.
+        for k, v in service.headers.items():
+            if k.lower() not in SHOWN_HEADERS:
+                used[f"(header {k})"] = v
+        _url_credentials(service.base_url, used)
         return request, service
 
     async def execute(
@@ -159,6 +166,11 @@ class HttpExecutor:
                 return Outcome.failure(
                     "config", f"service {request['service']!r} is not in the directory"
                 )
+        # What messages name: the URL as written, its secrets and credentials as `***`.
+        if service is not None:
+            shown = mask_url(service.url(request.get("path", "")))
+        else:
+            shown = mask_url(join_path(request.get("url", ""), request.get("path")))
         request, service = await self._resolve(action, request, service, used)
         if service is not None:
             url = service.url(request.get("path", ""))
@@ -177,8 +189,7 @@ class HttpExecutor:
             url = request["url"]
             if not url.startswith(("http://", "https://")):  # a secret that is no URL
                 return Outcome.failure("config", "http.url must be an absolute http(s) URL")
-            if request.get("path"):
-                url = url.rstrip("/") + "/" + request["path"].lstrip("/")
+            url = join_path(url, request.get("path"))
         headers.update(request.get("headers", {}))
         headers["Idempotency-Key"] = f"{run_id}:{step}"
         headers["traceparent"] = traceparent(run_id)
@@ -195,7 +206,7 @@ class HttpExecutor:
             data = request["body"]
         method = request["method"]
         limit = timeout or (service.timeout if service else DEFAULT_TIMEOUT)
-        where = f"{method} {url}"
+        where = f"{method} {shown}"
         follow = follows(action, service)
         try:
             # A call by URL has no directory entry, hence no limit.
@@ -238,11 +249,36 @@ class HttpExecutor:
     def follows(self, action: HttpCall) -> bool:
         return follows(action, self._lookup(action.service) if action.service else None)
 
-    async def fetch(self, url: str, follow_redirects: bool = False) -> Outcome | None:
-        """GET a polled result: its body on 200, None on 404 (not there yet), a failure otherwise."""
+    async def fetch(
+        self,
+        location: dict[str, str],
+        templates: Iterable[Template | None] = (),
+        follow_redirects: bool = False,
+    ) -> Outcome | None:
+        """GET a polled result: its body on 200, None on 404 (not there yet), a failure otherwise.
+        The secrets its poll template names are put in where its rendering put them; neither they
+        nor the URL's credentials are kept in the outcome."""
+        used: dict[str, str] = {}
+        try:
+            sent = await resolve_request(location, templates, self._secrets, used)
+        except MissingSecret as exc:
+            return Outcome.failure("config", str(exc))
+        outcome = await self._fetch(sent["url"], mask_url(location["url"]), used, follow_redirects)
+        if outcome is not None and used:
+            outcome = replace(
+                outcome,
+                output=scrub(outcome.output, used.values()),
+                error=scrub(outcome.error, used.values()),
+            )
+        return outcome
+
+    async def _fetch(
+        self, url: str, shown: str, used: dict[str, str], follow_redirects: bool
+    ) -> Outcome | None:
         headers = {"User-Agent": USER_AGENT}
+        _url_credentials(url, used)
         sent = _userinfo_to_header(url, headers)
-        url = mask_text(url)  # for the messages below
+        url = shown  # for the messages below
         try:
             status, _, raw, ctype = await self._send(
                 "GET", sent, {}, headers, None, 30.0, follow_redirects
@@ -304,18 +340,36 @@ def follows(action: HttpCall, service: Service | None) -> bool:
 
 
 def _credentials(url: str, headers: dict[str, str], used: dict[str, str]) -> None:
-    """Credentials that are not secrets by name (a URL's password, the Authorization header's
-    credential), kept in `used` so that they are scrubbed from what is stored. Not key-like query
-    values: `?sort_key=name` would scrub every "name" out of the reply."""
+    """Credentials that are not secrets by name (a URL's password and key-like query values, the
+    values of headers named like credentials), kept in `used` so that they are scrubbed from what is
+    stored (only long ones: see `secret_refs.SCRUB_MIN`)."""
+    _url_credentials(url, used)
+    for k, v in headers.items():
+        if k.lower() in SHOWN_HEADERS or not CREDENTIAL_NAME.fullmatch(k):
+            continue
+        if k.lower() in ("authorization", "proxy-authorization"):
+            used[f"({k.lower()})"] = v.split(" ", 1)[-1]
+        used[f"(header {k})"] = v
+
+
+def _url_credentials(url: str, used: dict[str, str]) -> None:
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return
-    if parts.password:
-        used["(url password)"] = unquote(parts.password)
-    for k, v in headers.items():
-        if k.lower() == "authorization":
-            used["(authorization)"] = v.split(" ", 1)[-1]
+    if password:
+        used["(url password)"] = unquote(password)
+    for name, value in parse_qsl(parts.query) + parse_qsl(parts.fragment):
+        if CREDENTIAL_NAME.fullmatch(name):
+            used[f"(query {name})"] = value
+
+
+def _query_credentials(query: Any, used: dict[str, str]) -> None:
+    if isinstance(query, dict):
+        for k, v in query.items():
+            if isinstance(v, str) and CREDENTIAL_NAME.fullmatch(str(k)):
+                used[f"(query {k})"] = v
 
 
 def _userinfo_to_header(url: str, headers: dict[str, str]) -> str:

@@ -10,16 +10,24 @@ import orjson
 from legato.expressions import Context, TemplateError
 from legato.model.workflow import Call, Emit, PythonCall
 from legato.sandbox import LIMITS
+from legato.secret_refs import TAG_KEY, SecretRefs, new_tag
 
 
 def render_request(action: Call, ctx: Context) -> dict[str, Any]:
     """Raise TemplateError when a template fails or renders to the wrong shape, or (kind "limit")
-    when the request is larger than templates may make: it is then neither stored nor sent."""
-    request = _render(action, ctx)
+    when the request is larger than templates may make: it is then neither stored nor sent.
+
+    Secrets render to markers with a tag made for this rendering, kept in the request's `TAG_KEY`
+    when one is there: only those markers are ever sent as values (see secret_refs)."""
+    tag = new_tag()
+    request = _render(action, {**ctx, "secrets": SecretRefs(tag)})
     try:
-        size = len(orjson.dumps(request))
+        raw = orjson.dumps(request)
     except TypeError:  # not JSON: the executor refuses it, as before
         return request
+    size = len(raw)
+    if tag.encode() in raw:
+        request[TAG_KEY] = tag
     if size > LIMITS.max_size:
         raise TemplateError(
             f"the rendered request is {size} bytes; the limit is {LIMITS.max_size} "

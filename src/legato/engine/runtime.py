@@ -1510,9 +1510,8 @@ class Engine:
                 step = active.wf.steps.get(effect.step)
                 action = step.action if step is not None else None
                 follow = isinstance(action, HttpCall) and self.http.follows(action)
-                templates = poll_templates(active.wf)
-                sent = await resolve_request(where, templates, self.secrets.get, {})
-                outcome = await self.http.fetch(sent["url"], follow)
+                templates = poll_templates(active.wf, effect.step)
+                outcome = await self.http.fetch(where, templates, follow)
             else:
                 outcome = await self.results.fetch(where["bucket"], where["key"])
         except MissingSecret as exc:

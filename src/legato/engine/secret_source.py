@@ -14,7 +14,7 @@ from typing import Any
 
 from legato.expressions import Template
 from legato.model.workflow import HttpCall, MapOver, Workflow
-from legato.secret_refs import names_in, substitute, wanted
+from legato.secret_refs import TAG_KEY, names_in, substitute, wanted
 from legato.store.protocol import Store
 
 ENV_PREFIX = "LEGATO_SECRET_"
@@ -46,23 +46,26 @@ async def resolve_request(
     lookup: SecretLookup | None,
     used: dict[str, str],
 ) -> dict[str, Any]:
-    """`request` with the references to the secrets that `templates` name put in (see secret_refs)."""
-    names = wanted(request, names_in(templates))
+    """`request` with the references to the secrets that `templates` name put in, where its
+    rendering put them (its own tag: see secret_refs)."""
+    tag = request.get(TAG_KEY)
+    names = wanted(request, names_in(templates), tag)
     if not names:
         return request
     await fetch_values(names, lookup, used)
-    result: dict[str, Any] = substitute(request, used)
+    result: dict[str, Any] = substitute(request, used, tag)
     return result
 
 
-def poll_templates(wf: Workflow) -> list[Template | None]:
-    """Every poll URL template of a workflow: the secrets a poll of its runs may send."""
-    found: list[Template | None] = []
-    for step in wf.steps.values():
-        action = step.action.action if isinstance(step.action, MapOver) else step.action
-        if isinstance(action, HttpCall) and action.poll is not None:
-            found.append(action.poll.url)
-    return found
+def poll_templates(wf: Workflow, step: str) -> list[Template | None]:
+    """The poll URL template of this step: the only secrets its poll may send."""
+    found = wf.steps.get(step.partition("[")[0])  # a map's item `s[3]` polls as `s` says
+    action = found.action if found is not None else None
+    if isinstance(action, MapOver):
+        action = action.action
+    if isinstance(action, HttpCall) and action.poll is not None:
+        return [action.poll.url]
+    return []
 
 
 class SecretSource:

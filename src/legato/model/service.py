@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from legato.errors import DefinitionError, Problem
 from legato.model.fields import Field, fields_to_dicts
@@ -33,9 +33,7 @@ class Service:
     follow_redirects: bool = False
 
     def url(self, path: str) -> str:
-        if not path:
-            return self.base_url
-        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+        return join_path(self.base_url, path)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "base_url": self.base_url}
@@ -56,25 +54,71 @@ class Service:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> Service:
+    def from_dict(cls, data: Any, path: str = "", strict: bool = True) -> Service:
+        """`strict=False` for entries already stored: an entry that later, stricter checks
+        refuse still loads (its calls fail) rather than stop the process starting."""
         problems: list[Problem] = []
-        service = read_service(data, path, problems)
+        service = read_service(data, path, problems, strict)
         if problems or service is None:
             raise DefinitionError(problems or [Problem(path, "is not a service")], "service")
         return service
 
 
-def check_url(url: str) -> str | None:
+def join_path(url: str, path: str | None) -> str:
+    """A base URL and a step's path: the path goes before the base URL's query and fragment."""
+    if not path:
+        return url
     try:
         parts = urlsplit(url)
-    except ValueError as exc:  # e.g. "http://[" (an unclosed IPv6 bracket)
+    except ValueError:
+        return url.rstrip("/") + "/" + path.lstrip("/")
+    joined = parts.path.rstrip("/") + "/" + path.lstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, joined, parts.query, parts.fragment))
+
+
+def check_url(url: str, strict: bool = True) -> str | None:
+    """Whether a base URL can be called; `strict` (not for entries already stored) also refuses
+    what no call can use: a bad port, no host, a template that is not `{{ secrets.NAME }}`."""
+    if strict and (err := check_secret_refs(url)):
+        return err
+    plain = _SECRET_REF.sub("s", url)
+    try:
+        parts = urlsplit(plain)
+        port = parts.port if strict else None  # raises for a port out of range or not a number
+    except ValueError as exc:  # e.g. "http://[" (an unclosed IPv6 bracket), port 99999
         return f"is not a URL: {exc}"
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return "must be an absolute http:// or https:// URL"
+    if not strict:
+        return None
+    if not parts.hostname:
+        return "has no host"
+    if port == 0:
+        return "port 0 is not a port to call"
+    if any(c in plain for c in "\r\n\x00 "):
+        return "must not contain spaces or control characters"
     return None
 
 
-def read_service(data: Any, path: str, problems: list[Problem]) -> Service | None:
+# A header's name is an HTTP token (RFC 9110 5.1); its value one line of text.
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+# A service may name a secret only as `{{ secrets.NAME }}`, whole: it is not a template.
+_SECRET_REF = re.compile(r"\{\{\s*secrets\.[A-Za-z_][A-Za-z0-9_]{0,127}\s*\}\}")
+
+
+def check_secret_refs(text: str) -> str | None:
+    rest = _SECRET_REF.sub("", text)
+    if "{{" in rest or "{%" in rest or "}}" in rest:
+        return (
+            "may name a secret only as {{ secrets.NAME }} (a name of letters, digits and '_', "
+            "not starting with a digit, and no filter)"
+        )
+    return None
+
+
+def read_service(
+    data: Any, path: str, problems: list[Problem], strict: bool = True
+) -> Service | None:
     """Accepts `base_url` or the services-in-order form's `address`."""
     r = Reader(data, path, problems)
     if not r.ok:
@@ -85,13 +129,29 @@ def read_service(data: Any, path: str, problems: list[Problem]) -> Service | Non
         r.problem("name", "must be 1-128 letters, digits, '_', '.' or '-'")
     key = "address" if r.has("address") and not r.has("base_url") else "base_url"
     base_url = r.get(key, str)
-    if base_url is not None and (err := check_url(base_url)):
+    if base_url is not None and (err := check_url(base_url, strict)):
         r.problem(key, err)
     headers = r.get("headers", dict, {})
     for k, v in headers.items():
-        if not isinstance(v, str):
+        if not strict:
+            if not isinstance(v, str):
+                r.problem(f"headers.{k}", "must be a string")
+        elif not HEADER_NAME.fullmatch(str(k)):
+            r.problem(
+                f"headers.{k!r}", "is not a header name (letters, digits and !#$%&'*+.^_`|~-)"
+            )
+        elif not isinstance(v, str):
             r.problem(f"headers.{k}", "must be a string")
+        elif any(c in v for c in "\r\n\x00"):
+            r.problem(f"headers.{k}", "must be one line (no CR, LF or NUL)")
+        elif err := check_secret_refs(v):
+            r.problem(f"headers.{k}", err)
     token = r.get("token", str, None)
+    if token is not None and strict:
+        if err := check_secret_refs(token):
+            r.problem("token", err)
+        elif not token or any(c in _SECRET_REF.sub("s", token) for c in "\r\n\x00 "):
+            r.problem("token", "must be non-empty, without spaces or control characters")
     timeout = r.duration("timeout", DEFAULT_TIMEOUT)
     if timeout is not None and timeout <= 0:
         r.problem("timeout", "must be positive")

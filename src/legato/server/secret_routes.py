@@ -41,9 +41,15 @@ async def put_secret(request: Request) -> Response:
     ctx = _ctx(request)
     name = _name(request)
     if request.headers.get("content-type", "").startswith("text/plain"):
-        value: object = (await bodies.read_body(request, ctx.max_body)).decode("utf-8", "replace")
+        try:  # "replace" would store another value than the one sent
+            value: object = (await bodies.read_body(request, ctx.max_body)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(422, "must be UTF-8 text", "value") from None
     else:
-        value = (await bodies.json_object(request, ctx.max_body)).get("value")
+        body = await bodies.json_object(request, ctx.max_body)
+        for extra in sorted(set(body) - {"value"}):
+            raise ApiError(422, 'unknown field (a secret\'s body is {"value": "..."})', extra)
+        value = body.get("value")
     if not isinstance(value, str) or not value:
         raise ApiError(422, "must be a non-empty string", "value")
     if "\x00" in value:  # PostgreSQL's text cannot hold it

@@ -698,7 +698,9 @@ class PostgresStore(PostgresOutbox):
 
     async def list_services(self) -> list[Service]:
         rows = await self.pool.fetch("SELECT spec FROM services")
-        return sorted((Service.from_dict(load(r[0])) for r in rows), key=lambda s: s.name)
+        return sorted(
+            (Service.from_dict(load(r[0]), strict=False) for r in rows), key=lambda s: s.name
+        )
 
     async def run_status(self, run_id: str) -> str | None:
         status = await self.pool.fetchval("SELECT status FROM runs WHERE id = $1", run_id)

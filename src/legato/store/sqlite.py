@@ -700,7 +700,7 @@ class SQLiteStore(SQLiteOutbox):
 
     async def list_services(self) -> list[Service]:
         rows = await self._call(self._fetch, "SELECT spec FROM services ORDER BY name")
-        return [Service.from_dict(orjson.loads(r[0])) for r in rows]
+        return [Service.from_dict(orjson.loads(r[0]), strict=False) for r in rows]
 
     def _steps(self, run_id: str) -> dict[str, StepState]:
         rows = self._fetch(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?", (run_id,))
