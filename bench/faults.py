@@ -34,9 +34,13 @@ def row(figures: dict[str, object]) -> str:
         answers += (
             f" (slowest {slowest} s; {figures.get('tracebacks_in_log', 0)} tracebacks logged)"
         )
+    detail = figures.get("detail")  # the bombs and the hanging webhook: what else was seen
+    if detail:
+        answers += f"; {detail}"
+    recovery = figures.get("recovery") or f"ready again {figures['recovery_s']} s after"
     return (
         f"| {figures['fault']} | {figures['load']} | {figures['acknowledged']} | {figures['lost']} "
-        f"| {figures['duplicated']} | {answers} | ready again {figures['recovery_s']} s after |"
+        f"| {figures['duplicated']} | {answers} | {recovery} |"
     )
 
 
