@@ -168,8 +168,8 @@ async def test_recursion_bombs_and_a_bulk_cancel_under_load(
     assert cancelled < 5.0, cancelled
     assert tree_after == TREE and tree_statuses == [("cancelled", TREE)], tree_statuses
     assert cancel_p99 < 1.0, cancel_p99
-    # Starting 2,500 children in a burst holds /healthz up for a while (measured ~1.2 s p99, in the
-    # table); it must keep answering.
+    # Starting 2,500 children in a burst slows /healthz (p99 120-170 ms since child starts take
+    # turns; 0.3-1.2 s before; in the table); it must keep answering.
     assert build_slowest < 5.0 and health.failed == 0, build_slowest
     assert verdict.lost == 0 and verdict.duplicated == 0, verdict
     assert set(load.statuses()) == {202}, describe(load.statuses())
