@@ -126,9 +126,10 @@ def _engine_options(fn: Any) -> Any:
             envvar="LEGATO_EGRESS",
             callback=_egress,
             help="Where steps, polls and webhooks may connect: rules [!]HOST[:PORTS] separated by "
-            "commas, e.g. '10.0.0.0/8:443,*.example.com,!10.0.0.5'. Checked on resolved addresses "
-            "and at each redirect hop. Link-local and cloud metadata addresses are refused unless "
-            "named. Default: any other address.",
+            "commas, e.g. '10.0.0.0/8:443,*.example.com,!loopback'; HOST may be the keyword "
+            "loopback or private. Checked on resolved addresses and at each redirect hop. "
+            "Link-local and cloud metadata addresses are refused unless named. Default: any "
+            "other address.",
         ),
         click.option(
             "--s3-endpoint",
