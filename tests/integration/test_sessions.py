@@ -147,14 +147,52 @@ def test_wrong_tokens_are_throttled_per_client(roles: ServerProcess) -> None:
     answer = httpx.get(roles.url + "/api/runs", headers=bearer(READ))
     assert answer.status_code == 200
     assert elapsed < 30
-    # Behind a reverse proxy on this host, the client is the one the proxy names.
-    proxied = {"X-Forwarded-For": "203.0.113.9"}
-    for i in range(10):
-        guess = httpx.get(roles.url + "/api/runs", headers={**bearer(f"g{i}"), **proxied})
-        assert guess.status_code == 401
-    late = httpx.get(roles.url + "/api/runs", headers={**bearer(READ), **proxied})
-    assert late.status_code == 429
-    assert httpx.get(roles.url + "/api/runs", headers=bearer(READ)).status_code == 200
+    # Without --forwarded-allow-ips nobody's X-Forwarded-For counts, not even a local process's:
+    # rotating it neither escapes the throttle nor locks another address out.
+    with from_address("127.0.0.4") as rotator:
+        codes = Counter(
+            rotator.get(
+                roles.url + "/api/runs",
+                headers={**bearer(f"r{i}"), "X-Forwarded-For": f"10.9.{i}.1"},
+            ).status_code
+            for i in range(30)
+        )
+        assert codes[401] == 10 and codes[429] == 20, codes
+    spoofed = {"X-Forwarded-For": "127.0.0.4"}
+    assert (
+        httpx.get(roles.url + "/api/runs", headers={**bearer(READ), **spoofed}).status_code == 200
+    )
+
+
+def test_behind_a_named_proxy_the_client_is_the_one_it_names(tmp_path: Path) -> None:
+    file = tmp_path / "tokens.toml"
+    file.write_text(TOKENS)
+    file.chmod(0o600)
+    proc = start_server(
+        tmp_path, "--token-file", str(file), env={"LEGATO_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    )
+    try:
+        proxied = {"X-Forwarded-For": "203.0.113.9"}
+        for i in range(10):
+            guess = httpx.get(proc.url + "/api/runs", headers={**bearer(f"g{i}"), **proxied})
+            assert guess.status_code == 401
+        late = httpx.get(proc.url + "/api/runs", headers={**bearer(READ), **proxied})
+        assert late.status_code == 429
+        assert httpx.get(proc.url + "/api/runs", headers=bearer(READ)).status_code == 200
+        # IPv6 clients are throttled per /64: a new address of it for each guess does not help.
+        for i in range(10):
+            v6 = {"X-Forwarded-For": f"2001:db8:0:7::{i + 1:x}", **bearer(f"h{i}")}
+            assert httpx.get(proc.url + "/api/runs", headers=v6).status_code == 401
+        same = {"X-Forwarded-For": "2001:db8:0:7:abcd::1", **bearer(READ)}
+        assert httpx.get(proc.url + "/api/runs", headers=same).status_code == 429
+        other = {"X-Forwarded-For": "2001:db8:0:8::1", **bearer(READ)}
+        assert httpx.get(proc.url + "/api/runs", headers=other).status_code == 200
+        # A proxy not named is not believed.
+        with from_address("127.0.0.6") as stranger:
+            answer = stranger.get(proc.url + "/api/runs", headers={**bearer(READ), **proxied})
+            assert answer.status_code == 200
+    finally:
+        proc.stop()
 
 
 def test_the_login_form_is_throttled_too(roles: ServerProcess) -> None:

@@ -288,6 +288,12 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     callback=_duration,
     help="Close a connection that has not sent a request's headers this long after it began.",
 )
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="LEGATO_FORWARDED_ALLOW_IPS",
+    help="Reverse proxies (IP addresses or CIDRs, comma-separated, or '*') whose "
+    "X-Forwarded-For and X-Forwarded-Proto are believed. Default: nobody's.",
+)
 @_engine_options
 def serve(
     db: str,

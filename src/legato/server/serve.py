@@ -27,7 +27,7 @@ from legato.masking import mask_url
 from legato.model.limits import DefinitionLimits
 from legato.sandbox import LIMITS
 from legato.server import connections
-from legato.server.access import load_tokens
+from legato.server.access import load_tokens, trusted_proxies
 from legato.server.app import DEFAULT_MAX_BODY, create_app
 from legato.server.connections import DEFAULT_HEADER_TIMEOUT
 from legato.ui.auth import DEFAULT_SESSION_TTL
@@ -161,12 +161,16 @@ def build_server(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     limits: DefinitionLimits | None = None,
     max_rendered: int | None = None,
+    forwarded_allow_ips: str | None = None,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`, and a
     token shorter than 16 characters there (a guess away).
 
     `role`: "all" (the API and the engine), "api" (the API only: workers sharing the database run
-    the steps) or "worker" (the engine, with only its health check and metrics served)."""
+    the steps) or "worker" (the engine, with only its health check and metrics served).
+
+    `forwarded_allow_ips`: the proxies whose X-Forwarded-For/-Proto are believed (uvicorn trusts
+    127.0.0.1's by default, which let any local process pick the address it is throttled as)."""
     if not session_ttl > 0:
         raise LegatoError("--session-ttl must be longer than 0s")
     tokens = load_tokens(token, token_file)
@@ -177,6 +181,7 @@ def build_server(
         )
     if not is_loopback(host):
         tokens.check_public(host)
+    proxies = trusted_proxies(forwarded_allow_ips)
     # Definitions are validated in a thread, which holds the GIL between its switches: the event
     # loop waits up to this long for it at each of a request's handoffs (Python's default is 5 ms).
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -227,6 +232,8 @@ def build_server(
         access_log=False,
         timeout_graceful_shutdown=max(1, math.ceil(grace)),
         server_header=False,
+        proxy_headers=proxies is not None,
+        forwarded_allow_ips=proxies or "",
     )
     return DrainingServer(config, engine, grace, public_url, api)
 
