@@ -11,6 +11,7 @@ from legato.server.access import (
     ADMIN,
     OPERATE,
     READ,
+    Budget,
     Throttle,
     Token,
     Tokens,
@@ -20,7 +21,7 @@ from legato.server.access import (
     trusted_proxies,
 )
 from legato.server.audit import parse_since
-from legato.server.guard import target_of
+from legato.server.guard import cut, target_of
 
 RUN = "a" * 32
 
@@ -83,6 +84,18 @@ def test_forwarded_headers_are_trusted_only_from_proxies_named() -> None:
     for bad in ("proxy.local", "10.0.0.0/33", "*,127.0.0.1"):
         with pytest.raises(LegatoError, match="--forwarded-allow-ips"):
             trusted_proxies(bad)
+
+
+def test_a_budget_allows_so_many_a_window_in_all() -> None:
+    budget = Budget(limit=3, window=60)
+    assert [budget.take(t) for t in (0.0, 1.0, 2.0, 3.0, 59.0)] == [True] * 3 + [False] * 2
+    assert budget.take(60.0) and budget.take(61.0)
+
+
+def test_audited_paths_and_targets_are_cut() -> None:
+    assert cut("/api/runs", 512) == "/api/runs"
+    assert cut("/e/" + "A" * 600, 512) == "/e/" + "A" * 509 + "...(91 more)"
+    assert target_of("/e/" + "B" * 5000, None) == "B" * 512 + "...(4488 more)"
 
 
 def test_the_throttle_remembers_a_bounded_number_of_clients() -> None:

@@ -289,6 +289,14 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     help="Close a connection that has not sent a request's headers this long after it began.",
 )
 @click.option(
+    "--audit-retention",
+    envvar="LEGATO_AUDIT_RETENTION",
+    default="90d",
+    show_default=True,
+    callback=_duration,
+    help="How long audit log rows are kept; older ones are deleted by the server.",
+)
+@click.option(
     "--forwarded-allow-ips",
     envvar="LEGATO_FORWARDED_ALLOW_IPS",
     help="Reverse proxies (IP addresses or CIDRs, comma-separated, or '*') whose "

@@ -142,6 +142,26 @@ def read_token_file(path: Path) -> list[Token]:
     return tokens
 
 
+class Budget:
+    """At most `limit` of something per `window` seconds, in all: what an attacker with many
+    addresses may still cost (a fixed window, so memory is two numbers)."""
+
+    def __init__(self, limit: int = 60, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._start = -math.inf
+        self._used = 0
+
+    def take(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if now - self._start >= self.window:
+            self._start, self._used = now, 0
+        if self._used >= self.limit:
+            return False
+        self._used += 1
+        return True
+
+
 def trusted_proxies(text: str | None) -> str | None:
     """`--forwarded-allow-ips`: the addresses (or CIDRs, or `*`) whose X-Forwarded-For names the
     client; None (the default) trusts nobody's, so no local process can pick its own address."""
