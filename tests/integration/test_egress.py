@@ -171,6 +171,36 @@ async def test_the_address_a_name_resolves_to_is_what_is_checked(
     assert len(service.requests) == 1
 
 
+async def test_the_loopback_keyword_refuses_ipv6_and_mapped_loopback_too(tmp_path: Path) -> None:
+    hits: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "::1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        async with Engine.open(f"sqlite:///{tmp_path / 'e.db'}", egress="!loopback") as engine:
+            for i, url in enumerate(
+                [f"http://[::1]:{port}/", f"http://[::ffff:127.0.0.1]:{port}/"]
+            ):
+                run = await run_one(engine, f"lo{i}", {"http": {"url": url}})
+                error = run.steps["a"].error
+                assert error["kind"] == "egress" and "'!loopback'" in error["message"], error
+        # Without the keyword, only the IPv4 rule: ::1 was reachable (the reviewed hole).
+        async with Engine.open(f"sqlite:///{tmp_path / 'f.db'}", egress="!127.0.0.0/8") as engine:
+            run = await run_one(engine, "v4only", {"http": {"url": f"http://[::1]:{port}/"}})
+            assert run.info.status == "succeeded", run.info.error
+    finally:
+        await runner.cleanup()
+    assert hits == ["/"]
+
+
 async def test_metadata_and_link_local_addresses_are_refused_by_default(tmp_path: Path) -> None:
     async with Engine.open(f"sqlite:///{tmp_path / 'e.db'}") as engine:
         for i, url in enumerate(
@@ -178,6 +208,8 @@ async def test_metadata_and_link_local_addresses_are_refused_by_default(tmp_path
                 "http://169.254.169.254/latest/meta-data/",
                 "http://[fe80::1]:8080/",
                 "http://169.254.1.2/",
+                "http://100.100.100.200/latest/meta-data/",  # Alibaba
+                "http://169.254.170.2/v2/credentials/",  # AWS ECS
             ]
         ):
             started = time.monotonic()

@@ -147,14 +147,52 @@ def test_wrong_tokens_are_throttled_per_client(roles: ServerProcess) -> None:
     answer = httpx.get(roles.url + "/api/runs", headers=bearer(READ))
     assert answer.status_code == 200
     assert elapsed < 30
-    # Behind a reverse proxy on this host, the client is the one the proxy names.
-    proxied = {"X-Forwarded-For": "203.0.113.9"}
-    for i in range(10):
-        guess = httpx.get(roles.url + "/api/runs", headers={**bearer(f"g{i}"), **proxied})
-        assert guess.status_code == 401
-    late = httpx.get(roles.url + "/api/runs", headers={**bearer(READ), **proxied})
-    assert late.status_code == 429
-    assert httpx.get(roles.url + "/api/runs", headers=bearer(READ)).status_code == 200
+    # Without --forwarded-allow-ips nobody's X-Forwarded-For counts, not even a local process's:
+    # rotating it neither escapes the throttle nor locks another address out.
+    with from_address("127.0.0.4") as rotator:
+        codes = Counter(
+            rotator.get(
+                roles.url + "/api/runs",
+                headers={**bearer(f"r{i}"), "X-Forwarded-For": f"10.9.{i}.1"},
+            ).status_code
+            for i in range(30)
+        )
+        assert codes[401] == 10 and codes[429] == 20, codes
+    spoofed = {"X-Forwarded-For": "127.0.0.4"}
+    assert (
+        httpx.get(roles.url + "/api/runs", headers={**bearer(READ), **spoofed}).status_code == 200
+    )
+
+
+def test_behind_a_named_proxy_the_client_is_the_one_it_names(tmp_path: Path) -> None:
+    file = tmp_path / "tokens.toml"
+    file.write_text(TOKENS)
+    file.chmod(0o600)
+    proc = start_server(
+        tmp_path, "--token-file", str(file), env={"LEGATO_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    )
+    try:
+        proxied = {"X-Forwarded-For": "203.0.113.9"}
+        for i in range(10):
+            guess = httpx.get(proc.url + "/api/runs", headers={**bearer(f"g{i}"), **proxied})
+            assert guess.status_code == 401
+        late = httpx.get(proc.url + "/api/runs", headers={**bearer(READ), **proxied})
+        assert late.status_code == 429
+        assert httpx.get(proc.url + "/api/runs", headers=bearer(READ)).status_code == 200
+        # IPv6 clients are throttled per /64: a new address of it for each guess does not help.
+        for i in range(10):
+            v6 = {"X-Forwarded-For": f"2001:db8:0:7::{i + 1:x}", **bearer(f"h{i}")}
+            assert httpx.get(proc.url + "/api/runs", headers=v6).status_code == 401
+        same = {"X-Forwarded-For": "2001:db8:0:7:abcd::1", **bearer(READ)}
+        assert httpx.get(proc.url + "/api/runs", headers=same).status_code == 429
+        other = {"X-Forwarded-For": "2001:db8:0:8::1", **bearer(READ)}
+        assert httpx.get(proc.url + "/api/runs", headers=other).status_code == 200
+        # A proxy not named is not believed.
+        with from_address("127.0.0.6") as stranger:
+            answer = stranger.get(proc.url + "/api/runs", headers={**bearer(READ), **proxied})
+            assert answer.status_code == 200
+    finally:
+        proc.stop()
 
 
 def test_the_login_form_is_throttled_too(roles: ServerProcess) -> None:
@@ -249,6 +287,62 @@ def test_every_change_is_audited_with_its_token_and_never_its_body(
     )
     assert cli.returncode == 0, cli.stderr
     assert f"POST   /api/runs/{run_id}/cancel" in cli.stdout and "ops" not in cli.stdout
+
+
+def test_nobody_without_a_token_can_flood_the_audit_log(tmp_path: Path) -> None:
+    file = tmp_path / "tokens.toml"
+    file.write_text(TOKENS)
+    file.chmod(0o600)
+    proc = start_server(tmp_path, "--token-file", str(file))
+    long = "/e/" + "A" * 20_000
+    try:
+        # A change sent with no credentials counts as a wrong guess: 10, then 429s (not audited).
+        with from_address("127.0.0.7") as anonymous:
+            codes = Counter(anonymous.post(f"{proc.url}{long}{i}").status_code for i in range(50))
+        assert codes == {401: 10, 429: 40}, codes
+        # From many addresses, at most 60 such requests a minute are audited, in all.
+        for j in range(8):
+            with from_address(f"127.0.1.{j + 1}") as anonymous:
+                for i in range(10):
+                    assert anonymous.post(f"{proc.url}{long}{i}").status_code == 401
+        with httpx.Client(base_url=proc.url, headers=bearer(OPERATE)) as ci:
+            assert ci.post(long).status_code >= 400  # audited, whatever the budget: a token's
+        with Client(proc.url, ADMIN) as client:
+            entries = client.audit(limit=1000)["entries"]
+        anonymous_rows = [e for e in entries if e["token"] is None]
+        assert len(anonymous_rows) == 60, len(anonymous_rows)
+        assert entries[0]["token"] == "ci" and entries[0]["status"] >= 400
+        assert entries[0]["path"] == long[:512] + f"...({len(long) - 512} more)"
+        assert all(len(e["path"]) < 600 and len(e["target"] or "") < 600 for e in entries)
+        assert "not auditing more than 60 requests a minute" in proc.output()
+    finally:
+        proc.stop()
+    size = sum(f.stat().st_size for f in tmp_path.glob("server.db*"))
+    assert size < 5_000_000, size
+
+
+def test_the_audit_log_is_kept_for_its_retention(tmp_path: Path) -> None:
+    file = tmp_path / "tokens.toml"
+    file.write_text(TOKENS)
+    file.chmod(0o600)
+    proc = start_server(tmp_path, "--token-file", str(file), env={"LEGATO_AUDIT_RETENTION": "2s"})
+    try:
+        with httpx.Client(base_url=proc.url, headers=bearer(ADMIN)) as admin:
+            assert admin.post("/api/workflows", json=WORKFLOW).status_code in (200, 201)
+            assert len(admin.get("/api/audit").json()["entries"]) == 1
+            deadline = time.monotonic() + 10
+            while admin.get("/api/audit").json()["entries"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert admin.get("/api/audit").json()["entries"] == []
+    finally:
+        proc.stop()
+    bad = subprocess.run(
+        [sys.executable, "-m", "legato.cli", "serve", "--audit-retention", "0s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--audit-retention must be longer than 0s" in bad.stderr
 
 
 def test_a_short_token_is_refused_on_a_public_address(tmp_path: Path) -> None:

@@ -40,3 +40,17 @@ async def test_audit_rows_come_back_newest_first_filtered_and_paged(db_url: str)
         assert [r.path for r in await store.list_audit(1.0, "ops", every[1].id, 9)] == ["/p2"]
     finally:
         await store.close()
+
+
+async def test_old_audit_rows_are_pruned_in_batches_oldest_first(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    try:
+        for i in range(7):
+            await store.add_audit(AuditRow(float(i), "ci", "POST", f"/p{i}", None, 200, None))
+        assert await store.prune_audit(5.0, 3) == 3
+        assert await store.prune_audit(5.0, 3) == 2
+        assert await store.prune_audit(5.0, 3) == 0
+        assert [r.path for r in await store.list_audit(None, None, None, 100)] == ["/p6", "/p5"]
+    finally:
+        await store.close()

@@ -11,14 +11,17 @@ from legato.server.access import (
     ADMIN,
     OPERATE,
     READ,
+    Budget,
     Throttle,
     Token,
     Tokens,
+    client_key,
     load_tokens,
     role_needed,
+    trusted_proxies,
 )
 from legato.server.audit import parse_since
-from legato.server.guard import target_of
+from legato.server.guard import cut, target_of
 
 RUN = "a" * 32
 
@@ -61,6 +64,38 @@ def test_wrong_guesses_block_a_client_for_a_while_and_others_not_at_all() -> Non
     assert throttle.wait("1.2.3.4", 22.5) == 30
     assert throttle.wait("5.6.7.8", 22.5) == 0
     assert throttle.wait("1.2.3.4", 52.5) == 0  # the block is over
+
+
+def test_ipv6_clients_are_throttled_per_64_prefix() -> None:
+    assert client_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert client_key("::ffff:10.1.2.3") == "10.1.2.3"
+    assert client_key("10.1.2.3") == "10.1.2.3"
+    throttle = Throttle(limit=3, block=30)
+    for i in range(3):  # a new address of the same /64 for each guess
+        throttle.fail(f"2001:db8:1:2::{i + 1:x}", 0.0)
+    assert throttle.wait("2001:db8:1:2:ffff::9", 1.0) == 29
+    assert throttle.wait("2001:db8:1:3::1", 1.0) == 0  # the next /64 is another client
+
+
+def test_forwarded_headers_are_trusted_only_from_proxies_named() -> None:
+    assert trusted_proxies(None) is None and trusted_proxies(" ") is None
+    assert trusted_proxies("127.0.0.1, 10.0.0.0/8,::1") == "127.0.0.1,10.0.0.0/8,::1"
+    assert trusted_proxies("*") == "*"
+    for bad in ("proxy.local", "10.0.0.0/33", "*,127.0.0.1"):
+        with pytest.raises(LegatoError, match="--forwarded-allow-ips"):
+            trusted_proxies(bad)
+
+
+def test_a_budget_allows_so_many_a_window_in_all() -> None:
+    budget = Budget(limit=3, window=60)
+    assert [budget.take(t) for t in (0.0, 1.0, 2.0, 3.0, 59.0)] == [True] * 3 + [False] * 2
+    assert budget.take(60.0) and budget.take(61.0)
+
+
+def test_audited_paths_and_targets_are_cut() -> None:
+    assert cut("/api/runs", 512) == "/api/runs"
+    assert cut("/e/" + "A" * 600, 512) == "/e/" + "A" * 509 + "...(91 more)"
+    assert target_of("/e/" + "B" * 5000, None) == "B" * 512 + "...(4488 more)"
 
 
 def test_the_throttle_remembers_a_bounded_number_of_clients() -> None:

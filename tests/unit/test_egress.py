@@ -18,6 +18,8 @@ def allowed(policy: str | None, host: str | None, address: str, port: int = 80) 
         ("10.0.0.0/8:443, billing.internal:8080 127.0.0.1", 3),
         ("*.example.com:8000-8999", 1),
         ("[::1]:8080,[fd00::/8],::1,!fe80::/64", 4),
+        ("[::1:80], 1:2:3:4:5:6:7:80, fd00:ec2::254, ::ffff:10.0.0.1", 4),
+        ("!loopback, private:443, [fd00::/8]", 3),
         ("!127.0.0.0/8", 1),
         ("", 0),
         ("  ,, ", 0),
@@ -45,6 +47,8 @@ def test_parses(text: str, count: int) -> None:
         ("*.", "wildcard"),
         ("!", "names no host"),
         ("a..b", "not a host name"),
+        ("::1:80", r"ambiguous: write \[::1\]:80 for port 80 of ::1, or \[::1:80\]"),
+        ("!fd00::1:443", r"write \[fd00::1\]:443"),
     ],
 )
 def test_refuses_bad_rules_naming_them(text: str, says: str) -> None:
@@ -85,6 +89,39 @@ def test_metadata_needs_an_explicit_rule() -> None:
     # An allowed name that resolves to the metadata address is still refused.
     assert not allowed("metadata.google.internal", "metadata.google.internal", "169.254.169.254")
     assert allowed("fe80::/10", None, "fe80::1")
+
+
+def test_every_well_known_metadata_address_is_refused_by_default() -> None:
+    for address in (
+        "100.100.100.200",  # Alibaba
+        "169.254.170.2",  # AWS ECS
+        "192.0.0.192",  # Oracle
+        "168.63.129.16",  # Azure WireServer
+        "::ffff:100.100.100.200",
+    ):
+        verdict = EgressPolicy.parse("*").check(None, address, 80)
+        assert not verdict.allowed and "cloud metadata" in verdict.reason, address
+    assert not allowed("100.64.0.0/10", None, "100.100.100.200")
+    assert allowed("100.100.100.200", None, "100.100.100.200")
+
+
+def test_loopback_and_private_keywords_cover_ipv4_ipv6_and_mapped_forms() -> None:
+    for address in ("127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"):
+        assert not allowed("!loopback", "localhost", address), address
+    assert allowed("!loopback", None, "10.0.0.1")
+    assert allowed("!127.0.0.0/8", None, "::1")  # an IPv4 rule: why the keyword exists
+    assert allowed("loopback:8080", None, "::1", 8080)
+    assert not allowed("loopback:8080", None, "::1", 8081)
+    for address in ("10.1.1.1", "172.31.0.1", "192.168.9.9", "fd12::1", "::ffff:192.168.0.1"):
+        assert allowed("private", None, address), address
+        assert not allowed("!private", None, address), address
+    for address in ("172.32.0.1", "8.8.8.8", "2001:db8::1", "127.0.0.1"):
+        assert not allowed("private", None, address), address
+    # A keyword is as wide as a CIDR: it does not allow a metadata address inside it.
+    assert not allowed("private", None, "fd00:ec2::254")
+    # A rule written as an IPv4-mapped address matches the IPv4 address it maps.
+    assert not allowed("!::ffff:127.0.0.0/104", None, "127.0.0.1")
+    assert allowed("::ffff:10.0.0.1", None, "10.0.0.1")
 
 
 def test_ports_and_cidrs() -> None:

@@ -127,9 +127,10 @@ def _engine_options(fn: Any) -> Any:
             envvar="LEGATO_EGRESS",
             callback=_egress,
             help="Where steps, polls and webhooks may connect: rules [!]HOST[:PORTS] separated by "
-            "commas, e.g. '10.0.0.0/8:443,*.example.com,!10.0.0.5'. Checked on resolved addresses "
-            "and at each redirect hop. Link-local and cloud metadata addresses are refused unless "
-            "named. Default: any other address.",
+            "commas, e.g. '10.0.0.0/8:443,*.example.com,!loopback'; HOST may be the keyword "
+            "loopback or private. Checked on resolved addresses and at each redirect hop. "
+            "Link-local and cloud metadata addresses are refused unless named. Default: any "
+            "other address.",
         ),
         click.option(
             "--s3-endpoint",
@@ -287,6 +288,20 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     show_default=True,
     callback=_duration,
     help="Close a connection that has not sent a request's headers this long after it began.",
+)
+@click.option(
+    "--audit-retention",
+    envvar="LEGATO_AUDIT_RETENTION",
+    default="90d",
+    show_default=True,
+    callback=_duration,
+    help="How long audit log rows are kept; older ones are deleted by the server.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="LEGATO_FORWARDED_ALLOW_IPS",
+    help="Reverse proxies (IP addresses or CIDRs, comma-separated, or '*') whose "
+    "X-Forwarded-For and X-Forwarded-Proto are believed. Default: nobody's.",
 )
 @_engine_options
 def serve(

@@ -2,9 +2,15 @@
 
 A policy is a list of rules separated by commas or spaces; each is `[!]HOST[:PORTS]`:
 
-- HOST is `*` (any), a name (`billing.internal`), a name wildcard (`*.example.com`: any name below
-  it, not the name itself), an IPv4 address or CIDR (`127.0.0.1`, `10.0.0.0/8`), or an IPv6 address
-  or CIDR, in brackets when a port follows (`[fd00::/8]:443`; bare `::1` takes no port).
+- HOST is `*` (any), `loopback` (127.0.0.0/8 and ::1), `private` (10.0.0.0/8, 172.16.0.0/12,
+  192.168.0.0/16 and fc00::/7), a name (`billing.internal`), a name wildcard (`*.example.com`: any
+  name below it, not the name itself), an IPv4 address or CIDR (`127.0.0.1`, `10.0.0.0/8`), or an
+  IPv6 address or CIDR, in brackets when a port follows (`[fd00::/8]:443`). An IPv4 rule never
+  matches an IPv6 address (`!127.0.0.0/8` leaves ::1 reachable: write `!loopback`); IPv4-mapped
+  IPv6 addresses (::ffff:127.0.0.1) are checked as the IPv4 address they map.
+- A bare IPv6 address takes no port; one that would still be an address without its last group
+  when that group looks like a port (`::1:80`, `fd00::1:443`) is refused as ambiguous: write
+  `[::1]:80` for a port or `[::1:80]` for the address.
 - PORTS is a port, a range (`8000-8999`) or `*`; without it every port matches.
 - `!` makes a rule a denial.
 
@@ -12,11 +18,13 @@ A connection (the URL's host name, the IP address it is actually made to, its po
 a denial matches it; otherwise it is allowed when an allowing rule matches it by name or by address,
 and refused when none does. A policy with no allowing rule allows everything not denied. No policy
 at all allows everything. Whatever the policy, link-local addresses (169.254.0.0/16, fe80::/10),
-unspecified ones (0.0.0.0/8, ::, which reach the machine itself) and cloud metadata endpoints
-(169.254.169.254, fd00:ec2::254, metadata.google.internal) are refused unless
-a rule allows them explicitly: an address rule inside the refused range (`169.254.0.0/16` for
-link-local addresses, the address itself for a metadata address), or the exact name -- `*` and wide
-CIDRs such as `0.0.0.0/0` do not count.
+unspecified ones (0.0.0.0/8, ::, which reach the machine itself) and the well-known cloud metadata
+endpoints (AWS, Azure, GCP, Oracle, DigitalOcean: 169.254.169.254, fd00:ec2::254, the ECS task
+endpoint 169.254.170.2; Alibaba's 100.100.100.200; Oracle's 192.0.0.192; Azure's WireServer
+168.63.129.16; the name metadata.google.internal) are refused unless a rule allows them explicitly:
+an address rule inside the refused range (`169.254.0.0/16` for link-local addresses, the address
+itself for a metadata address), or the exact name -- `*`, keywords and wide CIDRs such as
+`0.0.0.0/0` do not count.
 
 The check is made on the addresses a name resolves to, as connected (see egress_http), so a name
 that resolves to a denied address is refused, however its name is allowed.
@@ -36,8 +44,17 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # (network, why it is refused unless allowed explicitly); the narrowest first, so a message names it.
 _REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = (
-    (ipaddress.ip_network("169.254.169.254/32"), "a cloud metadata address"),
-    (ipaddress.ip_network("fd00:ec2::254/128"), "a cloud metadata address"),
+    *(
+        (ipaddress.ip_network(address), "a cloud metadata address")
+        for address in (
+            "169.254.169.254/32",  # AWS, Azure, GCP, Oracle, DigitalOcean, OpenStack
+            "169.254.170.2/32",  # AWS ECS task metadata and credentials
+            "fd00:ec2::254/128",  # AWS over IPv6
+            "100.100.100.200/32",  # Alibaba Cloud
+            "192.0.0.192/32",  # Oracle Cloud (older instances)
+            "168.63.129.16/32",  # Azure WireServer
+        )
+    ),
     (ipaddress.ip_network("169.254.0.0/16"), "a link-local address"),
     (ipaddress.ip_network("fe80::/10"), "a link-local address"),
     # Connecting to "this host" (0.0.0.0, ::) reaches the machine itself, past a loopback denial.
@@ -45,6 +62,16 @@ _REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = (
     (ipaddress.ip_network("::/128"), "an unspecified address"),
 )
 _REFUSED_NAMES = frozenset({"metadata.google.internal"})
+# Keywords naming sets of addresses; as wide as CIDRs, they never allow a refused address.
+_KEYWORDS: dict[str, tuple[IPNetwork, ...]] = {
+    "loopback": (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+    "private": tuple(
+        ipaddress.ip_network(n)
+        for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+    ),
+}
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_PORTLIKE = re.compile(r"^[0-9]{1,5}$")
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
@@ -75,10 +102,13 @@ class Rule:
     network: IPNetwork | None = None
     name: str | None = None  # exact name
     suffix: str | None = None  # "*.example.com" -> ".example.com"
+    keyword: tuple[IPNetwork, ...] = ()  # `loopback`, `private`
 
     @property
     def any_host(self) -> bool:
-        return self.network is None and self.name is None and self.suffix is None
+        return (
+            self.network is None and self.name is None and self.suffix is None and not self.keyword
+        )
 
     def port_matches(self, port: int) -> bool:
         return self.ports is None or self.ports[0] <= port <= self.ports[1]
@@ -95,6 +125,10 @@ class Rule:
             return False
         if self.any_host:
             return True
+        if self.keyword:
+            return address is not None and any(
+                address.version == net.version and address in net for net in self.keyword
+            )
         if self.network is not None:
             return (
                 address is not None
@@ -212,17 +246,24 @@ def _parse_rule(entry: str) -> Rule:
             raise bad("brackets are for IPv6 addresses")
     elif body.count(":") >= 2:
         host = body  # a bare IPv6 address or CIDR: no port
+        _refuse_ambiguous(host, bad)
     else:
         host, colon, after = body.partition(":")
         ports_text = after if colon else None
     ports = _parse_ports(ports_text, bad)
     if host == "*":
         return Rule(entry, deny, ports)
+    if host.lower() in _KEYWORDS:
+        return Rule(entry, deny, ports, keyword=_KEYWORDS[host.lower()])
     if "/" in host or ":" in host or _NUMERIC.match(host):
         try:
             network = ipaddress.ip_network(host, strict=True)
         except ValueError as exc:
             raise bad(f"is not an IP address or CIDR: {exc}") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            # Connections are checked as the IPv4 address they map (see _address): so is the rule.
+            low = int(network.network_address) & 0xFFFFFFFF
+            network = ipaddress.IPv4Network((low, network.prefixlen - 96))
         return Rule(entry, deny, ports, network=network)
     name = normal_name(host)
     if host.startswith("*"):
@@ -232,6 +273,23 @@ def _parse_rule(entry: str) -> Rule:
     if not _NAME.match(name):
         raise bad(f"{host!r} is not a host name, an IP address, a CIDR or '*'")
     return Rule(entry, deny, ports, name=name)
+
+
+def _refuse_ambiguous(host: str, bad: Callable[[str], EgressSyntaxError]) -> None:
+    """`::1:80` is the address ::1:80, but reads as ::1 port 80: such a rule must say which."""
+    if "/" in host:
+        return
+    address, _, last = host.rpartition(":")
+    if not _PORTLIKE.match(last) or not 1 <= int(last) <= 65535:
+        return
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return
+    raise bad(
+        f"is ambiguous: write [{address}]:{last} for port {last} of {address}, or [{host}] for "
+        "the address"
+    )
 
 
 def _parse_ports(

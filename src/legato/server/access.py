@@ -15,6 +15,7 @@ admin token named `default`.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import math
 import re
@@ -141,10 +142,65 @@ def read_token_file(path: Path) -> list[Token]:
     return tokens
 
 
+class Budget:
+    """At most `limit` of something per `window` seconds, in all: what an attacker with many
+    addresses may still cost (a fixed window, so memory is two numbers)."""
+
+    def __init__(self, limit: int = 60, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._start = -math.inf
+        self._used = 0
+
+    def take(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if now - self._start >= self.window:
+            self._start, self._used = now, 0
+        if self._used >= self.limit:
+            return False
+        self._used += 1
+        return True
+
+
+def trusted_proxies(text: str | None) -> str | None:
+    """`--forwarded-allow-ips`: the addresses (or CIDRs, or `*`) whose X-Forwarded-For names the
+    client; None (the default) trusts nobody's, so no local process can pick its own address."""
+    if text is None or not text.strip():
+        return None
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if "*" in entries:
+        if len(entries) > 1:
+            raise LegatoError("--forwarded-allow-ips: '*' (any proxy) stands alone")
+        return "*"
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise LegatoError(
+                f"--forwarded-allow-ips: {entry!r} is not an IP address or CIDR"
+            ) from None
+    return ",".join(entries)
+
+
+def client_key(client: str) -> str:
+    """What a client is throttled as: its address, or its /64 for IPv6 (one machine often has a
+    whole /64, and may pick a new address in it for each guess)."""
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class Throttle:
-    """Failed guesses per client address: after `limit` within `window` seconds, the client is
-    refused (429) for `block` seconds, whatever it sends. Successes cost nothing. At most
-    `max_clients` addresses are remembered (the oldest forgotten first), so memory stays bounded."""
+    """Failed guesses per client (an address, an IPv6 /64: see `client_key`): after `limit` within
+    `window` seconds, the client is refused (429) for `block` seconds, whatever it sends. Successes
+    cost nothing. At most `max_clients` clients are remembered (the oldest forgotten first), so
+    memory stays bounded."""
 
     def __init__(
         self,
@@ -162,6 +218,7 @@ class Throttle:
 
     def wait(self, client: str, now: float | None = None) -> int:
         """Seconds the client must still wait (0: it may try)."""
+        client = client_key(client)
         until = self._blocked.get(client)
         if until is None:
             return 0
@@ -172,6 +229,7 @@ class Throttle:
         return max(1, math.ceil(until - now))
 
     def fail(self, client: str, now: float | None = None) -> None:
+        client = client_key(client)
         now = time.monotonic() if now is None else now
         recent = [t for t in self._failures.pop(client, []) if t > now - self.window]
         recent.append(now)

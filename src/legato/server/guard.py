@@ -2,7 +2,11 @@
 session), whether they are guessing (throttled per client address), whether their role allows the
 route (`access.role_needed`), and the audit row of every change they make.
 
-Without tokens the API is open, but changes are still audited (with no token name).
+Without tokens the API is open, but changes are still audited (with no token name). A request
+that names no token (refused, or on an open path such as /login) and a failed one on an open
+server are audited within a budget for all clients together (`UNAUTHENTICATED_PER_MINUTE`), and
+a change sent with no credentials counts as a wrong guess: nobody without a token can fill the
+disk with audit rows. Recorded paths are cut at `MAX_PATH` characters.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from starlette.requests import cookie_parser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from legato.server.access import Throttle, Token, Tokens, allows, role_needed
+from legato.server.access import Budget, Throttle, Token, Tokens, allows, role_needed
 from legato.server.errors import ApiError, error_response, json_response
 from legato.store.access import AuditRow
 from legato.store.protocol import Store
 from legato.ui import auth
 
 log = logging.getLogger("legato.server")
+
+MAX_PATH = 512  # characters of a path the audit log keeps
+UNAUTHENTICATED_PER_MINUTE = 60  # audit rows of requests with no token, from all clients
 
 IDENTITY = "legato.token"  # the scope key naming the token a request was made with
 # The run, workflow, service, schedule or secret a change was about, from its path or Location.
@@ -65,8 +72,12 @@ def target_of(path: str, location: str | None) -> str | None:
     for where in (location, path):
         found = _TARGET.match(where or "")
         if found:
-            return next(v for v in found.groups() if v)
+            return cut(next(v for v in found.groups() if v), MAX_PATH)
     return None
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more)"
 
 
 def _refuse(
@@ -91,6 +102,7 @@ class Guard:
         self.tokens = tokens
         self.open_paths = open_paths
         self.throttle = throttle or Throttle()
+        self.unauthenticated = Budget(UNAUTHENTICATED_PER_MINUTE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,6 +145,8 @@ class Guard:
                 if auth.is_page(scope["path"], scope["method"]):
                     query = scope.get("query_string", b"").decode("latin-1")
                     return auth.login_redirect(scope["path"], query)
+                if scope["method"] not in auth.SAFE_METHODS:
+                    self.throttle.fail(client)  # a change with no credentials: like a bad guess
                 message = "this server needs Authorization: Bearer <token>"
                 return _refuse(401, message, "unauthorized")
             if (
@@ -168,18 +182,26 @@ class Guard:
         return audited
 
     async def _record(self, scope: Scope, start: Message) -> None:
+        token, status = _identity(scope), int(start["status"])
+        if token is None and (self.tokens or status >= 400) and not self.unauthenticated.take():
+            QUIET.warn(
+                "audit-unauthenticated",
+                f"not auditing more than {UNAUTHENTICATED_PER_MINUTE} requests a minute "
+                "made without a token (or refused on a server without tokens)",
+            )
+            return
         location = next(
             (v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"location"),
             None,
         )
         row = AuditRow(
             at=time.time(),
-            token=_identity(scope),
-            method=scope["method"],
-            path=scope["path"],
+            token=token,
+            method=cut(scope["method"], 16),
+            path=cut(scope["path"], MAX_PATH),
             target=target_of(scope["path"], location),
-            status=int(start["status"]),
-            client=client_address(scope),
+            status=status,
+            client=cut(client_address(scope), 64),
         )
         try:
             await self.store.add_audit(row)

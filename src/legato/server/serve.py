@@ -26,8 +26,8 @@ from legato.errors import LegatoError
 from legato.masking import mask_url
 from legato.model.limits import DefinitionLimits
 from legato.sandbox import LIMITS
-from legato.server import connections
-from legato.server.access import load_tokens
+from legato.server import connections, retention
+from legato.server.access import load_tokens, trusted_proxies
 from legato.server.app import DEFAULT_MAX_BODY, create_app
 from legato.server.connections import DEFAULT_HEADER_TIMEOUT
 from legato.ui.auth import DEFAULT_SESSION_TTL
@@ -64,6 +64,8 @@ class DrainingServer(uvicorn.Server):
         self.api = api  # False: a worker's probes only, so callbacks cannot come here
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine_closed = False
+        self.audit_retention = retention.DEFAULT_AUDIT_RETENTION
+        self._pruner: asyncio.Task[None] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Run until stopped; a failure to start is a LegatoError saying why, not a SystemExit."""
@@ -75,6 +77,9 @@ class DrainingServer(uvicorn.Server):
             raise
         except Exception as exc:
             raise LegatoError(f"cannot open the database {self.engine.store.url}: {exc}") from None
+        if self.api:
+            pruning = retention.prune_forever(self.engine.store, self.audit_retention)
+            self._pruner = asyncio.create_task(pruning, name="legato-audit-retention")
         try:
             await super().serve(sockets)
         except SystemExit:
@@ -109,6 +114,9 @@ class DrainingServer(uvicorn.Server):
     async def _close_engine(self) -> None:
         if not self._engine_closed:
             self._engine_closed = True
+            if self._pruner is not None:
+                self._pruner.cancel()
+                await asyncio.gather(self._pruner, return_exceptions=True)
             await self.engine.close(self.grace)
             left = self.engine.active_runs()
             if left and self.started:
@@ -161,14 +169,21 @@ def build_server(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     limits: DefinitionLimits | None = None,
     max_rendered: int | None = None,
+    forwarded_allow_ips: str | None = None,
+    audit_retention: float = retention.DEFAULT_AUDIT_RETENTION,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`, and a
     token shorter than 16 characters there (a guess away).
 
     `role`: "all" (the API and the engine), "api" (the API only: workers sharing the database run
-    the steps) or "worker" (the engine, with only its health check and metrics served)."""
+    the steps) or "worker" (the engine, with only its health check and metrics served).
+
+    `forwarded_allow_ips`: the proxies whose X-Forwarded-For/-Proto are believed (uvicorn trusts
+    127.0.0.1's by default, which let any local process pick the address it is throttled as)."""
     if not session_ttl > 0:
         raise LegatoError("--session-ttl must be longer than 0s")
+    if not audit_retention > 0:
+        raise LegatoError("--audit-retention must be longer than 0s")
     tokens = load_tokens(token, token_file)
     if not tokens and not is_loopback(host) and not allow_open:
         raise LegatoError(
@@ -177,6 +192,7 @@ def build_server(
         )
     if not is_loopback(host):
         tokens.check_public(host)
+    proxies = trusted_proxies(forwarded_allow_ips)
     # Definitions are validated in a thread, which holds the GIL between its switches: the event
     # loop waits up to this long for it at each of a request's handoffs (Python's default is 5 ms).
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -227,8 +243,12 @@ def build_server(
         access_log=False,
         timeout_graceful_shutdown=max(1, math.ceil(grace)),
         server_header=False,
+        proxy_headers=proxies is not None,
+        forwarded_allow_ips=proxies or "",
     )
-    return DrainingServer(config, engine, grace, public_url, api)
+    server = DrainingServer(config, engine, grace, public_url, api)
+    server.audit_retention = audit_retention
+    return server
 
 
 async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:

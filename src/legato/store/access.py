@@ -3,7 +3,8 @@
 A session row holds a hash of the session id (the id itself lives only in the browser's cookie) and
 a fingerprint of the token it was made with, so a session outlives neither its expiry, a logout,
 nor a change of its token; being in the store, it is shared by every process on one PostgreSQL.
-The audit log keeps one row per change made through the API or the UI, never a request body.
+The audit log keeps one row per change made through the API or the UI, never a request body, for
+the retention the server is given (pruned in batches, oldest first, along the `at` index).
 Both backends' queries are here; `SQLiteStore` and `PostgresStore` call them in a line each.
 """
 
@@ -116,6 +117,13 @@ def sqlite_add_audit(conn: sqlite3.Connection, row: AuditRow) -> None:
     )
 
 
+def sqlite_prune_audit(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    return conn.execute(
+        "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ? ORDER BY at LIMIT ?)",
+        (before, limit),
+    ).rowcount
+
+
 def sqlite_list_audit(
     conn: sqlite3.Connection, since: float | None, token: str | None, before: int | None, limit: int
 ) -> list[AuditRow]:
@@ -159,6 +167,16 @@ async def pg_add_audit(pool: asyncpg.Pool, row: AuditRow) -> None:
         row.status,
         row.client,
     )
+
+
+async def pg_prune_audit(pool: asyncpg.Pool, before: float, limit: int) -> int:
+    done = await pool.execute(
+        "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < $1 ORDER BY at LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED)",  # several API processes may prune at once
+        before,
+        limit,
+    )
+    return int(done.split()[-1])
 
 
 async def pg_list_audit(

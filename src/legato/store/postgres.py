@@ -933,6 +933,9 @@ class PostgresStore(PostgresOutbox):
     async def add_audit(self, row: AuditRow) -> None:
         await access.pg_add_audit(self.pool, row)
 
+    async def prune_audit(self, before: float, limit: int) -> int:
+        return await access.pg_prune_audit(self.pool, before, limit)
+
     async def list_audit(
         self, since: float | None, token: str | None, before: int | None, limit: int
     ) -> list[AuditRow]:

@@ -371,6 +371,9 @@ class Store(Protocol):
 
     async def add_audit(self, row: AuditRow) -> None: ...
 
+    async def prune_audit(self, before: float, limit: int) -> int:
+        """Delete up to `limit` of the oldest audit rows written before `before`; how many."""
+
     async def list_audit(
         self, since: float | None, token: str | None, before: int | None, limit: int
     ) -> list[AuditRow]:

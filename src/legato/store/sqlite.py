@@ -916,6 +916,9 @@ class SQLiteStore(SQLiteOutbox):
     async def add_audit(self, row: AuditRow) -> None:
         await self._call(access.sqlite_add_audit, self.conn, row)
 
+    async def prune_audit(self, before: float, limit: int) -> int:
+        return await self._call(access.sqlite_prune_audit, self.conn, before, limit)
+
     async def list_audit(
         self, since: float | None, token: str | None, before: int | None, limit: int
     ) -> list[AuditRow]:
