@@ -154,10 +154,12 @@ class Bounded:
                     raise fault from exc
 
             call.__name__ = name
+            object.__setattr__(self, name, call)  # made once: later look-ups find it here
             return call
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.pop(name, None)  # a wrapper made for the attribute's old value
         setattr(self._store, name, value)
 
 
