@@ -45,9 +45,21 @@ def new_tag() -> str:
 class SecretRefs(dict[str, str]):
     """Every key is present and renders to its marker; there is nothing to list or iterate."""
 
-    def __init__(self, tag: str | None = None) -> None:
+    def __init__(self, tag: str | None = None, *, fresh: bool = False) -> None:
         super().__init__()
-        self.tag = tag
+        self._tag = tag
+        self._fresh = fresh  # make a tag when the first marker is (most renders make none)
+
+    @property
+    def tag(self) -> str | None:
+        if self._tag is None and self._fresh:
+            self._tag = new_tag()
+        return self._tag
+
+    @property
+    def made(self) -> str | None:
+        """The tag, if a marker was rendered with one."""
+        return self._tag
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and NAME.fullmatch(key) is not None

@@ -54,15 +54,22 @@ class EgressConnector(aiohttp.TCPConnector):
     def __init__(self, policy: EgressPolicy, **kwargs: Any) -> None:
         super().__init__(resolver=EgressResolver(policy), **kwargs)
         self.policy = policy
+        # Hosts and ports allowed already (a verdict never changes for a policy; names are judged
+        # in the resolver): every request asks, a pooled connection's too, and parsing the
+        # address each time showed in profiles.
+        self._allowed: set[tuple[str, int]] = set()
 
     async def connect(
         self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.connector.Connection:
-        host = req.url.raw_host
-        if host is not None and req.port is not None and _is_address(host):
-            refused = self.policy.refusal(host, host, req.port)
+        host, port = req.url.raw_host, req.port
+        if host is not None and port is not None and (host, port) not in self._allowed:
+            refused = self.policy.refusal(host, host, port) if _is_address(host) else None
             if refused is not None:
                 raise refused
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()
+            self._allowed.add((host, port))
         return await super().connect(req, traces, timeout)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -353,16 +354,25 @@ def _credentials(url: str, headers: dict[str, str], used: dict[str, str]) -> Non
 
 
 def _url_credentials(url: str, used: dict[str, str]) -> None:
+    for key, value in _credentials_in_url(url):
+        used[key] = value
+
+
+@functools.lru_cache(maxsize=1024)
+def _credentials_in_url(url: str) -> tuple[tuple[str, str], ...]:
+    """A service's URL credentials (its URL is the same for every call: parsed once)."""
+    used: dict[str, str] = {}
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return
+        return ()
     if password:
         used["(url password)"] = unquote(password)
     for name, value in parse_qsl(parts.query) + parse_qsl(parts.fragment):
         if CREDENTIAL_NAME.fullmatch(name):
             used[f"(query {name})"] = value
+    return tuple(used.items())
 
 
 def _query_credentials(query: Any, used: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ import orjson
 from legato.expressions import Context, TemplateError
 from legato.model.workflow import Call, Emit, PythonCall
 from legato.sandbox import LIMITS
-from legato.secret_refs import TAG_KEY, SecretRefs, new_tag
+from legato.secret_refs import TAG_KEY, SecretRefs
 
 
 def render_request(action: Call, ctx: Context) -> dict[str, Any]:
@@ -19,14 +19,15 @@ def render_request(action: Call, ctx: Context) -> dict[str, Any]:
 
     Secrets render to markers with a tag made for this rendering, kept in the request's `TAG_KEY`
     when one is there: only those markers are ever sent as values (see secret_refs)."""
-    tag = new_tag()
-    request = _render(action, {**ctx, "secrets": SecretRefs(tag)})
+    refs = SecretRefs(fresh=True)
+    request = _render(action, {**ctx, "secrets": refs})
+    tag = refs.made
     try:
         raw = orjson.dumps(request)
     except TypeError:  # not JSON: the executor refuses it, as before
         return request
     size = len(raw)
-    if tag.encode() in raw:
+    if tag is not None and tag.encode() in raw:
         request[TAG_KEY] = tag
     if size > LIMITS.max_size:
         raise TemplateError(

@@ -49,6 +49,8 @@ async def resolve_request(
     """`request` with the references to the secrets that `templates` name put in, where its
     rendering put them (its own tag: see secret_refs)."""
     tag = request.get(TAG_KEY)
+    if not tag:  # its rendering made no marker: nothing to put in (the common case)
+        return request
     names = wanted(request, names_in(templates), tag)
     if not names:
         return request
