@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from legato.engine.state import Resume
@@ -263,3 +265,22 @@ def test_a_service_may_name_secrets_and_put_a_path_before_its_query() -> None:
         Service("s", "http://h/base?api_key=K&x=1#f").url("/p") == "http://h/base/p?api_key=K&x=1#f"
     )
     assert svc.url("") == svc.base_url
+
+
+def test_masking_a_long_message_takes_time_in_proportion_to_its_length() -> None:
+    """A long run of scheme-like letters with no `://` once cost the square of its length (a 1 MB
+    failure message held the server for minutes): ten times the text is about ten times the time."""
+
+    def took(n: int) -> float:
+        text = "a" * n + " ://"  # a `://` somewhere, so the URL pattern runs over the letters
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            mask_text(text)
+            best = min(best, time.perf_counter() - began)
+        return best
+
+    took(1000)  # warm up
+    small, large = took(5_000), took(50_000)
+    assert large < 40 * max(small, 1e-3), (small, large)
+    assert mask_text("a" * 100 + "http://u:pw@h/") == "a" * 100 + "http://u:***@h/"
