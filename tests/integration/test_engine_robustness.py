@@ -4,14 +4,17 @@ they should not, retries racing, blocking functions in numbers, and its own bugs
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from legato import Conflict, Engine, Service
+from legato import Client, Conflict, Engine, Service
 from legato.engine import python_executor, runtime
+from legato.model.limits import DEFAULT_MAX_STEPS
+from tests.integration.serverprocess import start_server
 from tests.integration.testservice import LoopbackService
 
 
@@ -172,3 +175,52 @@ async def test_closing_the_engine_ends_its_idle_worker_threads(tmp_path: Path) -
             break
         await asyncio.sleep(0.02)
     assert now <= before
+
+
+def instant_chain(name: str, n: int = DEFAULT_MAX_STEPS) -> dict[str, object]:
+    """The longest chain a definition may have, of steps that all end in the first decision."""
+    steps: dict[str, object] = {"s0": {"wait": "0s"}}
+    steps.update({f"s{i}": {"wait": "0s", "depends_on": f"s{i - 1}"} for i in range(1, n)})
+    return {"name": name, "steps": steps}
+
+
+async def test_a_chain_of_the_most_instant_steps_succeeds(engine: Engine) -> None:
+    """It failed with kind `internal` (RecursionError) from ~200 steps, though 2,000 may register."""
+    await engine.apply(instant_chain("chain"))
+    run = await engine.run("chain", {}, timeout=60)
+    assert run.info.status == "succeeded", run.info.error
+    assert len(run.steps) == DEFAULT_MAX_STEPS
+    assert all(s.status == "succeeded" for s in run.steps.values())
+
+
+def test_a_chain_of_the_most_instant_steps_succeeds_through_the_server(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        with Client(server.url) as client:
+            client.apply(instant_chain("chain"))
+            run = client.start("chain", {}, wait=25)
+        assert run["status"] == "succeeded", run.get("error")
+        assert "RecursionError" not in server.output()
+    finally:
+        server.stop()
+
+
+async def test_a_decider_error_logs_one_line_and_the_last_frames(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A RecursionError's whole traceback was ~2,000 lines, written at every run of the workflow."""
+    await engine.apply({"name": "deep", "steps": {"a": {"wait": "0s"}}})
+
+    def deep(*args: object, depth: int = 0) -> None:
+        deep(depth=depth + 1)
+
+    monkeypatch.setattr(runtime, "decide", deep)
+    with caplog.at_level(logging.ERROR, logger="legato.engine"):
+        run_id = await engine.start_run("deep", {})
+        state = await engine.wait(run_id, 5)
+    assert state.info.error is not None and state.info.error["kind"] == "internal"
+    [record] = [r for r in caplog.records if "deciding" in r.getMessage()]
+    text = caplog.text
+    assert record.exc_info is None and run_id in record.getMessage()
+    assert "RecursionError: maximum recursion depth exceeded" in record.getMessage()
+    assert len(text.splitlines()) < 30, text

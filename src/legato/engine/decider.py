@@ -5,6 +5,7 @@ microseconds and replays the same way twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from legato.engine.ids import child_run_id, result_key
@@ -151,6 +152,10 @@ class _Txn:
         self.attempts: list[Attempt] = []
         self.effects: list[Any] = []
         self._view: dict[str, Any] | None = None
+        self._view_shared = False
+        # `propagate`'s work: the downstream steps left to look at, one iterator per ended step.
+        self._frames: list[Iterator[str]] = []
+        self._propagating = False
 
     # -- state access -------------------------------------------------------------------------
 
@@ -162,7 +167,15 @@ class _Txn:
 
     def set(self, s: StepState) -> None:
         self.changed[s.name] = s
-        self._view = None
+        view = self._view
+        if view is None or s.name not in self.wf.steps:
+            return
+        # Update the view rather than drop it: rebuilding it at each step of a chain that ends
+        # in one decision (branches) was quadratic. Copied first if a render has seen it.
+        if self._view_shared:
+            view = self._view = {**view, "steps": dict(view["steps"])}
+            self._view_shared = False
+        view["steps"][s.name] = {"status": s.status, "output": s.output, "error": s.error}
 
     def set_info(self, **kw: Any) -> None:
         self.info = self.info._replace(**kw)
@@ -193,6 +206,7 @@ class _Txn:
                 "run": {"id": info.id, "workflow": info.workflow, "version": info.version},
                 "secrets": SECRETS,
             }
+        self._view_shared = True
         if extra:
             return {**self._view, **extra}
         return self._view
@@ -800,14 +814,30 @@ class _Txn:
             self.propagate(name)
 
     def propagate(self, name: str) -> None:
-        for d in self.wf.downstream[name]:
-            if self.get(d).status != PENDING:
-                continue
-            verdict, reason = self.evaluate(d)
-            if verdict == READY:
-                self.activate(d)
-            elif verdict == SKIP:
-                self.skip(d, reason)
+        """Start or skip the steps that `name`'s end unblocks. A loop over a stack, not recursion:
+        a step that ends at once (a `wait: 0s`, a branch, a skip) unblocks the next in the same
+        decision, and a chain of 2,000 of them would overflow Python's stack. A nested call only
+        pushes its frame; the loop takes it next, so the order (depth first) is the recursion's."""
+        self._frames.append(iter(self.wf.downstream[name]))
+        if self._propagating:
+            return
+        self._propagating = True
+        try:
+            while self._frames:
+                d = next(self._frames[-1], None)
+                if d is None:
+                    self._frames.pop()
+                    continue
+                if self.get(d).status != PENDING:
+                    continue
+                verdict, reason = self.evaluate(d)
+                if verdict == READY:
+                    self.activate(d)
+                elif verdict == SKIP:
+                    self.skip(d, reason)
+        finally:
+            self._propagating = False
+            self._frames.clear()
 
     def skip(self, name: str, reason: str) -> None:
         s = self.get(name)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 import orjson
 
 from legato.engine import inbox, trees
+from legato.engine.bugs import log_decide_failure
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
 from legato.engine.egress import EgressPolicy
 from legato.engine.health import Health
@@ -1250,7 +1251,7 @@ class Engine:
         try:
             decision = decide(active.wf, active.state, event, now, random.random())
         except Exception as exc:  # a decider bug must end the run visibly, not strand it
-            log.exception("deciding %s for run %s failed", event, active.state.info.id)
+            log_decide_failure(active.state.info.id, event, exc)
             decision = _broken(active.state, exc, now)
         decision.new_run = new_run
         state = active.state
