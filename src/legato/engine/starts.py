@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from legato.engine.bugs import log_decide_failure
 from legato.engine.decider import decide
 from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.state import RunInfo, RunState, Start
@@ -78,7 +79,13 @@ class Starts:
     async def start(self, wf: Workflow, info: RunInfo, once: Once) -> str:
         engine = self.engine
         now = engine.clock()
-        decision = decide(wf, RunState(info), Start(), now, random.random())
+        try:
+            decision = decide(wf, RunState(info), Start(), now, random.random())
+        except Exception as exc:  # a decider bug ends the run visibly, never a 500
+            from legato.engine.runtime import _broken
+
+            log_decide_failure(info.id, Start(), exc)
+            decision = _broken(RunState(info), exc, now)
         decision.new_run = True
         decision.outbox = outgoing(wf.notify, decision, info, new_delivery_id)
         key = None
