@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from legato.engine.decider import decide
+from legato.engine.ids import MARKER, reserved
 from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.state import RunInfo, RunState, Start
 from legato.errors import Conflict, LegatoError
@@ -58,6 +59,11 @@ def check_run_id(value: object) -> str | None:
         return "must be 32 lowercase hex digits (the form of every run id)"
     if value == "0" * 32:
         return "must not be all zeros (not a valid trace id)"
+    if reserved(value):
+        return (
+            f"must not have {MARKER!r} as its 13th digit: that form is reserved for the ids "
+            "Legato makes (a UUID's hex never has it)"
+        )
     return None
 
 

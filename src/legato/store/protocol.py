@@ -316,7 +316,8 @@ class Store(Protocol):
         """In one transaction holding the schedule's row: if its next interval still starts at
         `expected` and it is not paused, commit the interval's run (`decision`, a new run for any
         worker to claim; skipped if its id exists) and move the schedule on to `following`.
-        Returns "fired", "moved" (another process fired it, or it was paused) or "busy"
+        Returns "fired", "taken" (moved on, but a run of another workflow has the interval's
+        id: none was made), "moved" (another process fired it, or it was paused) or "busy"
         (`max_active` runs of the workflow are active: nothing changes)."""
 
     async def start_child(
