@@ -49,6 +49,7 @@ DELIVERY_HEADER = "Legato-Delivery"  # the same on every try of one notification
 POLL = 5.0  # the longest the loop sleeps: rows a dead engine left are found this soon
 CONCURRENCY = 32  # sends under way at once
 PER_TARGET = 4  # of which at most this many to one receiver (store/outbox_targets.py)
+CLAIM_GAP = 0.05  # seconds between two claims at least
 TELL_EVERY = 10.0  # seconds between two log lines about the store failing
 T = TypeVar("T", int, float)
 __all__ = ["DELIVERY_HEADER", "Notifier", "Smtp", "events_of", "sign"]
@@ -140,7 +141,12 @@ class Notifier:
 
     async def _deliver_forever(self) -> None:
         assert self._wake is not None
+        claimed = -CLAIM_GAP
         while True:
+            # A claim reads every due row (to skip busy receivers' ones): a stream of commits
+            # waking this must not make it claim back to back.
+            await asyncio.sleep(max(claimed + CLAIM_GAP - time.monotonic(), 0.0))
+            claimed = time.monotonic()
             self._wake.clear()
             delay = self.poll
             try:

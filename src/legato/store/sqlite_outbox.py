@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from legato.store.outbox_targets import EMAIL, receiver
+from legato.store.outbox_targets import EMAIL
 from legato.store.protocol import NotificationRow, OutboxItem
 
 T = TypeVar("T")
@@ -34,7 +34,11 @@ INSERT_OUTBOX = (
 # rows per receiver, less those in flight (?5, a JSON object by receiver): see outbox_targets.py.
 _CLAIM = """
 WITH due AS (
-    SELECT id, next_at, CASE WHEN channel = 'email' THEN ?7 ELSE legato_receiver(target) END AS k
+    SELECT id, next_at, CASE WHEN channel = 'email' THEN ?7
+        WHEN instr(target, '?') = 0 AND instr(target, '#') = 0 THEN target
+        WHEN instr(target, '#') = 0 OR instr(target, '?') BETWEEN 1 AND instr(target, '#')
+        THEN substr(target, 1, instr(target, '?') - 1)
+        ELSE substr(target, 1, instr(target, '#') - 1) END AS k
     FROM outbox WHERE next_at <= ?3 OR (claimed_by IS NOT NULL AND claimed_by <> ?1)),
 ranked AS (
     SELECT id, next_at, k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY next_at, id) AS n FROM due),
@@ -89,7 +93,6 @@ class SQLiteOutbox:
         params = (claimant, now + lease, now, limit, busy, per_target or limit, EMAIL)
 
         def work(conn: sqlite3.Connection) -> list[OutboxItem]:
-            conn.create_function("legato_receiver", 1, receiver, deterministic=True)
             found = conn.execute(_CLAIM, params).fetchall()
             return [
                 OutboxItem(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]), *r[7:])
