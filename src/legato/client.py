@@ -201,7 +201,8 @@ class _Verbs(Generic[R]):
 
         Sent again with the same `idempotency_key` (and the same arguments), it answers the run the
         first start made instead of making another: retrying a start that timed out is safe.
-        `run_id` (32 lowercase hex digits) names the run; a second start with it is a Conflict."""
+        `run_id` (32 lowercase hex digits, the 13th not `f`: a UUID's hex) names the run; a second
+        start with it is a Conflict."""
         body = _params(input=input or {}, version=version, id=run_id)
         return self._send(
             _Request(

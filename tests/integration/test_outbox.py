@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -17,7 +17,7 @@ from aiohttp import web
 from legato import Engine
 from legato.engine.notifier import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from legato.engine.state import Decision, Outgoing, RunInfo
-from legato.store.protocol import NotificationRow, open_store
+from legato.store.protocol import NotificationRow, Store, open_store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -239,3 +239,80 @@ async def test_a_row_a_dead_engine_held_is_delivered_by_another_once_its_lease_e
     assert arrived >= claimed_at + 1.4  # not before the dead engine's lease ran out
     assert headers[DELIVERY_HEADER] == "dead-1" == rec.delivery_id
     assert (rec.ok, rec.tries) == (True, 2)
+
+
+class Counted:
+    """The store, counting the notifier's claims."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.claims = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def claim_outbox(self, *args: Any) -> Any:
+        self.claims += 1
+        return await self.store.claim_outbox(*args)
+
+
+async def test_a_hanging_receiver_with_many_due_holds_up_no_other_receiver(db_url: str) -> None:
+    """120 failures to a receiver that hangs (10 s timeout, 32 slots) and then one failure of
+    another workflow to a healthy receiver: without a bound per receiver the hanging one held all
+    the slots and the healthy one waited 10 s per round; now it holds at most PER_TARGET."""
+    hanging, healthy = Hooks(), Hooks()
+    await hanging.start()
+    await healthy.start()
+    try:
+        async with Engine.open(db_url) as engine:
+            await engine.apply(failing("to-hang", f"{hanging.base}/hang"))
+            await engine.apply(failing("to-ok", f"{healthy.base}/ok"))
+            for _ in range(120):
+                await engine.start_run("to-hang")
+            deadline = time.monotonic() + 10
+            while len(hanging.at("/hang")) < engine.notifier.per_target:
+                assert time.monotonic() < deadline, hanging.counts
+                await asyncio.sleep(0.02)
+            began = time.monotonic()
+            await engine.start_run("to-ok")
+            while not healthy.at("/ok"):
+                assert time.monotonic() - began < 2.0, (hanging.counts, len(engine.notifier.tasks))
+                await asyncio.sleep(0.02)
+            assert len(hanging.at("/hang")) == engine.notifier.per_target == 4
+            # The rows it skips do not make the loop spin: it waits for a send to end.
+            counted = Counted(engine.notifier.store)
+            engine.notifier.store = cast(Store, counted)
+            await asyncio.sleep(1.0)
+            assert counted.claims <= 3, counted.claims
+    finally:
+        await hanging.stop()
+        await healthy.stop()
+
+
+async def test_a_claim_takes_at_most_the_bound_per_receiver(db_url: str) -> None:
+    store = open_store(db_url)
+    store.owner = "engine-a"
+    await store.open()
+    try:
+        info = RunInfo("q" * 32, "w", 1, "failed", {}, 1.0, 1.0, 2.0)
+        rows = [
+            Outgoing(f"d-{n}", info.id, "failure", "webhook", f"http://a/hook?n={n}", {})
+            for n in range(10)
+        ]
+        rows.append(Outgoing("d-b", info.id, "failure", "webhook", "http://b/hook", {}))
+        rows += [Outgoing(f"m-{n}", info.id, "failure", "email", "x@y", {}) for n in range(3)]
+        await store.commit([Decision(info.id, "w", info, new_run=True, outbox=rows)])
+        now = time.time() + 1
+        first = await store.claim_outbox("a", now, 32, 30.0, 4, {"email:": 1})
+        assert len(first) == 8, [i.target for i in first]
+        assert [i.target for i in first].count("x@y") == 3  # 4 less the one in flight
+        assert "http://b/hook" in [i.target for i in first]
+        assert [i.target for i in first if i.target.startswith("http://a/")] == [
+            f"http://a/hook?n={n}"
+            for n in range(4)  # the query makes no other receiver
+        ]
+        busy = {"http://a/hook": 4, "email:": 4}
+        assert await store.claim_outbox("a", now, 32, 30.0, 4, busy) == []
+        more = await store.claim_outbox("a", now + 31, 32, 30.0, 4, {"http://a/hook": 2})
+        assert sum(i.target.startswith("http://a/") for i in more) == 2
+    finally:
+        await store.close()

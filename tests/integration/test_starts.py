@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,7 @@ async def test_api_keys_replay_refuse_and_resist_a_burst(
 
 async def test_api_a_callers_run_id(server: ServerProcess, service: LoopbackService) -> None:
     await _setup(server.url, service)
-    run_id = new_run_id()
+    run_id = uuid.uuid4().hex
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         first = await http.post("/api/workflows/once-slow/runs", json={"id": run_id})
         assert first.status_code == 202
@@ -206,10 +207,12 @@ async def test_api_a_callers_run_id(server: ServerProcess, service: LoopbackServ
         assert (await http.post(f"/api/runs/{run_id}/cancel")).status_code == 200
         ended = await http.post("/api/workflows/once-slow/runs", json={"id": run_id})
         assert ended.status_code == 409 and "has ended" in ended.json()["message"]
-        for bad in ("order-17", "A" * 32, "0" * 32, 17, "f" * 33):
+        reserved = new_run_id()  # the form of the ids the engine makes (and derives)
+        for bad in ("order-17", "A" * 32, "0" * 32, 17, "f" * 33, reserved):
             answer = await http.post("/api/workflows/once-slow/runs", json={"id": bad})
             assert answer.status_code == 422, bad
             assert answer.json()["problems"][0]["path"] == "id"
+        assert "reserved" in answer.json()["problems"][0]["message"]
 
 
 async def test_api_retry_answers_at_once(server: ServerProcess, service: LoopbackService) -> None:
@@ -267,7 +270,7 @@ async def test_cli_and_client_start_once(server: ServerProcess, service: Loopbac
     assert code == 0, err
     code, again, err = await legato(server, *args)
     assert code == 0 and again == first, (first, again, err)
-    run_id = new_run_id()
+    run_id = uuid.uuid4().hex
     code, out, err = await legato(server, "start", "once-slow", "--id", run_id)
     assert code == 0 and out.strip() == run_id, (out, err)
     code, out, err = await legato(server, "start", "once-slow", "--id", run_id)

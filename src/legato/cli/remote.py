@@ -177,7 +177,11 @@ def _wait(client: Client, run_id: str, timeout: float | None) -> dict[str, Any]:
 @click.option("--version", type=int, help="Pin a version (the latest by default).")
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print it.")
 @click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
-@click.option("--id", "run_id", help="The run's id (32 lowercase hex digits); used once.")
+@click.option(
+    "--id",
+    "run_id",
+    help="The run's id: 32 lowercase hex digits, the 13th not f (a UUID's hex); used once.",
+)
 @click.option(
     "--idempotency-key", help="Starting again with this key (and input) answers the same run."
 )

@@ -5,9 +5,11 @@ The notifications are written to the store's outbox in the same transaction as t
 causes them (engine/outbox.py), so a crash after a commit cannot lose one. This delivers them: a
 background loop, woken after each commit that wrote some (and every few seconds, for rows a dead
 engine left), claims due rows with a lease and sends each from its own task with a timeout, so a
-slow or broken mail server or receiver never delays a run nor the other notifications. A failed try
-is retried with backoff; each keeps its delivery id (`Legato-Delivery`), for the receiver to dedupe
-what a crash makes it send twice. What became of each is recorded in the store (`notifications`).
+slow or broken mail server or receiver never delays a run. At most PER_TARGET sends are in flight
+per receiver (a webhook URL without its query; all email counts as one), and the claim skips the
+rows of a receiver at that bound, so one that hangs holds PER_TARGET of the slots, not all. A
+failed try is retried with backoff; each keeps its delivery id (`Legato-Delivery`), for the
+receiver to dedupe what a crash makes it send twice. What became of each is recorded in the store (`notifications`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hmac
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -35,6 +38,7 @@ from legato.engine.egress_http import EgressConnector
 from legato.engine.outbox import events_of
 from legato.errors import LegatoError
 from legato.masking import mask_text
+from legato.store.outbox_targets import target_key
 from legato.store.protocol import NotificationRow, OutboxItem, Store
 
 log = logging.getLogger("legato.notify")
@@ -44,6 +48,8 @@ TIMESTAMP_HEADER = "X-Legato-Timestamp"
 DELIVERY_HEADER = "Legato-Delivery"  # the same on every try of one notification: dedupe on it
 POLL = 5.0  # the longest the loop sleeps: rows a dead engine left are found this soon
 CONCURRENCY = 32  # sends under way at once
+PER_TARGET = 4  # of which at most this many to one receiver (store/outbox_targets.py)
+CLAIM_GAP = 0.05  # seconds between two claims at least
 TELL_EVERY = 10.0  # seconds between two log lines about the store failing
 T = TypeVar("T", int, float)
 __all__ = ["DELIVERY_HEADER", "Notifier", "Smtp", "events_of", "sign"]
@@ -108,7 +114,9 @@ class Notifier:
         self.max_backoff = 300.0
         self.poll = POLL
         self.concurrency = CONCURRENCY
+        self.per_target = PER_TARGET
         self.tasks: dict[int, asyncio.Task[None]] = {}  # sends under way, by outbox row
+        self._targets: dict[int, str] = {}  # their receivers, by outbox row
         self._cut: list[OutboxItem] = []  # sends a stop cut short: handed back on close
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.Task[None] | None = None
@@ -133,12 +141,21 @@ class Notifier:
 
     async def _deliver_forever(self) -> None:
         assert self._wake is not None
+        claimed = -CLAIM_GAP
         while True:
+            # A claim reads every due row (to skip busy receivers' ones): a stream of commits
+            # waking this must not make it claim back to back.
+            await asyncio.sleep(max(claimed + CLAIM_GAP - time.monotonic(), 0.0))
+            claimed = time.monotonic()
             self._wake.clear()
             delay = self.poll
             try:
+                free = self.concurrency - len(self.tasks)
                 found = await self._claim()
-                nxt = await self.store.next_outbox()
+                # Fewer than asked: what is due now is held by others or by busy receivers. Only
+                # a send ending or a commit (both wake this) or a later row can change that.
+                after = self.clock() if found < free else None
+                nxt = await self.store.next_outbox(after)
                 if nxt is not None:
                     delay = min(max(nxt - self.clock(), 0.0), self.poll)
                 if not found or len(self.tasks) >= self.concurrency:
@@ -155,17 +172,22 @@ class Notifier:
         free = self.concurrency - len(self.tasks)
         if free <= 0:
             return 0
-        items = await self.store.claim_outbox(self.claimant, self.clock(), free, self.lease)
+        held = Counter(self._targets.values())
+        items = await self.store.claim_outbox(
+            self.claimant, self.clock(), free, self.lease, self.per_target, held
+        )
         for item in items:
             if item.id in self.tasks:  # still under way here (its lease ran out): it settles it
                 continue
             task = asyncio.create_task(self._deliver(item))
             self.tasks[item.id] = task
+            self._targets[item.id] = target_key(item.channel, item.target)
             task.add_done_callback(functools.partial(self._done, item.id))
         return len(items)
 
     def _done(self, key: int, task: asyncio.Task[None]) -> None:
         self.tasks.pop(key, None)
+        self._targets.pop(key, None)
         self.wake()  # a slot is free
 
     async def _deliver(self, item: OutboxItem) -> None:

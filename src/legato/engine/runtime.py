@@ -1572,6 +1572,7 @@ class Engine:
         try:
             existing = await self.store.get_run(effect.run_id)
             if existing is not None:
+                trees.check_child(existing.info, parent, effect.workflow)
                 if existing.info.done and self._still_waits_for(active, effect):
                     self._decide(active, _child_done(effect.step, effect.attempt, existing.info))
                 return
@@ -1590,6 +1591,8 @@ class Engine:
             error = {"kind": "input", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
         except LimitReached as exc:
             error = {"kind": "limit", "message": str(exc)}
+        except trees.IdTaken as exc:
+            error = {"kind": "conflict", "message": str(exc)}
         except (NotFound, DefinitionError) as exc:
             error = {"kind": "config", "message": f"sub-workflow {effect.workflow!r}: {exc}"}
         if error is not None and self._still_waits_for(active, effect):

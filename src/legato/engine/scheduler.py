@@ -112,6 +112,16 @@ class Scheduler:
             outcome = await store.fire_schedule(
                 wf.name, next_start, end, decision, schedule.max_active_runs, now
             )
+            if outcome == "taken":  # not silently: an interval ran no run
+                log.warning(
+                    "scheduled run %s of %s for %s was not started: a run of another workflow "
+                    "has its id",
+                    info.id,
+                    wf.name,
+                    start,
+                )
+                next_start = end
+                continue
             if outcome != "fired":
                 break  # another process fired it, it was paused, or too many runs are active
             log.info("scheduled run %s of %s for %s", info.id, wf.name, start)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from legato.engine.bugs import log_decide_failure
 from legato.engine.decider import decide
+from legato.engine.ids import MARKER, reserved
 from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.state import RunInfo, RunState, Start
 from legato.errors import Conflict, LegatoError
@@ -59,6 +60,11 @@ def check_run_id(value: object) -> str | None:
         return "must be 32 lowercase hex digits (the form of every run id)"
     if value == "0" * 32:
         return "must not be all zeros (not a valid trace id)"
+    if reserved(value):
+        return (
+            f"must not have {MARKER!r} as its 13th digit: that form is reserved for the ids "
+            "Legato makes (a UUID's hex never has it)"
+        )
     return None
 
 

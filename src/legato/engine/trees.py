@@ -15,7 +15,7 @@ from legato.engine.decider import decide
 from legato.engine.lineage import LimitReached, RunFilter
 from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.state import ACTIVE_RUN, CANCELLED, Cancel, Retry, RunInfo, Start
-from legato.errors import Conflict, NotFound
+from legato.errors import Conflict, LegatoError, NotFound
 
 if TYPE_CHECKING:
     from legato.engine.runtime import Engine, _Active
@@ -44,6 +44,10 @@ async def start_child(engine: Engine, active: _Active) -> None:
     outcome, root = await engine.store.start_child(decision, info.parent[0], engine.limits)
     if outcome in (lineage.MAX_DEPTH, lineage.MAX_DESCENDANTS):
         raise LimitReached(engine.limits.refusal(outcome, root))
+    if outcome == lineage.EXISTS:  # made since the engine looked: by its parent, or taken
+        existing = await engine.store.get_run(info.id)
+        if existing is not None:
+            check_child(existing.info, info.parent[0], info.workflow)
     if outcome != lineage.STARTED:
         return
     for listener in engine._listeners:
@@ -55,6 +59,26 @@ async def start_child(engine: Engine, active: _Active) -> None:
     if decision.outbox:
         engine.notifier.wake()
     engine._claim_soon()
+
+
+class IdTaken(LegatoError):
+    """A sub-workflow run's id is held by a run that is not that step's child."""
+
+
+def check_child(existing: RunInfo, parent: str, workflow: str) -> None:
+    """The run found under a sub-workflow step's child id must be that step's: else the parent
+    would wait for a run that never reports to it (ids made before the reserved form existed could
+    be chosen by a caller first)."""
+    if (
+        existing.parent is not None
+        and existing.parent[0] == parent
+        and existing.workflow == workflow
+    ):
+        return
+    raise IdTaken(
+        f"sub-workflow {workflow!r}: its run id {existing.id} is taken by a run of workflow "
+        f"{existing.workflow!r} that is not this step's (started by a caller or another run)"
+    )
 
 
 def _reporter(reason: str) -> Callable[[str, str, Any], dict[str, Any]]:

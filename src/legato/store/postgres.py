@@ -885,8 +885,8 @@ class PostgresStore(PostgresOutbox):
                 )
                 if active >= max_active:
                     return "busy"
-            exists = await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", decision.run_id)
-            if exists is None:
+            owner = await conn.fetchval("SELECT workflow FROM runs WHERE id = $1", decision.run_id)
+            if owner is None:
                 # Held by nobody: any worker claims it, woken by the notice.
                 await self.write_new(conn, BatchRows([decision], None, now), now)
             await conn.execute(
@@ -895,7 +895,7 @@ class PostgresStore(PostgresOutbox):
                 now,
                 workflow,
             )
-            return "fired"
+            return "fired" if owner in (None, workflow) else "taken"
 
     async def start_once(
         self, decision: Decision, key: starts.StartKey | None, now: float

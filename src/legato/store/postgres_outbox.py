@@ -4,11 +4,13 @@ and settles them (see engine/notifier.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
+from legato.store.outbox_targets import EMAIL, RECEIVER_SQL
 from legato.store.protocol import NotificationRow, OutboxItem
 
 REAL = "DOUBLE PRECISION"
@@ -26,12 +28,24 @@ INSERT_OUTBOX = (
     "INSERT INTO outbox (delivery_id, run_id, event, channel, target, payload, next_at, "
     "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (delivery_id) DO NOTHING"
 )
-_CLAIM = """
+# At most $6 rows per receiver, less those in flight ($5, a JSON object by receiver): see
+# outbox_targets.py. The rows picked are locked (SKIP LOCKED: another engine has them) and checked
+# due again, as a concurrent claim may have taken them meanwhile.
+_CLAIM = f"""
 WITH due AS (
-    SELECT id FROM outbox WHERE next_at <= $3 ORDER BY next_at, id LIMIT $4
-    FOR UPDATE SKIP LOCKED)
-UPDATE outbox o SET claimed_by = $1, next_at = $2, attempts = o.attempts + 1 FROM due
-WHERE o.id = due.id
+    SELECT id, next_at, CASE WHEN channel = 'email' THEN $7
+        ELSE COALESCE(substring(target from '{RECEIVER_SQL}'), target) END AS k
+    FROM outbox WHERE next_at <= $3),
+ranked AS (
+    SELECT id, next_at, k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY next_at, id) AS n FROM due),
+picked AS (
+    SELECT r.id FROM ranked r LEFT JOIN jsonb_each_text($5::jsonb) h ON h.key = r.k
+    WHERE r.n <= $6 - COALESCE(h.value::int, 0) ORDER BY r.next_at, r.id LIMIT $4),
+locked AS (
+    SELECT o.id FROM outbox o JOIN picked p ON o.id = p.id WHERE o.next_at <= $3
+    FOR UPDATE OF o SKIP LOCKED)
+UPDATE outbox o SET claimed_by = $1, next_at = $2, attempts = o.attempts + 1 FROM locked
+WHERE o.id = locked.id
 RETURNING o.id, o.delivery_id, o.run_id, o.event, o.channel, o.target, o.payload, o.attempts,
     o.error, o.created_at
 """
@@ -64,9 +78,24 @@ class PostgresOutbox:
         def pool(self) -> asyncpg.Pool: ...
 
     async def claim_outbox(
-        self, claimant: str, now: float, limit: int, lease: float
+        self,
+        claimant: str,
+        now: float,
+        limit: int,
+        lease: float,
+        per_target: int | None = None,
+        held: Mapping[str, int] | None = None,
     ) -> list[OutboxItem]:
-        found = await self.pool.fetch(_CLAIM, claimant, now + lease, now, limit)
+        found = await self.pool.fetch(
+            _CLAIM,
+            claimant,
+            now + lease,
+            now,
+            limit,
+            orjson.dumps(held or {}).decode(),
+            per_target or limit,
+            EMAIL,
+        )
         return [
             OutboxItem(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]), *tuple(r)[7:])
             for r in sorted(found, key=lambda r: int(r[0]))
@@ -101,6 +130,11 @@ class PostgresOutbox:
                 await conn.execute(INSERT_NOTIFICATION, *notification_params(record))
         return deleted is not None
 
-    async def next_outbox(self) -> float | None:
+    async def next_outbox(self, after: float | None = None) -> float | None:
+        if after is not None:
+            value = await self.pool.fetchval(
+                "SELECT MIN(next_at) FROM outbox WHERE next_at > $1", after
+            )
+            return None if value is None else float(value)
         value = await self.pool.fetchval("SELECT MIN(next_at) FROM outbox")
         return None if value is None else float(value)

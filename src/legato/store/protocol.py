@@ -6,7 +6,7 @@ commit), so durability costs one commit per batch, not one per step transition.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -316,7 +316,8 @@ class Store(Protocol):
         """In one transaction holding the schedule's row: if its next interval still starts at
         `expected` and it is not paused, commit the interval's run (`decision`, a new run for any
         worker to claim; skipped if its id exists) and move the schedule on to `following`.
-        Returns "fired", "moved" (another process fired it, or it was paused) or "busy"
+        Returns "fired", "taken" (moved on, but a run of another workflow has the interval's
+        id: none was made), "moved" (another process fired it, or it was paused) or "busy"
         (`max_active` runs of the workflow are active: nothing changes)."""
 
     async def start_child(
@@ -380,11 +381,19 @@ class Store(Protocol):
         """Newest first, ids below `before`."""
 
     async def claim_outbox(
-        self, claimant: str, now: float, limit: int, lease: float
+        self,
+        claimant: str,
+        now: float,
+        limit: int,
+        lease: float,
+        per_target: int | None = None,
+        held: Mapping[str, int] | None = None,
     ) -> list[OutboxItem]:
         """Claim up to `limit` outbox rows that are due (new, due again after a failed try, or
         whose claim's lease ran out; on SQLite also any another claimant holds: a dead
-        process's) for `lease` seconds, counting a try for each (SKIP LOCKED on PostgreSQL)."""
+        process's) for `lease` seconds, counting a try for each (SKIP LOCKED on PostgreSQL).
+        With `per_target`, at most that many per receiver (store/outbox_targets.py) less those
+        `held` (by receiver) already in flight: rows of a receiver at its bound are skipped."""
 
     async def settle_outbox(
         self,
@@ -399,8 +408,8 @@ class Store(Protocol):
         (delivered, or given up), leaves the outbox and `record` joins the notifications in one
         transaction; else it is due again at `retry_at`. False when another claimant holds it."""
 
-    async def next_outbox(self) -> float | None:
-        """When the earliest outbox row is due (None: the outbox is empty)."""
+    async def next_outbox(self, after: float | None = None) -> float | None:
+        """When the earliest outbox row (due later than `after`, if given) is due (None: none)."""
 
 
 def open_store(url: str, *, migrate: bool = False) -> Store:

@@ -866,15 +866,17 @@ class SQLiteStore(SQLiteOutbox):
                 ).fetchone()
                 if active >= max_active:
                     return "busy"
-            exists = conn.execute("SELECT 1 FROM runs WHERE id = ?", (decision.run_id,)).fetchone()
-            if exists is None:
+            owner = conn.execute(
+                "SELECT workflow FROM runs WHERE id = ?", (decision.run_id,)
+            ).fetchone()
+            if owner is None:
                 # Held by nobody: this engine's claimer takes it like any new run.
                 self._write(conn, BatchRows([decision], None, now), now)
             conn.execute(
                 "UPDATE schedules SET next_start = ?, updated_at = ? WHERE workflow = ?",
                 (following, now, workflow),
             )
-            return "fired"
+            return "fired" if owner is None or owner[0] == workflow else "taken"
 
         return await self._call(self._transaction, work)
 

@@ -4,11 +4,12 @@ them, claimed and settled by the file's one engine (see engine/notifier.py)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from legato.store.outbox_targets import EMAIL
 from legato.store.protocol import NotificationRow, OutboxItem
 
 T = TypeVar("T")
@@ -29,11 +30,23 @@ INSERT_OUTBOX = (
     "INSERT OR IGNORE INTO outbox (delivery_id, run_id, event, channel, target, payload, "
     "next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# One engine per file: a row another claimant holds is a dead process's, due at once.
+# One engine per file: a row another claimant holds is a dead process's, due at once. At most ?6
+# rows per receiver, less those in flight (?5, a JSON object by receiver): see outbox_targets.py.
 _CLAIM = """
+WITH due AS (
+    SELECT id, next_at, CASE WHEN channel = 'email' THEN ?7
+        WHEN instr(target, '?') = 0 AND instr(target, '#') = 0 THEN target
+        WHEN instr(target, '#') = 0 OR instr(target, '?') BETWEEN 1 AND instr(target, '#')
+        THEN substr(target, 1, instr(target, '?') - 1)
+        ELSE substr(target, 1, instr(target, '#') - 1) END AS k
+    FROM outbox WHERE next_at <= ?3 OR (claimed_by IS NOT NULL AND claimed_by <> ?1)),
+ranked AS (
+    SELECT id, next_at, k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY next_at, id) AS n FROM due),
+picked AS (
+    SELECT r.id FROM ranked r LEFT JOIN json_each(?5) h ON h.key = r.k
+    WHERE r.n <= ?6 - COALESCE(h.value, 0) ORDER BY r.next_at, r.id LIMIT ?4)
 UPDATE outbox SET claimed_by = ?1, next_at = ?2, attempts = attempts + 1
-WHERE id IN (SELECT id FROM outbox WHERE next_at <= ?3
-             OR (claimed_by IS NOT NULL AND claimed_by <> ?1) ORDER BY next_at, id LIMIT ?4)
+WHERE id IN (SELECT id FROM picked)
 RETURNING id, delivery_id, run_id, event, channel, target, payload, attempts, error, created_at
 """
 INSERT_NOTIFICATION = (
@@ -68,10 +81,19 @@ class SQLiteOutbox:
         def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]: ...
 
     async def claim_outbox(
-        self, claimant: str, now: float, limit: int, lease: float
+        self,
+        claimant: str,
+        now: float,
+        limit: int,
+        lease: float,
+        per_target: int | None = None,
+        held: Mapping[str, int] | None = None,
     ) -> list[OutboxItem]:
+        busy = orjson.dumps(held or {}).decode()
+        params = (claimant, now + lease, now, limit, busy, per_target or limit, EMAIL)
+
         def work(conn: sqlite3.Connection) -> list[OutboxItem]:
-            found = conn.execute(_CLAIM, (claimant, now + lease, now, limit)).fetchall()
+            found = conn.execute(_CLAIM, params).fetchall()
             return [
                 OutboxItem(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]), *r[7:])
                 for r in sorted(found)
@@ -107,6 +129,10 @@ class SQLiteOutbox:
 
         return await self._call(self._transaction, work)
 
-    async def next_outbox(self) -> float | None:
+    async def next_outbox(self, after: float | None = None) -> float | None:
+        if after is not None:
+            sql, params = "SELECT MIN(next_at) FROM outbox WHERE next_at > ?", (after,)
+            rows = await self._call(self._fetch, sql, params)
+            return rows[0][0] if rows else None
         rows = await self._call(self._fetch, "SELECT MIN(next_at) FROM outbox")
         return rows[0][0] if rows else None
