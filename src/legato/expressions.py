@@ -180,6 +180,7 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
         single = stripped.startswith("{{") and stripped.endswith("}}")
         kind = "expression" if single else "template"
         raise TemplateError(f"bad {kind} {text!r}: {exc.message}") from None
+    _refuse_loading(tree, text)
     refs.update(_step_refs(tree))
     # One expression and nothing else (the parse tells `{{ {'a': {'b': 1}} }}` from `{{ a }}{{ b }}`).
     node = _single_output(ENV.parse(stripped)) if stripped.startswith("{{") else None
@@ -197,6 +198,20 @@ def _compile_string(text: str, refs: set[str]) -> Callable[[Context], Any]:
         )
     compiled = _text(text)
     return compiled if len(text) > EAGER_OVER else _lazy(lambda: _text(text))
+
+
+_LOADING = (nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)
+
+
+def _refuse_loading(tree: nodes.Template, text: str) -> None:
+    """A template has no other templates to load: refused here rather than parsed, registered,
+    and failed in every run ("no loader for this environment specified")."""
+    node = next(iter(tree.find_all(_LOADING)), None)
+    if node is not None:
+        tag = {"Include": "include", "Extends": "extends"}.get(type(node).__name__, "import")
+        raise TemplateError(
+            f"bad template {text!r}: {{% {tag} %}} is not supported (no templates to load)"
+        )
 
 
 def _lazy(make: Callable[[], Callable[[Context], Any]]) -> Callable[[Context], Any]:

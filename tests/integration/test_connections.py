@@ -1,4 +1,5 @@
-"""Connections that send half a request are closed: uvicorn alone held them open for ever."""
+"""Connections that send half a request, or a body a byte at a time, are closed: uvicorn alone held
+them open for ever. A client that leaves mid-body costs no traceback."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from legato.cli import main
 from tests.integration.serverprocess import ServerProcess, start_server
 
 HALF = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
@@ -18,7 +21,9 @@ FULL = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("conn"), "--header-timeout", "1s")
+    proc = start_server(
+        tmp_path_factory.mktemp("conn"), "--header-timeout", "1s", "--body-timeout", "2s"
+    )
     yield proc
     proc.stop()
 
@@ -94,3 +99,57 @@ def test_headers_past_the_size_limit_are_refused(guarded: ServerProcess) -> None
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+BODY_HEAD = (
+    b"POST /api/workflows HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n"
+)
+
+
+def test_a_body_sent_too_slowly_is_answered_408_and_closed(guarded: ServerProcess) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(BODY_HEAD % 1000 + b"{")
+        began = time.monotonic()
+        answer = b""
+        sock.settimeout(8.0)
+        with contextlib.suppress(OSError):
+            while time.monotonic() - began < 8.0:
+                sock.sendall(b" ")  # a byte now and then: each resets no timer
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert time.monotonic() - began < 6.0
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"path":"body"' in answer
+
+
+def test_a_body_sent_slowly_but_in_time_is_answered(guarded: ServerProcess) -> None:
+    doc = b'{"name": "slow-but-fine", "steps": {"w": {"wait": "1s"}}}'
+    with _connect(guarded) as sock:
+        sock.sendall(BODY_HEAD % len(doc))
+        for i in range(0, len(doc), 8):
+            sock.sendall(doc[i : i + 8])
+            time.sleep(0.1)
+        assert sock.recv(65536).split(b" ")[1] in (b"200", b"201")
+
+
+def test_a_client_that_leaves_mid_body_logs_no_traceback(guarded: ServerProcess) -> None:
+    for _ in range(5):
+        with _connect(guarded) as sock:
+            sock.sendall(BODY_HEAD % 1000 + b"{")
+    assert httpx.get(guarded.url + "/healthz").status_code == 200
+    time.sleep(0.5)
+    log = guarded.output()
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("option", ["--header-timeout", "--body-timeout"])
+@pytest.mark.parametrize("value", ["0s", "0ms", "-1s"])
+def test_a_timeout_of_zero_or_less_is_refused(option: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["serve", option, value])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
+    if not value.startswith("-"):  # a negative one is not a duration at all
+        assert "must be longer than 0s" in result.output

@@ -45,6 +45,7 @@ async def test_the_same_key_and_request_answer_the_same_run(engine: Engine) -> N
     first = Once("k-1", "digest-a")
     run_id = await engine.start_run("once", {"n": 1}, once=first)
     assert not first.replayed
+    assert first.created_at == (await engine.get_run(run_id)).info.created_at
     again = Once("k-1", "digest-a")
     assert await engine.start_run("once", {"n": 1}, once=again) == run_id
     assert again.replayed
@@ -190,6 +191,22 @@ async def test_api_keys_replay_refuse_and_resist_a_burst(
     ):
         ids = await _concurrent_starts(server.url, path, body)
         assert len(ids) == 1, (path, ids)
+
+
+async def test_api_a_replay_answers_the_first_created_at(
+    server: ServerProcess, service: LoopbackService
+) -> None:
+    """The first answer's time was taken after the commit, a replay's read back: they differed."""
+    await _setup(server.url, service)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for i in range(15):
+            key = {"Idempotency-Key": f"when-{i}"}
+            first = await http.post("/api/workflows/once-slow/runs", json={}, headers=key)
+            again = await http.post("/api/workflows/once-slow/runs", json={}, headers=key)
+            assert first.status_code == again.status_code == 202
+            stored = (await http.get(f"/api/runs/{first.json()['id']}")).json()["created_at"]
+            assert first.json()["created_at"] == again.json()["created_at"] == stored
+            await http.post(f"/api/runs/{first.json()['id']}/cancel")
 
 
 async def test_api_a_callers_run_id(server: ServerProcess, service: LoopbackService) -> None:

@@ -63,6 +63,13 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
+def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    seconds = _duration(ctx, param, value)
+    if not seconds > 0:  # 0 would close every connection at once, not switch the bound off
+        raise click.BadParameter(f"must be longer than 0s, not {value!r}")
+    return seconds
+
+
 GRACE = click.option(
     "--grace",
     type=click.FloatRange(0, 3600),
@@ -286,8 +293,16 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     "--header-timeout",
     default="10s",
     show_default=True,
-    callback=_duration,
+    callback=_positive_duration,
     help="Close a connection that has not sent a request's headers this long after it began.",
+)
+@click.option(
+    "--body-timeout",
+    default="30s",
+    show_default=True,
+    callback=_positive_duration,
+    help="Answer 408 and close a connection whose request body is not all in this long after "
+    "its headers.",
 )
 @click.option(
     "--audit-retention",

@@ -9,6 +9,7 @@ commit is failing, and (a worker) its last renewal is younger than a lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,17 @@ class Health:
         self.clock = clock
         self.checks: dict[str, Check] = {}
         self._task: asyncio.Task[None] | None = None
+        self._store_back: asyncio.Event | None = None
+
+    async def pause(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less: until the probe finds a failing store answering again.
+        A commit retried on that cue goes in (and clears "commit") about a probe after the store
+        is back, not after a backoff of up to 5 s on top of it."""
+        if self._store_back is None:
+            self._store_back = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._store_back.wait()
 
     def ok(self, what: str) -> None:
         check = self.checks.setdefault(what, Check())
@@ -50,6 +62,9 @@ class Health:
         check.ok, check.at, check.last_ok, check.detail = True, now, now, "ok"
         if was_failing and all(c.ok for c in self.checks.values()):
             TROUBLE.recovered()
+        if what == "store" and was_failing and self._store_back is not None:
+            self._store_back.set()
+            self._store_back = None
 
     def failed(self, what: str, exc: BaseException) -> None:
         check = self.checks.setdefault(what, Check())

@@ -1375,7 +1375,7 @@ class Engine:
                 store_failed(
                     log, exc, "commit of %d decisions failed; retrying in %.2fs", len(batch), delay
                 )
-                await asyncio.sleep(delay)
+                await self.health.pause(delay)  # or until the store answers again
                 delay = min(delay * 2, 5.0)
                 continue
             self.health.ok("commit")

@@ -52,6 +52,7 @@ class Once:
     digest: str = ""
     run_id: str | None = None
     replayed: bool = False
+    created_at: float | None = None  # the new run's, as stored (not live here: claimed later)
 
 
 def check_run_id(value: object) -> str | None:
@@ -100,6 +101,7 @@ class Starts:
         outcome = await engine.store.start_once(decision, key, now)
         self._purge_soon(now)
         if outcome.started:
+            once.created_at = info.created_at
             engine.started_elsewhere(decision)
             return info.id
         if outcome.key_digest is not None:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -21,7 +21,7 @@ from legato.engine.runtime import Engine
 from legato.errors import LegatoError
 from legato.server import audit, bulk, docs, readiness, routes, secret_routes
 from legato.server.access import Throttle, Tokens, load_tokens
-from legato.server.errors import ApiError, handle
+from legato.server.errors import ApiError, client_gone, handle
 from legato.server.guard import Guard
 from legato.server.metrics import Metrics
 from legato.store.faults import REQUEST_LIMIT, STORE_TIMEOUT, fault_types
@@ -148,6 +148,7 @@ def create_app(
             ApiError: handle,
             LegatoError: handle,
             HTTPException: handle,
+            ClientDisconnect: client_gone,
             # Store faults answer 503 here, not in the catch-all (which re-raises, for a traceback).
             **dict.fromkeys(fault_types(), handle),
             Exception: handle,

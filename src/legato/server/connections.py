@@ -6,6 +6,8 @@ its memory) for ever, and enough of them exhaust the process's file descriptors 
 protocol arms a timer when a connection opens and whenever the bytes of a new request arrive, and
 closes the connection if the headers are not complete when it fires. Headers are also bounded in
 size (httptools sets no limit): past `MAX_HEADER_BYTES` the answer is 431 and the connection closes.
+A body is bounded in time the same way: one not all in `body_timeout` seconds after its headers
+(a client trickling a byte every few seconds) is answered 408, if no answer has begun, and closed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 _TOO_LARGE_BODY = (
     b'{"error":"too_large","message":"the request line and headers are over %d bytes",'
@@ -26,15 +29,26 @@ _TOO_LARGE = (
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
 )
 
+_SLOW_BODY_BODY = (
+    b'{"error":"timeout","message":"the request body was not all sent in time",'
+    b'"problems":[{"path":"body","message":"not all sent in time"}]}'
+)
+_SLOW_BODY = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_SLOW_BODY_BODY), _SLOW_BODY_BODY)
+)
+
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout = DEFAULT_HEADER_TIMEOUT
+    body_timeout = DEFAULT_BODY_TIMEOUT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._awaiting_headers = True
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -55,6 +69,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._disarm()
         super().on_headers_complete()
+        if not self.pipeline:  # a queued request's body is not read yet: it waits its turn
+            self._body_timer = self.loop.call_later(self.body_timeout, self._body_expired)
+
+    def on_message_complete(self) -> None:
+        self._disarm_body()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         if not self.pipeline:  # the next request's headers are timed from its first byte
@@ -63,6 +83,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -74,14 +95,31 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_expired(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self.transport.write(_SLOW_BODY)
+        if cycle is not None:
+            cycle.disconnected = True  # the app's answer, if it gets to one, goes nowhere
+        self.transport.close()
+
     def _expired(self) -> None:
         self._header_timer = None
         if self._awaiting_headers and not self.transport.is_closing():
             self.transport.close()
 
 
-def protocol(header_timeout: float) -> type[HeaderTimeoutProtocol]:
-    """The protocol class for uvicorn's `http` setting, with its header timeout."""
-    return type(
-        "HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout}
-    )
+def protocol(
+    header_timeout: float, body_timeout: float = DEFAULT_BODY_TIMEOUT
+) -> type[HeaderTimeoutProtocol]:
+    """The protocol class for uvicorn's `http` setting, with its header and body timeouts."""
+    bounds = {"header_timeout": header_timeout, "body_timeout": body_timeout}
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), bounds)

@@ -89,3 +89,10 @@ def error_response(exc: Exception) -> Response:
 
 async def handle(request: Request, exc: Exception) -> Response:
     return error_response(exc)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before it sent the whole body: nobody hears an answer, and it is no fault
+    of the server (a traceback for each would let any client fill the log)."""
+    log.debug("%s %s: the client left before its body was read", request.method, request.url.path)
+    return Response(status_code=499)  # nginx's "client closed request"; never sent

@@ -331,6 +331,8 @@ async def start_run(request: Request) -> Response:
     if live is None and started is not None and started.replayed:
         live = await ctx.engine.get_run(run_id)
     created = live.info.created_at if live is not None else time.time()
+    if live is None and started is not None and started.created_at is not None:
+        created = started.created_at  # what a replay of this start reads back
     status = live.info.status if live is not None else "pending"
     return json_response(
         {"id": run_id, "status": status, "created_at": payloads.iso(created)}, 202, headers

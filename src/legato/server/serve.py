@@ -29,7 +29,7 @@ from legato.sandbox import LIMITS
 from legato.server import connections, retention
 from legato.server.access import load_tokens, trusted_proxies
 from legato.server.app import DEFAULT_MAX_BODY, create_app
-from legato.server.connections import DEFAULT_HEADER_TIMEOUT
+from legato.server.connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT
 from legato.ui.auth import DEFAULT_SESSION_TTL
 
 log = logging.getLogger("legato.server")
@@ -167,6 +167,7 @@ def build_server(
     max_descendants: int = DEFAULT_MAX_DESCENDANTS,
     idempotency_ttl: float = DEFAULT_TTL,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     limits: DefinitionLimits | None = None,
     max_rendered: int | None = None,
     forwarded_allow_ips: str | None = None,
@@ -237,7 +238,7 @@ def build_server(
         app,
         host=host,
         port=port,
-        http=connections.protocol(header_timeout),
+        http=connections.protocol(header_timeout, body_timeout),
         lifespan="off",
         log_level=log_level,
         access_log=False,
