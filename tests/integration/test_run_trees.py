@@ -411,3 +411,18 @@ def test_tree_limits_fit_the_store() -> None:
         assert "2147483647" in result.output
         result = CliRunner().invoke(main, [command], env={"LEGATO_MAX_DEPTH": "100000"})
         assert result.exit_code == 2 and "--max-depth" in result.output, result.output
+
+
+async def test_cancelling_the_children_of_a_big_root_takes_its_whole_tree_only(db_url: str) -> None:
+    """PostgreSQL finds a big root's tree by the root column: the root itself is not taken, nor
+    another tree."""
+    n = 2000
+    async with Engine.open(db_url) as engine:
+        await engine.apply(WORKFLOW)
+        root = await build_tree(engine.store, n)
+        other = await build_tree(engine.store, 20)
+        ids = await engine.cancel_runs(RunFilter(parent=root))
+        assert len(ids) == n and root not in ids
+        status = {r.id: r.status for r in await all_runs(engine)}
+        assert status[root] == status[other] == "running"
+        assert sum(1 for s in status.values() if s == "running") == 22

@@ -101,11 +101,11 @@ async def cancel(
     await conn.execute("DELETE FROM cancelling")
     # A descendant is found by following parent_id down from each matched run (an index lookup
     # per run), or, under a matched root run with a big tree, by its `root` column in one scan.
-    scanned = await _big_roots(conn, cond, params)
+    scanned = await _big_roots(conn, f, cond, params)
     skip, scan = "", ""
     if scanned:
         mark = f"${len(params) + 1}::text[]"
-        skip = f" WHERE NOT (t.id = ANY({mark}))"
+        skip = f" WHERE r.root IS NULL OR NOT (r.root = ANY({mark}))"
         scan = f" UNION ALL SELECT id, FALSE FROM runs WHERE root = ANY({mark})"
     await conn.execute(
         "WITH RECURSIVE tree(id, seed) AS ("
@@ -171,13 +171,15 @@ async def cancel(
     return ids, told
 
 
-async def _big_roots(conn: Conn, cond: str, params: list[object]) -> list[str]:
-    """The root runs `cond` matches whose trees are big enough that scanning `runs` once (no index
-    on `root`) beats an index lookup per descendant: more than 1/20 of the table, and 1000 runs."""
-    roots = [
-        str(r[0])
-        for r in await conn.fetch(f"SELECT id FROM runs WHERE ({cond}) AND root IS NULL", *params)
-    ]
+async def _big_roots(conn: Conn, f: RunFilter, cond: str, params: list[object]) -> list[str]:
+    """The root runs whose whole trees a cancel takes (those it matches, and the parent whose
+    children it matches) that are big enough for scanning `runs` once (no index on `root`) to beat
+    an index lookup per descendant: more than 1/20 of the table, and 1000 runs."""
+    sql = f"SELECT id FROM runs WHERE ({cond}) AND root IS NULL"
+    if f.parent is not None:
+        sql += f" UNION SELECT id FROM runs WHERE id = ${len(params) + 1} AND root IS NULL"
+    extra = [f.parent] if f.parent is not None else []
+    roots = [str(r[0]) for r in await conn.fetch(sql, *params, *extra)]
     if not roots:
         return []
     under = await conn.fetchval(
