@@ -8,12 +8,17 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import pytest
+from click.testing import CliRunner
 
 from legato import Engine
+from legato.cli import main
 from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import RunState, StepDone
 from legato.errors import Conflict, NotFound
+from legato.server.errors import error_response
+from legato.store import faults
 from tests.integration.treebuild import WORKFLOW, build_tree
 
 SELF = {"name": "rec-self", "steps": {"me": {"workflow": "rec-self"}}}
@@ -319,3 +324,105 @@ async def test_a_deep_tree_quotes_a_bounded_cause(tmp_path: Any) -> None:
         message = run.info.error["message"] if run.info.error else ""
         assert run.info.status == "failed" and len(message) < 2200
         assert message.endswith("...")
+
+
+async def test_a_big_sqlite_cancel_leaves_the_event_loop_free(tmp_path: Any) -> None:
+    """The cancel runs in the store's thread: a ticker on the loop keeps its pace, and store calls
+    made meanwhile wait their turn and get their answers."""
+    n = 30_000
+    async with Engine.open(f"sqlite:///{tmp_path / 'big.db'}") as engine:
+        await engine.apply(WORKFLOW)
+        root = await build_tree(engine.store, n)
+        lag = 0.0
+        reads: list[int] = []
+
+        async def tick() -> None:
+            nonlocal lag
+            while True:
+                began = time.monotonic()
+                await asyncio.sleep(0.005)
+                lag = max(lag, time.monotonic() - began - 0.005)
+                if len(reads) < 20:
+                    reads.append(len(await engine.store.list_runs(limit=5)))
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        await engine.cancel(root)
+        took = time.monotonic() - began
+        await asyncio.sleep(0.05)  # a tick held up by the cancel ends now
+        ticker.cancel()
+        runs = await all_runs(engine)
+        assert len(runs) == n + 1 and {r.status for r in runs} == {"cancelled"}
+        assert reads and set(reads) == {5}
+        # On the loop, the ticker waited as long as the cancel (0.3-1 s here).
+        assert lag < max(0.1, took / 3), (lag, took)
+
+
+async def test_a_cancel_longer_than_the_store_timeout_completes(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a request, a tree's cancel is bounded by BULK_TIMEOUT, not the store timeout; past it the
+    request hears Unfinished (a 503 that does not blame the database) and the cancel still commits."""
+    n = 10_000
+    async with Engine.open(db_url) as engine:
+        await engine.apply(WORKFLOW)
+        root = await build_tree(engine.store, n)
+
+        async def in_a_request(run_id: str) -> None:
+            token = faults.REQUEST_LIMIT.set(0.01)  # as a request does, with a short store timeout
+            try:
+                await engine.cancel(run_id)
+            finally:
+                faults.REQUEST_LIMIT.reset(token)
+
+        began = time.monotonic()
+        await in_a_request(root)
+        took = time.monotonic() - began
+        runs = await all_runs(engine)
+        assert {r.status for r in runs} == {"cancelled"} and took > 0.01, took
+
+        other = await build_tree(engine.store, n)
+        monkeypatch.setattr(faults, "BULK_TIMEOUT", 0.01)
+        with pytest.raises(faults.Unfinished) as caught:
+            await in_a_request(other)
+        answer = error_response(caught.value)
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        body = orjson.loads(answer.body)
+        assert body["error"] == "unfinished" and "database" not in body["message"]
+        assert "did not finish within 0.01 s" in body["message"]
+        for _ in range(200):  # it goes on and commits whole
+            state = await engine.get_run(other)
+            if state.info.status == "cancelled":
+                break
+            await asyncio.sleep(0.05)
+        runs = await all_runs(engine)
+        assert len(runs) == 2 * (n + 1) and {r.status for r in runs} == {"cancelled"}
+
+
+def test_tree_limits_fit_the_store() -> None:
+    with pytest.raises(ValueError, match="max_descendants must be an integer from 1 to 2147483647"):
+        RunLimits(max_descendants=99999999999999999999)
+    with pytest.raises(ValueError, match="max_depth"):
+        RunLimits(max_depth=1001)
+    for command in ("serve", "worker"):
+        result = CliRunner().invoke(main, [command, "--max-descendants", "99999999999999999999"])
+        assert result.exit_code == 2 and "--max-descendants" in result.output, result.output
+        assert "2147483647" in result.output
+        result = CliRunner().invoke(main, [command], env={"LEGATO_MAX_DEPTH": "100000"})
+        assert result.exit_code == 2 and "--max-depth" in result.output, result.output
+
+
+async def test_cancelling_the_children_of_a_big_root_takes_its_whole_tree_only(db_url: str) -> None:
+    """PostgreSQL finds a big root's tree by the root column: the root itself is not taken, nor
+    another tree."""
+    n = 2000
+    async with Engine.open(db_url) as engine:
+        await engine.apply(WORKFLOW)
+        root = await build_tree(engine.store, n)
+        other = await build_tree(engine.store, 20)
+        ids = await engine.cancel_runs(RunFilter(parent=root))
+        assert len(ids) == n and root not in ids
+        status = {r.id: r.status for r in await all_runs(engine)}
+        assert status[root] == status[other] == "running"
+        assert sum(1 for s in status.values() if s == "running") == 22

@@ -15,6 +15,7 @@ import click
 
 from legato.cli.common import dump_json, fail, main, parse_input
 from legato.client import ACTIVE, DEFAULT_URL, Client
+from legato.engine.lineage import INT32_MAX
 from legato.errors import LegatoError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -174,7 +175,9 @@ def _wait(client: Client, run_id: str, timeout: float | None) -> dict[str, Any]:
 @main.command()
 @click.argument("workflow")
 @click.option("--input", "input_text", help="The run's input: JSON, or @file.json.")
-@click.option("--version", type=int, help="Pin a version (the latest by default).")
+@click.option(
+    "--version", type=click.IntRange(1, INT32_MAX), help="Pin a version (the latest by default)."
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print it.")
 @click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
 @click.option(
@@ -277,7 +280,7 @@ def unpause(client: Client, workflow: str) -> None:
 @click.option("--workflow", help="Only this workflow's runs.")
 @click.option("--status", help="Only runs in this status.")
 @click.option("--tag", help="Only runs of workflows with this tag.")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
 @click.option("--cursor", help="Start after this page cursor (printed at the end of a page).")
 @click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
 @remote

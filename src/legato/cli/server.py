@@ -14,7 +14,12 @@ from legato import aio
 from legato.cli.common import DEFAULT_DB, dump_json, fail, main
 from legato.client import AsyncClient
 from legato.engine.egress import EgressPolicy, EgressSyntaxError
-from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS
+from legato.engine.lineage import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_DESCENDANTS,
+    INT32_MAX,
+    MAX_MAX_DEPTH,
+)
 from legato.errors import LegatoError
 from legato.masking import mask_url
 from legato.model.durations import parse_duration
@@ -169,7 +174,7 @@ def _engine_options(fn: Any) -> Any:
         ),
         click.option(
             "--max-depth",
-            type=click.IntRange(1),
+            type=click.IntRange(1, MAX_MAX_DEPTH),
             default=DEFAULT_MAX_DEPTH,
             envvar="LEGATO_MAX_DEPTH",
             show_default=True,
@@ -178,7 +183,7 @@ def _engine_options(fn: Any) -> Any:
         ),
         click.option(
             "--max-descendants",
-            type=click.IntRange(1),
+            type=click.IntRange(1, INT32_MAX),
             default=DEFAULT_MAX_DESCENDANTS,
             envvar="LEGATO_MAX_DESCENDANTS",
             show_default=True,

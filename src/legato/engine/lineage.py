@@ -14,6 +14,8 @@ from legato.errors import LegatoError
 
 DEFAULT_MAX_DEPTH = 16
 DEFAULT_MAX_DESCENDANTS = 10_000
+MAX_MAX_DEPTH = 1000  # the highest max_depth allowed: deeper trees are a mistake, not a design
+INT32_MAX = 2**31 - 1  # counts and depths are 32-bit integers in the store
 
 # What a store's `start_child` answers.
 STARTED = "started"
@@ -35,8 +37,9 @@ class RunLimits:
     def __post_init__(self) -> None:
         for name in ("max_depth", "max_descendants"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            top = MAX_MAX_DEPTH if name == "max_depth" else INT32_MAX
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValueError(f"{name} must be an integer from 1 to {top}, not {value!r}")
 
     def refusal(self, outcome: str, root: str) -> str:
         """The message of a step that passed a limit: it names the limit."""

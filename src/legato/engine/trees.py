@@ -16,6 +16,7 @@ from legato.engine.lineage import LimitReached, RunFilter
 from legato.engine.outbox import new_delivery_id, outgoing
 from legato.engine.state import ACTIVE_RUN, CANCELLED, Cancel, Retry, RunInfo, Start
 from legato.errors import Conflict, LegatoError, NotFound
+from legato.store.faults import lasting
 
 if TYPE_CHECKING:
     from legato.engine.runtime import Engine, _Active
@@ -96,10 +97,15 @@ def _reporter(reason: str) -> Callable[[str, str, Any], dict[str, Any]]:
 
 
 async def cancel_runs(engine: Engine, runs: RunFilter, reason: str) -> list[str]:
-    ids, told = await engine.store.cancel_runs(runs, reason, engine.clock(), _reporter(reason))
-    stopped(engine, ids)
-    engine._arrived(told)
-    return ids
+    """In a request, bounded by BULK_TIMEOUT and never cut short (see faults.lasting)."""
+
+    async def work() -> list[str]:
+        ids, told = await engine.store.cancel_runs(runs, reason, engine.clock(), _reporter(reason))
+        stopped(engine, ids)
+        engine._arrived(told)
+        return ids
+
+    return await lasting(work())
 
 
 async def cancel(engine: Engine, run_id: str, reason: str) -> None:
@@ -123,9 +129,14 @@ async def cancel(engine: Engine, run_id: str, reason: str) -> None:
 
 
 async def retry_runs(engine: Engine, runs: RunFilter) -> list[str]:
-    ids = await engine.store.retry_runs(runs, inbox.encode(Retry()), engine.clock())
-    engine._arrived(ids)
-    return ids
+    """Like cancel_runs, bounded by BULK_TIMEOUT in a request."""
+
+    async def work() -> list[str]:
+        ids = await engine.store.retry_runs(runs, inbox.encode(Retry()), engine.clock())
+        engine._arrived(ids)
+        return ids
+
+    return await lasting(work())
 
 
 def stopped(

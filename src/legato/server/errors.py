@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from legato.errors import Conflict, LegatoError, NotFound, ValidationError
-from legato.store.faults import RETRY_AFTER, TROUBLE, unavailable
+from legato.store.faults import RETRY_AFTER, TROUBLE, Unfinished, unavailable
 
 log = logging.getLogger("legato.server")
 
@@ -66,6 +66,9 @@ def error_response(exc: Exception) -> Response:
         if exc.status == 503:
             headers = {"Retry-After": str(RETRY_AFTER)}
         return json_response(exc.body(), exc.status, headers)
+    if isinstance(exc, Unfinished):  # not the database's fault: it goes on
+        body = ApiError(503, str(exc), kind="unfinished").body()
+        return json_response(body, 503, {"Retry-After": str(RETRY_AFTER)})
     fault = unavailable(exc)
     if fault is not None:  # not a bug: no traceback, one log line per kind every 10 s
         TROUBLE.report(fault, "a request")

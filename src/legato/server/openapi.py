@@ -36,7 +36,9 @@ ERRORS = {
     "503": {
         **_error(
             "The database is unavailable (down, full, or slower than the store timeout): "
-            "try again after Retry-After seconds. A start answered 503 was not started."
+            "try again after Retry-After seconds. A start answered 503 was not started. A "
+            "cancel or bulk action answered 503 `unfinished` outlived LEGATO_BULK_TIMEOUT and "
+            "goes on."
         ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },

@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from legato.errors import LegatoError
@@ -31,6 +31,10 @@ REQUEST_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "legato_request_limit", default=None
 )
 RETRY_AFTER = 5  # seconds, the Retry-After of a 503
+# An operator's action over many runs (a tree's cancel, a bulk cancel or retry) may take longer than
+# one store call: a request waits for it up to this bound instead, and it is never cut short.
+BULK_TIMEOUT = float(os.environ.get("LEGATO_BULK_TIMEOUT", "60"))
+LONG_CALLS = frozenset({"cancel_runs", "retry_runs"})  # store methods bounded by `lasting`
 
 # PostgreSQL SQLSTATE classes and codes that mean "not now" rather than "wrong": connection
 # exceptions, insufficient resources (disk full, out of memory, too many connections), operator
@@ -55,6 +59,16 @@ class StoreUnavailable(LegatoError):
         super().__init__(f"the database is unavailable ({kind}): {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class Unfinished(LegatoError):
+    """An action over many runs outlived its request's bound: it goes on, and may still commit."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(
+            f"the operation did not finish within {limit:g} s; it goes on and may still "
+            "complete: look at the runs again later"
+        )
 
 
 def store_fault(exc: BaseException) -> str | None:
@@ -131,6 +145,42 @@ async def bounded(work: Awaitable[T]) -> T:
         raise StoreUnavailable("timeout", f"no answer within {limit:g} s") from None
 
 
+_LASTING: set[asyncio.Task[Any]] = set()  # actions under way in a request (kept from the GC)
+_UNWATCHED: set[asyncio.Task[Any]] = set()  # those whose request gave up
+
+
+async def lasting(work: Coroutine[Any, Any, T]) -> T:
+    """Await an action over many runs to its end. Inside a request it is bounded by BULK_TIMEOUT
+    (not the store timeout) and goes on in its own task when the request gives up (its bound passed,
+    its client left): a transaction cut halfway would cancel nothing, and the request was told so
+    (Unfinished)."""
+    if REQUEST_LIMIT.get() is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    _LASTING.add(task)
+    task.add_done_callback(_ended)
+    try:
+        async with asyncio.timeout(BULK_TIMEOUT):
+            return await asyncio.shield(task)
+    except BaseException as exc:
+        if not task.done():
+            _UNWATCHED.add(task)  # nobody hears of its end but the log
+        if isinstance(exc, TimeoutError):
+            raise Unfinished(BULK_TIMEOUT) from None
+        raise
+
+
+def _ended(task: asyncio.Task[Any]) -> None:
+    _LASTING.discard(task)
+    exc = None if task.cancelled() else task.exception()
+    if task in _UNWATCHED:
+        _UNWATCHED.discard(task)
+        if exc is not None:
+            failed(log, exc, "an action over many runs, given up by its request, failed")
+        else:
+            log.info("an action over many runs, given up by its request, completed")
+
+
 class Bounded:
     """A store whose coroutine methods are `bounded`: its attributes are the store's own."""
 
@@ -144,6 +194,8 @@ class Bounded:
 
             async def call(*args: Any, **kwargs: Any) -> Any:
                 try:
+                    if name in LONG_CALLS:  # its caller bounds it (see `lasting`)
+                        return await value(*args, **kwargs)
                     return await bounded(value(*args, **kwargs))
                 except StoreUnavailable:
                     raise

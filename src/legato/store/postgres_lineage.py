@@ -99,14 +99,23 @@ async def cancel(
         "parent_id TEXT) ON COMMIT DELETE ROWS"
     )
     await conn.execute("DELETE FROM cancelling")
+    # A descendant is found by following parent_id down from each matched run (an index lookup
+    # per run), or, under a matched root run with a big tree, by its `root` column in one scan.
+    scanned = await _big_roots(conn, f, cond, params)
+    skip, scan = "", ""
+    if scanned:
+        mark = f"${len(params) + 1}::text[]"
+        skip = f" WHERE r.root IS NULL OR NOT (r.root = ANY({mark}))"
+        scan = f" UNION ALL SELECT id, FALSE FROM runs WHERE root = ANY({mark})"
     await conn.execute(
         "WITH RECURSIVE tree(id, seed) AS ("
         f"SELECT id, TRUE FROM runs WHERE {cond} "
-        "UNION ALL SELECT r.id, FALSE FROM runs r JOIN tree t ON r.parent_id = t.id) "
+        f"UNION ALL SELECT r.id, FALSE FROM runs r JOIN tree t ON r.parent_id = t.id{skip}) "
         "INSERT INTO cancelling (id, seed, parent_id) SELECT t.id, bool_or(t.seed), r.parent_id "
-        f"FROM tree t JOIN runs r ON r.id = t.id WHERE r.status IN {ACTIVE} "
-        "GROUP BY t.id, r.parent_id",
+        f"FROM (SELECT id, seed FROM tree{scan}) t JOIN runs r ON r.id = t.id "
+        f"WHERE r.status IN {ACTIVE} GROUP BY t.id, r.parent_id",
         *params,
+        *([scanned] if scanned else []),
     )
     await conn.execute("ANALYZE cancelling")  # a temporary table has no statistics otherwise
     # Lock them and the parents that may hear of them in id order (as a commit does, so neither
@@ -160,6 +169,24 @@ async def cancel(
         await conn.execute(_WAKE, now, parent_id)
         told.append(parent_id)
     return ids, told
+
+
+async def _big_roots(conn: Conn, f: RunFilter, cond: str, params: list[object]) -> list[str]:
+    """The root runs whose whole trees a cancel takes (those it matches, and the parent whose
+    children it matches) that are big enough for scanning `runs` once (no index on `root`) to beat
+    an index lookup per descendant: more than 1/20 of the table, and 1000 runs."""
+    sql = f"SELECT id FROM runs WHERE ({cond}) AND root IS NULL"
+    if f.parent is not None:
+        sql += f" UNION SELECT id FROM runs WHERE id = ${len(params) + 1} AND root IS NULL"
+    extra = [f.parent] if f.parent is not None else []
+    roots = [str(r[0]) for r in await conn.fetch(sql, *params, *extra)]
+    if not roots:
+        return []
+    under = await conn.fetchval(
+        "SELECT COALESCE(SUM(descendants), 0) FROM run_trees WHERE root = ANY($1::text[])", roots
+    )
+    rows = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = 'runs'::regclass")
+    return roots if under >= 1000 and under * 20 >= (rows or 0) else []
 
 
 async def retry(conn: Conn, f: RunFilter, event: dict[str, Any], now: float) -> list[str]:

@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -235,6 +235,7 @@ class SQLiteStore(SQLiteOutbox):
         # event loop beats handing it to a thread (measured). With FULL, the fsync goes to a thread.
         self.inline = sync in ("OFF", "NORMAL")
         self._pool: ThreadPoolExecutor | None = None
+        self._queued: set[Future[Any]] = set()  # work handed to `_pool`, not yet ended
         self._conn: sqlite3.Connection | None = None
         self._lock: int | None = None
         self.migrate = (
@@ -248,9 +249,21 @@ class SQLiteStore(SQLiteOutbox):
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
             raise LegatoError("the store is not open")
-        if self.inline:
+        if self.inline and not self._queued:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await self._in_thread(fn, *args)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` in the store's one thread. While anything is queued there, inline calls queue
+        behind it (see `_call`): the connection is never used by two threads at once, and calls
+        keep their order. Work over many rows (a tree's cancel, a bulk action) always goes there,
+        so the event loop keeps answering meanwhile."""
+        if self._pool is None:
+            raise LegatoError("the store is not open")
+        job = self._pool.submit(fn, *args)
+        self._queued.add(job)
+        job.add_done_callback(self._queued.discard)  # once `fn` has returned (or never will run)
+        return await asyncio.wrap_future(job)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -790,12 +803,16 @@ class SQLiteStore(SQLiteOutbox):
         report: Callable[[str, str, Any], dict[str, Any]],
     ) -> tuple[list[str], list[str]]:
         self._fenced_until = time.monotonic() + 10.0
-        return await self._call(
-            self._transaction, lambda conn: sqlite_lineage.cancel(conn, runs, reason, now, report)
-        )
+        try:
+            return await self._in_thread(
+                self._transaction,
+                lambda conn: sqlite_lineage.cancel(conn, runs, reason, now, report),
+            )
+        finally:  # a long cancel: decisions queued meanwhile are still checked after it
+            self._fenced_until = time.monotonic() + 10.0
 
     async def retry_runs(self, runs: RunFilter, event: dict[str, Any], now: float) -> list[str]:
-        return await self._call(
+        return await self._in_thread(
             self._transaction, lambda conn: sqlite_lineage.retry(conn, runs, event, now)
         )
 
