@@ -125,6 +125,26 @@ def test_a_body_sent_too_slowly_is_answered_408_and_closed(guarded: ServerProces
         assert b'"path":"body"' in answer
 
 
+def test_a_pipelined_request_whose_body_comes_too_slowly_is_closed(guarded: ServerProcess) -> None:
+    """A request queued behind another in one packet gets its body timed once its turn comes."""
+    with _connect(guarded) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + BODY_HEAD % 100000 + b"{")
+        began = time.monotonic()
+        sock.settimeout(1.0)
+        closed = False
+        with contextlib.suppress(OSError):
+            while time.monotonic() - began < 8.0:
+                sock.sendall(b" ")  # a byte a second: the body never completes
+                try:
+                    if not sock.recv(65536):
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+        assert closed, "the server still held the connection after 8 s"
+        assert time.monotonic() - began < 6.0
+
+
 def test_a_body_sent_slowly_but_in_time_is_answered(guarded: ServerProcess) -> None:
     doc = b'{"name": "slow-but-fine", "steps": {"w": {"wait": "1s"}}}'
     with _connect(guarded) as sock:

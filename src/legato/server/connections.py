@@ -49,6 +49,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_pending = False  # the last request parsed has more body to come
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,10 +70,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._disarm()
         super().on_headers_complete()
+        self._body_pending = True
         if not self.pipeline:  # a queued request's body is not read yet: it waits its turn
-            self._body_timer = self.loop.call_later(self.body_timeout, self._body_expired)
+            self._arm_body()
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
         self._disarm_body()
         super().on_message_complete()
 
@@ -80,6 +83,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if not self.pipeline:  # the next request's headers are timed from its first byte
             self._awaiting_headers = True
         super().on_response_complete()
+        if self._body_pending and not self.transport.is_closing():
+            self._arm_body()  # a queued request's turn came: its body is read, and timed, now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -94,6 +99,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def _arm_body(self) -> None:
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.body_timeout, self._body_expired)
 
     def _disarm_body(self) -> None:
         if self._body_timer is not None:
