@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,23 @@ async def _run_async(*args: str) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+def test_a_bad_time_bound_in_the_environment_stops_the_server_with_its_name(
+    tmp_path: Path,
+) -> None:
+    """`nan`, `0` or words once started a server whose every bulk action failed (or a traceback)."""
+    for value in ("nan", "0", "-5", "abc"):
+        env = {**os.environ, "LEGATO_BULK_TIMEOUT": value, "LEGATO_STORE_TIMEOUT": "3"}
+        done = subprocess.run(
+            [*LEGATO, "serve", "--db", f"sqlite:///{tmp_path / 'b.db'}", "--port", "0"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert done.returncode == 2, (value, done.stderr)
+        assert f"LEGATO_BULK_TIMEOUT must be a number of seconds above 0, not {value!r}" in (
+            done.stderr
+        ), done.stderr
+        assert "Traceback" not in done.stderr

@@ -32,6 +32,7 @@ from legato.model.limits import (
 from legato.sandbox import DEFAULT_MAX_RENDERED
 from legato.server.app import DEFAULT_MAX_BODY
 from legato.server.serve import DrainingServer, announce, build_server, started
+from legato.store import faults
 
 DEMO_ORDER = {
     "order_id": "A-1001",
@@ -212,6 +213,9 @@ def _engine_options(fn: Any) -> Any:
 
 
 def _run_server(announce_it: Any, **settings: Any) -> None:
+    if faults.ENV_PROBLEMS:
+        fail(LegatoError("; ".join(faults.ENV_PROBLEMS)))
+
     async def go() -> None:
         server = build_server(**settings)
         task = asyncio.create_task(server.serve())

@@ -26,14 +26,36 @@ log = logging.getLogger("legato.store")
 
 # How long a request may wait on one store call (or on the commit of what it decided) before it is
 # answered 503. None outside a request: the engine's own loops wait as long as a call takes.
-STORE_TIMEOUT = float(os.environ.get("LEGATO_STORE_TIMEOUT", "3"))
+
+
+ENV_PROBLEMS: list[str] = []  # bad settings below: `legato serve|worker` refuses to start on them
+
+
+def _seconds(name: str, default: float) -> float:
+    """A positive, finite number of seconds from the environment. A bad one is kept in
+    ENV_PROBLEMS for the server to refuse with a clear message (read at import, raising here would
+    be a traceback; kept, nan or 0 made every call fail)."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e9:  # also refuses nan and inf
+        ENV_PROBLEMS.append(f"{name} must be a number of seconds above 0, not {raw!r}")
+        return default
+    return value
+
+
+STORE_TIMEOUT = _seconds("LEGATO_STORE_TIMEOUT", 3.0)
 REQUEST_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "legato_request_limit", default=None
 )
 RETRY_AFTER = 5  # seconds, the Retry-After of a 503
 # An operator's action over many runs (a tree's cancel, a bulk cancel or retry) may take longer than
 # one store call: a request waits for it up to this bound instead, and it is never cut short.
-BULK_TIMEOUT = float(os.environ.get("LEGATO_BULK_TIMEOUT", "60"))
+BULK_TIMEOUT = _seconds("LEGATO_BULK_TIMEOUT", 60.0)
 LONG_CALLS = frozenset({"cancel_runs", "retry_runs"})  # store methods bounded by `lasting`
 
 # PostgreSQL SQLSTATE classes and codes that mean "not now" rather than "wrong": connection
