@@ -34,7 +34,7 @@ INSERT_OUTBOX = (
 _CLAIM = f"""
 WITH due AS (
     SELECT id, next_at, CASE WHEN channel = 'email' THEN $7
-        ELSE COALESCE(substring(target from '{RECEIVER_SQL}'), target) END AS k
+        ELSE lower(COALESCE(substring(target from '{RECEIVER_SQL}'), target)) END AS k
     FROM outbox WHERE next_at <= $3),
 ranked AS (
     SELECT id, next_at, k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY next_at, id) AS n FROM due),

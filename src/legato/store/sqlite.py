@@ -28,6 +28,7 @@ from legato.model.service import Service
 from legato.store import access, sqlite_lineage, starts
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
+from legato.store.outbox_targets import receiver
 from legato.store.protocol import (
     Accept,
     Claimed,
@@ -292,6 +293,8 @@ class SQLiteStore(SQLiteOutbox):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 conn.execute("PRAGMA busy_timeout=10000")
+                # The outbox claim counts sends per receiver with the notifier's own key.
+                conn.create_function("legato_receiver", 1, receiver, deterministic=True)
                 if self.max_page_count:
                     conn.execute(f"PRAGMA max_page_count={self.max_page_count}")
                 self.version = self._migrate(conn)

@@ -35,10 +35,7 @@ INSERT_OUTBOX = (
 _CLAIM = """
 WITH due AS (
     SELECT id, next_at, CASE WHEN channel = 'email' THEN ?7
-        WHEN instr(target, '?') = 0 AND instr(target, '#') = 0 THEN target
-        WHEN instr(target, '#') = 0 OR instr(target, '?') BETWEEN 1 AND instr(target, '#')
-        THEN substr(target, 1, instr(target, '?') - 1)
-        ELSE substr(target, 1, instr(target, '#') - 1) END AS k
+        ELSE legato_receiver(target) END AS k
     FROM outbox WHERE next_at <= ?3 OR (claimed_by IS NOT NULL AND claimed_by <> ?1)),
 ranked AS (
     SELECT id, next_at, k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY next_at, id) AS n FROM due),
