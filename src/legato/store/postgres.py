@@ -397,17 +397,7 @@ class PostgresStore(PostgresOutbox):
                 rows = rows.only(lost)
             if rows.inbox_done:  # first: an ended run's wake time counts only what is left
                 await conn.executemany("DELETE FROM inbox WHERE id = $1", rows.inbox_done)
-            if rows.runs:
-                await conn.executemany(_UPSERT_RUN, rows.runs)
-            if rows.steps:
-                await conn.executemany(_UPSERT_STEP, rows.steps)
-            if rows.attempts:
-                await conn.executemany(_UPSERT_ATTEMPT, rows.attempts)
-            for run_id, event in rows.deliveries:
-                await conn.execute(_INBOX, run_id, event, None, now)
-                await conn.execute(_WAKE, now, run_id)
-            if rows.outbox:
-                await conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
+            await self._write_rows(conn, rows, now)
             due = False
             for run, wake in rows.releases.items():
                 at = await conn.fetchval(_RELEASE + " RETURNING wake_at", wake, run, self.owner)
@@ -763,7 +753,14 @@ class PostgresStore(PostgresOutbox):
         """Write a new run's first decision, held by nobody (any worker claims it, woken by the
         notice): its rows, what it delivers to other runs' inboxes, and the notifications it
         causes (a run that fails at once, in its first step's template)."""
-        await conn.executemany(_UPSERT_RUN, rows.runs)
+        await self._write_rows(conn, rows, now)
+        await self._notify(conn, rows.notice(now))
+
+    async def _write_rows(self, conn: Conn, rows: BatchRows, now: float) -> None:
+        """A batch's runs, steps and attempts, its deliveries to other runs' inboxes (which wake
+        them) and its notifications, in the caller's transaction."""
+        if rows.runs:
+            await conn.executemany(_UPSERT_RUN, rows.runs)
         if rows.steps:
             await conn.executemany(_UPSERT_STEP, rows.steps)
         if rows.attempts:
@@ -773,7 +770,6 @@ class PostgresStore(PostgresOutbox):
             await conn.execute(_WAKE, now, run_id)
         if rows.outbox:
             await conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
-        await self._notify(conn, rows.notice(now))
 
     async def start_child(
         self, decision: Decision, parent: str, limits: RunLimits
