@@ -141,13 +141,7 @@ class HttpExecutor:
                     for k, v in outcome.error.items()
                 },
             )
-        if used:  # a service that echoes what it got must not get a secret stored
-            outcome = replace(
-                outcome,
-                output=scrub(outcome.output, used.values()),
-                error=scrub(outcome.error, used.values()),
-            )
-        return outcome
+        return _scrubbed(outcome, used)
 
     async def _execute(
         self,
@@ -265,13 +259,7 @@ class HttpExecutor:
         except MissingSecret as exc:
             return Outcome.failure("config", str(exc))
         outcome = await self._fetch(sent["url"], mask_url(location["url"]), used, follow_redirects)
-        if outcome is not None and used:
-            outcome = replace(
-                outcome,
-                output=scrub(outcome.output, used.values()),
-                error=scrub(outcome.error, used.values()),
-            )
-        return outcome
+        return None if outcome is None else _scrubbed(outcome, used)
 
     async def _fetch(
         self, url: str, shown: str, used: dict[str, str], follow_redirects: bool
@@ -351,6 +339,18 @@ def _credentials(url: str, headers: dict[str, str], used: dict[str, str]) -> Non
         if k.lower() in ("authorization", "proxy-authorization"):
             used[f"({k.lower()})"] = v.split(" ", 1)[-1]
         used[f"(header {k})"] = v
+
+
+def _scrubbed(outcome: Outcome, used: dict[str, str]) -> Outcome:
+    """The outcome without the credentials the call used: a service that echoes what it got must
+    not get a secret stored."""
+    if not used:
+        return outcome
+    return replace(
+        outcome,
+        output=scrub(outcome.output, used.values()),
+        error=scrub(outcome.error, used.values()),
+    )
 
 
 def _url_credentials(url: str, used: dict[str, str]) -> None:
