@@ -73,7 +73,7 @@ def _read_services(path: str | None) -> list[Service]:
 @click.option(
     "--services",
     type=click.Path(exists=True, dir_okay=False),
-    help="A YAML/JSON list of services to register first.",
+    help="A YAML/JSON file of services (one, or a list) to register first.",
 )
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the run to end.")
 def run(

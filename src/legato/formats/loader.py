@@ -156,12 +156,9 @@ def load_definition(
         except DefinitionError as exc:
             # The steps and output are made from the services: with the form's own problems
             # reported, theirs would only repeat them under names the document does not have.
-            generated = ("steps", "output")
-            problems.extend(
-                p
-                for p in exc.problems
-                if p not in problems and not (problems and p.path.split(".")[0] in generated)
-            )
+            skipped = ("steps", "output") if problems else ()
+            found = [p for p in exc.problems if p.path.split(".")[0] not in skipped]
+            problems.extend(p for p in found if p not in problems)
         if problems:
             raise DefinitionError(problems)
         return Definition(workflow, tuple(inline), chain_of(data))
