@@ -246,3 +246,47 @@ async def test_the_event_waits_for_a_run_a_worker_ends(
         if worker is not None:
             worker.stop()
         front.stop()
+
+
+# -- bounded: past the cap, an event is answered at once ---------------------------------------
+
+
+async def test_waiters_past_the_cap_get_202_at_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from legato.server import routes
+    from legato.server.app import create_app
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.json_response({"message": "late"})
+
+    app = web.Application()
+    app.router.add_post("/slow", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    monkeypatch.setattr(routes, "MAX_EVENT_WAITERS", 1)
+    try:
+        async with Engine.open(db_url) as engine:
+            await engine.put_service(
+                Service.from_dict({"name": "m-slow", "address": f"http://127.0.0.1:{port}/slow"})
+            )
+            await engine.apply({"name": "m-capped", "services": ["m-slow"], "operations": []})
+            transport = httpx.ASGITransport(app=create_app(engine, own_engine=False))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+                first = asyncio.create_task(
+                    http.post("/e/m-capped", params={"wait": "10"}, json={"data": {}})
+                )
+                await asyncio.sleep(0.3)  # the first is waiting now
+                second = await http.post("/e/m-capped", params={"wait": "10"}, json={"data": {}})
+                assert second.status_code == 202
+                assert not first.done()
+                answer = await first
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["output"] == {"message": "late"}
+                waited = await engine.wait(second.json()["event_id"], 10)
+                assert waited.info.status == "succeeded"
+    finally:
+        await runner.cleanup()
