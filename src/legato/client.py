@@ -247,11 +247,22 @@ class _Verbs(Generic[R]):
         return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/unpause"))
 
     def send_event(
-        self, workflow: str, data: dict[str, Any], *, idempotency_key: str | None = None
+        self,
+        workflow: str,
+        data: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> R:
+        """machinery's event form; with `wait` (at most 60 s), the ended run if it ends by then."""
         return self._send(
             _Request(
-                "POST", f"/e/{_q(workflow)}", json={"data": data}, headers=_key(idempotency_key)
+                "POST",
+                f"/e/{_q(workflow)}",
+                json={"data": data},
+                headers=_key(idempotency_key),
+                params=_params(wait=wait),
+                timeout=wait,
             )
         )
 

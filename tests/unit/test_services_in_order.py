@@ -161,7 +161,7 @@ def test_unknown_service_reported_against_directory() -> None:
     with pytest.raises(DefinitionError) as info:
         load_definition(doc(), services=["upper"])
     assert [(p.path, p.message) for p in info.value.problems] == [
-        ("steps.reverse.http.service", "unknown service 'reverse'")
+        ("services[1]", "unknown service 'reverse'")
     ]
 
 

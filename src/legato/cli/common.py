@@ -26,10 +26,13 @@ def dump_json(value: Any) -> str:
 
 def fail(exc: LegatoError) -> NoReturn:
     """Print the error (and each problem the server named) in red and exit 2."""
-    click.secho(str(exc), fg="red", err=True)
+    text = str(exc)
+    click.secho(text, fg="red", err=True)
     for problem in getattr(exc, "problems", None) or []:
         if isinstance(problem, dict) and problem.get("path"):
-            click.secho(f"  {problem['path']}: {problem.get('message', '')}", fg="red", err=True)
+            line = f"  {problem['path']}: {problem.get('message', '')}"
+            if line not in text:  # a list of problems is in the message already
+                click.secho(line, fg="red", err=True)
     sys.exit(2)
 
 

@@ -16,7 +16,7 @@ from legato.cli.common import DEFAULT_DB, dump_json, fail, main, parse_input
 from legato.engine.runtime import Engine
 from legato.engine.state import RunState
 from legato.errors import LegatoError, ValidationError
-from legato.formats.loader import Definition, load_definition, parse_document
+from legato.formats.loader import Definition, load_definition, load_services
 from legato.model.service import Service
 from legato.store.protocol import open_store
 
@@ -63,11 +63,7 @@ def validate(file: str) -> None:
 def _read_services(path: str | None) -> list[Service]:
     if not path:
         return []
-    data = parse_document(Path(path).read_bytes())
-    items = data.get("services", data) if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise click.BadParameter("must hold a list of services", param_hint="--services")
-    return [Service.from_dict(item, f"services[{i}]") for i, item in enumerate(items)]
+    return [Service.from_dict(item) for item in load_services(Path(path).read_bytes())]
 
 
 @main.command()
@@ -77,7 +73,7 @@ def _read_services(path: str | None) -> list[Service]:
 @click.option(
     "--services",
     type=click.Path(exists=True, dir_okay=False),
-    help="A YAML/JSON list of services to register first.",
+    help="A YAML/JSON file of services (one, or a list) to register first.",
 )
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the run to end.")
 def run(

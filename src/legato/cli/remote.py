@@ -16,7 +16,7 @@ import click
 from legato.cli.common import dump_json, fail, main, parse_input
 from legato.client import ACTIVE, DEFAULT_URL, Client
 from legato.engine.lineage import INT32_MAX
-from legato.errors import LegatoError
+from legato.errors import DefinitionError, LegatoError, Problem, ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATUS_COLOURS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
@@ -66,7 +66,11 @@ def service() -> None:
 @click.argument("name", required=False)
 @click.argument("address", required=False)
 @click.option(
-    "--file", "file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON list."
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML/JSON: one service, or a list (repeatable).",
 )
 @click.option("--timeout", help="Per-call timeout, e.g. 5s.")
 @click.option("--concurrency", type=click.IntRange(1), help="Calls in flight at most.")
@@ -78,21 +82,16 @@ def service_add(
     client: Client,
     name: str | None,
     address: str | None,
-    file: str | None,
+    files: tuple[str, ...],
     timeout: str | None,
     concurrency: int | None,
     header: tuple[str, ...],
     follow_redirects: bool,
     replace: bool,
 ) -> None:
-    """Add NAME at ADDRESS, or every service of a --file."""
-    from legato.formats.loader import parse_document
-
-    if file:
-        data = parse_document(Path(file).read_bytes())
-        items = data.get("services", data) if isinstance(data, dict) else data
-        if not isinstance(items, list):
-            raise click.BadParameter("must hold a list of services", param_hint="--file")
+    """Add NAME at ADDRESS, or every service of each --file (all checked before any is sent)."""
+    if files:
+        items = _service_files(files)
     elif name and address:
         entry: dict[str, Any] = {"name": name, "base_url": address}
         if timeout:
@@ -112,6 +111,24 @@ def service_add(
     for item in items:
         added = client.add_service(item, replace=replace)
         click.echo(f"{added['name']}  {added['base_url']}")
+
+
+def _service_files(files: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every service of every file, or DefinitionError naming each problem with its file."""
+    from legato.formats.loader import load_services
+
+    items: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for file in files:
+        try:
+            items.extend(load_services(Path(file).read_bytes()))
+        except ValidationError as exc:
+            problems.extend(
+                Problem(f"{file}: {p.path}" if p.path else file, p.message) for p in exc.problems
+            )
+    if problems:
+        raise DefinitionError(problems, "service")
+    return items
 
 
 @service.command("list")
@@ -141,6 +158,8 @@ def apply(client: Client, file: Path) -> None:
     record = client.apply(file)
     state = "new version" if record["created"] else "unchanged"
     click.echo(f"{record['name']} v{record['version']} ({state})")
+    for warning in record.get("warnings", ()):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
 def _progress(run: dict[str, Any], started: float) -> str:

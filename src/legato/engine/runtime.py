@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
@@ -86,6 +86,7 @@ from legato.errors import (
     Problem,
 )
 from legato.formats.loader import Definition, load_definition
+from legato.formats.services_in_order import unproduced_outputs
 from legato.masking import mask_markers, mask_request, mask_url
 from legato.model.build import WORKFLOW_NAME, build_workflow, unknown_services
 from legato.model.fields import check_object
@@ -471,8 +472,17 @@ class Engine:
         self.definition_limits.check_steps(len(wf.steps))
         known = {*self._services, *(s.name for s in inline)}
         problems = unknown_services(wf.steps, known)
+        warnings: list[str] = []
+        if isinstance(definition, Definition) and definition.chain:
+            directory = {**self._services, **{s.name: s for s in inline}}
+            unproduced, warnings = unproduced_outputs(
+                wf.inputs, wf.outputs, definition.chain, directory
+            )
+            problems.extend(unproduced)
         if problems:
             raise DefinitionError(problems)
+        for warning in warnings:
+            log.warning("workflow %s: %s", wf.name, warning)
         try:
             digest = (
                 wf.digest
@@ -497,7 +507,7 @@ class Engine:
             self.scheduler.wake.set()
         elif record.created:
             await self.store.drop_schedule(wf.name)
-        return record
+        return replace(record, warnings=tuple(warnings)) if warnings else record
 
     # -- schedules ----------------------------------------------------------------------------
 

@@ -11,19 +11,23 @@ import orjson
 import yaml
 
 from legato.errors import DefinitionError, Problem
-from legato.formats.services_in_order import is_services_in_order, to_native
+from legato.formats.services_in_order import chain_of, is_services_in_order, to_native
 from legato.model.build import build_workflow
 from legato.model.limits import DefinitionLimits
-from legato.model.service import Service
+from legato.model.service import Service, service_entries
 from legato.model.workflow import Workflow
 
 
 @dataclass(frozen=True)
 class Definition:
-    """A workflow plus the services its document declared inline (to register in the directory)."""
+    """A workflow plus the services its document declared inline (to register in the directory).
+
+    `chain` names the services a services-in-order document calls, in order: registration checks
+    the workflow's outputs against what they declare producing."""
 
     workflow: Workflow
     services: tuple[Service, ...] = field(default=())
+    chain: tuple[str, ...] = field(default=())
 
 
 def parse_document(text: str | bytes, fmt: str = "auto") -> Any:
@@ -144,10 +148,28 @@ def load_definition(
         data = parse_document(data)
     limits.check(data, size)
     if is_services_in_order(data):
+        # Every problem at once: the form's own (unknown fields, services) and the workflow's.
         problems: list[Problem] = []
-        spec, inline = to_native(data, problems)
+        spec, inline = to_native(data, problems, services)
+        try:
+            workflow = build_workflow(spec, functions=functions)
+        except DefinitionError as exc:
+            # The steps and output are made from the services: with the form's own problems
+            # reported, theirs would only repeat them under names the document does not have.
+            skipped = ("steps", "output") if problems else ()
+            found = [p for p in exc.problems if p.path.split(".")[0] not in skipped]
+            problems.extend(p for p in found if p not in problems)
         if problems:
             raise DefinitionError(problems)
-        known = None if services is None else {*services, *(s.name for s in inline)}
-        return Definition(build_workflow(spec, functions=functions, services=known), tuple(inline))
+        return Definition(workflow, tuple(inline), chain_of(data))
     return Definition(build_workflow(data, functions=functions, services=services))
+
+
+def load_services(text: str | bytes) -> list[dict[str, Any]]:
+    """The services of one document (JSON or YAML): one service, a list, or `{"services": [...]}`,
+    in machinery's form (`address`) or Legato's (`base_url`). DefinitionError lists every problem."""
+    problems: list[Problem] = []
+    found = service_entries(parse_document(text), "", problems)
+    if problems:
+        raise DefinitionError(problems, "service")
+    return found

@@ -7,9 +7,11 @@ arguments are templates, so it runs, retries and shows like any other workflow.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from legato.errors import Problem
+from legato.model.fields import Field
 from legato.model.reader import Reader, join
 from legato.model.service import Service, read_service
 
@@ -21,9 +23,13 @@ def is_services_in_order(data: Any) -> bool:
 
 
 def to_native(
-    data: dict[str, Any], problems: list[Problem]
+    data: dict[str, Any], problems: list[Problem], known: Collection[str] | None = None
 ) -> tuple[dict[str, Any], list[Service]]:
-    """Return the native spec and the services the document declares inline (with an address)."""
+    """Return the native spec and the services the document declares inline (with an address).
+
+    `known` (the directory's names, when given) refuses a service named nowhere, at its place in
+    the list (`services[2]`), rather than at the step the chain makes of it.
+    """
     r = Reader(data, "", problems)
     name = r.raw("name")
     raw_services = r.get("services", list, [])
@@ -49,6 +55,12 @@ def to_native(
             continue
         step = _step_name(service_name, used)
         step_names.append((step, service_name))
+    if known is not None:
+        declared = {*known, *(s.name for s in services)}
+        for i, item in enumerate(raw_services):
+            if isinstance(item, str) and item not in declared:
+                problems.append(Problem(join("services", i), f"unknown service {item!r}"))
+    _read_operations(r)
     outputs = r.raw("outputs")
     spec: dict[str, Any] = {"name": name}
     for key in ("description", "inputs", "outputs", "timeout", "defaults"):
@@ -77,6 +89,71 @@ def to_native(
     spec["steps"] = steps
     spec["output"] = "{{ " + final + " }}"
     return spec, services
+
+
+def chain_of(data: Any) -> tuple[str, ...]:
+    """The services a services-in-order document calls, by name, in order."""
+    items = data.get("services") if isinstance(data, dict) else None
+    names = []
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            names.append(item["name"])
+    return tuple(names)
+
+
+def _read_operations(r: Reader) -> None:
+    """machinery's documents carry `"operations": []`, a field it planned but never defined."""
+    operations = r.raw("operations")
+    if operations is None or operations == []:
+        return
+    r.problem(
+        "operations",
+        "must be empty ([]): operations have no meaning in Legato yet; each service's reply is "
+        "merged into the data the next one gets (write `steps` for anything else)",
+    )
+
+
+def unproduced_outputs(
+    inputs: Sequence[Field],
+    outputs: Sequence[Field],
+    chain: Sequence[str],
+    directory: Mapping[str, Service],
+) -> tuple[list[Problem], list[str]]:
+    """Problems for each required workflow output that no service of the chain declares and no
+    declared input carries through; warnings instead when that cannot be known (a service that
+    declares no outputs may answer anything, as may an input nobody declared)."""
+    passed = {f.name for f in inputs}
+    produced = {f.name for name in chain if name in directory for f in directory[name].outputs}
+    missing = [f.name for f in outputs if f.required and f.name not in produced | passed]
+    if not missing:
+        return [], []
+    silent = [n for n in dict.fromkeys(chain) if n not in directory or not directory[n].outputs]
+    if silent or not inputs:
+        why = (
+            f"{', '.join(silent)} declare{'s' if len(silent) == 1 else ''} no outputs"
+            if silent
+            else "the workflow declares no inputs"
+        )
+        warnings = [
+            f"outputs.{name}: no service declares producing it and {why}: "
+            "it is checked when a run ends"
+            for name in missing
+        ]
+        return [], warnings
+    said = "; ".join(
+        f"{n} declares {', '.join(f.name for f in directory[n].outputs)}"
+        for n in dict.fromkeys(chain)
+    )
+    problems = [
+        Problem(
+            f"outputs.{name}",
+            f"no service declares producing {name!r} and it is not an input ({said})",
+        )
+        for name in missing
+    ]
+    return problems, []
 
 
 def _step_name(service: str, used: set[str]) -> str:

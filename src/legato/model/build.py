@@ -138,8 +138,8 @@ def build_workflow(
         order = _topological_order(steps, problems)
     if not problems:
         _check_references(steps, order, output, problems)
-        if services is not None:
-            problems.extend(unknown_services(steps, services))
+    if services is not None:  # with the others: every problem of a document at once
+        problems.extend(unknown_services(steps, services))
     if problems:
         raise DefinitionError(problems)
 

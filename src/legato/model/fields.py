@@ -9,6 +9,15 @@ from typing import Any
 from legato.errors import Problem
 
 TYPES = ("string", "integer", "number", "boolean", "object", "array", "any")
+# Short names other tools write (machinery's documents say `int`): read as the JSON Schema name.
+TYPE_ALIASES = {
+    "int": "integer",
+    "float": "number",
+    "str": "string",
+    "bool": "boolean",
+    "dict": "object",
+    "list": "array",
+}
 
 
 def type_matches(type_name: str, value: Any) -> bool:

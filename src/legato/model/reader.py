@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from legato.errors import Problem
 from legato.model.durations import parse_duration
-from legato.model.fields import TYPES, Field
+from legato.model.fields import TYPE_ALIASES, TYPES, Field
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -117,8 +117,10 @@ def read_fields(value: Any, path: str, problems: list[Problem]) -> tuple[Field, 
             continue
         name = r.get("name", str)
         type_name = r.get("type", str, "any")
+        type_name = TYPE_ALIASES.get(type_name, type_name)
         if type_name not in TYPES:
-            r.problem("type", f"must be one of {', '.join(TYPES)}")
+            aliases = ", ".join(TYPE_ALIASES)
+            r.problem("type", f"must be one of {', '.join(TYPES)} (or their short names {aliases})")
             type_name = "any"
         description = r.get("description", str, "")
         required = r.get("required", bool, True)

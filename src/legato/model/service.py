@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from legato.errors import DefinitionError, Problem
 from legato.model.fields import Field, fields_to_dicts
-from legato.model.reader import Reader, read_fields
+from legato.model.reader import Reader, join, read_fields
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEFAULT_TIMEOUT = 30.0
@@ -177,3 +177,22 @@ def read_service(
         description=description,
         follow_redirects=follow_redirects,
     )
+
+
+def service_entries(data: Any, path: str, problems: list[Problem]) -> list[dict[str, Any]]:
+    """The service mappings of a document: one service (machinery keeps one per file), a list of
+    them, or `{"services": [...]}`; each checked, every problem recorded with its place."""
+    items: list[tuple[Any, str]] = [(data, path)]
+    listing = isinstance(data, dict) and isinstance(data.get("services"), list)
+    if listing and not {"name", "address", "base_url"} & data.keys():
+        data, path = data["services"], join(path, "services")
+    if isinstance(data, list):
+        items = [(item, join(path, i)) for i, item in enumerate(data)]
+    found: list[dict[str, Any]] = []
+    for item, at in items:
+        before = len(problems)
+        if not isinstance(item, dict):
+            problems.append(Problem(at, "must be a service {name, address, inputs, outputs}"))
+        elif read_service(item, at, problems) is not None and len(problems) == before:
+            found.append(item)
+    return found

@@ -735,9 +735,23 @@ def build() -> dict[str, Any]:
         "/e/{workflow}": {
             "post": _op(
                 "Event form: start the workflow with the event's data as input.",
-                {"202": _ok("Accepted; event_id is the run's id.", _ref("EventAck"))},
+                {
+                    "202": _ok("Accepted; event_id is the run's id.", _ref("EventAck")),
+                    "200": _ok(
+                        "Ended within `wait`: the run, with event_id and ack_date.", _ref("Run")
+                    ),
+                },
                 tag="runs",
-                params=[_path_param("workflow", "A workflow's name."), IDEMPOTENCY_KEY],
+                params=[
+                    _path_param("workflow", "A workflow's name."),
+                    _query(
+                        "wait",
+                        "Answer with the run (its output) if it ends within this many seconds "
+                        "(at most 60); if not, 202 as without it.",
+                        {"type": "number", "minimum": 0, "maximum": 60},
+                    ),
+                    IDEMPOTENCY_KEY,
+                ],
                 body=_json_body(_ref("Event")),
                 errors=("400", "401", "404", "413", "415", "422"),
             ),

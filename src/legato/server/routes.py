@@ -32,6 +32,10 @@ from legato.server.metrics import CONTENT_TYPE, Metrics
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT = 3600.0
 MAX_VERSION = 2**31
+# `POST /e/{workflow}?wait=S`: an event's sender waits a short while, and only so many at once (each
+# holds a connection and, on a shared store, looks at it every few seconds); past that, 202 at once.
+MAX_EVENT_WAIT = 60.0
+MAX_EVENT_WAITERS = 256
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Context:
     engine: Engine
     metrics: Metrics
     max_body: int
+    event_waiters: int = 0
 
 
 def _ctx(request: Request) -> Context:
@@ -135,6 +140,8 @@ async def apply_workflow(request: Request) -> Response:
     record = await ctx.engine.apply(document)
     body = payloads.workflow_summary(record)
     body["created"] = record.created
+    if record.warnings:
+        body["warnings"] = list(record.warnings)
     headers = {"Location": f"/api/workflows/{record.name}/versions/{record.version}"}
     return json_response(body, 201 if record.created else 200, headers)
 
@@ -426,17 +433,28 @@ async def unpause_schedule(request: Request) -> Response:
 
 
 async def event(request: Request) -> Response:
+    """machinery's event: starts a run. With `?wait=S`, answers the ended run (with its output) if
+    it ends within S seconds, wherever it runs (the engine hears ends from other processes)."""
     ctx = _ctx(request)
+    wait = bodies.query_seconds(request, "wait", MAX_EVENT_WAIT)
     body = await bodies.json_object(request, ctx.max_body)
     bodies.only_fields(body, ("data",))
     data = bodies.object_field(body, "data")
     started = once.once(request, "event", body)
     run_id = await _start(ctx, request.path_params["workflow"], data, None, started)
-    return json_response(
-        {"event_id": run_id, "ack_date": payloads.iso(time.time()), "status": "accepted"},
-        202,
-        once.headers(run_id, started),
-    )
+    accepted = {"event_id": run_id, "ack_date": payloads.iso(time.time()), "status": "accepted"}
+    headers = once.headers(run_id, started)
+    if wait is not None and ctx.event_waiters < MAX_EVENT_WAITERS:
+        ctx.event_waiters += 1
+        try:
+            ended = await ctx.engine.wait_ended(run_id, wait)
+        finally:
+            ctx.event_waiters -= 1
+        if ended:
+            detail = await _detail(ctx.engine, await ctx.engine.get_run(run_id))
+            if detail["status"] not in ACTIVE_RUN:
+                return json_response({**accepted, **detail}, 200, headers)
+    return json_response(accepted, 202, headers)
 
 
 async def _detail(engine: Engine, state: RunState) -> dict[str, Any]:

@@ -28,6 +28,7 @@ class WorkflowRecord:
     spec: dict[str, Any]
     created_at: float
     created: bool = False  # True when save_workflow made this version just now
+    warnings: tuple[str, ...] = ()  # what registration could not check (not stored)
 
 
 @dataclass(frozen=True, slots=True)
