@@ -162,3 +162,28 @@ async def test_an_operations_tasks_run_on_two_workers_sharing_postgresql(
     assert seen == [["first", pid_a], ["stall", pid_a], ["stall", pid_b], ["last", pid_b]]
     retval = run.info.output["retval"]
     assert retval == {"first": a.pid, "stall": b.pid, "last": b.pid}
+
+
+async def test_the_example_runs_as_written(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "examples" / "kser" / "dice.py"),
+        f"sqlite:///{tmp_path / 'dice.db'}",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("SUCCESS {")
+    log = err.decode()
+    assert "Operation registry: loaded __main__.DiceLaunch" in log
+    assert (
+        len(
+            re.findall(
+                r"DiceRoll\.Success: __main__\.DiceRoll\[[0-9a-f-]+\]: You made a [1-6]", log
+            )
+        )
+        == 3
+    )
