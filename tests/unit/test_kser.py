@@ -92,6 +92,23 @@ def test_an_exception_or_a_wrong_return_is_a_failed_task(caplog: pytest.LogCaptu
         run_task(task, None)
 
 
+class Later(Task):
+    async def run(self) -> Result:
+        return Result(uuid=self.uuid, stdout="awaited", retval={"n": self.params["n"]})
+
+
+def test_an_async_run_and_required_params() -> None:
+    task = {"entrypoint": Later.path, "uuid": "t-4", "params": {"n": 2}}
+    out = run_task(task, Result(uuid="op", stdout="before").to_dict(), "m.Op", "op", last=True)
+    assert out == {
+        "uuid": "op",
+        "retcode": 0,
+        "stdout": "before\nawaited",
+        "stderr": "",
+        "retval": {"n": 2},
+    }
+
+
 def test_workflow_names_follow_the_entrypoint() -> None:
     assert workflow_name("__main__.DiceRoll") == "main.DiceRoll"
     assert workflow_name("shop.ops.Order") == "shop.ops.Order"

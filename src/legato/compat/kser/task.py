@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
+from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
 from legato.compat.kser.result import Result
@@ -57,7 +58,8 @@ class Task:
         self.result = result if result is not None else Result(uuid=self.uuid)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
-    def run(self) -> Result:
+    def run(self) -> Result | Awaitable[Result] | None:
+        """Override; may be a coroutine function (it then runs on a loop of its own)."""
         raise NotImplementedError(f"{type(self).__name__}.run must be implemented")
 
     def log(self, message: str, level: int = logging.INFO, *args: Any, **kwargs: Any) -> None:
@@ -96,7 +98,7 @@ class Operation(Task):
     def prebuild(self, **kwargs: Any) -> None:
         """Override to check the params before the tasks are built."""
 
-    def build_tasks(self, **kwargs: Any) -> list[Task]:
+    def build_tasks(self, **kwargs: Any) -> Sequence[Task]:
         """Override: the tasks of the operation, in order."""
         return []
 
