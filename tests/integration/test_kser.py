@@ -11,11 +11,16 @@ import signal
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from legato import Engine
 from legato.compat.kser import kser_status
+from legato.errors import DefinitionError
+from legato.model.build import build_workflow
+from legato.transports import open_transport
 from tests.integration import kser_ops
+from tests.integration.brokers import broker_url, remove
 from tests.integration.kser_ops import oregistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,3 +192,57 @@ async def test_the_example_runs_as_written(tmp_path: Path) -> None:
         )
         == 3
     )
+
+
+def _triggers_supported() -> bool:
+    spec = {
+        "name": "t",
+        "steps": {"s": {"fail": "x"}},
+        "triggers": [{"transport": "k", "topic": "t"}],
+    }
+    try:
+        build_workflow(spec)
+    except DefinitionError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _triggers_supported(), reason="needs broker triggers")
+async def test_kser_messages_on_a_broker_start_one_run_each(db_url: str) -> None:
+    """The seed's producer side: a message names its entrypoint; each message (by uuid) starts one
+    run of that entrypoint's workflow, whichever workflows listen to the same subject."""
+    url = broker_url("nats")
+    subject = f"legato-test-kser-{os.urandom(6).hex()}"
+    engine = Engine.open(db_url)
+    engine.add_transport("bus", url)
+    publisher = open_transport(url)
+    try:
+        async with engine:
+            for wf in oregistry.workflows(transport="bus", subject=subject):
+                await engine.register(wf)
+            await publisher.connect()
+            launch = {"uuid": "m-1", "entrypoint": "tests.integration.kser_ops.DiceLaunch"}
+            roll = {
+                "uuid": "m-2",
+                "entrypoint": "tests.integration.kser_ops.DiceRoll",
+                "params": {},
+            }
+            for message in (launch, launch, roll):  # the same uuid twice: one run
+                await publisher.publish(subject, orjson.dumps(message), {})
+            names = ("tests.integration.kser_ops.DiceLaunch", "tests.integration.kser_ops.DiceRoll")
+            for _ in range(600):
+                runs = [r for n in names for r in await engine.store.list_runs(n, None, 10)]
+                if len(runs) == 2 and all(r.status == "succeeded" for r in runs):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # a second run of m-1, were there one, would show by now
+            runs = [r for n in names for r in await engine.store.list_runs(n, None, 10)]
+            others = await engine.store.list_runs("tests.integration.kser_ops.Chain", None, 10)
+    finally:
+        await publisher.close()
+        await remove(url, [subject])
+    assert sorted((r.workflow, r.status, r.output["uuid"]) for r in runs) == [
+        ("tests.integration.kser_ops.DiceLaunch", "succeeded", "m-1"),
+        ("tests.integration.kser_ops.DiceRoll", "succeeded", "m-2"),
+    ]
+    assert others == []  # filtered out: not their entrypoint

@@ -202,6 +202,13 @@ def test_statuses_map_onto_kser_s() -> None:
     ]
 
 
+def test_a_trigger_has_one_destination() -> None:
+    with pytest.raises(LegatoError, match="one of topic=, subject= or queue="):
+        entrypoint_trigger("a.B", "bus", topic="t", subject="s")
+    with pytest.raises(LegatoError, match="one of topic=, subject= or queue="):
+        entrypoint_trigger("a.B", "bus", stream="s")
+
+
 def _triggers_supported() -> bool:
     spec = {
         "name": "t",
@@ -220,8 +227,10 @@ def test_each_entrypoint_gets_a_trigger_on_its_messages() -> None:
     reg = OperationRegistry()
     reg.subscribe(Roll)
     (wf,) = reg.workflows(transport="kafka", topic="kser")
-    assert wf.spec["triggers"] == [entrypoint_trigger("__main__.Roll", "kafka", "kser")]
-    assert entrypoint_trigger("__main__.Roll", "kafka", "kser") == {
+    assert wf.spec["triggers"] == [entrypoint_trigger("__main__.Roll", "kafka", topic="kser")]
+    (on_nats,) = reg.workflows(transport="bus", subject="jobs")
+    assert on_nats.spec["triggers"][0]["subject"] == "jobs"
+    assert entrypoint_trigger("__main__.Roll", "kafka") == {
         "transport": "kafka",
         "topic": "kser",
         "filter": "{{ message.entrypoint == '__main__.Roll' }}",

@@ -49,12 +49,21 @@ def _step_name(index: int | None, cls: type[Task]) -> str:
     return name if STEP_NAME.fullmatch(name) else f"task{index or 0}"
 
 
-def entrypoint_trigger(path: str, transport: str, topic: str) -> dict[str, Any]:
+DESTINATIONS = ("topic", "subject", "queue")  # Kafka, NATS, RabbitMQ
+
+
+def entrypoint_trigger(path: str, transport: str, **destination: str) -> dict[str, Any]:
     """A broker trigger that starts a run for each Kser message sent to `path` (the message, with
-    its uuid as the dedupe key, is the run's input)."""
+    its uuid as the dedupe key, is the run's input). `destination`: one of topic= (Kafka),
+    subject= (NATS) or queue= (RabbitMQ); topic "kser" when none is given."""
+    unknown = [k for k in destination if k not in DESTINATIONS]
+    if unknown or len(destination) > 1:
+        raise LegatoError(
+            f"trigger: give one of topic=, subject= or queue=, not {', '.join(sorted(destination))}"
+        )
     return {
         "transport": transport,
-        "topic": topic,
+        **(destination or {"topic": "kser"}),
         "filter": f"{{{{ message.entrypoint == '{path}' }}}}",
         "key": "{{ message.uuid }}",
         "input": "{{ message }}",
@@ -100,22 +109,25 @@ class OperationRegistry:
         self.subscribe(entrypoint)
 
     def workflow(
-        self, entrypoint: str | type[Task], *, transport: str | None = None, topic: str = "kser"
+        self, entrypoint: str | type[Task], *, transport: str | None = None, **destination: str
     ) -> Workflow:
         """The workflow of one subscribed entrypoint; with `transport`, it carries a trigger that
-        starts it from Kser messages on `topic` (needs Legato's broker triggers)."""
+        starts it from the Kser messages sent to its entrypoint on `destination` (topic=, subject=
+        or queue=, see `entrypoint_trigger`; needs Legato's broker triggers)."""
         path = entrypoint if isinstance(entrypoint, str) else entrypoint.path
         cls = self.entrypoints.get(path)
         if cls is None:
             raise LegatoError(f"entrypoint {path!r} is not subscribed to this registry")
+        if destination and transport is None:
+            raise LegatoError(f"transport: is required with {', '.join(sorted(destination))}=")
         spec = operation_spec(cls) if issubclass(cls, Operation) else task_spec(cls)
         if transport is not None:
-            spec["triggers"] = [entrypoint_trigger(path, transport, topic)]
+            spec["triggers"] = [entrypoint_trigger(path, transport, **destination)]
         return build_workflow(spec, functions=FUNCTIONS)
 
-    def workflows(self, *, transport: str | None = None, topic: str = "kser") -> list[Workflow]:
+    def workflows(self, *, transport: str | None = None, **destination: str) -> list[Workflow]:
         """Every subscribed entrypoint's workflow (see `workflow`)."""
-        out = [self.workflow(p, transport=transport, topic=topic) for p in self.entrypoints]
+        out = [self.workflow(p, transport=transport, **destination) for p in self.entrypoints]
         seen: dict[str, str] = {}
         for wf, path in zip(out, self.entrypoints, strict=True):
             if wf.name in seen:
@@ -130,11 +142,11 @@ class OperationRegistry:
         namespace: MutableMapping[str, Any],
         *,
         transport: str | None = None,
-        topic: str = "kser",
+        **destination: str,
     ) -> list[Workflow]:
         """Put each workflow in `namespace` as `kser_<Class>`: `oregistry.export(globals())` at the
         end of a file makes them module-level objects, which `legato serve --dags DIR` registers."""
-        workflows = self.workflows(transport=transport, topic=topic)
+        workflows = self.workflows(transport=transport, **destination)
         for cls, wf in zip(self.entrypoints.values(), workflows, strict=True):
             namespace[f"kser_{cls.__name__}"] = wf
         return workflows
