@@ -3,8 +3,8 @@
 """Kser's dice example on Legato: the seed's consumer with only its imports changed.
 
     .venv/bin/python examples/kser/dice.py               # register both, run DiceLaunch once, print it
-    legato serve --dags examples/kser                     # or serve them (workflows dice.DiceLaunch, dice.DiceRoll)
-    legato start dice.DiceLaunch --wait --input '{"params": {}}'
+    legato serve --dags examples/kser                     # or serve them (as legato_dags.dice.DiceLaunch, ...)
+    legato start legato_dags.dice.DiceLaunch --wait --input '{"params": {}}'
 
 Where Kser's consumer read the messages from Kafka, a Legato server started with
 `--transport kafka=...` starts a run for each message once the workflows carry triggers:
