@@ -1,10 +1,12 @@
-"""Run in a subprocess by test_kser.py: a worker engine with a short lease, until killed."""
+"""Run in a subprocess by test_kser.py: a worker engine with a short lease, until killed. It imports
+the tasks' module first, as `legato worker --dags DIR` imports its files."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
+import tests.integration.kser_ops  # noqa: F401  (defines the tasks this worker runs)
 from legato import Engine
 
 

@@ -190,7 +190,7 @@ def test_bad_messages_name_the_field() -> None:
     with pytest.raises(LegatoError, match=r"^entrypoint 'nowhere\.Gone' is not known"):
         run_entry("nowhere.Gone", {}, "r")
     with pytest.raises(LegatoError, match=r"^subscribe: takes a Task or Operation class"):
-        OperationRegistry().subscribe(len)  # type: ignore[arg-type]
+        OperationRegistry().subscribe(len)  # type: ignore[type-var]
 
 
 def test_statuses_map_onto_kser_s() -> None:

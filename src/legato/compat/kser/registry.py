@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from legato.compat.kser import steps
 from legato.compat.kser.task import Operation, Task
@@ -21,6 +21,7 @@ from legato.model.build import STEP_NAME, WORKFLOW_NAME, build_workflow
 from legato.model.workflow import Workflow
 
 logger = logging.getLogger("legato.kser")
+_Class = TypeVar("_Class", bound=type[Task])
 
 _MODULE = steps.__name__
 FUNCTIONS = {
@@ -91,7 +92,7 @@ class OperationRegistry:
     def load_tasks(self) -> None:
         """Kser's hook to load operation tasks: nothing to do, subscribe already did."""
 
-    def subscribe(self, callback: type[Task]) -> type[Task]:
+    def subscribe(self, callback: _Class) -> _Class:
         if not (isinstance(callback, type) and issubclass(callback, Task)):
             raise LegatoError(
                 f"subscribe: takes a Task or Operation class, got {type(callback).__name__}"

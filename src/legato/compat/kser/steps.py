@@ -1,14 +1,13 @@
 """The Python functions Legato's steps call to run Kser operations and tasks.
 
 They take and return plain JSON (the step's rendered args and its output), so each step can run in
-any worker process that knows the task's class: a step finds it by its entrypoint path, among the
-Task subclasses defined in the process or by importing `module.Class`.
+any worker process that knows the task's class: a step finds it by its entrypoint path among the
+Task subclasses the process defined.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -76,20 +75,15 @@ def read_message(data: Any, entrypoint: str) -> Message:
 
 
 def find_entrypoint(path: str) -> type[Task]:
-    """The Task class named `path`: defined in this process, or importable as `module.Class`."""
+    """The Task class named `path` among those this process defined.
+
+    Never imported by name: a step's args come from a definition, and importing whatever module
+    one names would run its code; the process imports its files itself (`--dags DIR`)."""
     cls = ENTRYPOINTS.get(path)
     if cls is None:
-        module, _, name = path.rpartition(".")
-        try:
-            found = getattr(importlib.import_module(module), name, None) if module else None
-        except Exception:  # not importable here, whatever the reason
-            found = None
-        if isinstance(found, type) and issubclass(found, Task):
-            cls = found
-    if cls is None:
         raise LegatoError(
-            f"entrypoint {path!r} is not known in this process: start the worker with the file "
-            "that subscribes it (legato worker --dags DIR), or make `module.Class` importable"
+            f"entrypoint {path!r} is not known in this process: start it with the file that "
+            "defines the class (legato serve|worker --dags DIR)"
         )
     return cls
 

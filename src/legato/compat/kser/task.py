@@ -2,7 +2,8 @@
 
 A Task runs in one step; an Operation is a task made of other tasks, each its own step, so each may
 run in another worker process. Every Task subclass is indexed by its entrypoint path
-(`module.Class`, or its own `path` attribute), which is how a step finds the class to run.
+(`module.Class`, or its own `path` attribute), which is how a step finds the class to run: only
+classes this process defined are found, none is imported by a name a definition gives.
 """
 
 from __future__ import annotations
