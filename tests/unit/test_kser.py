@@ -160,6 +160,22 @@ def test_build_tasks_returning_something_else_is_refused(tasks: Any, message: st
         reg.workflows()
 
 
+def test_an_operation_without_tasks_is_its_build_step(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "legato.kser")
+    reg = OperationRegistry()
+
+    @reg.subscribe
+    class Nothing(Operation):
+        pass
+
+    (wf,) = reg.workflows()
+    assert list(wf.steps) == ["build"]
+    planned = build_operation(Nothing.path, [], {"uuid": "n-1", "result": {"stdout": "kept"}}, "r")
+    assert planned["tasks"] == [] and planned["result"]["stdout"] == "kept"
+    assert planned["result"]["uuid"] == "n-1"
+    assert caplog.messages[-1] == f"Nothing.Success: {Nothing.path}[n-1]: kept"
+
+
 def test_a_chain_that_changes_with_the_params_is_refused_at_run_time() -> None:
     reg = OperationRegistry()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +95,7 @@ def build_operation(entrypoint: str, shape: list[str], message: Any, run: str) -
         raise LegatoError(f"entrypoint {entrypoint!r} is a Task, not an Operation")
     msg = read_message(message, entrypoint)
     op_uuid = msg.uuid or run
-    start = Result.from_dict(msg.result) if msg.result is not None else Result(uuid=op_uuid)
+    start = Result.from_dict({"uuid": op_uuid, **(msg.result or {})})
     op = cls(uuid=op_uuid, params=msg.params, status=RUNNING, result=start, metadata=msg.metadata)
     op.check_required_params()
     tasks = op.compute_tasks(**msg.params)
@@ -121,6 +120,8 @@ def build_operation(entrypoint: str, shape: list[str], message: Any, run: str) -
             {"entrypoint": t.path, "uuid": t.uuid, "params": t.params, "metadata": t.metadata}
         )
     logger.info(log_line(cls.__name__, "Running", entrypoint, op_uuid, f"{len(tasks)} task(s)"))
+    if not tasks:  # nothing to run: the operation ends here, with the result it was given
+        logger.info(log_line(cls.__name__, "Success", entrypoint, op_uuid, start))
     return {"uuid": op_uuid, "tasks": planned, "result": start.to_dict()}
 
 
@@ -160,9 +161,7 @@ def run_task(
     t.status = SUCCESS
     logger.info(log_line(name, "Success", t.path, t.uuid, own))
     if operation and last:
-        logger.log(
-            logging.INFO, log_line(op_name, "Success", operation, operation_uuid or "", merged)
-        )
+        logger.info(log_line(op_name, "Success", operation, operation_uuid or "", merged))
     return merged.to_dict()
 
 
@@ -171,7 +170,7 @@ def run_entry(entrypoint: str, message: Any, run: str) -> dict[str, Any]:
     msg = read_message(message, entrypoint)
     uuid = msg.uuid or run
     task = {"entrypoint": entrypoint, "uuid": uuid, "params": msg.params, "metadata": msg.metadata}
-    start = msg.result if msg.result is not None else Result(uuid=uuid).to_dict()
+    start = {"uuid": uuid, **(msg.result or {})}  # a forwarded result keeps its own uuid
     return run_task(task, start)
 
 
