@@ -17,6 +17,7 @@ from aiohttp import web
 from legato import Engine, Service
 from legato.client import AsyncClient
 from legato.engine.directory import ExternalDirectory
+from legato.engine.state import StepState
 from tests.integration.serverprocess import free_port, start_server
 
 TOKEN = "cws-token-0123456789"
@@ -96,6 +97,11 @@ INVOICE = {
 }
 
 
+def failure(step: StepState) -> dict[str, Any]:
+    assert step.error is not None
+    return step.error
+
+
 def closed_port() -> int:
     """A loopback port nobody listens on (bound, then freed)."""
     with socket.socket() as s:
@@ -138,14 +144,14 @@ async def test_legato_own_directory_wins_and_unknown_names_fail_as_config(
         asked = len(directory.asked)
         run = await engine.run("invoice", {"order": "B-2"}, timeout=20)
         assert run.info.status == "failed"  # its token is not the one the service wants
-        assert run.steps["create"].error["status"] == 401
+        assert failure(run.steps["create"])["status"] == 401
         assert directory.calls[-1] == "Bearer other" and len(directory.asked) == asked
 
         await engine.apply(
             {"name": "unknown", "steps": {"s": {"http": {"service": "nobody", "path": "/"}}}}
         )
         run = await engine.run("unknown", {}, timeout=20)
-        error = run.steps["s"].error
+        error = failure(run.steps["s"])
         assert error["kind"] == "config"
         assert "service 'nobody' is in neither directory" in error["message"]
 
@@ -171,8 +177,8 @@ async def test_a_junk_answer_fails_the_step_with_what_is_wrong(
         run = await engine.run("invoice", {"order": "C"}, timeout=20)
         step = run.steps["create"]
         assert run.info.status == "failed"
-        assert step.error["kind"] == kind
-        assert message in step.error["message"]
+        assert failure(step)["kind"] == kind
+        assert message in failure(step)["message"]
         assert step.attempt == (2 if kind == "network" else 1)  # transient ones are retried
         assert directory.calls == []
 
@@ -187,9 +193,9 @@ async def test_a_directory_that_is_down_fails_the_step_as_network_after_its_retr
         run = await engine.run("invoice", {"order": "D"}, timeout=20)
         step = run.steps["create"]
         assert run.info.status == "failed"
-        assert (step.error["kind"], step.attempt) == ("network", 2)
-        assert f"the service directory {down} cannot be reached" in step.error["message"]
-        assert "'billing'" in step.error["message"]
+        assert (failure(step)["kind"], step.attempt) == ("network", 2)
+        assert f"the service directory {down} cannot be reached" in failure(step)["message"]
+        assert "'billing'" in failure(step)["message"]
 
 
 async def test_the_urls_the_directory_gives_pass_the_egress_policy(
@@ -199,7 +205,7 @@ async def test_the_urls_the_directory_gives_pass_the_egress_policy(
         engine.use_directory(directory.url)  # the operator's own setting: not checked
         await engine.apply(INVOICE)
         run = await engine.run("invoice", {"order": "E"}, timeout=20)
-        assert run.steps["create"].error["kind"] == "egress"
+        assert failure(run.steps["create"])["kind"] == "egress"
         assert directory.asked == ["billing"] and directory.calls == []
 
 
