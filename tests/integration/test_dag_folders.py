@@ -139,6 +139,27 @@ def test_two_files_defining_one_workflow_differently_are_refused(tmp_path: Path)
     assert "defines workflow 'dag_greet', which greet.py defines differently" in done.stderr
 
 
+def test_a_dag_workflow_the_engine_refuses_stops_the_start(tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "calls.py").write_text(
+        "from legato.dsl import http, workflow\n\n"
+        "@workflow\ndef calls_nobody():\n    http('s', service='nobody', path='/')\n"
+    )
+    done = subprocess.run(
+        [*LEGATO, "serve", "--dags", str(folder), "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "calls.py: workflow 'calls_nobody': invalid definition: steps.s.http.service: " in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
 async def test_a_worker_with_the_dags_runs_the_python_tasks_of_an_api_server(
     tmp_path: Path, shared_db: str
 ) -> None:
@@ -174,8 +195,6 @@ async def test_apply_a_python_file_registers_each_workflow(
             await api.add_service({"name": "svc", "base_url": service.url, "timeout": 5})
         code, out, err = await _run_async("apply", str(tmp_path / "flows.py"), "--url", plain.url)
         assert (code, out) == (0, "dag_http v1 (new version)\n"), err
-        code, out, err = await _run_async("apply", str(tmp_path / "flows.py"), "--url", plain.url)
-        assert out == "dag_http v1 (unchanged)\n"
         async with AsyncClient(plain.url) as api:
             run = await api.start("dag_http", wait=20)
             assert run["output"] == 7

@@ -285,8 +285,7 @@ async def register_dags(engine: Engine, folder: DagFolder) -> None:
             try:
                 record = await engine.register(wf)
             except LegatoError as exc:
-                lines = [str(exc), *(str(p) for p in getattr(exc, "problems", ()) or ())]
-                problems.append(f"{dag.path.name}: workflow {wf.name!r}: " + "; ".join(lines))
+                problems.append(f"{dag.path.name}: workflow {wf.name!r}: {exc}")
                 continue
             state = "new version" if record.created else "unchanged"
             print(
