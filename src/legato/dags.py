@@ -176,7 +176,11 @@ def _describe(path: Path, exc: BaseException) -> str:
         for frame in traceback.extract_tb(exc.__traceback__):
             if frame.filename == str(path):
                 line = frame.lineno
-    what = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    if isinstance(exc, SyntaxError):
+        what = f"{type(exc).__name__}: {exc.msg}"
+    else:  # the exception's own line, without 3.11's notes
+        text = str(exc)
+        what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return f"{path}:{line}: {what}" if line else f"{path}: {what}"
 
 

@@ -179,6 +179,9 @@ async def test_a_worker_with_the_dags_runs_the_python_tasks_of_an_api_server(
     finally:
         worker.stop()
         api_server.stop()
+    assert "dag_greet v1 (new version) from greet.py" in api_server.output()
+    assert "runs the Python tasks of dag_greet" in worker.output()
+    assert "dag_greet v" not in worker.output()  # a worker registers nothing
 
 
 async def test_apply_a_python_file_registers_each_workflow(

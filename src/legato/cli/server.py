@@ -402,6 +402,9 @@ def worker(db: str, **settings: Any) -> None:
             f"Legato worker {server.engine.id}  database {mask_url(db)}  probes {server.address}/healthz",
             err=True,
         )
+        if server.dags is not None:
+            workflows = ", ".join(wf.name for wf in server.dags.workflows) or "none"
+            click.echo(f"  dags      runs the Python tasks of {workflows}", err=True)
 
     _run_server(announce_worker, db=db, role="worker", allow_open=True, **settings)
 
