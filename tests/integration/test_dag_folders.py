@@ -29,6 +29,29 @@ def dag_greet():
     hello >> task(exclaim, args={"text": "{{ steps.hello.output.text }}"})
 """
 
+# The shape of a CoWorks DAG file (`@biz` on a function, then `first = first()` at module level),
+# written with legato.dsl alone: what the coworks compat module's decorator is built on.
+COWORKS_SHAPED = """
+from legato.dsl import task, workflow
+
+
+def biz(**options):
+    def decorate(fn):
+        return lambda: workflow(fn, **options)
+    return decorate
+
+
+@biz(tags=["coworks"])
+def first():
+    @task()
+    def print_result():
+        print("printed")
+        return "printed"
+
+
+first = first()
+"""
+
 HTTP_ONLY = """
 from legato import dsl
 
@@ -44,6 +67,7 @@ def dag_folder(tmp: Path, greet: str = GREET) -> Path:
     folder = tmp / "dags"
     folder.mkdir(exist_ok=True)
     (folder / "greet.py").write_text(greet)
+    (folder / "coworks_first.py").write_text(COWORKS_SHAPED)
     (folder / "_words.py").write_text("def shout(text):\n    return text.upper()\n")
     (folder / "notes.txt").write_text("not python")
     (folder / "sub").mkdir(exist_ok=True)
@@ -68,6 +92,8 @@ async def test_serve_dags_registers_the_files_workflows_and_runs_their_python_ta
                 "legato_dags.greet:dag_greet.<locals>.hello"
             )
             assert steps["exclaim"]["python"]["function"] == "legato_dags.greet:exclaim"
+            run = await api.start("first", wait=20)
+            assert (run["status"], run["output"]) == ("succeeded", {"print_result": "printed"})
     finally:
         server.stop()
     assert "dag_greet v1 (new version) from greet.py" in server.output()
