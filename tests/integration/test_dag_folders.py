@@ -206,7 +206,7 @@ async def test_a_worker_with_the_dags_runs_the_python_tasks_of_an_api_server(
         worker.stop()
         api_server.stop()
     assert "dag_greet v1 (new version) from greet.py" in api_server.output()
-    assert "runs the Python tasks of dag_greet" in worker.output()
+    assert "runs the Python tasks of dag_greet, first" in worker.output()
     assert "dag_greet v" not in worker.output()  # a worker registers nothing
 
 

@@ -403,7 +403,7 @@ def worker(db: str, **settings: Any) -> None:
             err=True,
         )
         if server.dags is not None:
-            workflows = ", ".join(wf.name for wf in server.dags.workflows) or "none"
+            workflows = ", ".join(sorted(wf.name for wf in server.dags.workflows)) or "none"
             click.echo(f"  dags      runs the Python tasks of {workflows}", err=True)
 
     _run_server(announce_worker, db=db, role="worker", allow_open=True, **settings)
