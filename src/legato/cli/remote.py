@@ -15,6 +15,7 @@ import click
 
 from legato.cli.common import dump_json, fail, main, parse_input
 from legato.client import ACTIVE, DEFAULT_URL, Client
+from legato.dags import load_file, python_steps
 from legato.engine.lineage import INT32_MAX
 from legato.errors import DefinitionError, LegatoError, Problem, ValidationError
 
@@ -154,12 +155,46 @@ def service_list(client: Client, as_json: bool) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @remote
 def apply(client: Client, file: Path) -> None:
-    """Register a workflow definition (YAML or JSON) on the server."""
+    """Register a workflow definition (YAML or JSON) on the server, or each workflow a Python DAG
+    file defines at module level (the file is imported here, as `legato_dags.<file name>`)."""
+    if file.suffix == ".py":
+        _apply_dag_file(client, file)
+        return
     record = client.apply(file)
     state = "new version" if record["created"] else "unchanged"
     click.echo(f"{record['name']} v{record['version']} ({state})")
     for warning in record.get("warnings", ()):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def _apply_dag_file(client: Client, file: Path) -> None:
+    """The server gets each workflow's definition, not the file: its Python steps run only in
+    processes that import the same file under the same name (`--dags`), which is said here."""
+    folder = str(file.parent.resolve())
+    if folder not in sys.path:
+        sys.path.append(folder)  # the file's own helper modules, as under --dags
+    dag = load_file(file)
+    if not dag.workflows:
+        raise LegatoError(
+            f"{file}: defines no workflow at module level (e.g. `@legato.dsl.workflow` on a "
+            "function, or `first = first()` for a CoWorks @biz)"
+        )
+    for wf in dag.workflows:
+        functions = python_steps(wf)
+        hint = (
+            f"{wf.name}: its Python steps run only where the server and its workers load "
+            f"{file.name} with --dags (it is imported as {dag.module})"
+        )
+        try:
+            record = client.apply(wf)
+        except LegatoError as exc:
+            if functions:
+                exc.args = (f"{exc}\n{hint}",)
+            raise
+        state = "new version" if record["created"] else "unchanged"
+        click.echo(f"{record['name']} v{record['version']} ({state})")
+        if functions:
+            click.echo(f"  note: {hint}", err=True)
 
 
 def _progress(run: dict[str, Any], started: float) -> str:

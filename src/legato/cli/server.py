@@ -6,6 +6,7 @@ import asyncio
 import math
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ import click
 from legato import aio
 from legato.cli.common import DEFAULT_DB, dump_json, fail, main
 from legato.client import AsyncClient
+from legato.dags import load_folder
 from legato.engine.egress import EgressPolicy, EgressSyntaxError
 from legato.engine.lineage import (
     DEFAULT_MAX_DEPTH,
@@ -136,6 +138,22 @@ def _engine_options(fn: Any) -> Any:
         ),
         click.option("--migrate", is_flag=True, help="Upgrade an older database schema at start."),
         click.option(
+            "--dags",
+            envvar="LEGATO_DAGS",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="A folder of DAG files: each *.py in it (not in subfolders; not _*.py) is "
+            "imported as legato_dags.<file name>, its module-level workflows are registered "
+            "(`serve`) and its Python tasks may run here. A file that fails to import stops the "
+            "start, named with the failing line.",
+        ),
+        click.option(
+            "--directory-url",
+            envvar="LEGATO_DIRECTORY_URL",
+            help="A CoWorks-style directory service: a service Legato's own directory does not "
+            "have is looked up at GET URL/url/NAME -> {url, token} (cached 60 s); the token is "
+            "sent as the Authorization header.",
+        ),
+        click.option(
             "--egress",
             envvar="LEGATO_EGRESS",
             callback=_egress,
@@ -215,6 +233,12 @@ def _engine_options(fn: Any) -> Any:
 def _run_server(announce_it: Any, **settings: Any) -> None:
     if faults.ENV_PROBLEMS:
         fail(LegatoError("; ".join(faults.ENV_PROBLEMS)))
+    folder = settings.pop("dags", None)
+    if folder is not None:
+        try:
+            settings["dags"] = load_folder(folder)
+        except LegatoError as exc:
+            fail(exc)
 
     async def go() -> None:
         server = build_server(**settings)
@@ -378,6 +402,9 @@ def worker(db: str, **settings: Any) -> None:
             f"Legato worker {server.engine.id}  database {mask_url(db)}  probes {server.address}/healthz",
             err=True,
         )
+        if server.dags is not None:
+            workflows = ", ".join(sorted(wf.name for wf in server.dags.workflows)) or "none"
+            click.echo(f"  dags      runs the Python tasks of {workflows}", err=True)
 
     _run_server(announce_worker, db=db, role="worker", allow_open=True, **settings)
 

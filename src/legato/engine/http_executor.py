@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from legato import __version__
+from legato.engine.directory import DirectoryError, ExternalDirectory
 from legato.engine.egress import EgressPolicy, EgressRefused
 from legato.engine.egress_http import EgressConnector
 from legato.engine.ids import traceparent
@@ -50,6 +51,8 @@ class HttpExecutor:
     ) -> None:
         self._lookup = lookup
         self.egress = egress or EgressPolicy()
+        # Asked for a service Legato's own directory does not have (`--directory-url`).
+        self.directory: ExternalDirectory | None = None
         self._secrets = secrets
         self._session: aiohttp.ClientSession | None = None
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
@@ -72,6 +75,15 @@ class HttpExecutor:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.directory is not None:
+            await self.directory.close()
+
+    def _known(self, name: str) -> Service | None:
+        """Legato's own entry for `name`, else a fresh one of the external directory."""
+        found = self._lookup(name)
+        if found is None and self.directory is not None:
+            found = self.directory.cached(name)
+        return found
 
     def _semaphore(self, service: Service) -> asyncio.Semaphore:
         held = self._limits.get(service.name)
@@ -157,6 +169,11 @@ class HttpExecutor:
         headers: dict[str, str] = {}
         if "service" in request:
             service = self._lookup(request["service"])
+            if service is None and self.directory is not None:
+                try:
+                    service = await self.directory.service(request["service"])
+                except DirectoryError as exc:
+                    return exc.outcome()
             if service is None:
                 return Outcome.failure(
                     "config", f"service {request['service']!r} is not in the directory"
@@ -242,7 +259,7 @@ class HttpExecutor:
         return Outcome(True, output)
 
     def follows(self, action: HttpCall) -> bool:
-        return follows(action, self._lookup(action.service) if action.service else None)
+        return follows(action, self._known(action.service) if action.service else None)
 
     async def fetch(
         self,

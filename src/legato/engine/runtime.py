@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -28,6 +28,7 @@ import orjson
 from legato.engine import inbox, trees
 from legato.engine.bugs import log_decide_failure
 from legato.engine.decider import CALLBACK, CHILD, EVENT, decide, event_key
+from legato.engine.directory import ExternalDirectory
 from legato.engine.egress import EgressPolicy
 from legato.engine.health import Health
 from legato.engine.http_executor import HttpExecutor
@@ -471,7 +472,8 @@ class Engine:
         # Check everything before writing anything: a refused definition leaves no service behind.
         self.definition_limits.check_steps(len(wf.steps))
         known = {*self._services, *(s.name for s in inline)}
-        problems = unknown_services(wf.steps, known)
+        # With an external directory, a service it may know is looked up at call time instead.
+        problems = [] if self.http.directory else unknown_services(wf.steps, known)
         warnings: list[str] = []
         if isinstance(definition, Definition) and definition.chain:
             directory = {**self._services, **{s.name: s for s in inline}}
@@ -595,7 +597,7 @@ class Engine:
             load_definition,
             document,
             functions=dict(self._functions),
-            services=set(self._services),
+            services=None if self.http.directory else set(self._services),
             limits=self.definition_limits,
         )
         refused = [
@@ -1066,6 +1068,20 @@ class Engine:
             self._background_task(None, self._reload_services())
         if "x" in notice:  # another engine cancelled runs set-wise: let go of those held here
             self._background_task(None, trees.check_stopped(self))
+
+    def _elsewhere(self, service: str) -> bool:
+        """Whether the external directory has a fresh entry for `service` (no store query then)."""
+        return self.http.directory is not None and self.http.directory.cached(service) is not None
+
+    def use_directory(self, url: str) -> None:
+        """Look services Legato's own directory lacks up at a CoWorks-style directory service
+        (`GET {url}/url/{name}`; see engine/directory.py). ValueError for a URL no call can use."""
+        self.http.directory = ExternalDirectory(url)
+
+    def add_functions(self, functions: Mapping[str, Callable[..., Any]]) -> None:
+        """Let Python steps call these functions by their `module:qualname` paths (a worker's
+        DAG folder: it runs the workflows the API server registered, without registering them)."""
+        self._functions.update(functions)
 
     async def _reload_services(self) -> None:
         """Another engine changed the directory: calls from now on use it as stored."""
@@ -1635,7 +1651,11 @@ class Engine:
         started = self.clock()
         try:
             service = getattr(effect.action, "service", None)
-            if service is not None and service not in self._services:
+            if (
+                service is not None
+                and service not in self._services
+                and not self._elsewhere(service)
+            ):
                 await self._reload_services()  # registered through another engine just now
             if isinstance(effect.action, Emit):
                 outcome = await self._emit(active, effect)

@@ -17,6 +17,7 @@ from types import FrameType
 
 import uvicorn
 
+from legato.dags import DagFolder
 from legato.engine.egress import EgressPolicy
 from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS, RunLimits
 from legato.engine.results import S3Results
@@ -66,6 +67,7 @@ class DrainingServer(uvicorn.Server):
         self._engine_closed = False
         self.audit_retention = retention.DEFAULT_AUDIT_RETENTION
         self._pruner: asyncio.Task[None] | None = None
+        self.dags: DagFolder | None = None  # registered once the store is open (API roles)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Run until stopped; a failure to start is a LegatoError saying why, not a SystemExit."""
@@ -77,6 +79,12 @@ class DrainingServer(uvicorn.Server):
             raise
         except Exception as exc:
             raise LegatoError(f"cannot open the database {self.engine.store.url}: {exc}") from None
+        if self.api and self.dags is not None:
+            try:
+                await register_dags(self.engine, self.dags)
+            except LegatoError:
+                await self._close_engine()
+                raise
         if self.api:
             pruning = retention.prune_forever(self.engine.store, self.audit_retention)
             self._pruner = asyncio.create_task(pruning, name="legato-audit-retention")
@@ -172,6 +180,8 @@ def build_server(
     max_rendered: int | None = None,
     forwarded_allow_ips: str | None = None,
     audit_retention: float = retention.DEFAULT_AUDIT_RETENTION,
+    dags: DagFolder | None = None,
+    directory_url: str | None = None,
 ) -> DrainingServer:
     """Refuses an unauthenticated server on a non-loopback address unless `allow_open`, and a
     token shorter than 16 characters there (a guess away).
@@ -180,7 +190,11 @@ def build_server(
     the steps) or "worker" (the engine, with only its health check and metrics served).
 
     `forwarded_allow_ips`: the proxies whose X-Forwarded-For/-Proto are believed (uvicorn trusts
-    127.0.0.1's by default, which let any local process pick the address it is throttled as)."""
+    127.0.0.1's by default, which let any local process pick the address it is throttled as).
+
+    `dags`: a DAG folder already imported (legato.dags): every role may call its functions; the
+    API roles register its workflows before listening. `directory_url`: a CoWorks-style directory
+    service asked for services Legato's own directory lacks (engine/directory.py)."""
     if not session_ttl > 0:
         raise LegatoError("--session-ttl must be longer than 0s")
     if not audit_retention > 0:
@@ -197,6 +211,8 @@ def build_server(
     # Definitions are validated in a thread, which holds the GIL between its switches: the event
     # loop waits up to this long for it at each of a request's handoffs (Python's default is 5 ms).
     sys.setswitchinterval(SWITCH_INTERVAL)
+    if dags is not None:  # their functions by path too (those not declared as tasks)
+        python_modules = (*python_modules, *dags.modules)
     engine = Engine.open(
         db,
         python_modules=python_modules,
@@ -206,6 +222,13 @@ def build_server(
         egress=egress,
         run_limits=RunLimits(max_depth, max_descendants),
     )
+    if dags is not None:
+        engine.add_functions(dags.functions())
+    if directory_url:
+        try:
+            engine.use_directory(directory_url)
+        except ValueError as exc:
+            raise LegatoError(str(exc)) from None
     if event_retention is not None:
         engine.event_retention = event_retention
     engine.starts.ttl = idempotency_ttl
@@ -249,7 +272,28 @@ def build_server(
     )
     server = DrainingServer(config, engine, grace, public_url, api)
     server.audit_retention = audit_retention
+    server.dags = dags
     return server
+
+
+async def register_dags(engine: Engine, folder: DagFolder) -> None:
+    """Register the DAG folder's workflows (an unchanged one keeps its version); a LegatoError
+    naming every workflow the engine refuses, and the file defining it."""
+    problems = []
+    for dag in folder.files:
+        for wf in dag.workflows:
+            try:
+                record = await engine.register(wf)
+            except LegatoError as exc:
+                problems.append(f"{dag.path.name}: workflow {wf.name!r}: {exc}")
+                continue
+            state = "new version" if record.created else "unchanged"
+            print(
+                f"  dag       {wf.name} v{record.version} ({state}) from {dag.path.name}",
+                file=sys.stderr,
+            )
+    if problems:
+        raise LegatoError("DAG workflows refused:\n  " + "\n  ".join(problems))
 
 
 async def started(server: DrainingServer, task: asyncio.Task[None]) -> str:

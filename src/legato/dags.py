@@ -1,0 +1,194 @@
+"""DAG files: Python files whose module-level `Workflow` objects are workflows to register.
+
+`legato serve --dags DIR`, `legato worker --dags DIR` and `legato apply FILE.py` import files the same
+way, so that a Python step's function path recorded by one process (`module:qualname`) names the same
+function in every other: a file `DIR/orders.py` is imported as the module `legato_dags.orders`, whatever
+the folder is called or where it is mounted. A task declared inside a workflow function
+(`legato_dags.orders:take_order.<locals>.receipt`) cannot be imported by path at all; it is found
+because each process that imports the file registers the functions the file's workflows declare.
+
+Only the folder's own `*.py` files are imported (not its subfolders: those are for helper modules the
+files import, the folder being put on `sys.path`); files whose name starts with `_` or `.` are skipped.
+A file that fails to import is reported with its name, the line that failed and the exception, and
+every broken file is listed at once (the process then refuses to start).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import traceback
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from legato.errors import LegatoError
+from legato.model.workflow import MapOver, PythonCall, Workflow
+
+PACKAGE = "legato_dags"
+_NOT_NAME = re.compile(r"\W")
+
+
+class DagFileError(LegatoError):
+    """One or more DAG files could not be imported (or disagree); `problems` name each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        noun = "DAG file" if len(problems) == 1 else "DAG files"
+        super().__init__(f"{len(problems)} {noun} cannot be used:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class DagFile:
+    path: Path
+    module: str
+    workflows: list[Workflow] = field(default_factory=list)
+
+
+@dataclass
+class DagFolder:
+    files: list[DagFile]
+
+    @property
+    def workflows(self) -> list[Workflow]:
+        return [wf for f in self.files for wf in f.workflows]
+
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        """Every function a workflow of the folder declares, by its path."""
+        found: dict[str, Callable[..., Any]] = {}
+        for wf in self.workflows:
+            found.update(wf.functions)
+        return found
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The files' module names: Python steps may import functions from them by path."""
+        return tuple(f.module for f in self.files)
+
+
+def module_name(path: Path) -> str:
+    """The module a DAG file is imported as: `legato_dags.` and its name, each character that
+    cannot be in a Python name made `_` (`my-dag.py` -> `legato_dags.my_dag`)."""
+    stem = _NOT_NAME.sub("_", path.stem)
+    if stem[:1].isdigit() or stem.startswith("_"):
+        stem = "dag_" + stem  # a name, and not one the Python executor takes for private
+    return f"{PACKAGE}.{stem}"
+
+
+def dag_paths(folder: Path) -> list[Path]:
+    """The folder's DAG files, by name."""
+    if not folder.is_dir():
+        raise DagFileError([f"{folder}: is not a directory"])
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix == ".py" and not p.name.startswith(("_", ".")) and p.is_file()
+    )
+
+
+def load_folder(folder: Path) -> DagFolder:
+    """Import every DAG file of `folder`; DagFileError listing every file that fails."""
+    folder = folder.resolve() if folder.exists() else folder
+    paths = dag_paths(folder)
+    problems: list[str] = []
+    by_module: dict[str, Path] = {}
+    for p in paths:
+        name = module_name(p)
+        if name in by_module:
+            problems.append(f"{p}: is imported as {name}, like {by_module[name].name}: rename one")
+        by_module[name] = p
+    if problems:
+        raise DagFileError(problems)
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))  # the files' own helper modules
+    files: list[DagFile] = []
+    for p in paths:
+        try:
+            files.append(load_file(p))
+        except DagFileError as exc:
+            problems.extend(exc.problems)
+    problems.extend(_clashes(files))
+    if problems:
+        raise DagFileError(problems)
+    return DagFolder(files)
+
+
+def load_file(path: Path) -> DagFile:
+    """Import one DAG file under its module name and collect its module-level workflows."""
+    name = module_name(path)
+    _package()
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise DagFileError([f"{path}: cannot be imported as a Python file"])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: its own functions resolve by path meanwhile
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        sys.modules.pop(name, None)
+        raise DagFileError([_describe(path, exc)]) from None
+    setattr(sys.modules[PACKAGE], name.rpartition(".")[2], module)
+    return DagFile(path, name, _workflows(vars(module).values()))
+
+
+def _package() -> None:
+    if PACKAGE not in sys.modules:
+        package = types.ModuleType(PACKAGE, "DAG files imported by legato (see legato.dags).")
+        package.__path__ = []
+        sys.modules[PACKAGE] = package
+
+
+def _workflows(values: Iterable[Any]) -> list[Workflow]:
+    found: dict[int, Workflow] = {}
+    for value in values:
+        if isinstance(value, Workflow):
+            found.setdefault(id(value), value)
+    return sorted(found.values(), key=lambda wf: wf.name)
+
+
+def _clashes(files: list[DagFile]) -> list[str]:
+    """Two different workflows of one name (each start would make a new version, in turn)."""
+    seen: dict[str, tuple[DagFile, Workflow]] = {}
+    problems = []
+    for f in files:
+        for wf in f.workflows:
+            held = seen.get(wf.name)
+            if held is None:
+                seen[wf.name] = (f, wf)
+            elif held[1].spec != wf.spec:
+                problems.append(
+                    f"{f.path}: defines workflow {wf.name!r}, which {held[0].path.name} defines "
+                    "differently"
+                )
+    return problems
+
+
+def _describe(path: Path, exc: BaseException) -> str:
+    """`path:line: Type: message`, the line being the file's own that failed (its last frame in the
+    traceback; for a syntax error, the line Python could not read)."""
+    line = None
+    if isinstance(exc, SyntaxError) and exc.filename == str(path):
+        line = exc.lineno
+    else:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if frame.filename == str(path):
+                line = frame.lineno
+    if isinstance(exc, SyntaxError):
+        what = f"{type(exc).__name__}: {exc.msg}"
+    else:  # the exception's own line, without 3.11's notes
+        text = str(exc)
+        what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{path}:{line}: {what}" if line else f"{path}: {what}"
+
+
+def python_steps(wf: Workflow) -> list[str]:
+    """The function paths a workflow's Python steps call (those of map steps included)."""
+    found = []
+    for step in wf.steps.values():
+        action = step.action.action if isinstance(step.action, MapOver) else step.action
+        if isinstance(action, PythonCall):
+            found.append(action.function)
+    return found

@@ -1,0 +1,248 @@
+"""`legato serve|worker --dags DIR` and `legato apply FILE.py`, run as a user runs them: real server and
+worker processes started by the CLI, on a real folder of DAG files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from legato.client import AsyncClient
+from tests.integration.serverprocess import start_server
+from tests.integration.test_cli import LEGATO, _run_async
+from tests.integration.testservice import LoopbackService
+
+GREET = """
+from legato.dsl import http, task, workflow
+from _words import shout  # a helper module beside the DAG files (skipped as a DAG: it starts with _)
+
+
+def exclaim(text: str) -> str:
+    return text + "!"
+
+
+@workflow(inputs={"who": "string"}, output="{{ steps.exclaim.output }}")
+def dag_greet():
+    @task(args={"who": "{{ input.who }}"})
+    def hello(who: str) -> dict:
+        return {"text": shout("hello " + who)}
+
+    hello >> task(exclaim, args={"text": "{{ steps.hello.output.text }}"})
+"""
+
+# The shape of a CoWorks DAG file (`@biz` on a function, then `first = first()` at module level),
+# written with legato.dsl alone: what the coworks compat module's decorator is built on.
+COWORKS_SHAPED = """
+from legato.dsl import task, workflow
+
+
+def biz(**options):
+    def decorate(fn):
+        return lambda: workflow(fn, **options)
+    return decorate
+
+
+@biz(tags=["coworks"])
+def first():
+    @task()
+    def print_result():
+        print("printed")
+        return "printed"
+
+
+first = first()
+"""
+
+HTTP_ONLY = """
+from legato import dsl
+
+@dsl.workflow(output="{{ steps.call.output.body.echo.n }}")
+def dag_http():
+    dsl.http("call", service="svc", method="POST", path="/echo", json={"n": 7})
+
+also = dag_http  # the same workflow under a second name is registered once
+"""
+
+
+def dag_folder(tmp: Path, greet: str = GREET) -> Path:
+    folder = tmp / "dags"
+    folder.mkdir(exist_ok=True)
+    (folder / "greet.py").write_text(greet)
+    (folder / "coworks_first.py").write_text(COWORKS_SHAPED)
+    (folder / "_words.py").write_text("def shout(text):\n    return text.upper()\n")
+    (folder / "notes.txt").write_text("not python")
+    (folder / "sub").mkdir(exist_ok=True)
+    (folder / "sub" / "ignored.py").write_text("raise RuntimeError('subfolders are not DAGs')\n")
+    return folder
+
+
+async def test_serve_dags_registers_the_files_workflows_and_runs_their_python_tasks(
+    tmp_path: Path,
+) -> None:
+    folder = dag_folder(tmp_path)
+    db = f"sqlite:///{tmp_path / 'dags.db'}"
+    server = start_server(tmp_path, "--dags", str(folder), db=db)
+    try:
+        async with AsyncClient(server.url) as api:
+            run = await api.start("dag_greet", {"who": "ada"}, wait=20)
+            assert run["status"] == "succeeded", run
+            assert run["output"] == "HELLO ADA!"
+            wf = await api.workflow("dag_greet")
+            steps = wf["definition"]["steps"]
+            assert steps["hello"]["python"]["function"] == (
+                "legato_dags.greet:dag_greet.<locals>.hello"
+            )
+            assert steps["exclaim"]["python"]["function"] == "legato_dags.greet:exclaim"
+            run = await api.start("first", wait=20)
+            assert (run["status"], run["output"]) == ("succeeded", {"print_result": "printed"})
+    finally:
+        server.stop()
+    assert "dag_greet v1 (new version) from greet.py" in server.output()
+
+    # Started again on the same file: the same version.
+    server = start_server(tmp_path, "--dags", str(folder), db=db, name="again")
+    server.stop()
+    assert "dag_greet v1 (unchanged) from greet.py" in server.output()
+    # A function's body is code, not definition: the same version runs the new code.
+    (folder / "greet.py").write_text(GREET.replace('"!"', '"?"'))
+    server = start_server(tmp_path, "--dags", str(folder), db=db, name="code")
+    try:
+        async with AsyncClient(server.url) as api:
+            run = await api.start("dag_greet", {"who": "bob"}, wait=20)
+            assert (run["output"], run["version"]) == ("HELLO BOB?", 1)
+    finally:
+        server.stop()
+    # A changed definition: a new version.
+    (folder / "greet.py").write_text(GREET.replace("{{ steps.exclaim.output }}", "{{ steps }}"))
+    server = start_server(tmp_path, "--dags", str(folder), db=db, name="changed")
+    server.stop()
+    assert "dag_greet v2 (new version) from greet.py" in server.output()
+
+
+def test_broken_dag_files_stop_the_start_each_named_with_its_line(tmp_path: Path) -> None:
+    folder = dag_folder(tmp_path)
+    (folder / "broken.py").write_text("import os\n\nvalue = missing_name + 1\n")
+    (folder / "syntax.py").write_text("def f(:\n    pass\n")
+    (folder / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    for command in ("serve", "worker"):
+        done = subprocess.run(
+            [*LEGATO, command, "--dags", str(folder), "--port", "0"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "3 DAG files cannot be used" in done.stderr
+        assert f"{folder / 'broken.py'}:3: NameError: name 'missing_name' is not defined" in (
+            done.stderr
+        )
+        assert f"{folder / 'syntax.py'}:1: SyntaxError" in done.stderr
+        assert f"{folder / 'exits.py'}:2: SystemExit: 3" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert not (tmp_path / "legato.db").exists()  # refused before opening anything
+    missing = subprocess.run(
+        [*LEGATO, "serve", "--dags", str(tmp_path / "nope"), "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2
+    assert "nope: is not a directory" in missing.stderr
+
+
+def test_two_files_defining_one_workflow_differently_are_refused(tmp_path: Path) -> None:
+    folder = dag_folder(tmp_path)
+    (folder / "other.py").write_text(GREET.replace('"!"', '"?"'))
+    done = subprocess.run(
+        [*LEGATO, "serve", "--dags", str(folder), "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "defines workflow 'dag_greet', which greet.py defines differently" in done.stderr
+
+
+def test_a_dag_workflow_the_engine_refuses_stops_the_start(tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "calls.py").write_text(
+        "from legato.dsl import http, workflow\n\n"
+        "@workflow\ndef calls_nobody():\n    http('s', service='nobody', path='/')\n"
+    )
+    done = subprocess.run(
+        [*LEGATO, "serve", "--dags", str(folder), "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "calls.py: workflow 'calls_nobody': invalid definition: steps.s.http.service: " in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
+async def test_a_worker_with_the_dags_runs_the_python_tasks_of_an_api_server(
+    tmp_path: Path, shared_db: str
+) -> None:
+    """PostgreSQL shared by an API-only server (which registers) and a worker (which runs)."""
+    folder = dag_folder(tmp_path)
+    api_server = start_server(
+        tmp_path, "--api-only", "--migrate", "--dags", str(folder), db=shared_db, name="api"
+    )
+    worker = start_server(
+        tmp_path, "--dags", str(folder), db=shared_db, name="worker", command="worker"
+    )
+    try:
+        async with AsyncClient(api_server.url) as api:
+            run = await api.start("dag_greet", {"who": "cy"}, wait=30)
+            assert run["status"] == "succeeded", run
+            assert run["output"] == "HELLO CY!"
+    finally:
+        worker.stop()
+        api_server.stop()
+    assert "dag_greet v1 (new version) from greet.py" in api_server.output()
+    assert "runs the Python tasks of dag_greet, first" in worker.output()
+    assert "dag_greet v" not in worker.output()  # a worker registers nothing
+
+
+async def test_apply_a_python_file_registers_each_workflow(
+    tmp_path: Path, service: LoopbackService
+) -> None:
+    folder = dag_folder(tmp_path)
+    (tmp_path / "flows.py").write_text(HTTP_ONLY)
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    (tmp_path / "bad.py").write_text("\n\nraise ValueError('no config')\n")
+    plain = start_server(tmp_path, name="plain")
+    with_dags = start_server(tmp_path, "--dags", str(folder), name="with-dags")
+    try:
+        async with AsyncClient(plain.url) as api:
+            await api.add_service({"name": "svc", "base_url": service.url, "timeout": 5})
+        code, out, err = await _run_async("apply", str(tmp_path / "flows.py"), "--url", plain.url)
+        assert (code, out) == (0, "dag_http v1 (new version)\n"), err
+        async with AsyncClient(plain.url) as api:
+            run = await api.start("dag_http", wait=20)
+            assert run["output"] == 7
+
+        # Python steps: refused where the server does not load the file, with the reason.
+        greet = str(folder / "greet.py")
+        code, out, err = await _run_async("apply", greet, "--url", plain.url)
+        assert code == 2
+        assert "legato_dags.greet:exclaim" in err
+        assert "load greet.py with --dags (it is imported as legato_dags.greet)" in err
+        code, out, err = await _run_async("apply", greet, "--url", with_dags.url)
+        assert (code, out) == (0, "dag_greet v1 (unchanged)\n"), err
+        assert "note: dag_greet: its Python steps run only where" in err
+
+        code, out, err = await _run_async("apply", str(tmp_path / "empty.py"), "--url", plain.url)
+        assert code == 2 and "defines no workflow at module level" in err
+        code, out, err = await _run_async("apply", str(tmp_path / "bad.py"), "--url", plain.url)
+        assert code == 2 and f"{tmp_path / 'bad.py'}:3: ValueError: no config" in err
+        assert "Traceback" not in err
+    finally:
+        plain.stop()
+        with_dags.stop()
