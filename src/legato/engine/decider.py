@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from legato.engine.airflow import airflow_names, step_kinds
 from legato.engine.ids import child_run_id, result_key
 from legato.engine.render import render_request
 from legato.engine.state import (
@@ -207,6 +208,17 @@ class _Txn:
                 "secrets": SECRETS,
             }
         self._view_shared = True
+        if self.wf.airflow is not None:  # Airflow's names too (copy-on-write keeps `ti`'s steps)
+            info = self.info
+            extra_names = airflow_names(
+                self.wf.airflow.get("params") or {},
+                self._view["run"],
+                info.input,
+                info.created_at,
+                self._view["steps"],
+                step_kinds(self.wf),
+            )
+            return {**self._view, **extra_names, **(extra or {})}
         if extra:
             return {**self._view, **extra}
         return self._view

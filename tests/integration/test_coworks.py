@@ -1,0 +1,121 @@
+"""The seed's two CoWorks DAG files (examples/coworks), imports changed and nothing else, run end to
+end on an Engine (SQLite and PostgreSQL) against real local services and moto's S3 server."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from legato import Engine, Service
+from legato.engine.results import S3Results
+from legato.model.workflow import Workflow
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "coworks"
+
+
+def load(name: str) -> ModuleType:
+    """Import an example file as a fresh module (its workflow is built at import)."""
+    module_name = f"coworks_{name}_{uuid.uuid4().hex[:8]}"
+    path = EXAMPLES / f"{name}.py" if name == "services" else EXAMPLES / "dags" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+samples_module = load("services")
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+async def samples(s3: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    svc = samples_module.Samples(s3)
+    await svc.start()
+    await samples_module.create_bucket(s3)
+    monkeypatch.setenv("LEGATO_COWORKS_API_URL", svc.api_url)
+    monkeypatch.setenv("LEGATO_COWORKS_POLL_EVERY", "0.1")
+    yield svc
+    await svc.stop()
+
+
+@pytest.fixture
+async def engine(db_url: str, s3: str, samples: Any) -> AsyncIterator[Engine]:
+    eng = Engine.open(db_url)
+    eng.results = S3Results(s3)
+    async with eng:
+        for name, url in samples.services().items():
+            await eng.put_service(Service(name=name, base_url=url, timeout=5))
+        yield eng
+
+
+async def test_my_first_biz_sends_the_invoice_it_created(engine: Engine, samples: Any) -> None:
+    wf: Workflow = load("my_first_biz").my_first_biz
+    assert wf.name == "my_first_biz" and wf.schedule is None
+    assert wf.notify.email == ("gdoumenc@neorezo.io",) and wf.notify.email_on == {"failure"}
+    await engine.register(wf)
+    data = {"amount": 12, "customer": "ada@example.com"}
+    run = await engine.run("my_first_biz", {"data": data}, timeout=20)
+    assert run.info.status == "succeeded", run.steps
+    assert samples.calls[0]["json"] == data  # the conf's value itself (native), not its text
+    assert samples.sent == [
+        {"to": "ada@example.com", "invoice": {"invoice": "INV-0001", "amount": 12}}
+    ]
+    assert run.steps["mail_error"].status == "skipped"
+
+
+async def test_my_first_biz_mails_the_error_of_a_refused_invoice(
+    engine: Engine, samples: Any
+) -> None:
+    await engine.register(load("my_first_biz").my_first_biz)
+    run = await engine.run("my_first_biz", {"data": {"amount": 0}}, timeout=20)
+    assert run.info.status == "succeeded", run.steps
+    assert run.steps["create_invoice"].output["status"] == 400
+    assert run.steps["sent_to_customer"].status == "skipped"
+    assert samples.sent == [
+        {"to": "billing@neorezo.io", "error": {"error": "an invoice needs a positive amount"}}
+    ]
+
+
+async def test_the_quickstart_reads_the_async_result_from_s3(
+    engine: Engine, samples: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wf: Workflow = load("first").first
+    assert wf.schedule is not None and wf.schedule.cron == "0 0 * * *"
+    assert wf.schedule.catchup is False
+    assert list(wf.steps) == ["simple__call", "simple__read", "print_result"]
+    await engine.register(wf)
+    run = await engine.run("first", {}, timeout=20)
+    assert run.info.status == "succeeded", run.steps
+    body = '{"entry": "/", "stage": "dev"}'
+    assert run.steps["simple__read"].output == body
+    assert body in capsys.readouterr().out  # print_result printed ti.xcom_pull('simple.read')
+    call = next(c for c in samples.calls if c["path"] == "/gw/xxxx/dev/")
+    assert call["headers"]["Authorization"] == "token"
+    assert call["headers"]["InvocationType"] == "Event"
+    assert call["headers"]["X-CWS-S3Bucket"] == "coworks-airflow"
+    assert call["headers"]["X-CWS-S3Key"].endswith("/simple__call/1.json")
