@@ -60,7 +60,9 @@ class Samples:
         self.calls.append({"path": request.path, "headers": dict(request.headers)})
         if request.headers.get("Authorization") != TOKEN:
             return web.json_response({"message": "Unauthorized"}, status=401)
-        result = {"entry": f"/{entry}", "stage": request.match_info["stage"]}
+        result: dict[str, Any] = {"entry": f"/{entry}", "stage": request.match_info["stage"]}
+        if request.can_read_body:
+            result["json"] = await request.json()
         if request.headers.get("InvocationType") != "Event":
             return web.json_response(result)
         answer = {"statusCode": 200, "isBase64Encoded": False, "body": json.dumps(result)}

@@ -7,13 +7,23 @@ import importlib.util
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pytest
 
 from legato import Engine, Service
+from legato.compat.coworks import (
+    BranchTechMicroServiceOperator,
+    TechMicroServiceAsyncGroup,
+    TechMicroServiceOperator,
+    biz,
+    get_current_context,
+    task,
+)
 from legato.engine.results import S3Results
 from legato.model.workflow import Workflow
 
@@ -119,3 +129,76 @@ async def test_the_quickstart_reads_the_async_result_from_s3(
     assert call["headers"]["InvocationType"] == "Event"
     assert call["headers"]["X-CWS-S3Bucket"] == "coworks-airflow"
     assert call["headers"]["X-CWS-S3Key"].endswith("/simple__call/1.json")
+
+
+async def test_groups_branches_and_tasks_work_together(engine: Engine, samples: Any) -> None:
+    def prepare(n: int) -> dict[str, int]:
+        return {"n": n * 10}
+
+    @biz(schedule_interval=None, params={"who": "ada"})
+    def together(amount: int = 0) -> None:
+        job = TechMicroServiceAsyncGroup(
+            "job",
+            transformer=prepare,
+            op_kwargs={"n": 4},
+            method="POST",
+            api_id="api",
+            stage="v2",
+            token="token",
+            entry="/job",
+        )
+        create = TechMicroServiceOperator(
+            task_id="create",
+            cws_name="neorezo-billing_invoice-eshop",
+            method="POST",
+            entry="/invoice",
+            json={"amount": amount, "day": "{{ ds }}"},
+            raise_400_errors=False,
+        )
+        check = BranchTechMicroServiceOperator(
+            task_id="check",
+            cws_task_id="create",
+            on_failure="refused",
+            on_check="big",
+            response_check=lambda result: result["amount"] > 100,
+            on_success="small",
+        )
+
+        @task()
+        def big() -> str:
+            return "big"
+
+        @task()
+        def small() -> str:
+            ctx = get_current_context()
+            return f"small for {ctx['params']['who']} on {ctx['ds']}"
+
+        @task()
+        def refused() -> str:
+            return "refused"
+
+        @task(trigger_rule="none_failed_min_one_success")
+        def report(chosen: list[Any]) -> dict[str, Any]:
+            ti = get_current_context()["ti"]
+            return {"job": ti.xcom_pull(task_ids="job.read"), "chosen": chosen}
+
+        branches = [big(), small(), refused()]
+        job >> create >> check >> branches
+        report([b for b in branches]) << branches
+
+    wf = together()
+    await engine.register(wf)
+    run = await engine.run("together", {"amount": 150}, timeout=20)
+    assert run.info.status == "succeeded", run.steps
+    assert run.steps["small"].status == "skipped" and run.steps["refused"].status == "skipped"
+    report = run.steps["report"].output
+    assert report["chosen"] == ["big", None, None]
+    assert orjson.loads(report["job"]) == {"entry": "/job", "stage": "v2", "json": {"n": 40}}
+    today = datetime.fromtimestamp(run.info.created_at, UTC).strftime("%Y-%m-%d")
+    assert samples.calls[-1]["json"] == {"amount": 150, "day": today}
+
+    run = await engine.run("together", {"amount": 50}, timeout=20)
+    assert run.info.status == "succeeded", run.steps
+    assert run.steps["report"].output["chosen"] == [None, f"small for ada on {today}", None]
+    run = await engine.run("together", {}, timeout=20)
+    assert run.steps["report"].output["chosen"] == [None, None, "refused"]

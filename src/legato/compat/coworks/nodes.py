@@ -32,6 +32,7 @@ class Dag:
 
     native: bool = False
     tasks: dict[str, Node] = field(default_factory=dict)
+    steps: set[str] = field(default_factory=set)  # step names taken
     finish: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -47,8 +48,9 @@ def current_dag(what: str) -> Dag:
     return dag
 
 
-def checked_task_id(task_id: Any, what: str) -> str:
-    """The step name of a task id, refused when no step name can stand for it."""
+def checked_task_id(task_id: Any, what: str, dag: Dag | None = None) -> str:
+    """The step name of a task id, refused when no step name can stand for it or (given the
+    `dag`) when another task already has it."""
     if not isinstance(task_id, str) or not task_id:
         raise refuse("task_id", f"a {what} needs a task_id (a non-empty string)")
     name = step_name(task_id)
@@ -57,6 +59,10 @@ def checked_task_id(task_id: Any, what: str) -> str:
             "task_id",
             f"{task_id!r} must be letters, digits, '_', '-' or '.', starting with a letter",
         )
+    if dag is not None:
+        if name in dag.steps:
+            raise refuse("task_id", f"two tasks are named {task_id!r} (step {name!r})")
+        dag.steps.add(name)
     return name
 
 

@@ -74,7 +74,7 @@ class TechMicroServiceOperator(Node):
         **operator_args: Any,
     ) -> None:
         dag = current_dag("TechMicroServiceOperator")
-        name = checked_task_id(task_id, "TechMicroServiceOperator")
+        name = checked_task_id(task_id, "TechMicroServiceOperator", dag)
         self.task_id = task_id
         self.cws_name = cws_name
         self.asynchronous = asynchronous
@@ -191,7 +191,7 @@ class BranchTechMicroServiceOperator(Node):
         **operator_args: Any,
     ) -> None:
         dag = current_dag("BranchTechMicroServiceOperator")
-        name = checked_task_id(task_id, "BranchTechMicroServiceOperator")
+        name = checked_task_id(task_id, "BranchTechMicroServiceOperator", dag)
         self.task_id = task_id
         if not isinstance(cws_task_id, str) or not cws_task_id:
             raise refuse("cws_task_id", "is required: the task id of the call to test", task_id)
@@ -218,7 +218,11 @@ class BranchTechMicroServiceOperator(Node):
                 dag,
                 f"{task_id}__check",
                 _checker(response_check),
-                kwargs={"result": f"{{{{ ti.xcom_pull(task_ids={cws_task_id!r}) }}}}"},
+                kwargs={
+                    "result": f"{{{{ ti.xcom_pull(task_ids={cws_task_id!r}) }}}}",
+                    "status": f"{{{{ {status} }}}}",
+                    "skip": [400 if on_failure else 600, 204 if on_no_content else 0],
+                },
                 retry_on=["timeout"],
             )
             cases.append(
@@ -268,7 +272,11 @@ class BranchTechMicroServiceOperator(Node):
 
 
 def _checker(response_check: Callable[..., bool]) -> Callable[..., bool]:
-    def check(result: Any = None) -> bool:
+    """`response_check` as a step: not asked when an earlier case (failure, no content) wins."""
+
+    def check(result: Any = None, status: int = 200, skip: tuple[int, int] = (600, 0)) -> bool:
+        if status >= skip[0] or status == skip[1]:
+            return False
         return bool(response_check(result))
 
     check.__module__ = response_check.__module__

@@ -15,7 +15,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, overload
 
 from legato import dsl
 from legato.compat.coworks.nodes import (
@@ -137,7 +137,7 @@ def python_step(
 ) -> StepNode:
     """A Python step running `fn(*args, **kwargs)` in its Airflow context (`prewrapped`: `fn` is
     already a `runner`)."""
-    name = checked_task_id(task_id, "task")
+    name = checked_task_id(task_id, "task", dag)
     wrapped = fn if prewrapped else runner(fn)
     opts = step_options(dict(options or {}), task_id, retry_on or PYTHON_RETRY_ON)
     context = {**CONTEXT_TEMPLATE, "task_id": task_id}
@@ -206,13 +206,23 @@ class TaskFactory(Node):
         return self._first().tails()
 
 
+@overload
+def task(python_callable: Callable[..., Any], **options: Any) -> TaskFactory: ...
+
+
+@overload
+def task(
+    python_callable: None = None, **options: Any
+) -> Callable[[Callable[..., Any]], TaskFactory]: ...
+
+
 def task(
     python_callable: Callable[..., Any] | None = None,
     *,
     task_id: str | None = None,
     multiple_outputs: bool | None = None,
     **options: Any,
-) -> Any:
+) -> TaskFactory | Callable[[Callable[..., Any]], TaskFactory]:
     """Airflow's `@task` / `@task()` / `@task(task_id=..., retries=...)`."""
 
     def wrap(fn: Callable[..., Any]) -> TaskFactory:
