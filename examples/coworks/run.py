@@ -9,8 +9,8 @@ Needs the `s3` extra and moto (`pip install -e '.[dev]'`).
 from __future__ import annotations
 
 import asyncio
-import logging
 import importlib.util
+import logging
 import os
 import sys
 import tempfile

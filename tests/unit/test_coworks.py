@@ -269,3 +269,33 @@ def test_task_calls_pass_results_and_declare_steps() -> None:
     assert wf.steps["double__1"].depends_on == ("double",)
     assert wf.spec["steps"]["after"]["http"]["json"] == "{{ ti.xcom_pull(task_ids='double__1') }}"
     assert wf.spec["airflow"] == {"params": {"n": 2}}
+
+
+def test_the_plain_form_takes_what_the_compat_writes() -> None:
+    from legato.model.build import build_workflow
+
+    def build(**extra: Any) -> Any:
+        return build_workflow({"name": "w", **extra, "steps": {"a": {"wait": "1s"}}})
+
+    def problems(**extra: Any) -> list[tuple[str, str]]:
+        with pytest.raises(DefinitionError) as info:
+            build(**extra)
+        return [(p.path, p.message) for p in info.value.problems]
+
+    wf = build(default_args={"retries": 1, "email": "a@b.c", "email_on_retry": True})
+    assert wf.notify.email == ("a@b.c",) and wf.notify.email_on == {"failure", "retry"}
+    assert build(default_args={"email": "a@b.c"}, email="x@y.z").notify.email == ("x@y.z",)
+    assert problems(default_args={"email": "nobody"})[0][0] == "default_args.email"
+    assert build(schedule=None, start_date="2022-01-01", catchup=False).schedule is None
+    assert problems(start_date="2022-01-01") == [("start_date", "needs a `schedule`")]
+    assert build(airflow={"params": {"a": 1}}).airflow == {"params": {"a": 1}}
+    assert build().airflow is None
+    assert problems(airflow={"macros": {}})[0][0] == "airflow"
+    poll = {"every": "1s", "s3": {"bucket": "b", "bucket_header": "X-B", "key_header": "X-K"}}
+    http = {"url": "http://127.0.0.1/x", "poll": poll}
+    step = build_workflow({"name": "p", "steps": {"a": {"http": http, "timeout": "5s"}}}).steps["a"]
+    assert step.action.poll.bucket_header == "X-B" and step.action.poll.key_header == "X-K"  # type: ignore[union-attr]
+    bad = {**http, "poll": {"every": "1s", "s3": {"bucket": "b", "key_header": "no spaces"}}}
+    with pytest.raises(DefinitionError) as info:
+        build_workflow({"name": "p", "steps": {"a": {"http": bad, "timeout": "5s"}}})
+    assert info.value.problems[0].path == "steps.a.http.poll.s3"
