@@ -288,7 +288,10 @@ def test_the_plain_form_takes_what_the_compat_writes() -> None:
     assert problems(default_args={"email": "nobody"})[0][0] == "default_args.email"
     assert build(schedule=None, start_date="2022-01-01", catchup=False).schedule is None
     assert problems(start_date="2022-01-01") == [("start_date", "needs a `schedule`")]
-    assert build(airflow={"params": {"a": 1}}).airflow == {"params": {"a": 1}}
+    assert build(airflow={"params": {"a": 1}}).airflow == {
+        "params": {"a": 1},
+        "kinds": {"a": "wait"},
+    }
     assert build().airflow is None
     assert problems(airflow={"macros": {}})[0][0] == "airflow"
     poll = {"every": "1s", "s3": {"bucket": "b", "bucket_header": "X-B", "key_header": "X-K"}}
@@ -299,3 +302,16 @@ def test_the_plain_form_takes_what_the_compat_writes() -> None:
     with pytest.raises(DefinitionError) as info:
         build_workflow({"name": "p", "steps": {"a": {"http": bad, "timeout": "5s"}}})
     assert info.value.problems[0].path == "steps.a.http.poll.s3"
+
+
+@task
+def module_level(n: int) -> dict[str, Any]:
+    return {"n": n, "ds": get_current_context()["ds"]}
+
+
+def test_a_task_found_by_import_runs_as_its_step() -> None:
+    """A worker that imports `module:module_level` (not given the workflow) calls the factory with
+    the step's arguments: it runs the function in its context."""
+    context = {"conf": {}, "run_id": "r", "dag_id": "d", "ds": "2026-01-02", "steps": {}}
+    assert module_level(args=[3], airflow=context) == {"n": 3, "ds": "2026-01-02"}
+    assert refused(lambda: module_level(3))[0] == "task_id"

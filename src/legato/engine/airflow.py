@@ -88,16 +88,6 @@ class TaskInstance:
         return f"<TaskInstance {self.dag_id}.{self.task_id} run {self.run_id}>"
 
 
-def step_kinds(wf: Any) -> dict[str, str]:
-    """Each step's kind as xcom reads it: "http" for a call answered at once."""
-    out: dict[str, str] = {}
-    for name, step in wf.steps.items():
-        action = step.action
-        polled = getattr(action, "poll", None) is not None or getattr(action, "callback", False)
-        out[name] = "http" if step.kind == "http" and not polled else step.kind
-    return out
-
-
 def conf_of(run_input: Mapping[str, Any]) -> dict[str, Any]:
     """`dag_run.conf`: the run's input, less the interval a scheduled run carries."""
     conf = dict(run_input)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from legato.engine.airflow import airflow_names, step_kinds
+from legato.engine.airflow import airflow_names
 from legato.engine.ids import child_run_id, result_key
 from legato.engine.render import render_request
 from legato.engine.state import (
@@ -216,7 +216,7 @@ class _Txn:
                 info.input,
                 info.created_at,
                 self._view["steps"],
-                step_kinds(self.wf),
+                self.wf.airflow["kinds"],
             )
             return {**self._view, **extra_names, **(extra or {})}
         if extra:

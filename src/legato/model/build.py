@@ -150,6 +150,8 @@ def build_workflow(
         raise DefinitionError(problems)
 
     ordered = {n: steps[n] for n in order}
+    if airflow is not None:  # how `ti.xcom_pull` reads each step (see engine/airflow.py)
+        airflow["kinds"] = {n: _xcom_kind(s) for n, s in ordered.items()}
     downstream: dict[str, list[str]] = {n: [] for n in ordered}
     for s in ordered.values():
         for dep in s.depends_on:
@@ -174,6 +176,14 @@ def build_workflow(
         notify=notify,
         airflow=airflow,
     )
+
+
+def _xcom_kind(step: Step) -> str:
+    """ "http" for a call answered at once (its XCom is the answer's body), else the step's kind."""
+    action = step.action
+    if isinstance(action, HttpCall) and action.poll is None and not action.callback:
+        return "http"
+    return step.kind
 
 
 def _template(r: Reader, key: str, *, required: bool = False) -> Template | None:

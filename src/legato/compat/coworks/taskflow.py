@@ -21,6 +21,7 @@ from legato import dsl
 from legato.compat.coworks.nodes import (
     Dag,
     Node,
+    _dag,
     checked_task_id,
     current_dag,
     refuse,
@@ -151,7 +152,7 @@ def python_step(
 
 
 def kinds_of(dag: Dag) -> dict[str, str]:
-    """Each step's kind as xcom reads it (see legato.engine.airflow.step_kinds)."""
+    """Each step's kind as xcom reads it ("http": a call answered at once; see engine/airflow)."""
     builder = dsl._builder.get()
     out: dict[str, str] = {}
     for step in builder.nodes.values() if builder is not None else ():
@@ -186,7 +187,10 @@ class TaskFactory(Node):
         self._calls: list[TaskCall] = []
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> TaskCall:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _dag.get() is None and not args and set(kwargs) <= {"args", "kwargs", "airflow"}:
+            # A worker that found the step's function by importing it, not by registration.
+            return runner(self.fn)(**kwargs)
         dag = current_dag("@task call")
         n = len(self._calls)
         task_id = self.task_id if n == 0 else f"{self.task_id}__{n}"
