@@ -315,3 +315,16 @@ def test_a_task_found_by_import_runs_as_its_step() -> None:
     context = {"conf": {}, "run_id": "r", "dag_id": "d", "ds": "2026-01-02", "steps": {}}
     assert module_level(args=[3], airflow=context) == {"n": 3, "ds": "2026-01-02"}
     assert refused(lambda: module_level(3))[0] == "task_id"
+
+
+def test_missing_ids_and_bare_biz() -> None:
+    @biz
+    def bare() -> None:
+        tms("a")
+
+    assert bare().name == "bare"
+    assert refused(lambda: biz(schedule_interval=None)(lambda: TechMicroServiceOperator())())[
+        0
+    ] == ("task_id")
+    no_cws_task = lambda: BranchTechMicroServiceOperator(task_id="b", on_success="b")  # noqa: E731
+    assert refused(lambda: biz(schedule_interval=None)(no_cws_task)())[0] == "cws_task_id"

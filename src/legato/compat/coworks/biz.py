@@ -17,7 +17,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from legato import dsl
 from legato.compat.coworks.nodes import Dag, Native, _dag, refuse
@@ -97,6 +97,11 @@ def _schedule(schedule_interval: Any, schedule: Any) -> Any:
     raise refuse("schedule_interval", "must be None, a preset, a cron expression or a timedelta")
 
 
+@overload
+def biz(dag_id: Callable[..., Any]) -> Callable[..., Workflow]: ...
+
+
+@overload
 def biz(
     dag_id: str | None = None,
     description: str | None = None,
@@ -112,8 +117,28 @@ def biz(
     max_active_runs: int | None = None,
     dagrun_timeout: timedelta | None = None,
     **dag_args: Any,
-) -> Callable[[Callable[..., Any]], Callable[..., Workflow]]:
-    """Airflow's `@dag`, CoWorks' `@biz` (see the module's docstring)."""
+) -> Callable[[Callable[..., Any]], Callable[..., Workflow]]: ...
+
+
+def biz(
+    dag_id: str | Callable[..., Any] | None = None,
+    description: str | None = None,
+    schedule_interval: Any = _UNSET,
+    schedule: Any = _UNSET,
+    start_date: datetime | None = None,
+    end_date: datetime | None = None,
+    catchup: bool | None = None,
+    default_args: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    render_template_as_native_obj: bool = False,
+    max_active_runs: int | None = None,
+    dagrun_timeout: timedelta | None = None,
+    **dag_args: Any,
+) -> Callable[..., Workflow] | Callable[[Callable[..., Any]], Callable[..., Workflow]]:
+    """Airflow's `@dag`, CoWorks' `@biz` (see the module's docstring); `@biz` alone works too."""
+    if callable(dag_id):  # used bare: `@biz` over the function
+        return biz()(dag_id)
     for key in dag_args:
         if key not in IGNORED_DAG_ARGS:
             raise refuse(key, "is not a @biz (Airflow DAG) argument Legato knows")
@@ -163,7 +188,7 @@ def biz(
             body.__doc__ = fn.__doc__
             return dsl.workflow(
                 body,
-                name=dag_id or fn.__name__,
+                name=dag_id if isinstance(dag_id, str) else fn.__name__,
                 description=description,
                 schedule_interval=dsl._seconds(when) if when is not _UNSET else None,
                 start_date=start,

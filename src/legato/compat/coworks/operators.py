@@ -51,7 +51,7 @@ class TechMicroServiceOperator(Node):
     def __init__(
         self,
         *,
-        task_id: str,
+        task_id: str | None = None,
         cws_name: str | None = None,
         entry: str = "/",
         method: str = "get",
@@ -75,6 +75,7 @@ class TechMicroServiceOperator(Node):
     ) -> None:
         dag = current_dag("TechMicroServiceOperator")
         name = checked_task_id(task_id, "TechMicroServiceOperator", dag)
+        assert task_id is not None
         self.task_id = task_id
         self.cws_name = cws_name
         self.asynchronous = asynchronous
@@ -181,8 +182,8 @@ class BranchTechMicroServiceOperator(Node):
     def __init__(
         self,
         *,
-        task_id: str,
-        cws_task_id: str,
+        task_id: str | None = None,
+        cws_task_id: str | None = None,
         on_success: str | list[str] | None = None,
         on_failure: str | list[str] | None = None,
         on_no_content: str | list[str] | None = None,
@@ -192,6 +193,7 @@ class BranchTechMicroServiceOperator(Node):
     ) -> None:
         dag = current_dag("BranchTechMicroServiceOperator")
         name = checked_task_id(task_id, "BranchTechMicroServiceOperator", dag)
+        assert task_id is not None
         self.task_id = task_id
         if not isinstance(cws_task_id, str) or not cws_task_id:
             raise refuse("cws_task_id", "is required: the task id of the call to test", task_id)
