@@ -121,15 +121,13 @@ def dates(run_input: Mapping[str, Any], created_at: float) -> dict[str, Any]:
     }
 
 
-def airflow_names(
+def run_names(
     params: Mapping[str, Any],
     run: Mapping[str, Any],
     run_input: Mapping[str, Any],
     created_at: float,
-    steps: Mapping[str, Any],
-    kinds: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The names a template of an Airflow workflow sees besides Legato's; `run` is {id, workflow}."""
+    """The names that depend on the run alone (not on its steps): computed once per decision."""
     conf = conf_of(run_input)
     when = dates(run_input, created_at)
     dag_id, run_id = str(run["workflow"]), str(run["id"])
@@ -139,5 +137,18 @@ def airflow_names(
         "dag": {"dag_id": dag_id},
         "run_id": run_id,
         "params": {**params, **conf},
-        "ti": TaskInstance(steps, kinds, dag_id, run_id),
     }
+
+
+def airflow_names(
+    params: Mapping[str, Any],
+    run: Mapping[str, Any],
+    run_input: Mapping[str, Any],
+    created_at: float,
+    steps: Mapping[str, Any],
+    kinds: Mapping[str, str],
+) -> dict[str, Any]:
+    """The names a template of an Airflow workflow sees besides Legato's; `run` is {id, workflow}."""
+    names = run_names(params, run, run_input, created_at)
+    names["ti"] = TaskInstance(steps, kinds, str(run["workflow"]), str(run["id"]))
+    return names
