@@ -3,11 +3,12 @@ end on an Engine (SQLite and PostgreSQL) against real local services and moto's 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,7 +25,9 @@ from legato.compat.coworks import (
     get_current_context,
     task,
 )
+from legato.engine.ids import scheduled_run_id
 from legato.engine.results import S3Results
+from legato.model.schedule import iso
 from legato.model.workflow import Workflow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "coworks"
@@ -129,6 +132,17 @@ async def test_the_quickstart_reads_the_async_result_from_s3(
     assert call["headers"]["InvocationType"] == "Event"
     assert call["headers"]["X-CWS-S3Bucket"] == "coworks-airflow"
     assert call["headers"]["X-CWS-S3Key"].endswith("/simple__call/1.json")
+    # '@daily' without catchup: registering it ran yesterday's interval, the latest one over.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = (today - timedelta(days=1)).timestamp()
+    run_id = scheduled_run_id("first", yesterday)
+    for _ in range(200):  # the scheduler fires it on its own time
+        if await engine.store.run_status(run_id) is not None:
+            break
+        await asyncio.sleep(0.05)
+    scheduled = await engine.wait(run_id, timeout=20)
+    assert scheduled.info.status == "succeeded", scheduled.steps
+    assert scheduled.info.input["schedule"]["interval_start"] == iso(yesterday)
 
 
 async def test_groups_branches_and_tasks_work_together(engine: Engine, samples: Any) -> None:

@@ -20,7 +20,7 @@ from legato.compat.coworks import (
 )
 from legato.compat.coworks.taskflow import runner
 from legato.engine.airflow import TaskInstance, airflow_names, step_name
-from legato.errors import DefinitionError
+from legato.errors import DefinitionError, LegatoError
 from legato.expressions import compile_template
 
 
@@ -328,3 +328,19 @@ def test_missing_ids_and_bare_biz() -> None:
     ] == ("task_id")
     no_cws_task = lambda: BranchTechMicroServiceOperator(task_id="b", on_success="b")  # noqa: E731
     assert refused(lambda: biz(schedule_interval=None)(no_cws_task)())[0] == "cws_task_id"
+
+
+def test_the_dsl_takes_schedule_interval() -> None:
+    from legato import dsl
+
+    def body() -> None:
+        dsl.fail("f")
+
+    manual = dsl.workflow(body, name="m", schedule_interval=None, start_date=datetime(2022, 1, 1))
+    assert manual.schedule is None and manual.spec["schedule"] is None
+    daily = dsl.workflow(body, name="d", schedule_interval="@daily", catchup=False)
+    assert daily.schedule is not None and daily.schedule.cron == "0 0 * * *"
+    hourly = dsl.workflow(body, name="h", schedule_interval=timedelta(hours=1))
+    assert hourly.schedule is not None and hourly.schedule.every == 3600.0
+    with pytest.raises(LegatoError, match="not both"):
+        dsl.workflow(body, name="x", schedule="@daily", schedule_interval="@daily")
