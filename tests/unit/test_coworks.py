@@ -344,3 +344,19 @@ def test_the_dsl_takes_schedule_interval() -> None:
     assert hourly.schedule is not None and hourly.schedule.every == 3600.0
     with pytest.raises(LegatoError, match="not both"):
         dsl.workflow(body, name="x", schedule="@daily", schedule_interval="@daily")
+
+
+def test_an_async_task_sees_its_context_too() -> None:
+    import asyncio
+
+    async def body(n: int) -> Any:
+        await asyncio.sleep(0)
+        ctx = get_current_context()
+        return [n, ctx["params"]["p"], ctx["ti"].xcom_pull(task_ids="a", key="k")]
+
+    run = runner(body)
+    steps = {"a": {"status": "succeeded", "output": {"k": "v"}}}
+    context = {"conf": {}, "params": {"p": 1}, "run_id": "r", "dag_id": "d", "steps": steps}
+    assert asyncio.run(run(kwargs={"n": 2}, airflow=context)) == [2, 1, "v"]
+    with pytest.raises(DefinitionError):
+        get_current_context()  # reset once the task returned
