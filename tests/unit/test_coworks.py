@@ -360,3 +360,24 @@ def test_an_async_task_sees_its_context_too() -> None:
     assert asyncio.run(run(kwargs={"n": 2}, airflow=context)) == [2, 1, "v"]
     with pytest.raises(DefinitionError):
         get_current_context()  # reset once the task returned
+
+
+def test_two_lambdas_stay_two_functions() -> None:
+    @biz(schedule_interval=None)
+    def checks() -> None:
+        tms("call")
+        tms("yes")
+        tms("no")
+        for i, check in enumerate([lambda r: r == 1, lambda r: r == 2]):
+            BranchTechMicroServiceOperator(
+                task_id=f"b{i}", cws_task_id="call", response_check=check, on_check="yes"
+            )
+
+    wf = checks()
+    paths = {wf.spec["steps"][f"b{i}__check"]["python"]["function"] for i in range(2)}
+    assert len(paths) == 2 and all(p in wf.functions for p in paths)
+    first, second = (
+        wf.functions[wf.spec["steps"][f"b{i}__check"]["python"]["function"]] for i in range(2)
+    )
+    assert first(kwargs={"result": 1}, airflow={"run_id": "r", "dag_id": "d"}) is True
+    assert second(kwargs={"result": 1}, airflow={"run_id": "r", "dag_id": "d"}) is False

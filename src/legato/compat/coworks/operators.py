@@ -282,6 +282,6 @@ def _checker(response_check: Callable[..., bool]) -> Callable[..., bool]:
         return bool(response_check(result))
 
     check.__module__ = response_check.__module__
-    check.__qualname__ = response_check.__qualname__
+    check.__qualname__ = f"{response_check.__qualname__}.<check>"  # registered, never imported
     check.__name__ = getattr(response_check, "__name__", "check")
     return check

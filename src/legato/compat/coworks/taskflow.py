@@ -140,6 +140,10 @@ def python_step(
     already a `runner`)."""
     name = checked_task_id(task_id, "task", dag)
     wrapped = fn if prewrapped else runner(fn)
+    if "<" in wrapped.__qualname__:
+        # Not importable (a local function, a lambda): only registered, under a name of its own
+        # step, so two local functions of the same name (two lambdas) are not taken for one.
+        wrapped.__qualname__ = f"{wrapped.__qualname__}.{name}"
     opts = step_options(dict(options or {}), task_id, retry_on or PYTHON_RETRY_ON)
     context = {**CONTEXT_TEMPLATE, "task_id": task_id}
     node = dsl.task(wrapped, name=name, args={"airflow": context}, **opts)
