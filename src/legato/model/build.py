@@ -179,7 +179,8 @@ def build_workflow(
 
 
 def _xcom_kind(step: Step) -> str:
-    """ "http" for a call answered at once (its XCom is the answer's body), else the step's kind."""
+    """How `ti.xcom_pull` reads a step: `http` for a call answered at once (its XCom is the
+    answer's body), else the step's kind."""
     action = step.action
     if isinstance(action, HttpCall) and action.poll is None and not action.callback:
         return "http"
