@@ -33,9 +33,10 @@ from legato.model.workflow import Workflow
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "coworks"
 
 
-def load(name: str) -> ModuleType:
-    """Import an example file as a fresh module (its workflow is built at import)."""
-    module_name = f"coworks_{name}_{uuid.uuid4().hex[:8]}"
+def load(name: str, module_name: str | None = None) -> ModuleType:
+    """Import an example file as a fresh module (its workflow is built at import); a process
+    importing it again under the same `module_name` finds its tasks under the same names."""
+    module_name = module_name or f"coworks_{name}_{uuid.uuid4().hex[:8]}"
     path = EXAMPLES / f"{name}.py" if name == "services" else EXAMPLES / "dags" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
@@ -216,3 +217,41 @@ async def test_groups_branches_and_tasks_work_together(engine: Engine, samples: 
     assert run.steps["report"].output["chosen"] == [None, f"small for ada on {today}", None]
     run = await engine.run("together", {}, timeout=20)
     assert run.steps["report"].output["chosen"] == [None, None, "refused"]
+
+
+async def test_a_restart_while_waiting_for_the_s3_result_resumes_the_wait(
+    db_url: str, s3: str, samples: Any
+) -> None:
+    """The call step is waiting for its object when its engine stops; the next engine on the same
+    database finds the result and reads it, without calling the service again."""
+
+    async def open_engine() -> Engine:
+        eng = Engine.open(db_url)
+        eng.results = S3Results(s3)
+        await eng.start()
+        await eng.register(load("first", "coworks_first_restarted").first)  # as --dags does
+        return eng
+
+    first_engine = await open_engine()
+    try:
+        run_id = await first_engine.start_run("first", {})
+        for _ in range(200):
+            state = await first_engine.get_run(run_id)
+            if state.steps.get("simple__call") and state.steps["simple__call"].status == "waiting":
+                break
+            await asyncio.sleep(0.02)
+        assert state.steps["simple__call"].status == "waiting"
+    finally:
+        await first_engine.close()
+    calls = len(samples.calls)
+    second_engine = await open_engine()
+    try:
+        run = await second_engine.wait(run_id, timeout=20)
+    finally:
+        await second_engine.close()
+    assert run.info.status == "succeeded", run.steps["print_result"].error
+    assert run.steps["simple__read"].output == '{"entry": "/", "stage": "dev"}'
+    manual_calls = [
+        c for c in samples.calls[calls:] if run_id in c["headers"].get("X-CWS-S3Key", "")
+    ]
+    assert manual_calls == []  # the wait resumed: the service was not asked again
