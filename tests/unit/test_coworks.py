@@ -381,3 +381,27 @@ def test_two_lambdas_stay_two_functions() -> None:
     )
     assert first(kwargs={"result": 1}, airflow={"run_id": "r", "dag_id": "d"}) is True
     assert second(kwargs={"result": 1}, airflow={"run_id": "r", "dag_id": "d"}) is False
+
+
+def test_data_query_params_and_headers() -> None:
+    @biz(schedule_interval=None, render_template_as_native_obj=True)
+    def bodies() -> None:
+        tms("form", method="POST", data={"a": 1, "b": "x y"})
+        tms("text", method="POST", data="{{ dag_run.conf['raw'] }}")
+        tms("query", query_params={"day": "{{ ds }}"}, headers={"X-Trace": "t"}, accept="text/csv")
+        tms("open", no_auth=True, json_result=False, xcom_push=False, log_response=True)
+
+    steps = bodies().spec["steps"]
+    assert steps["form"]["http"]["body"] == "a=1&b=x+y"
+    assert steps["text"]["http"]["body"] == "{{ dag_run.conf['raw'] }}"
+    query = steps["query"]["http"]
+    assert query["query"] == {"day": "{{ ds }}"}
+    assert query["headers"]["X-Trace"] == "t" and query["headers"]["Accept"] == "text/csv"
+
+    def in_biz(body: Any) -> Any:
+        return lambda: biz(schedule_interval=None)(body)()
+
+    assert refused(in_biz(lambda: tms("x", data={"a": "{{ ds }}"})))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", data="a", json={})))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", query_params=3)))[0] == "query_params"
+    assert refused(in_biz(lambda: tms("x", trigger_rule="sometimes")))[0] == "trigger_rule"
