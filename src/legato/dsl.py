@@ -116,6 +116,7 @@ def http(
     body: Any = None,
     success: Sequence[int | str] | None = None,
     follow_redirects: bool | None = None,
+    poll: dict[str, Any] | None = None,
     **options: Any,
 ) -> StepNode:
     """An HTTP call to a directory service (or an absolute `url`). `follow_redirects`: None
@@ -132,6 +133,7 @@ def http(
             "body": body,
             "success": list(success) if success is not None else None,
             "follow_redirects": follow_redirects,
+            "poll": {k: _seconds(v) for k, v in poll.items()} if poll else None,
         }
     )
     return StepNode(name, {"http": call, **_common(options)})
@@ -229,6 +231,9 @@ def _names(targets: Sequence[StepNode | str] | StepNode | str) -> list[str]:
     return [t.name if isinstance(t, StepNode) else t for t in targets]
 
 
+_UNSET: Any = object()
+
+
 def _moment(value: Any) -> Any:
     """A datetime as ISO 8601 (naive ones are UTC), so the definition stays plain data."""
     if isinstance(value, datetime):
@@ -259,6 +264,8 @@ def workflow(
     email_on_retry: bool | None = None,
     email_on_success: bool | None = None,
     webhooks: list[dict[str, Any]] | None = None,
+    schedule_interval: Any = _UNSET,
+    airflow: dict[str, Any] | None = None,
 ) -> Workflow: ...
 
 
@@ -285,6 +292,8 @@ def workflow(
     email_on_retry: bool | None = None,
     email_on_success: bool | None = None,
     webhooks: list[dict[str, Any]] | None = None,
+    schedule_interval: Any = _UNSET,
+    airflow: dict[str, Any] | None = None,
 ) -> Callable[[Callable[[], Any]], Workflow]: ...
 
 
@@ -310,6 +319,8 @@ def workflow(
     email_on_retry: bool | None = None,
     email_on_success: bool | None = None,
     webhooks: list[dict[str, Any]] | None = None,
+    schedule_interval: Any = _UNSET,
+    airflow: dict[str, Any] | None = None,
 ) -> Workflow | Callable[[Callable[[], Any]], Workflow]:
     """Decorate a function whose body declares steps; returns the validated Workflow."""
 
@@ -321,6 +332,15 @@ def workflow(
         finally:
             _builder.reset(token)
         spec: dict[str, Any] = {"name": name or f.__name__}
+        when = schedule
+        if schedule_interval is not _UNSET:  # Airflow's name; None says "started runs only"
+            if schedule is not None:
+                raise LegatoError(
+                    "give `schedule` or `schedule_interval` (its Airflow name), not both"
+                )
+            when = schedule_interval
+            if schedule_interval is None:
+                spec["schedule"] = None
         doc = description if description is not None else (f.__doc__ or "").strip()
         if doc:
             spec["description"] = doc
@@ -329,7 +349,7 @@ def workflow(
             ("outputs", outputs),
             ("output", output),
             ("timeout", _seconds(timeout)),
-            ("schedule", _seconds(schedule)),
+            ("schedule", _seconds(when)),
             ("start_date", _moment(start_date)),
             ("end_date", _moment(end_date)),
             ("catchup", catchup),
@@ -340,6 +360,7 @@ def workflow(
             ("email_on_retry", email_on_retry),
             ("email_on_success", email_on_success),
             ("webhooks", webhooks),
+            ("airflow", airflow),
         ):
             if value is not None:
                 spec[key] = value

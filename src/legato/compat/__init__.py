@@ -1,1 +1,2 @@
-"""The seeds' own APIs (CoWorks, Kser, Dagger), each building Legato workflows."""
+"""The seeds' own APIs, building Legato's models: DAG files and task code written for those systems
+run with only their import lines changed (`legato.compat.coworks`, ...)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from legato.engine.airflow import TaskInstance, run_names
 from legato.engine.ids import child_run_id, result_key
 from legato.engine.render import render_request
 from legato.engine.state import (
@@ -153,6 +154,7 @@ class _Txn:
         self.effects: list[Any] = []
         self._view: dict[str, Any] | None = None
         self._view_shared = False
+        self._airflow: dict[str, Any] | None = None  # Airflow's run names, if the workflow asks
         # `propagate`'s work: the downstream steps left to look at, one iterator per ended step.
         self._frames: list[Iterator[str]] = []
         self._propagating = False
@@ -207,6 +209,15 @@ class _Txn:
                 "secrets": SECRETS,
             }
         self._view_shared = True
+        if self.wf.airflow is not None:  # Airflow's names too (copy-on-write keeps `ti`'s steps)
+            view = self._view
+            if self._airflow is None:
+                info = self.info
+                params = self.wf.airflow.get("params") or {}
+                self._airflow = run_names(params, view["run"], info.input, info.created_at)
+            run = view["run"]
+            ti = TaskInstance(view["steps"], self.wf.airflow["kinds"], run["workflow"], run["id"])
+            return {**view, **self._airflow, "ti": ti, **(extra or {})}
         if extra:
             return {**self._view, **extra}
         return self._view

@@ -1665,12 +1665,15 @@ class Engine:
                 # The service is told where to leave the result; the step's timeout bounds the
                 # whole wait for it, not this request (which has the service's timeout).
                 extra = None
-                if effect.action.poll.bucket is not None:
+                poll = effect.action.poll
+                if poll.bucket is not None:
                     run_id = active.state.info.id
-                    extra = {
-                        "Legato-Result-Bucket": effect.action.poll.bucket,
-                        "Legato-Result-Key": result_key(run_id, effect.step, effect.attempt),
-                    }
+                    key = result_key(run_id, effect.step, effect.attempt)
+                    extra = {"Legato-Result-Bucket": poll.bucket, "Legato-Result-Key": key}
+                    if poll.bucket_header:
+                        extra[poll.bucket_header] = poll.bucket
+                    if poll.key_header:
+                        extra[poll.key_header] = key
                 outcome = await self.http.execute(
                     active.state.info.id, effect.step, effect.action, effect.request, None, extra
                 )

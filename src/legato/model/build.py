@@ -9,7 +9,7 @@ import copy
 import re
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from legato.errors import DefinitionError, Problem
@@ -50,12 +50,17 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
 
 @dataclass(frozen=True, slots=True)
 class _Defaults:
     retry: RetryPolicy
     timeout: float | None
+    notify: dict[str, Any] = field(default_factory=dict)  # Airflow's email keys of default_args
+
+
+AIRFLOW_EMAIL_KEYS = ("email", "email_on_failure", "email_on_retry")
 
 
 def build_workflow(
@@ -92,7 +97,8 @@ def build_workflow(
     defaults = _read_defaults(r.raw(key), key, problems)
     r.seen.update(("defaults", "default_args"))
     schedule = _read_schedule(r, inputs)
-    notify = _read_notify(r, problems)
+    notify = _read_notify(r, problems, defaults.notify)
+    airflow = _read_airflow(r)
     tags = r.names("tags")
     for tag in tags:
         if not TAG.fullmatch(tag):
@@ -144,6 +150,8 @@ def build_workflow(
         raise DefinitionError(problems)
 
     ordered = {n: steps[n] for n in order}
+    if airflow is not None:  # how `ti.xcom_pull` reads each step (see engine/airflow.py)
+        airflow["kinds"] = {n: _xcom_kind(s) for n, s in ordered.items()}
     downstream: dict[str, list[str]] = {n: [] for n in ordered}
     for s in ordered.values():
         for dep in s.depends_on:
@@ -166,7 +174,17 @@ def build_workflow(
         schedule=schedule,
         tags=tuple(dict.fromkeys(tags)),
         notify=notify,
+        airflow=airflow,
     )
+
+
+def _xcom_kind(step: Step) -> str:
+    """How `ti.xcom_pull` reads a step: `http` for a call answered at once (its XCom is the
+    answer's body), else the step's kind."""
+    action = step.action
+    if isinstance(action, HttpCall) and action.poll is None and not action.callback:
+        return "http"
+    return step.kind
 
 
 def _template(r: Reader, key: str, *, required: bool = False) -> Template | None:
@@ -182,7 +200,27 @@ def _template(r: Reader, key: str, *, required: bool = False) -> Template | None
         return None
 
 
-def _read_notify(r: Reader, problems: list[Problem]) -> Notify:
+def _read_airflow(r: Reader) -> dict[str, Any] | None:
+    """`airflow: {params: {...}}` (or `airflow: {}`): Airflow's names in templates."""
+    if not r.has("airflow"):
+        r.seen.add("airflow")
+        return None
+    raw = r.raw("airflow")
+    if not isinstance(raw, dict) or set(raw) - {"params"}:
+        r.problem("airflow", "must be a mapping with an optional `params` mapping")
+        return None
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        r.problem("airflow.params", "must be a mapping")
+        return None
+    return {"params": params}
+
+
+def _read_notify(r: Reader, problems: list[Problem], fallback: dict[str, Any]) -> Notify:
+    """Top-level email fields, else those `default_args` carried (as Airflow lets them)."""
+    if fallback and not any(r.has(k) for k in AIRFLOW_EMAIL_KEYS):
+        r = Reader({**r.data, **fallback}, r.path, problems)
+        r.path = "default_args"
     emails = r.names("email")
     for address in emails:
         if not EMAIL.fullmatch(address):
@@ -223,8 +261,10 @@ def _read_schedule(r: Reader, inputs: tuple[Field, ...]) -> Schedule | None:
     catchup = r.get("catchup", bool, True)
     max_active = r.get("max_active_runs", int, None)
     if raw is None:
+        # `schedule: null` said outright (Airflow's schedule_interval=None): started runs only,
+        # and the calendar fields given with it mean nothing; left out, they are a mistake.
         for key in ("start_date", "end_date", "catchup", "max_active_runs"):
-            if r.has(key):
+            if r.has(key) and not r.has("schedule"):
                 r.problem(key, "needs a `schedule`")
         return None
     cron: str | None = None
@@ -266,6 +306,10 @@ def _read_schedule(r: Reader, inputs: tuple[Field, ...]) -> Schedule | None:
 def _read_defaults(data: Any, path: str, problems: list[Problem]) -> _Defaults:
     if data is None:
         return _Defaults(RetryPolicy(), None)
+    notify: dict[str, Any] = {}
+    if path == "default_args" and isinstance(data, dict):
+        notify = {k: data[k] for k in AIRFLOW_EMAIL_KEYS if k in data}
+        data = {k: v for k, v in data.items() if k not in AIRFLOW_EMAIL_KEYS}
     r = Reader(data, path, problems)
     base = RetryPolicy()
     retry = RetryPolicy(
@@ -278,7 +322,7 @@ def _read_defaults(data: Any, path: str, problems: list[Problem]) -> _Defaults:
     )
     timeout = r.duration("timeout")
     r.done()
-    return _Defaults(retry, timeout)
+    return _Defaults(retry, timeout, notify)
 
 
 def _non_negative(r: Reader, key: str, default: int) -> int:
@@ -523,17 +567,22 @@ def _read_poll(data: Any, path: str, problems: list[Problem]) -> Poll | None:
     url = _template(r, "url")
     s3 = r.get("s3", dict, None)
     bucket = None
+    names: dict[str, str] = {}
     if s3 is not None:
         bucket = s3.get("bucket")
-        if not isinstance(bucket, str) or not bucket or set(s3) != {"bucket"}:
-            r.problem("s3", "must be {bucket: <name>}")
+        names = {k: v for k, v in s3.items() if k in ("bucket_header", "key_header")}
+        bad = any(not isinstance(v, str) or not _HEADER.fullmatch(v) for v in names.values())
+        if not isinstance(bucket, str) or not bucket or set(s3) - {"bucket", *names} or bad:
+            r.problem(
+                "s3", "must be {bucket: <name>, bucket_header?: <header>, key_header?: <header>}"
+            )
             bucket = None
     if (url is None) == (s3 is None):
         r.problem(None, "needs exactly one of url or s3")
     r.done()
     if every is None or (url is None and bucket is None):
         return None
-    return Poll(every, url, bucket)
+    return Poll(every, url, bucket, names.get("bucket_header"), names.get("key_header"))
 
 
 def _read_success(r: Reader) -> tuple[tuple[int, int], ...]:

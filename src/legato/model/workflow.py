@@ -73,6 +73,10 @@ class Poll:
     every: float
     url: Template | None = None
     bucket: str | None = None
+    # Extra request headers that also carry the bucket and the key (a CoWorks service reads
+    # `X-CWS-S3Bucket` and `X-CWS-S3Key`), besides Legato's own `Legato-Result-*`.
+    bucket_header: str | None = None
+    key_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +245,9 @@ class Workflow:
     schedule: Schedule | None = None
     tags: tuple[str, ...] = ()
     notify: Notify = field(default_factory=Notify)
+    # `airflow: {params: {...}}`: templates also see Airflow's names (dag_run, ti, params, ds...),
+    # see engine/airflow.py; None for every other workflow.
+    airflow: Mapping[str, Any] | None = None
 
     @property
     def digest(self) -> str:

@@ -1,0 +1,407 @@
+"""legato.compat.coworks builds Legato workflows from CoWorks/Airflow DAG code; bad input is refused
+with the CoWorks field's name; Airflow's template names render from a run's state."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from legato.compat.coworks import (
+    BranchTechMicroServiceOperator,
+    TechMicroServiceAsyncGroup,
+    TechMicroServiceOperator,
+    biz,
+    configure,
+    get_current_context,
+    task,
+)
+from legato.compat.coworks.taskflow import runner
+from legato.engine.airflow import TaskInstance, airflow_names, step_name
+from legato.errors import DefinitionError, LegatoError
+from legato.expressions import compile_template
+
+
+def tms(task_id: str, **kw: Any) -> TechMicroServiceOperator:
+    return TechMicroServiceOperator(task_id=task_id, cws_name="svc", **kw)
+
+
+def refused(make: Any) -> tuple[str, str]:
+    with pytest.raises(DefinitionError) as info:
+        make()
+    problem = info.value.problems[0]
+    return problem.path, problem.message
+
+
+def test_the_operators_become_steps_with_their_dependencies() -> None:
+    @biz(schedule_interval=None, start_date=datetime(2022, 1, 1), catchup=False)
+    def flow() -> None:
+        a, b, c, d = tms("a"), tms("b"), tms("c"), tms("d")
+        a >> [b, c]
+        d << [b, c]
+        e = tms("e-1")
+        [b, c] >> e
+        f = tms("f")
+        f << d
+
+    wf = flow()
+    assert wf.schedule is None and wf.spec["schedule"] is None
+    deps = {n: set(s.depends_on) for n, s in wf.steps.items()}
+    assert deps == {
+        "a": set(),
+        "b": {"a"},
+        "c": {"a"},
+        "d": {"b", "c"},
+        "e_1": {"b", "c"},
+        "f": {"d"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("interval", "cron", "every"),
+    [
+        ("@daily", "0 0 * * *", None),
+        ("5 4 * * *", "5 4 * * *", None),
+        (timedelta(hours=2), None, 7200.0),
+    ],
+)
+def test_schedule_interval_takes_presets_cron_and_timedeltas(
+    interval: Any, cron: str | None, every: float | None
+) -> None:
+    @biz(schedule_interval=interval, start_date=datetime(2023, 1, 1), catchup=False)
+    def scheduled() -> None:
+        tms("a")
+
+    wf = scheduled()
+    assert wf.schedule is not None and wf.schedule.cron == cron and wf.schedule.every == every
+    assert wf.schedule.catchup is False
+
+
+def test_default_args_map_onto_retries_and_email() -> None:
+    @biz(
+        schedule_interval=None,
+        default_args={
+            "retries": 2,
+            "retry_delay": timedelta(seconds=30),
+            "email": ["ops@example.com"],
+            "email_on_failure": True,
+            "email_on_retry": True,
+            "owner": "billing",
+        },
+    )
+    def with_defaults() -> None:
+        tms("a")
+
+    wf = with_defaults()
+    retry = wf.steps["a"].retry
+    assert (retry.retries, retry.delay, retry.backoff, retry.jitter) == (2, 30.0, 1.0, False)
+    assert retry.on == {"network", "timeout"}  # CoWorks fails 4xx/5xx without retrying
+    assert wf.notify.email == ("ops@example.com",)
+    assert wf.notify.email_on == {"failure", "retry"}
+
+
+def test_bad_input_names_the_coworks_field() -> None:
+    def in_biz(body: Any) -> Any:
+        return lambda: biz(schedule_interval=None)(body)()
+
+    assert refused(in_biz(lambda: TechMicroServiceOperator(task_id="x")))[0] == "cws_name"
+    assert refused(in_biz(lambda: TechMicroServiceOperator(task_id="x", api_id="a")))[0] == "token"
+    assert refused(in_biz(lambda: tms("x", method="FETCH")))[0] == "method"
+    assert refused(in_biz(lambda: tms("x", entry=3)))[0] == "entry"
+    assert refused(in_biz(lambda: tms("x", asynchronous="yes")))[0] == "asynchronous"
+    assert refused(in_biz(lambda: tms("x", colour="red")))[0] == "colour"
+    templated = in_biz(lambda: TechMicroServiceOperator(task_id="x", cws_name="{{ params.s }}"))
+    assert refused(templated)[0] == "cws_name"
+    assert refused(in_biz(lambda: [tms("x"), tms("x")]))[1].startswith("two tasks are named")
+
+    def branch(**kw: Any) -> Any:
+        def body() -> None:
+            tms("call")
+            tms("ok")
+            BranchTechMicroServiceOperator(task_id="check", **kw)
+
+        return in_biz(body)
+
+    assert refused(branch(cws_task_id="call", on_failure="nope"))[0] == "on_failure"
+    assert refused(branch(cws_task_id="call", on_success="ok", on_no_content=["ok", "x"]))[0] == (
+        "on_no_content"
+    )
+    assert refused(branch(cws_task_id="missing", on_success="ok"))[0] == "cws_task_id"
+    assert refused(branch(cws_task_id="call", response_check=len))[0] == "on_check"
+    assert refused(lambda: tms("outside"))[0] == "task_id"
+
+    assert refused(lambda: biz(default_args={"retries": 1, "sla": 3}))[0] == "default_args.sla"
+    assert refused(lambda: biz(default_args={"retry_delay": "5m"}))[0] == "default_args.retry_delay"
+    assert refused(lambda: biz(schedule_interval="@once"))[0] == "schedule_interval"
+    assert refused(lambda: biz(schedule_interval=None, schedule="@daily"))[0] == (
+        "schedule_interval"
+    )
+    assert refused(lambda: biz(fileloc="x"))[0] == "fileloc"
+
+
+def test_the_api_gateway_url_is_configurable() -> None:
+    @biz(schedule_interval=None)
+    def gw() -> None:
+        TechMicroServiceOperator(task_id="a", api_id="abc", stage="v1", token="t", entry="/x")
+
+    assert gw().spec["steps"]["a"]["http"]["url"] == (
+        "https://abc.execute-api.eu-west-1.amazonaws.com/v1"
+    )
+    configure(api_url="http://127.0.0.1:9/{api_id}/{stage}")
+    try:
+        http = gw().spec["steps"]["a"]["http"]
+    finally:
+        configure()
+    assert http["url"] == "http://127.0.0.1:9/abc/v1" and http["path"] == "/x"
+    assert http["headers"]["Authorization"] == "t"
+
+
+def test_the_async_group_calls_waits_and_reads() -> None:
+    def prepare(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    @biz(schedule_interval=None)
+    def grouped() -> None:
+        g = TechMicroServiceAsyncGroup(
+            "g", transformer=prepare, op_kwargs={"n": 3}, method="POST", cws_name="svc", timeout=60
+        )
+        after = tms("after")
+        g >> after
+
+    wf = grouped()
+    assert list(wf.steps) == ["g__prepare", "g__call", "g__read", "after"]
+    call = wf.spec["steps"]["g__call"]
+    assert call["timeout"] == 60 and call["http"]["json"] == "{{ steps.g__prepare.output }}"
+    assert call["http"]["poll"]["s3"]["key_header"] == "X-CWS-S3Key"
+    assert wf.steps["after"].depends_on == ("g__read",)
+
+
+def test_templates_are_text_unless_native_objects_are_asked_for() -> None:
+    def build(native: bool) -> Any:
+        @biz(schedule_interval=None, render_template_as_native_obj=native)
+        def texts() -> None:
+            tms("a", json={"d": "{{ dag_run.conf['d'] }}"})
+
+        return compile_template(texts().spec["steps"]["a"]["http"]["json"])
+
+    names = airflow_names({}, {"id": "r1", "workflow": "w"}, {"d": {"x": 1}}, 0.0, {}, {})
+    assert build(True).render(names) == {"d": {"x": 1}}
+    assert build(False).render(names) == {"d": "{'x': 1}"}  # as Airflow renders it
+
+
+def test_airflow_names_read_the_run() -> None:
+    steps = {
+        "call": {"status": "succeeded", "output": {"status": 201, "body": {"id": 7}}},
+        "empty": {"status": "succeeded", "output": {"status": 204, "body": ""}},
+        "g__read": {"status": "succeeded", "output": "text"},
+        "failed": {"status": "failed", "output": None},
+    }
+    kinds = {"call": "http", "empty": "http", "g__read": "python"}
+    schedule = {
+        "interval_start": "2026-03-04T00:00:00Z",
+        "interval_end": "2026-03-05T00:00:00Z",
+        "logical_date": "2026-03-04T00:00:00Z",
+    }
+    ctx = airflow_names(
+        {"p": 1}, {"id": "r1", "workflow": "w"}, {"schedule": schedule, "x": 2}, 0.0, steps, kinds
+    )
+    assert ctx["dag_run"]["conf"] == {"x": 2} and ctx["params"] == {"p": 1, "x": 2}
+    assert (ctx["ds"], ctx["ds_nodash"]) == ("2026-03-04", "20260304")
+
+    def render(text: str) -> Any:
+        return compile_template(text).render(ctx)
+
+    assert render("{{ ti.xcom_pull(task_ids='call') }}") == {"id": 7}
+    assert render("{{ ti.xcom_pull(task_ids='call', key='status_code') }}") == 201
+    assert render("{{ ti.xcom_pull(task_ids='empty') }}") == {}
+    assert render("{{ ti.xcom_pull(task_ids=['g.read', 'failed']) }}") == ["text", None]
+    assert render("{{ ds }}/{{ params.p }}") == "2026-03-04/1"
+    manual = airflow_names({}, {"id": "r", "workflow": "w"}, {}, 86400.0, {}, {})
+    assert manual["ds"] == "1970-01-02" and manual["dag_run"]["conf"] == {}
+    assert step_name("g.read") == "g__read" and step_name("a-b") == "a_b"
+
+
+def test_get_current_context_is_the_running_tasks_own() -> None:
+    with pytest.raises(DefinitionError):
+        get_current_context()
+    seen: dict[str, Any] = {}
+    barrier = threading.Barrier(2)
+
+    def body(tag: str) -> str:
+        barrier.wait(5)
+        ctx = get_current_context()
+        seen[tag] = (ctx["dag_run"].conf, ctx["ti"].xcom_pull(task_ids="a"), ctx["ti"].task_id)
+        return tag
+
+    run = runner(body)
+
+    def call(tag: str) -> None:
+        steps = {"a": {"status": "succeeded", "output": tag}}
+        context = {"conf": {"t": tag}, "run_id": "r", "dag_id": "d", "steps": steps}
+        run(args=[tag], airflow={**context, "kinds": {"a": "python"}, "task_id": f"t{tag}"})
+
+    threads = [threading.Thread(target=call, args=(t,)) for t in "xy"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"x": ({"t": "x"}, "x", "tx"), "y": ({"t": "y"}, "y", "ty")}
+    assert TaskInstance({}, {}, "d", "r").xcom_pull(task_ids="none", default=5) == 5
+
+
+def test_task_calls_pass_results_and_declare_steps() -> None:
+    @task
+    def double(n: int) -> int:
+        return n * 2
+
+    @biz(schedule_interval=None, params={"n": 2})
+    def taskflow() -> None:
+        first = double(1)
+        second = double(first)
+        second >> tms("after", json=second)
+
+    wf = taskflow()
+    assert list(wf.steps) == ["double", "double__1", "after"]
+    args = wf.spec["steps"]["double__1"]["python"]["args"]
+    assert args["args"] == ["{{ ti.xcom_pull(task_ids='double') }}"]
+    assert wf.steps["double__1"].depends_on == ("double",)
+    assert wf.spec["steps"]["after"]["http"]["json"] == "{{ ti.xcom_pull(task_ids='double__1') }}"
+    assert wf.spec["airflow"] == {"params": {"n": 2}}
+
+
+def test_the_plain_form_takes_what_the_compat_writes() -> None:
+    from legato.model.build import build_workflow
+
+    def build(**extra: Any) -> Any:
+        return build_workflow({"name": "w", **extra, "steps": {"a": {"wait": "1s"}}})
+
+    def problems(**extra: Any) -> list[tuple[str, str]]:
+        with pytest.raises(DefinitionError) as info:
+            build(**extra)
+        return [(p.path, p.message) for p in info.value.problems]
+
+    wf = build(default_args={"retries": 1, "email": "a@b.c", "email_on_retry": True})
+    assert wf.notify.email == ("a@b.c",) and wf.notify.email_on == {"failure", "retry"}
+    assert build(default_args={"email": "a@b.c"}, email="x@y.z").notify.email == ("x@y.z",)
+    assert problems(default_args={"email": "nobody"})[0][0] == "default_args.email"
+    assert build(schedule=None, start_date="2022-01-01", catchup=False).schedule is None
+    assert problems(start_date="2022-01-01") == [("start_date", "needs a `schedule`")]
+    assert build(airflow={"params": {"a": 1}}).airflow == {
+        "params": {"a": 1},
+        "kinds": {"a": "wait"},
+    }
+    assert build().airflow is None
+    assert problems(airflow={"macros": {}})[0][0] == "airflow"
+    poll = {"every": "1s", "s3": {"bucket": "b", "bucket_header": "X-B", "key_header": "X-K"}}
+    http = {"url": "http://127.0.0.1/x", "poll": poll}
+    step = build_workflow({"name": "p", "steps": {"a": {"http": http, "timeout": "5s"}}}).steps["a"]
+    assert step.action.poll.bucket_header == "X-B" and step.action.poll.key_header == "X-K"  # type: ignore[union-attr]
+    bad = {**http, "poll": {"every": "1s", "s3": {"bucket": "b", "key_header": "no spaces"}}}
+    with pytest.raises(DefinitionError) as info:
+        build_workflow({"name": "p", "steps": {"a": {"http": bad, "timeout": "5s"}}})
+    assert info.value.problems[0].path == "steps.a.http.poll.s3"
+
+
+@task
+def module_level(n: int) -> dict[str, Any]:
+    return {"n": n, "ds": get_current_context()["ds"]}
+
+
+def test_a_task_found_by_import_runs_as_its_step() -> None:
+    """A worker that imports `module:module_level` (not given the workflow) calls the factory with
+    the step's arguments: it runs the function in its context."""
+    context = {"conf": {}, "run_id": "r", "dag_id": "d", "ds": "2026-01-02", "steps": {}}
+    assert module_level(args=[3], airflow=context) == {"n": 3, "ds": "2026-01-02"}
+    assert refused(lambda: module_level(3))[0] == "task_id"
+
+
+def test_missing_ids_and_bare_biz() -> None:
+    @biz
+    def bare() -> None:
+        tms("a")
+
+    assert bare().name == "bare"
+    assert refused(lambda: biz(schedule_interval=None)(lambda: TechMicroServiceOperator())())[
+        0
+    ] == ("task_id")
+    no_cws_task = lambda: BranchTechMicroServiceOperator(task_id="b", on_success="b")  # noqa: E731
+    assert refused(lambda: biz(schedule_interval=None)(no_cws_task)())[0] == "cws_task_id"
+
+
+def test_the_dsl_takes_schedule_interval() -> None:
+    from legato import dsl
+
+    def body() -> None:
+        dsl.fail("f")
+
+    manual = dsl.workflow(body, name="m", schedule_interval=None, start_date=datetime(2022, 1, 1))
+    assert manual.schedule is None and manual.spec["schedule"] is None
+    daily = dsl.workflow(body, name="d", schedule_interval="@daily", catchup=False)
+    assert daily.schedule is not None and daily.schedule.cron == "0 0 * * *"
+    hourly = dsl.workflow(body, name="h", schedule_interval=timedelta(hours=1))
+    assert hourly.schedule is not None and hourly.schedule.every == 3600.0
+    with pytest.raises(LegatoError, match="not both"):
+        dsl.workflow(body, name="x", schedule="@daily", schedule_interval="@daily")
+
+
+def test_an_async_task_sees_its_context_too() -> None:
+    import asyncio
+
+    async def body(n: int) -> Any:
+        await asyncio.sleep(0)
+        ctx = get_current_context()
+        return [n, ctx["params"]["p"], ctx["ti"].xcom_pull(task_ids="a", key="k")]
+
+    run = runner(body)
+    steps = {"a": {"status": "succeeded", "output": {"k": "v"}}}
+    context = {"conf": {}, "params": {"p": 1}, "run_id": "r", "dag_id": "d", "steps": steps}
+    assert asyncio.run(run(kwargs={"n": 2}, airflow=context)) == [2, 1, "v"]
+    with pytest.raises(DefinitionError):
+        get_current_context()  # reset once the task returned
+
+
+def test_two_lambdas_stay_two_functions() -> None:
+    @biz(schedule_interval=None)
+    def checks() -> None:
+        tms("call")
+        tms("yes")
+        tms("no")
+        for i, check in enumerate([lambda r: r == 1, lambda r: r == 2]):
+            BranchTechMicroServiceOperator(
+                task_id=f"b{i}", cws_task_id="call", response_check=check, on_check="yes"
+            )
+
+    wf = checks()
+    paths = {wf.spec["steps"][f"b{i}__check"]["python"]["function"] for i in range(2)}
+    assert len(paths) == 2 and all(p in wf.functions for p in paths)
+    first, second = (
+        wf.functions[wf.spec["steps"][f"b{i}__check"]["python"]["function"]] for i in range(2)
+    )
+    assert first(kwargs={"result": 1}, airflow={"run_id": "r", "dag_id": "d"}) is True
+    assert second(kwargs={"result": 1}, airflow={"run_id": "r", "dag_id": "d"}) is False
+
+
+def test_data_query_params_and_headers() -> None:
+    @biz(schedule_interval=None, render_template_as_native_obj=True)
+    def bodies() -> None:
+        tms("form", method="POST", data={"a": 1, "b": "x y"})
+        tms("text", method="POST", data="{{ dag_run.conf['raw'] }}")
+        tms("query", query_params={"day": "{{ ds }}"}, headers={"X-Trace": "t"}, accept="text/csv")
+        tms("open", no_auth=True, json_result=False, xcom_push=False, log_response=True)
+
+    steps = bodies().spec["steps"]
+    assert steps["form"]["http"]["body"] == "a=1&b=x+y"
+    assert steps["text"]["http"]["body"] == "{{ dag_run.conf['raw'] }}"
+    query = steps["query"]["http"]
+    assert query["query"] == {"day": "{{ ds }}"}
+    assert query["headers"]["X-Trace"] == "t" and query["headers"]["Accept"] == "text/csv"
+
+    def in_biz(body: Any) -> Any:
+        return lambda: biz(schedule_interval=None)(body)()
+
+    assert refused(in_biz(lambda: tms("x", data={"a": "{{ ds }}"})))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", data="a", json={})))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", query_params=3)))[0] == "query_params"
+    assert refused(in_biz(lambda: tms("x", trigger_rule="sometimes")))[0] == "trigger_rule"
