@@ -208,7 +208,7 @@ async def test_the_api_lists_every_problem_of_the_document_at_once(server: Serve
 async def test_the_example_script_runs_against_the_server(server: ServerProcess) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(EXAMPLES / "run.py"),
+        str(EXAMPLES / "run_machinery.py"),
         "--url",
         server.url,
         "--port",

@@ -1,7 +1,7 @@
 """machinery's README example, end to end against a running Legato server.
 
     legato serve &                                   # or any server: --url / LEGATO_URL
-    python examples/machinery/run.py
+    python examples/machinery/run_machinery.py
 
 It serves the three services (examples/machinery/sample_services.py) on --port, registers the service files
 as they are (`legato service add --file service-upper.json ...` does the same), applies the

@@ -1,7 +1,7 @@
 """Run the seed's two CoWorks DAG files (dags/my_first_biz.py, dags/first.py) end to end, locally:
-moto's S3 server, the sample TechMicroServices of services.py, and an Engine on a SQLite file.
+moto's S3 server, the sample TechMicroServices of coworks_services.py, and an Engine on a SQLite file.
 
-    PYTHONPATH=src python examples/coworks/run.py
+    PYTHONPATH=src python examples/coworks/run_coworks.py
 
 Needs the `s3` extra and moto (`pip install -e '.[dev]'`).
 """
@@ -43,7 +43,7 @@ async def main() -> None:
     s3_server.start()
     host, port = s3_server.get_host_and_port()
     s3 = f"http://{host}:{port}"
-    services = load(HERE / "services.py")
+    services = load(HERE / "coworks_services.py")
     samples = services.Samples(s3)
     await samples.start()
     await services.create_bucket(s3)

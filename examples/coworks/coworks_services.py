@@ -8,7 +8,7 @@
   `X-CWS-S3Key`, as a CoWorks TechMicroService does.
 - `/url/{name}`: a CoWorks directory service, `{url, token}` of the two named services.
 
-Used by examples/coworks/run.py and the integration tests.
+Used by examples/coworks/run_coworks.py and the integration tests.
 """
 
 from __future__ import annotations
