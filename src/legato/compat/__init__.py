@@ -1,0 +1,1 @@
+"""The seeds' own APIs (CoWorks, Kser, Dagger), each building Legato workflows."""

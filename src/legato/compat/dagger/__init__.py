@@ -1,0 +1,88 @@
+"""Dagger's API on Legato: write a Dagger app with its own class names and builder calls, change the
+imports (`from dagger.service.services import Dagger`, `from dagger.modeler.definition import *`,
+`from dagger.templates.template import *`, `from dagger.tasks.task import *` all become
+`from legato.compat.dagger import ...`), and each template runs as a durable Legato workflow over
+Kafka, NATS or RabbitMQ. See docs/coming-from-dagger.md.
+"""
+
+from legato.compat.dagger.definition import (
+    DefaultTemplateBuilder,
+    ITemplateDAG,
+    ParallelCompositeProcessTemplateDagBuilder,
+    ProcessTemplateDagBuilder,
+    TemplateDAG,
+    TemplateDAGInstance,
+)
+from legato.compat.dagger.service import Dagger
+from legato.compat.dagger.tasks import (
+    KT,
+    VT,
+    DecisionTask,
+    DefaultProcessTemplateDAGInstance,
+    DefaultTemplateDAGInstance,
+    ExecutorTask,
+    IntervalTask,
+    ITask,
+    ITemplateDAGInstance,
+    KafkaCommandTask,
+    KafkaListenerTask,
+    ParallelCompositeTask,
+    SensorTask,
+    TaskLookupKey,
+    TaskOperator,
+    TaskStatusEnum,
+    TriggerTask,
+)
+from legato.compat.dagger.templates import (
+    DecisionTaskTemplateBuilder,
+    DefaultTaskTemplateBuilder,
+    IntervalTaskTemplateBuilder,
+    InvalidTaskType,
+    KafkaCommandTaskTemplateBuilder,
+    KafkaListenerTaskTemplateBuilder,
+    ParallelCompositeTaskTemplate,
+    ParallelCompositeTaskTemplateBuilder,
+    TaskTemplate,
+    TaskTemplateBuilder,
+    Topic,
+    TriggerTaskTemplateBuilder,
+)
+
+__all__ = [
+    "KT",
+    "VT",
+    "Dagger",
+    "DecisionTask",
+    "DecisionTaskTemplateBuilder",
+    "DefaultProcessTemplateDAGInstance",
+    "DefaultTaskTemplateBuilder",
+    "DefaultTemplateBuilder",
+    "DefaultTemplateDAGInstance",
+    "ExecutorTask",
+    "ITask",
+    "ITemplateDAG",
+    "ITemplateDAGInstance",
+    "IntervalTask",
+    "IntervalTaskTemplateBuilder",
+    "InvalidTaskType",
+    "KafkaCommandTask",
+    "KafkaCommandTaskTemplateBuilder",
+    "KafkaListenerTask",
+    "KafkaListenerTaskTemplateBuilder",
+    "ParallelCompositeProcessTemplateDagBuilder",
+    "ParallelCompositeTask",
+    "ParallelCompositeTaskTemplate",
+    "ParallelCompositeTaskTemplateBuilder",
+    "ProcessTemplateDagBuilder",
+    "SensorTask",
+    "TaskLookupKey",
+    "TaskOperator",
+    "TaskStatusEnum",
+    "TaskTemplate",
+    "TaskTemplateBuilder",
+    "TemplateDAG",
+    "TemplateDAGInstance",
+    "Topic",
+    "TriggerTask",
+    "TriggerTaskTemplateBuilder",
+]
