@@ -337,3 +337,52 @@ async def test_a_trigger_task_runs_at_its_time_and_an_interval_task_until_done(
         assert run.steps["CHECK"].output["completed"] is False
         assert run.steps["CHECK"].output["forced"] is True
         assert 0.5 < time.time() - began < 10
+
+
+async def test_the_example_runs_as_a_program_next_to_an_api_only_engine(shared_db: str) -> None:
+    """`python order_workflow.py` is the worker (main()); another process on the same PostgreSQL
+    database starts an order, and SIGTERM stops the worker cleanly."""
+    from legato import Engine
+    from legato.compat.dagger.definition import run_id_of
+    from legato.engine.starts import Once
+
+    url = broker_url("nats")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(EXAMPLE.parents[2] / "src"),
+        "DAGGER_BROKER": url,
+        "DAGGER_STORE": shared_db,
+    }
+    order = f"ORDER-{uuid.uuid4().hex[:8]}"
+    async with Peer(url) as peer:
+        await peer.read(
+            "PAYMENT_COMMAND",
+            lambda body: ("PAYMENT_LISTENER", {"order_number": body["order_number"]}),
+        )
+        await peer.read(
+            "SHIPPING_COMMAND",
+            lambda body: ("SHIPPING_LISTENER", {"order_number": body["order_number"]}),
+        )
+        peer.made += ["PAYMENT_LISTENER", "SHIPPING_LISTENER"]
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLE), env=env, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            async with Engine.open(shared_db, worker=False) as api:
+                for _ in range(300):  # the worker registers the template as it starts
+                    if "OrderWorkflow" in {r.name for r in await api.store.list_workflows()}:
+                        break
+                    await asyncio.sleep(0.05)
+                instance_id = uuid.uuid1()
+                run_id = await api.start_run(
+                    "OrderWorkflow",
+                    {"customer_name": "C", "order_number": order},
+                    run_id=run_id_of(instance_id),
+                    once=Once(run_id=run_id_of(instance_id)),
+                )
+                run = await api.wait(run_id, timeout=30)
+                assert run.info.status == "succeeded", run.info.error
+        finally:
+            worker.terminate()
+            _, err = await asyncio.wait_for(worker.communicate(), 20)
+        assert worker.returncode == 0, err.decode()[-2000:]
