@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 
 from legato.compat.dagger import (
@@ -199,3 +200,33 @@ async def test_the_python_step_calls_only_registered_classes_and_captures_sends(
 
 def test_main_returns_at_once_when_imported() -> None:
     Dagger(broker="localhost:9092").main()  # called from a module that is not __main__
+
+
+async def test_an_instance_without_the_parameters_its_tasks_need_is_refused_naming_them() -> None:
+    c = KafkaCommandTaskTemplateBuilder(Dagger.app)
+    c.set_topic("PAY")
+    c.set_type(Order)
+    c.set_next(listener("PAID"))
+    built = template(c.build())
+    with pytest.raises(
+        LegatoError, match=r"order_number is missing \(needed by Paid.correlatable_key\)"
+    ):
+        await built.create_instance(uuid.uuid1(), customer_name="C")
+    instance = await built.create_instance("O-1", order_number="O-1", repartition=False)
+    assert instance.runtime_parameters == {"order_number": "O-1"}
+    assert instance.run_id == run_id_of("O-1")
+
+
+async def test_listener_classes_read_keys_in_each_of_daggers_ways() -> None:
+    from legato.compat.dagger.service import correlatable_keys
+
+    class Many(KafkaListenerTask[str, str]):
+        correlatable_key = "id"
+
+        async def get_correlatable_keys_from_payload(self, payload: Any) -> list[tuple[str, Any]]:
+            return [("id", k) for k in orjson.loads(payload)["ids"]]
+
+    assert await correlatable_keys(Paid, '{"order_number": "A"}') == ["A"]
+    assert await correlatable_keys(Many, '{"ids": ["A", "B"]}') == ["A", "B"]
+    with pytest.raises(KeyError):
+        await correlatable_keys(Paid, '{"other": 1}')

@@ -34,6 +34,7 @@ class Compiler:
     def __init__(self) -> None:
         self.steps: dict[str, dict[str, Any]] = {}
         self.listeners: dict[str, list[type]] = {}  # topic -> listener classes
+        self.required: dict[str, str] = {}  # runtime parameter -> what needs it
 
     def _name(self, wanted: str) -> str:
         base = _NOT_NAME.sub("_", wanted)[:100] or "task"
@@ -137,7 +138,9 @@ class Compiler:
             self.listeners.setdefault(t.topic, [])
             if t.type not in self.listeners[t.topic]:
                 self.listeners[t.topic].append(t.type)
-            key = _quote(str(t.type.correlatable_key))
+            wanted = str(t.type.correlatable_key)
+            self.required.setdefault(wanted, f"{t.type.__name__}.correlatable_key")
+            key = _quote(wanted)
             body = {"listen": {"event": t.topic, "key": key}, **timeout}
             step = self._add(name, body, after, trigger)
             if not overrides(t.type, "on_message"):
@@ -145,6 +148,7 @@ class Compiler:
             check = self._python(t, name, "on_message", message="{{ steps." + step + ".output }}")
             return [self._add(self._name(name + "_on_message"), check, [step], None)], None
         if t.kind in ("trigger", "interval") and t.time_key:
+            self.required.setdefault(t.time_key, f"{name}: set_time_to_execute_lookup_key")
             wait = {"wait": {"until": _quote(t.time_key)}}
             after, trigger = [self._add(self._name(name + "_at"), wait, after, trigger)], None
         if t.kind == "interval":
@@ -194,8 +198,11 @@ def _named(t: TaskTemplate, name: str) -> TaskTemplate:
     return replace(t, name=name)
 
 
-def compile_template(name: str, root: ProcessTemplate) -> tuple[Workflow, dict[str, list[type]]]:
-    """The workflow of a template, and the listener classes of each topic it listens to."""
+def compile_template(
+    name: str, root: ProcessTemplate
+) -> tuple[Workflow, dict[str, list[type]], dict[str, str]]:
+    """The workflow of a template, the listener classes of each topic it listens to, and the
+    runtime parameters its tasks cannot do without."""
     compiler = Compiler()
     compiler.names = {}
     compiler.process(root, [], None)
@@ -206,4 +213,4 @@ def compile_template(name: str, root: ProcessTemplate) -> tuple[Workflow, dict[s
         "steps": {name: body for name, body in compiler.steps.items() if body},
     }
     wf = build_workflow(spec, functions={RUN_TASK: tasks.run_task})
-    return wf, compiler.listeners
+    return wf, compiler.listeners, compiler.required

@@ -54,12 +54,19 @@ class TemplateDAG:
     type: Any = None
     workflow: Workflow = field(init=False)
     listeners: dict[str, list[type]] = field(init=False)
+    required: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.workflow, self.listeners = compile_template(self.name, self.root)
+        self.workflow, self.listeners, self.required = compile_template(self.name, self.root)
 
     async def create_instance(self, id: Any, **runtime_parameters: Any) -> TemplateDAGInstance:
         placement = {k: runtime_parameters.pop(k) for k in _PLACEMENT if k in runtime_parameters}
+        missing = [k for k in self.required if runtime_parameters.get(k) is None]
+        if missing:
+            raise LegatoError(
+                "runtime_parameters: "
+                + "; ".join(f"{k} is missing (needed by {self.required[k]})" for k in missing)
+            )
         try:
             params = orjson.loads(orjson.dumps(runtime_parameters, default=str))
         except TypeError as exc:

@@ -230,7 +230,10 @@ class Dagger:
         if caller != "__main__":
             log.info("Dagger.main() called on import of %s: not starting a worker", caller)
             return
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        except LegatoError as exc:  # a broker or database it cannot reach: say which, no traceback
+            raise SystemExit(f"dagger: {exc}") from None
 
     async def _main(self) -> None:
         stop = asyncio.Event()
