@@ -386,3 +386,32 @@ async def test_the_example_runs_as_a_program_next_to_an_api_only_engine(shared_d
             worker.terminate()
             _, err = await asyncio.wait_for(worker.communicate(), 20)
         assert worker.returncode == 0, err.decode()[-2000:]
+
+
+async def test_an_engine_started_elsewhere_reads_listener_topics_once_attached(db_url: str) -> None:
+    """What a server that imported a Dagger file does: its own engine, the transport `dagger`,
+    the template registered, then attach()."""
+    from legato import Engine
+    from legato.compat.dagger import attach
+
+    Dagger.templates["OrderWorkflow"] = ORDER_TEMPLATE
+    url = broker_url("rabbitmq")
+    order = f"ORDER-{uuid.uuid4().hex[:8]}"
+    async with Peer(url) as peer:
+        for name in ("PAYMENT", "SHIPPING"):
+            await peer.read(
+                f"{name}_COMMAND",
+                lambda body, n=name: (f"{n}_LISTENER", {"order_number": body["order_number"]}),
+            )
+        peer.made += ["PAYMENT_LISTENER", "SHIPPING_LISTENER"]
+        engine = Engine.open(db_url)
+        with pytest.raises(Exception, match="no transport named 'dagger'"):
+            await attach(engine)
+        engine.add_transport("dagger", url)
+        async with engine:
+            await engine.register(ORDER_TEMPLATE.workflow)
+            await attach(engine)
+            run = await engine.run(
+                "OrderWorkflow", {"order_number": order, "customer_name": "C"}, timeout=20
+            )
+            assert run.info.status == "succeeded", run.info.error

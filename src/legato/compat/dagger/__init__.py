@@ -13,7 +13,7 @@ from legato.compat.dagger.definition import (
     TemplateDAG,
     TemplateDAGInstance,
 )
-from legato.compat.dagger.service import Dagger
+from legato.compat.dagger.service import Dagger, attach
 from legato.compat.dagger.tasks import (
     KT,
     VT,
@@ -85,4 +85,5 @@ __all__ = [
     "Topic",
     "TriggerTask",
     "TriggerTaskTemplateBuilder",
+    "attach",
 ]

@@ -24,7 +24,6 @@ import orjson
 
 from legato.compat.dagger.compile import TRANSPORT
 from legato.compat.dagger.definition import TemplateDAG, TemplateDAGInstance
-from legato.compat.dagger.tasks import KafkaListenerTask
 from legato.compat.dagger.templates import Topic
 from legato.engine.runtime import Engine
 from legato.errors import Conflict, LegatoError
@@ -143,46 +142,11 @@ class Dagger:
         try:
             for template in self.templates.values():
                 await engine.register(template.workflow)
-            await self._subscribe(engine)
+            await attach(engine)
         except BaseException:
             await self.stop()
             raise
         Dagger._running = self
-
-    async def _subscribe(self, engine: Engine) -> None:
-        listeners: dict[str, list[type]] = {}
-        for template in self.templates.values():
-            for topic, classes in template.listeners.items():
-                listeners.setdefault(topic, [])
-                listeners[topic] += [c for c in classes if c not in listeners[topic]]
-        transport = engine.transports[TRANSPORT]
-        for topic, classes in listeners.items():
-            await transport.subscribe(topic, self._handler(engine, topic, classes))
-
-    def _handler(self, engine: Engine, topic: str, classes: list[type]) -> Any:
-        async def deliver(message: Message) -> None:
-            text = message.data.decode("utf-8", "replace")
-            try:
-                data: Any = orjson.loads(message.data)
-            except orjson.JSONDecodeError:
-                data = text
-            keys: list[Any] = []
-            for cls in classes:
-                assert issubclass(cls, KafkaListenerTask)
-                try:
-                    keys += [k for k in await correlatable_keys(cls, text) if k not in keys]
-                except Exception as exc:  # a message without the key reaches no task
-                    log.warning(
-                        "%s: %s.get_correlatable_key found no key (%s: %s); message dropped",
-                        topic,
-                        cls.__name__,
-                        type(exc).__name__,
-                        exc,
-                    )
-            for key in keys:
-                await engine.publish(topic, key, data)  # committed before the ack
-
-        return deliver
 
     async def stop(self) -> None:
         if Dagger._running is self:
@@ -244,3 +208,49 @@ class Dagger:
         async with self:
             log.info("Dagger templates %s running on %s", sorted(self.templates), self.broker)
             await stop.wait()
+
+
+async def attach(engine: Engine) -> None:
+    """Subscribe to the listener topics of every registered template on `engine`'s transport
+    `dagger`, the engine being started: what a worker does, for a program (or a server that
+    imported Dagger files) that started its engine itself."""
+    transport = engine.transports.get(TRANSPORT)
+    if transport is None:
+        raise LegatoError(
+            f"the engine has no transport named {TRANSPORT!r}: add it (--transport {TRANSPORT}=URL)"
+        )
+    listeners: dict[str, list[type]] = {}
+    for template in Dagger.templates.values():
+        for topic, classes in template.listeners.items():
+            listeners.setdefault(topic, [])
+            listeners[topic] += [c for c in classes if c not in listeners[topic]]
+    for topic, classes in listeners.items():
+        await transport.subscribe(topic, _handler(engine, topic, classes))
+
+
+def _handler(engine: Engine, topic: str, classes: list[type]) -> Any:
+    """A message on a listener topic as an event of that type, once per key the listener classes
+    read from it; it is acknowledged after the events are committed."""
+
+    async def deliver(message: Message) -> None:
+        text = message.data.decode("utf-8", "replace")
+        try:
+            data: Any = orjson.loads(message.data)
+        except orjson.JSONDecodeError:
+            data = text
+        keys: list[Any] = []
+        for cls in classes:
+            try:
+                keys += [k for k in await correlatable_keys(cls, text) if k not in keys]
+            except Exception as exc:  # a message without the key reaches no task
+                log.warning(
+                    "%s: %s.get_correlatable_key found no key (%s: %s); message dropped",
+                    topic,
+                    cls.__name__,
+                    type(exc).__name__,
+                    exc,
+                )
+        for key in keys:
+            await engine.publish(topic, key, data)
+
+    return deliver
