@@ -50,7 +50,7 @@ class Work(ExecutorTask[str, str]):
     async def execute(
         self, runtime_parameters: dict[str, Any], workflow_instance: Any = None
     ) -> Any:
-        return runtime_parameters["n"] * 2
+        return {"twice": runtime_parameters["n"] * 2, "run": workflow_instance.id}
 
 
 class Choose(DecisionTask[str, str]):
@@ -192,10 +192,15 @@ async def test_the_python_step_calls_only_registered_classes_and_captures_sends(
     b.build()
     out = await run_task(f"{__name__}:Sends", "execute", "T", {"n": 1}, topic="T")
     assert out == {"topic": "OTHER", "message": {"n": 1}}
+    command("T")  # registers Order
     default = await run_task(f"{__name__}:Order", "execute", "T", {"n": 2}, topic="T")
     assert default == {"topic": "T", "message": {"n": 2}}
     with pytest.raises(LegatoError, match="only possible inside"):
         record("T", 1)
+    DefaultTaskTemplateBuilder(Dagger.app).set_type(Work).build()
+    out = await run_task(f"{__name__}:Work", "execute", "W", {"n": 2}, run_id="r1")
+    assert out == {"twice": 4, "run": "r1"}
+    assert Dagger.topics["made-on-first-use"].name == "made-on-first-use"
 
 
 def test_main_returns_at_once_when_imported() -> None:

@@ -63,6 +63,7 @@ class Compiler:
             "method": method,
             "name": name,
             "runtime_parameters": "{{ input }}",
+            "run_id": "{{ run.id }}",
             **args,
         }
         if t.topic:

@@ -69,10 +69,18 @@ async def correlatable_keys(cls: type, payload: str) -> list[Any]:
     return [pair[1] if isinstance(pair, tuple) else pair]
 
 
+class _Topics(dict[str, Topic]):
+    """`workflow_engine.topics[name]`: a topic made by create_topic, or one made on first use."""
+
+    def __missing__(self, name: str) -> Topic:
+        topic = self[name] = Topic(name)
+        return topic
+
+
 class Dagger:
     app: ClassVar[_App] = _App()
     templates: ClassVar[dict[str, TemplateDAG]] = {}
-    topics: ClassVar[dict[str, Topic]] = {}
+    topics: ClassVar[dict[str, Topic]] = _Topics()
     _running: ClassVar[Dagger | None] = None
 
     def __init__(

@@ -15,6 +15,7 @@ import enum
 import inspect
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -180,8 +181,12 @@ def record(topic: str, value: Any) -> None:
     sent.append((topic, value))
 
 
-class NotYet(Exception):
-    """An interval task's check said not yet (never seen outside its step)."""
+@dataclass
+class WorkflowInstance:
+    """What a task's `workflow_instance` argument offers: the run's id and its input."""
+
+    id: str
+    runtime_parameters: dict[str, Any]
 
 
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -207,6 +212,7 @@ async def run_task(
     message: Any = None,
     interval: str | None = None,
     until: str | None = None,
+    run_id: str | None = None,
 ) -> Any:
     """The Python step of a Dagger task: call `method` of a new instance of the class `task`."""
     cls = _CLASSES.get(task)
@@ -217,11 +223,12 @@ async def run_task(
         )
     instance = cls(name=name, topic=topic, next_dags=next_dags)
     instance.runtime_parameters = runtime_parameters
+    workflow = WorkflowInstance(run_id or "", runtime_parameters)
     if method == "execute" and issubclass(cls, KafkaCommandTask):
         sent: list[tuple[str, Any]] = []
         token = _SENT.set(sent)
         try:
-            returned = await _call(instance.execute, runtime_parameters, None)
+            returned = await _call(instance.execute, runtime_parameters, workflow)
         finally:
             _SENT.reset(token)
         if len(sent) > 1:
@@ -232,7 +239,7 @@ async def run_task(
             return {"topic": sent[0][0], "message": sent[0][1]}
         return {"topic": topic, "message": runtime_parameters if returned is None else returned}
     if method == "execute":
-        return await _call(instance.execute, runtime_parameters, None)
+        return await _call(instance.execute, runtime_parameters, workflow)
     if method == "on_message" and isinstance(instance, KafkaListenerTask):
         raw = message if isinstance(message, str) else json.dumps(message)
         if not await _call(instance.on_message, runtime_parameters, raw):
