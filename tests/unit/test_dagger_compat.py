@@ -235,3 +235,19 @@ async def test_listener_classes_read_keys_in_each_of_daggers_ways() -> None:
     assert await correlatable_keys(Many, '{"ids": ["A", "B"]}') == ["A", "B"]
     with pytest.raises(KeyError):
         await correlatable_keys(Paid, '{"other": 1}')
+
+
+def test_a_registered_process_is_reused_by_a_template() -> None:
+    @Dagger.register_process_template("Simple")
+    def simple(process_name: str) -> Any:
+        p = ProcessTemplateDagBuilder(Dagger.app)
+        p.set_name(process_name)
+        p.set_root_task(listener("SIMPLE"))
+        return p.build()
+
+    b = DefaultTemplateBuilder(Dagger.app)
+    b.set_name("OnTheFly")
+    b.set_root(Dagger.process_templates["Simple"])
+    assert steps(b.build())["SIMPLE"].action.kind == "listen"
+    with pytest.raises(LegatoError, match="must return the process"):
+        Dagger.register_process_template("none")(lambda name: None)  # type: ignore[arg-type,return-value]

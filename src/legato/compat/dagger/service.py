@@ -24,7 +24,7 @@ import orjson
 
 from legato.compat.dagger.compile import TRANSPORT
 from legato.compat.dagger.definition import TemplateDAG, TemplateDAGInstance
-from legato.compat.dagger.templates import Topic
+from legato.compat.dagger.templates import ProcessTemplate, Topic
 from legato.engine.runtime import Engine
 from legato.errors import Conflict, LegatoError
 from legato.model.workflow import Workflow
@@ -80,6 +80,7 @@ class _Topics(dict[str, Topic]):
 class Dagger:
     app: ClassVar[_App] = _App()
     templates: ClassVar[dict[str, TemplateDAG]] = {}
+    process_templates: ClassVar[dict[str, ProcessTemplate]] = {}
     topics: ClassVar[dict[str, Topic]] = _Topics()
     _running: ClassVar[Dagger | None] = None
 
@@ -115,6 +116,24 @@ class Dagger:
                 )
             cls.templates[name] = template
             return template.workflow
+
+        return register
+
+    @classmethod
+    def register_process_template(
+        cls, name: str
+    ) -> Callable[[Callable[[str], ProcessTemplate]], Callable[[str], ProcessTemplate]]:
+        """A process built once, for templates to reuse (`workflow_engine.process_templates`)."""
+
+        def register(fn: Callable[[str], ProcessTemplate]) -> Callable[[str], ProcessTemplate]:
+            process = fn(name)
+            if not isinstance(process, ProcessTemplate):
+                raise LegatoError(
+                    f"register_process_template({name!r}): {fn.__name__} must return the process "
+                    "(process_builder.build())"
+                )
+            cls.process_templates[name] = process
+            return fn
 
         return register
 
