@@ -251,3 +251,36 @@ def test_a_registered_process_is_reused_by_a_template() -> None:
     assert steps(b.build())["SIMPLE"].action.kind == "listen"
     with pytest.raises(LegatoError, match="must return the process"):
         Dagger.register_process_template("none")(lambda name: None)  # type: ignore[arg-type,return-value]
+
+
+def test_a_decision_reaches_targets_whose_first_steps_have_other_names() -> None:
+    class Later(TriggerTask[str, str]):
+        pass
+
+    wait = TriggerTaskTemplateBuilder(Dagger.app)
+    wait.set_name("LATER")
+    wait.set_type(Later)
+    wait.set_time_to_execute_lookup_key("at")
+    shared = listener("SHARED")  # one template object used in two places
+    group = ParallelCompositeTaskTemplateBuilder(Dagger.app)
+    group.set_name("BOTH")
+    group.add_parallel_task(shared)
+    group.add_parallel_task(listener("OTHER"))
+    d = DecisionTaskTemplateBuilder(Dagger.app)
+    d.set_name("ROUTE")
+    d.set_type(Choose)
+    d.set_next(wait.build())
+    d.set_next(group.build())
+    c = KafkaCommandTaskTemplateBuilder(Dagger.app)
+    c.set_topic("FIRST")
+    c.set_type(Order)
+    c.set_next(shared)
+    c.set_next(d.build())
+    built = template(c.build())
+    branch = steps(built)["ROUTE_branch"].action
+    assert [then for _, then in branch.cases] == [("LATER_at",), ("SHARED_2", "OTHER")]
+    assert steps(built)["ROUTE"].action.args.source["next_dags"] == ["LATER", "BOTH"]
+    assert built.required == {
+        "order_number": "Paid.correlatable_key",
+        "at": "LATER: set_time_to_execute_lookup_key",
+    }

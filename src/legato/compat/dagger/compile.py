@@ -57,7 +57,9 @@ class Compiler:
         self.steps[name] = body
         return name
 
-    def _python(self, t: TaskTemplate, name: str, method: str, **args: Any) -> dict[str, Any]:
+    def _python(
+        self, t: TaskTemplate, name: str, method: str, nexts: list[str] | None = None, **args: Any
+    ) -> dict[str, Any]:
         call: dict[str, Any] = {
             "task": class_path(t.type),
             "method": method,
@@ -68,52 +70,49 @@ class Compiler:
         }
         if t.topic:
             call["topic"] = t.topic
-        if t.next:
-            call["next_dags"] = [self.names[id(n)] for n in t.next if id(n) in self.names]
+        if nexts:
+            call["next_dags"] = nexts
         return {"python": {"function": RUN_TASK, "args": call}}
 
     def task(
-        self, t: TaskTemplate, after: list[str], trigger: str | None
+        self, t: TaskTemplate, after: list[str], trigger: str | None, name: str | None = None
     ) -> tuple[list[str], str | None]:
         """Add the steps of `t` and of what follows it; return the steps the next one waits for,
-        and the trigger it waits with."""
-        name = self._name(t.name or t.topic or t.type.__name__)
-        self.names[id(t)] = name
+        and the trigger it waits with. `name`: one reserved for it (a decision's target)."""
+        name = name or self._name(_wanted(t))
         if t.kind == "decision":
-            for n in t.next:  # the names evaluate() may return
-                if id(n) not in self.names:
-                    self.names[id(n)] = self._name(n.name or n.topic or n.type.__name__)
-            self._add(name, self._python(t, name, "evaluate"), after, trigger)
-            cases = [
-                {
-                    "when": "{{ steps." + name + ".output == " + repr(self.names[id(n)]) + " }}",
-                    "then": [self.names[id(n)]],
-                }
-                for n in t.next
-            ]
-            decide = self._add(
-                self._name(name + "_branch"), {"branch": {"cases": cases}}, [name], None
-            )
-            exits: list[str] = []
-            for n in t.next:
-                exits += self._chain(n, [decide], None)[0]
-            return exits, None
+            return self._decision(t, name, after, trigger), None
         last, join = self._one(t, name, after, trigger)
         if not t.next:
             return last, join
         exits = []
         for n in t.next:
-            exits += self._chain(n, last, join)[0]
+            exits += self.task(n, last, join)[0]
         return exits, None
 
-    def _chain(
-        self, t: TaskTemplate, after: list[str], trigger: str | None
-    ) -> tuple[list[str], str | None]:
-        reserved = self.names.get(id(t))
-        if reserved is not None and self.steps.get(reserved) == {}:
-            del self.steps[reserved]  # a decision reserved its name; take it now
-            t = _named(t, reserved)
-        return self.task(t, after, trigger)
+    def _decision(
+        self, t: TaskTemplate, name: str, after: list[str], trigger: str | None
+    ) -> list[str]:
+        """A Python step returning the name of the next task, and a branch to that task's first
+        steps (a parallel group has several); the other tasks are skipped."""
+        targets = [self._name(_wanted(n)) for n in t.next]  # the names evaluate() returns
+        self._add(name, self._python(t, name, "evaluate", targets), after, trigger)
+        decide = self._name(name + "_branch")
+        cases: list[dict[str, Any]] = []
+        exits: list[str] = []
+        seen: set[str] = set()
+        for n, target in zip(t.next, targets, strict=True):
+            exits += self.task(n, [decide], None, target)[0]
+            entries = [
+                step
+                for step, body in self.steps.items()
+                if decide in body.get("depends_on", ()) and step not in seen
+            ]
+            seen.update(entries)
+            when = "{{ steps." + name + ".output == " + repr(target) + " }}"
+            cases.append({"when": when, "then": entries})
+        self._add(decide, {"branch": {"cases": cases}}, [name], None)
+        return exits
 
     def _one(
         self, t: TaskTemplate, name: str, after: list[str], trigger: str | None
@@ -190,13 +189,10 @@ class Compiler:
             result = self.process(n, *result)
         return result
 
-    names: dict[int, str]
 
-
-def _named(t: TaskTemplate, name: str) -> TaskTemplate:
-    from dataclasses import replace
-
-    return replace(t, name=name)
+def _wanted(t: TaskTemplate) -> str:
+    """A task's step name: its set_name, else its topic, else its class's name."""
+    return t.name or t.topic or t.type.__name__
 
 
 def compile_template(
@@ -205,7 +201,6 @@ def compile_template(
     """The workflow of a template, the listener classes of each topic it listens to, and the
     runtime parameters its tasks cannot do without."""
     compiler = Compiler()
-    compiler.names = {}
     compiler.process(root, [], None)
     spec = {
         "name": name,
