@@ -415,3 +415,20 @@ async def test_an_engine_started_elsewhere_reads_listener_topics_once_attached(d
                 "OrderWorkflow", {"order_number": order, "customer_name": "C"}, timeout=20
             )
             assert run.info.status == "succeeded", run.info.error
+
+
+async def test_a_worker_whose_broker_never_answers_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(EXAMPLE.parents[2] / "src"),
+        "DAGGER_BROKER": "nats://127.0.0.1:9",  # nothing listens there: the client retries
+        "DAGGER_STORE": f"sqlite:///{tmp_path / 'd.db'}",
+    }
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    await asyncio.sleep(2)
+    worker.terminate()
+    _, err = await asyncio.wait_for(worker.communicate(), 15)
+    assert worker.returncode == 1
+    assert err.decode().rstrip().endswith("dagger: stopped while starting")

@@ -164,9 +164,9 @@ class Dagger:
             engine = Engine.open(_store_url(self.store, self.datadir))
             self._own_engine = True
         engine.add_transport(TRANSPORT, self.broker)
-        await engine.start()
         self.engine = engine
         try:
+            await engine.start()
             for template in self.templates.values():
                 await engine.register(template.workflow)
             await attach(engine)
@@ -178,9 +178,12 @@ class Dagger:
     async def stop(self) -> None:
         if Dagger._running is self:
             Dagger._running = None
-        if self.engine is not None and self._own_engine:
-            await self.engine.close()
-        self.engine = None
+        engine, self.engine = self.engine, None
+        if engine is not None and self._own_engine:
+            try:
+                await engine.close()
+            except Exception:  # half started (a broker that never answered): nothing to keep
+                log.exception("closing the engine failed")
 
     async def __aenter__(self) -> Dagger:
         await self.start()
@@ -227,14 +230,30 @@ class Dagger:
             raise SystemExit(f"dagger: {exc}") from None
 
     async def _main(self) -> None:
+        """Until a signal; one that comes while the worker starts (a broker that does not answer)
+        stops the start."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        starting = asyncio.create_task(self.start())
+
+        def on_signal() -> None:
+            if starting.done():
+                stop.set()
+            else:
+                starting.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        async with self:
+                loop.add_signal_handler(sig, on_signal)
+        try:
+            await starting
+        except asyncio.CancelledError:
+            raise SystemExit("dagger: stopped while starting") from None
+        try:
             log.info("Dagger templates %s running on %s", sorted(self.templates), self.broker)
             await stop.wait()
+        finally:
+            await self.stop()
 
 
 async def attach(engine: Engine) -> None:
