@@ -259,6 +259,7 @@ def workflow(
     email_on_retry: bool | None = None,
     email_on_success: bool | None = None,
     webhooks: list[dict[str, Any]] | None = None,
+    triggers: list[dict[str, Any]] | None = None,
 ) -> Workflow: ...
 
 
@@ -285,6 +286,7 @@ def workflow(
     email_on_retry: bool | None = None,
     email_on_success: bool | None = None,
     webhooks: list[dict[str, Any]] | None = None,
+    triggers: list[dict[str, Any]] | None = None,
 ) -> Callable[[Callable[[], Any]], Workflow]: ...
 
 
@@ -310,6 +312,7 @@ def workflow(
     email_on_retry: bool | None = None,
     email_on_success: bool | None = None,
     webhooks: list[dict[str, Any]] | None = None,
+    triggers: list[dict[str, Any]] | None = None,
 ) -> Workflow | Callable[[Callable[[], Any]], Workflow]:
     """Decorate a function whose body declares steps; returns the validated Workflow."""
 
@@ -340,6 +343,7 @@ def workflow(
             ("email_on_retry", email_on_retry),
             ("email_on_success", email_on_success),
             ("webhooks", webhooks),
+            ("triggers", triggers),
         ):
             if value is not None:
                 spec[key] = value

@@ -77,6 +77,7 @@ from legato.engine.state import (
     Wake,
 )
 from legato.engine.tokens import TaskTokens
+from legato.engine.triggers import Triggers, unknown_transports
 from legato.errors import (
     Conflict,
     DefinitionError,
@@ -282,6 +283,7 @@ class Engine:
         self.transports: dict[str, Transport] = {}
         self.results = S3Results()
         self._subscriptions: list[tuple[str, str]] = []
+        self.triggers = Triggers(self)  # broker messages that start runs
         self.python = PythonExecutor(self._functions, python_modules)
         self.definition_limits = DefinitionLimits()  # for definitions registered from now on
         # A burst of sub-workflow starts (a fan-out of children) takes turns, a few at a time: on
@@ -372,6 +374,11 @@ class Engine:
             )
         self.health.worker = self.worker
         self.health.start()
+        if self.transports:
+            try:
+                await self.triggers.start()
+            except Exception as exc:  # the broker's refusal
+                raise LegatoError(f"cannot subscribe workflow triggers: {exc}") from exc
 
     def drain(self) -> None:
         """Start no new step from now on; steps under way finish and their outcomes are committed.
@@ -471,6 +478,7 @@ class Engine:
         self.definition_limits.check_steps(len(wf.steps))
         known = {*self._services, *(s.name for s in inline)}
         problems = unknown_services(wf.steps, known)
+        problems += unknown_transports(wf, set(self.transports))
         if problems:
             raise DefinitionError(problems)
         try:
@@ -497,6 +505,11 @@ class Engine:
             self.scheduler.wake.set()
         elif record.created:
             await self.store.drop_schedule(wf.name)
+        if wf.triggers:
+            try:
+                await self.triggers.subscribe(wf)
+            except Exception:  # stored: its triggers are subscribed at the next start
+                log.exception("subscribing the triggers of workflow %s failed", wf.name)
         return record
 
     # -- schedules ----------------------------------------------------------------------------

@@ -1,7 +1,12 @@
-"""Kafka through aiokafka: `kafka://host:port`; a destination is a topic, consumers share the group
-`legato` and commit an offset only after the handler returned (at-least-once).
+"""Kafka through aiokafka: `kafka://host:port`; a destination is a topic, consumers share a group
+(`legato` unless the subscription names one) and commit a record's offset only after its handler
+returned (at-least-once).
 
-Tested where a broker is reachable (LEGATO_KAFKA_URL, or 127.0.0.1:9092); this machine runs none.
+Records are handled one at a time, in order; after each, exactly the offset past that record is
+committed for its partition (not the consumer's whole position, which a rebalance may have moved).
+A failed commit (a rebalance took the partition) leaves the record to be delivered again, to this
+process or another: handlers must be idempotent, as the engine's are (a trigger's receipt, an
+event's id). The tests run against a real Kafka-protocol broker they start (tests/integration/kafka.py).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from legato.transports import Handler, Message
 
@@ -46,11 +51,13 @@ class KafkaTransport:
             destination, data, headers=[(k, v.encode()) for k, v in headers.items()]
         )
 
-    async def subscribe(self, destination: str, handler: Handler) -> None:
+    async def subscribe(self, destination: str, handler: Handler, group: str | None = None) -> None:
+        """A new group starts at the topic's earliest record (none published before the
+        subscription is missed)."""
         consumer = AIOKafkaConsumer(
             destination,
             bootstrap_servers=self._servers,
-            group_id="legato",
+            group_id=group or "legato",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
@@ -60,8 +67,7 @@ class KafkaTransport:
             while True:
                 try:
                     async for record in consumer:
-                        headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
-                        message = Message(destination, record.value or b"", headers)
+                        message = _message(destination, record)
                         while True:
                             try:
                                 await handler(message)
@@ -69,7 +75,8 @@ class KafkaTransport:
                             except Exception:  # at least once: the same record, after a pause
                                 log.exception("handling a message from %s failed", destination)
                                 await asyncio.sleep(1)
-                        await consumer.commit()
+                        partition = TopicPartition(record.topic, record.partition)
+                        await consumer.commit({partition: record.offset + 1})
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # a failed commit or a rebalance: uncommitted records come again
@@ -77,3 +84,15 @@ class KafkaTransport:
                     await asyncio.sleep(1)
 
         self._consumers.append((consumer, asyncio.create_task(consume())))
+
+
+def _message(destination: str, record: ConsumerRecord[bytes, bytes]) -> Message:
+    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    return Message(
+        destination,
+        record.value or b"",
+        headers,
+        id=f"{record.topic}/{record.partition}/{record.offset}",
+        key=key,
+    )
