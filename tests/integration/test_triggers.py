@@ -121,7 +121,7 @@ async def test_the_default_key_is_the_message_id_and_the_default_input_the_messa
         seen.append(message)
         await handle(workflow, transport, where, message)
 
-    engine.triggers.on_message = noting  # type: ignore[method-assign]
+    engine.triggers.on_message = noting  # type: ignore[method-assign,assignment]
     async with engine:
         await engine.apply(orders(name, broker, destination))
         for _ in range(2):
