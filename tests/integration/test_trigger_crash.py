@@ -27,18 +27,18 @@ from tests.integration.serverprocess import ServerProcess, start_server
 KIND = {"rabbitmq": "queue", "kafka": "topic"}
 
 
-async def wait_for(check: Any, seconds: float = 90) -> Any:
+async def wait_for(check: Any, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
+        if await check():
+            return
         await asyncio.sleep(0.1)
     raise AssertionError("timed out waiting")
 
 
-def triggers(server: ServerProcess) -> dict[str, Any]:
-    return httpx.get(server.url + "/api/triggers", timeout=5).json()  # type: ignore[no-any-return]
+async def counts(http: httpx.AsyncClient, server: ServerProcess) -> dict[str, int]:
+    found = (await http.get(server.url + "/api/triggers")).json()
+    return found["messages"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("broker", ["kafka", "rabbitmq"])
@@ -51,8 +51,9 @@ async def test_a_crash_between_the_commit_and_the_ack_starts_the_run_once(
     args = ("--transport", f"bus={url}")
     first = start_server(tmp_path, *args, db=db_url, env={CRASH_ENV: "1"}, name="first")
     second: ServerProcess | None = None
+    http = httpx.AsyncClient(timeout=10)
     try:
-        applied = httpx.post(
+        applied = await http.post(
             first.url + "/api/workflows",
             json={
                 "name": name,
@@ -60,11 +61,10 @@ async def test_a_crash_between_the_commit_and_the_ack_starts_the_run_once(
                 "steps": {"hold": {"wait": {"for": "1h"}}},
                 "triggers": [{"transport": "bus", KIND[broker]: destination}],
             },
-            timeout=10,
         )
         assert applied.status_code == 201, applied.text
         assert applied.json()["name"] == name
-        shown = httpx.get(f"{first.url}/api/workflows/{name}", timeout=5).json()
+        shown = (await http.get(f"{first.url}/api/workflows/{name}")).json()
         assert shown["triggers"] == [{"transport": "bus", KIND[broker]: destination}]
         publisher = open_transport(url)
         await publisher.connect()
@@ -72,22 +72,31 @@ async def test_a_crash_between_the_commit_and_the_ack_starts_the_run_once(
             await publisher.publish(destination, orjson.dumps({"order": "E-1"}), {})
         finally:
             await publisher.close()
-        await wait_for(lambda: first.proc.poll() is not None)
+        await wait_for(lambda: asyncio.sleep(0, first.proc.poll() is not None))
         assert first.proc.returncode == 9, first.output()
 
         second = start_server(tmp_path, *args, db=db_url, name="second")
         # The message comes again (Kafka: once the dead member's session has expired).
-        seen = await wait_for(lambda: triggers(second)["messages"]["duplicate"] == 1 or None)
-        assert seen
-        runs = httpx.get(f"{second.url}/api/runs", params={"workflow": name}, timeout=5).json()
+        restarted = second
+
+        async def again() -> bool:
+            return (await counts(http, restarted))["duplicate"] == 1
+
+        await wait_for(again)
+        runs = (await http.get(f"{second.url}/api/runs", params={"workflow": name})).json()
         (run,) = runs["runs"]
-        detail = httpx.get(f"{second.url}/api/runs/{run['id']}", timeout=5).json()
+        detail = (await http.get(f"{second.url}/api/runs/{run['id']}")).json()
         assert detail["input"] == {"order": "E-1"}
-        counts = triggers(second)["messages"]
-        assert counts == {"started": 0, "duplicate": 1, "rejected": 0, "filtered": 0}
-        metrics = httpx.get(second.url + "/metrics", timeout=5).text
+        assert await counts(http, second) == {
+            "started": 0,
+            "duplicate": 1,
+            "rejected": 0,
+            "filtered": 0,
+        }
+        metrics = (await http.get(second.url + "/metrics")).text
         assert 'legato_trigger_messages_total{outcome="duplicate"} 1.0' in metrics
     finally:
+        await http.aclose()
         for server in (first, second):
             if server is not None:
                 server.stop()
