@@ -231,3 +231,19 @@ def test_the_api_refuses_an_unknown_transport_and_shows_triggers(server: ServerP
     assert listing["subscribed"] == [] and listing["messages"]["started"] == 0
     metrics = httpx.get(server.url + "/metrics").text
     assert 'legato_trigger_messages_total{outcome="duplicate"} 0.0' in metrics
+
+
+def test_the_cli_lists_the_servers_triggers(server: ServerProcess) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "legato.cli", "triggers", "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "LEGATO_API_TOKEN"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "messages: started 0, duplicate 0, rejected 0, filtered 0" in done.stdout
