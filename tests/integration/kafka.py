@@ -8,6 +8,7 @@ LEGATO_KAFKA_URL, when set, names a broker to use instead (a real Apache Kafka, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-_started: list[tuple[subprocess.Popen[bytes], str]] = []
+_started: list[tuple[subprocess.Popen[bytes], str, str]] = []  # (process, URL, its log file)
 
 
 def _free_port() -> int:
@@ -72,16 +73,18 @@ def kafka_url() -> str:
         proc.kill()
         pytest.fail(f"tansu did not listen on {port} within 20 s; its log is {log.name}")
     url = f"kafka://127.0.0.1:{port}"
-    _started.append((proc, url))
+    _started.append((proc, url, log.name))
     return url
 
 
 def stop() -> None:
     while _started:
-        proc, _ = _started.pop()
+        proc, _, log = _started.pop()
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(log)

@@ -374,10 +374,11 @@ class Engine:
             )
         self.health.worker = self.worker
         self.health.start()
-        if self.transports:
+        if self.transports:  # once the engine runs: a message may start a run at once
             try:
                 await self.triggers.start()
-            except Exception as exc:  # the broker's refusal
+            except Exception as exc:  # a broker's refusal, or the workflows could not be read
+                await self.close()
                 raise LegatoError(f"cannot subscribe workflow triggers: {exc}") from exc
 
     def drain(self) -> None:

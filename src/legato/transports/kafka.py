@@ -27,18 +27,17 @@ class KafkaTransport:
         self.url = url
         self._servers = url.split("://", 1)[1]
         self._producer: AIOKafkaProducer | None = None
-        self._consumers: list[tuple[AIOKafkaConsumer, asyncio.Task[None]]] = []
+        self._consumers: list[asyncio.Task[None]] = []
 
     async def connect(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self._servers, acks="all")
         await self._producer.start()
 
     async def close(self) -> None:
-        for consumer, task in self._consumers:
+        for task in self._consumers:  # each stops its consumer (leaving its group) on the way out
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await consumer.stop()
         self._consumers.clear()
         if self._producer is not None:
             await self._producer.stop()
@@ -53,37 +52,54 @@ class KafkaTransport:
 
     async def subscribe(self, destination: str, handler: Handler, group: str | None = None) -> None:
         """A new group starts at the topic's earliest record (none published before the
-        subscription is missed)."""
-        consumer = AIOKafkaConsumer(
-            destination,
-            bootstrap_servers=self._servers,
-            group_id=group or "legato",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
+        subscription is missed). Returns at once: joining the group waits for the broker to drop
+        a dead member's session (a process killed a moment ago), which must not hold up the start
+        of a server; the broker's address was checked by `connect`."""
+        task = asyncio.create_task(self._consume(destination, handler, group or "legato"))
+        self._consumers.append(task)
 
-        async def consume() -> None:
-            while True:
-                try:
-                    async for record in consumer:
-                        message = _message(destination, record)
-                        while True:
-                            try:
-                                await handler(message)
-                                break
-                            except Exception:  # at least once: the same record, after a pause
-                                log.exception("handling a message from %s failed", destination)
-                                await asyncio.sleep(1)
-                        partition = TopicPartition(record.topic, record.partition)
-                        await consumer.commit({partition: record.offset + 1})
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a failed commit or a rebalance: uncommitted records come again
-                    log.exception("consuming %s failed; resuming", destination)
-                    await asyncio.sleep(1)
+    async def _consume(self, destination: str, handler: Handler, group: str) -> None:
+        while True:
+            consumer = AIOKafkaConsumer(
+                destination,
+                bootstrap_servers=self._servers,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            try:
+                await consumer.start()
+                await _deliver(consumer, destination, handler)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker went away, or the group could not be joined
+                log.exception("consuming %s failed; joining again", destination)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
 
-        self._consumers.append((consumer, asyncio.create_task(consume())))
+
+async def _deliver(consumer: AIOKafkaConsumer, destination: str, handler: Handler) -> None:
+    """Hand each record to `handler`, then commit the offset past it; return never."""
+    while True:
+        try:
+            async for record in consumer:
+                message = _message(destination, record)
+                while True:
+                    try:
+                        await handler(message)
+                        break
+                    except Exception:  # at least once: the same record, after a pause
+                        log.exception("handling a message from %s failed", destination)
+                        await asyncio.sleep(1)
+                partition = TopicPartition(record.topic, record.partition)
+                await consumer.commit({partition: record.offset + 1})
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failed commit or a rebalance: uncommitted records come again
+            log.exception("consuming %s failed; resuming", destination)
+            await asyncio.sleep(1)
 
 
 def _message(destination: str, record: ConsumerRecord[bytes, bytes]) -> Message:
