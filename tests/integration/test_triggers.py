@@ -247,3 +247,15 @@ def test_the_cli_lists_the_servers_triggers(server: ServerProcess) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "messages: started 0, duplicate 0, rejected 0, filtered 0" in done.stdout
+
+
+async def test_a_message_for_a_workflow_that_cannot_be_loaded_is_rejected(tmp_path: Any) -> None:
+    engine = Engine.open(f"sqlite:///{tmp_path}/gone.db")
+    await engine.store.open()
+    try:
+        await engine.triggers.on_message("nowhere", "bus", "q", Message("q", b"{}", id="q/1"))
+    finally:
+        await engine.store.close()
+    assert engine.triggers.stats["rejected"] == 1
+    (rejected,) = engine.triggers.rejected
+    assert "no workflow named 'nowhere'" in rejected["reason"]

@@ -144,7 +144,12 @@ class Triggers:
         self, workflow: str, transport: str, destination: str, message: Message
     ) -> None:
         """Start the message's run (or find the one it started); return once that is durable."""
-        wf, version = await self.engine.workflow_version(workflow)
+        try:
+            wf, version = await self.engine.workflow_version(workflow)
+        except (NotFound, DefinitionError) as exc:  # a stored version this Legato cannot build
+            gone = Trigger(transport, "", destination)
+            self._reject(workflow, gone, message, f"the workflow cannot be loaded: {exc}")
+            return
         trigger = next(
             (t for t in wf.triggers if (t.transport, t.destination) == (transport, destination)),
             None,
