@@ -240,6 +240,10 @@ class _Verbs(Generic[R]):
         """Scheduled workflows with their state and next fire time."""
         return self._send(_Request("GET", "/api/schedules", pick="schedules"))
 
+    def triggers(self) -> R:
+        """The server's broker triggers: `{"subscribed", "messages", "rejected"}`."""
+        return self._send(_Request("GET", "/api/triggers"))
+
     def pause(self, workflow: str) -> R:
         return self._send(_Request("POST", f"/api/schedules/{_q(workflow)}/pause"))
 

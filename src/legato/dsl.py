@@ -266,6 +266,7 @@ def workflow(
     webhooks: list[dict[str, Any]] | None = None,
     schedule_interval: Any = _UNSET,
     airflow: dict[str, Any] | None = None,
+    triggers: list[dict[str, Any]] | None = None,
 ) -> Workflow: ...
 
 
@@ -294,6 +295,7 @@ def workflow(
     webhooks: list[dict[str, Any]] | None = None,
     schedule_interval: Any = _UNSET,
     airflow: dict[str, Any] | None = None,
+    triggers: list[dict[str, Any]] | None = None,
 ) -> Callable[[Callable[[], Any]], Workflow]: ...
 
 
@@ -321,6 +323,7 @@ def workflow(
     webhooks: list[dict[str, Any]] | None = None,
     schedule_interval: Any = _UNSET,
     airflow: dict[str, Any] | None = None,
+    triggers: list[dict[str, Any]] | None = None,
 ) -> Workflow | Callable[[Callable[[], Any]], Workflow]:
     """Decorate a function whose body declares steps; returns the validated Workflow."""
 
@@ -361,6 +364,7 @@ def workflow(
             ("email_on_success", email_on_success),
             ("webhooks", webhooks),
             ("airflow", airflow),
+            ("triggers", triggers),
         ):
             if value is not None:
                 spec[key] = value

@@ -1,8 +1,8 @@
 """The servers the backend and transport tests run against: real ones on this machine.
 
 A broker that does not answer skips its tests with the reason, except under CI=true, where it fails
-them (CI's machine runs NATS and RabbitMQ). Kafka is not run here: its tests run where LEGATO_KAFKA_URL
-(or 127.0.0.1:9092) answers, and skip otherwise, CI included.
+them (CI's machine runs NATS and RabbitMQ). Kafka's broker is started by the tests themselves (tansu,
+see kafka.py), unless LEGATO_KAFKA_URL names one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 BROKERS = {
     "nats": os.environ.get("LEGATO_NATS_URL", "nats://127.0.0.1:4222"),
     "rabbitmq": os.environ.get("LEGATO_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-    "kafka": os.environ.get("LEGATO_KAFKA_URL", "kafka://127.0.0.1:9092"),
 }
 REQUIRED_IN_CI = {"nats", "rabbitmq", "postgres"}
 POSTGRES = os.environ.get("LEGATO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -46,6 +45,10 @@ def postgres_url() -> str:
 
 def broker_url(name: str) -> str:
     """The broker's URL, or skip (fail under CI=true, for the brokers CI runs)."""
+    if name == "kafka":
+        from tests.integration.kafka import kafka_url
+
+        return kafka_url()
     url = BROKERS[name]
     if not _reachable(url):
         reason = f"{name} is not reachable at {url}"

@@ -14,6 +14,15 @@ from tests.integration.serverprocess import ServerProcess, start_server
 from tests.integration.testservice import LoopbackService
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kafka_broker() -> Iterator[None]:
+    """Stops the Kafka-protocol broker the Kafka tests started, if they did (see kafka.py)."""
+    yield
+    from tests.integration import kafka
+
+    kafka.stop()
+
+
 @pytest.fixture
 async def service() -> AsyncIterator[LoopbackService]:
     svc = LoopbackService()

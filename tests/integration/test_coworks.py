@@ -37,7 +37,9 @@ def load(name: str, module_name: str | None = None) -> ModuleType:
     """Import an example file as a fresh module (its workflow is built at import); a process
     importing it again under the same `module_name` finds its tasks under the same names."""
     module_name = module_name or f"coworks_{name}_{uuid.uuid4().hex[:8]}"
-    path = EXAMPLES / f"{name}.py" if name == "coworks_services" else EXAMPLES / "dags" / f"{name}.py"
+    path = (
+        EXAMPLES / f"{name}.py" if name == "coworks_services" else EXAMPLES / "dags" / f"{name}.py"
+    )
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -313,6 +313,25 @@ def schedules(client: Client, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote
+def triggers(client: Client, as_json: bool) -> None:
+    """List the broker triggers the server subscribed, its message counts and the last rejected
+    messages."""
+    found = client.triggers()
+    if as_json:
+        click.echo(dump_json(found))
+        return
+    for t in found["subscribed"]:
+        where = next(f"{k} {t[k]}" for k in ("topic", "subject", "queue") if k in t)
+        click.echo(f"{t['workflow']:<24} {t['transport']}: {where} (group {t['group']})")
+    counts = ", ".join(f"{k} {v}" for k, v in found["messages"].items())
+    click.echo(f"messages: {counts}")
+    for r in found["rejected"]:
+        click.echo(f"rejected {r['at']} {r['workflow']} {r['id']}: {r['reason']}")
+
+
+@main.command()
 @click.argument("workflow")
 @remote
 def pause(client: Client, workflow: str) -> None:

@@ -78,6 +78,7 @@ from legato.engine.state import (
     Wake,
 )
 from legato.engine.tokens import TaskTokens
+from legato.engine.triggers import Triggers, unknown_transports
 from legato.errors import (
     Conflict,
     DefinitionError,
@@ -284,6 +285,7 @@ class Engine:
         self.transports: dict[str, Transport] = {}
         self.results = S3Results()
         self._subscriptions: list[tuple[str, str]] = []
+        self.triggers = Triggers(self)  # broker messages that start runs
         self.python = PythonExecutor(self._functions, python_modules)
         self.definition_limits = DefinitionLimits()  # for definitions registered from now on
         # A burst of sub-workflow starts (a fan-out of children) takes turns, a few at a time: on
@@ -374,6 +376,12 @@ class Engine:
             )
         self.health.worker = self.worker
         self.health.start()
+        if self.transports:  # once the engine runs: a message may start a run at once
+            try:
+                await self.triggers.start()
+            except Exception as exc:  # a broker's refusal, or the workflows could not be read
+                await self.close()
+                raise LegatoError(f"cannot subscribe workflow triggers: {exc}") from exc
 
     def drain(self) -> None:
         """Start no new step from now on; steps under way finish and their outcomes are committed.
@@ -474,6 +482,7 @@ class Engine:
         known = {*self._services, *(s.name for s in inline)}
         # With an external directory, a service it may know is looked up at call time instead.
         problems = [] if self.http.directory else unknown_services(wf.steps, known)
+        problems += unknown_transports(wf, set(self.transports))
         warnings: list[str] = []
         if isinstance(definition, Definition) and definition.chain:
             directory = {**self._services, **{s.name: s for s in inline}}
@@ -509,6 +518,11 @@ class Engine:
             self.scheduler.wake.set()
         elif record.created:
             await self.store.drop_schedule(wf.name)
+        if wf.triggers:
+            try:
+                await self.triggers.subscribe(wf)
+            except Exception:  # stored: its triggers are subscribed at the next start
+                log.exception("subscribing the triggers of workflow %s failed", wf.name)
         return replace(record, warnings=tuple(warnings)) if warnings else record
 
     # -- schedules ----------------------------------------------------------------------------

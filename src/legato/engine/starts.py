@@ -20,7 +20,7 @@ from legato.engine.bugs import log_decide_failure
 from legato.engine.decider import decide
 from legato.engine.ids import MARKER, reserved
 from legato.engine.outbox import new_delivery_id, outgoing
-from legato.engine.state import RunInfo, RunState, Start
+from legato.engine.state import Decision, RunInfo, RunState, Start
 from legato.errors import Conflict, LegatoError
 from legato.model.workflow import Workflow
 from legato.store.starts import StartKey
@@ -75,6 +75,20 @@ def check_key(value: str) -> str | None:
     return None
 
 
+def first_decision(wf: Workflow, info: RunInfo, now: float) -> Decision:
+    """A new run's first decision, for a start the store commits on its own (held by nobody)."""
+    try:
+        decision = decide(wf, RunState(info), Start(), now, random.random())
+    except Exception as exc:  # a decider bug ends the run visibly, never a 500
+        from legato.engine.runtime import _broken
+
+        log_decide_failure(info.id, Start(), exc)
+        decision = _broken(RunState(info), exc, now)
+    decision.new_run = True
+    decision.outbox = outgoing(wf.notify, decision, info, new_delivery_id)
+    return decision
+
+
 class Starts:
     """An engine's once-only starts: their key lifetime and the purge of expired keys."""
 
@@ -86,15 +100,7 @@ class Starts:
     async def start(self, wf: Workflow, info: RunInfo, once: Once) -> str:
         engine = self.engine
         now = engine.clock()
-        try:
-            decision = decide(wf, RunState(info), Start(), now, random.random())
-        except Exception as exc:  # a decider bug ends the run visibly, never a 500
-            from legato.engine.runtime import _broken
-
-            log_decide_failure(info.id, Start(), exc)
-            decision = _broken(RunState(info), exc, now)
-        decision.new_run = True
-        decision.outbox = outgoing(wf.notify, decision, info, new_delivery_id)
+        decision = first_decision(wf, info, now)
         key = None
         if once.key is not None:
             key = StartKey(info.workflow, once.key, once.digest, now + self.ttl)

@@ -18,6 +18,7 @@ from legato.model.durations import parse_duration, parse_time
 from legato.model.fields import Field
 from legato.model.reader import Reader, join, read_fields
 from legato.model.schedule import PRESETS, Schedule, cron_problem
+from legato.model.triggers import read_triggers
 from legato.model.workflow import (
     FAILURE_KINDS,
     NEVER_RETRIED,
@@ -99,6 +100,7 @@ def build_workflow(
     schedule = _read_schedule(r, inputs)
     notify = _read_notify(r, problems, defaults.notify)
     airflow = _read_airflow(r)
+    triggers = read_triggers(r.raw("triggers"), "triggers", problems)
     tags = r.names("tags")
     for tag in tags:
         if not TAG.fullmatch(tag):
@@ -175,6 +177,7 @@ def build_workflow(
         tags=tuple(dict.fromkeys(tags)),
         notify=notify,
         airflow=airflow,
+        triggers=triggers,
     )
 
 

@@ -227,6 +227,26 @@ class Notify:
         )
 
 
+DESTINATION_KINDS = ("topic", "subject", "queue")
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """Start a run for each message on `destination` (a Kafka topic, NATS subject or RabbitMQ
+    queue, as `kind` says) of the transport named `transport`. `filter` (truthy starts a run),
+    `key` (the dedupe key; None: the broker's message id) and `input` (None: the message) are
+    rendered with the message (see engine/triggers.py). `group`: the consumer group the
+    processes share (None: `legato.<workflow>`)."""
+
+    transport: str
+    kind: str
+    destination: str
+    filter: Template | None = None
+    key: Template | None = None
+    input: Template | None = None
+    group: str | None = None
+
+
 @dataclass(frozen=True)
 class Workflow:
     """Steps are kept in a topological order; `spec` is the canonical plain form the digest is taken of."""
@@ -248,6 +268,7 @@ class Workflow:
     # `airflow: {params: {...}}`: templates also see Airflow's names (dag_run, ti, params, ds...),
     # see engine/airflow.py; None for every other workflow.
     airflow: Mapping[str, Any] | None = None
+    triggers: tuple[Trigger, ...] = ()
 
     @property
     def digest(self) -> str:

@@ -125,6 +125,7 @@ def create_app(
             Route("/api/workflows/{name}/runs", routes.start_run, methods=["POST"]),
             Route("/api/workflows/{name}/trigger", routes.trigger_run, methods=["POST"]),
             Route("/api/schedules", routes.list_schedules),
+            Route("/api/triggers", routes.list_triggers),
             Route("/api/tags", routes.list_tags),
             Route("/api/schedules/{name}/pause", routes.pause_schedule, methods=["POST"]),
             Route("/api/schedules/{name}/unpause", routes.unpause_schedule, methods=["POST"]),

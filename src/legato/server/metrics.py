@@ -6,6 +6,8 @@ Map children (`resize[12]`) are counted under their map step so label values sta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,7 +16,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from legato.engine.runtime import Engine
 from legato.engine.state import RUNNING, SUCCEEDED, Decision
@@ -66,6 +70,7 @@ class Metrics:
             Gauge(name, doc, registry=r).set_function(fn)
         self.commits = Gauge("legato_commits", "Store commits since start.", registry=r)
         self.commits.set_function(lambda: engine.stats["commits"])
+        r.register(_TriggerMessages(engine))
         engine.subscribe(self.observe)
 
     def observe(self, d: Decision) -> None:
@@ -90,3 +95,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TriggerMessages(Collector):
+    """The engine's counts of broker messages handled by triggers, read at each scrape."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "legato_trigger_messages",
+            "Broker messages handled by workflow triggers, by outcome: started (a new run), "
+            "duplicate (its key had started a run), rejected (it can never start one), filtered "
+            "(the filter said no).",
+            labels=["outcome"],
+        )
+        for outcome, count in self.engine.triggers.stats.items():
+            family.add_metric([outcome], count)
+        yield family

@@ -172,6 +172,11 @@ SCHEMAS: dict[str, Any] = {
             "created": {"type": "boolean", "description": "False when the definition was known."},
             "definition": ANY_OBJECT,
             "versions": {"type": "array", "items": ANY_OBJECT},
+            "triggers": {
+                "type": "array",
+                "items": ANY_OBJECT,
+                "description": "The broker destinations whose messages start its runs.",
+            },
         },
     },
     "Definition": {
@@ -683,6 +688,30 @@ def build() -> dict[str, Any]:
                     )
                 },
                 tag="schedules",
+                errors=("401",),
+            ),
+        },
+        "/api/triggers": {
+            "get": _op(
+                "The broker triggers this server subscribed, its counts of messages (started, "
+                "duplicate, rejected, filtered) and the last rejected messages with the reason.",
+                {
+                    "200": _ok(
+                        "The triggers.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "subscribed": {"type": "array", "items": ANY_OBJECT},
+                                "messages": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "integer"},
+                                },
+                                "rejected": {"type": "array", "items": ANY_OBJECT},
+                            },
+                        },
+                    )
+                },
+                tag="workflows",
                 errors=("401",),
             ),
         },

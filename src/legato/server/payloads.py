@@ -116,6 +116,7 @@ def workflow_detail(record: WorkflowRecord, versions: list[WorkflowRecord]) -> d
     out = workflow_summary(record)
     out["digest"] = record.digest
     out["definition"] = mask_definition(record.spec)
+    out["triggers"] = out["definition"].get("triggers") or []  # the broker messages that start runs
     if versions:
         out["versions"] = [
             {"version": v.version, "created_at": iso(v.created_at), "digest": v.digest}

@@ -490,6 +490,17 @@ async def list_runs(request: Request) -> Response:
     )
 
 
+async def list_triggers(request: Request) -> Response:
+    triggers = _ctx(request).engine.triggers
+    return json_response(
+        {
+            "subscribed": triggers.listing(),
+            "messages": dict(triggers.stats),
+            "rejected": [{**r, "at": payloads.iso(r["at"])} for r in reversed(triggers.rejected)],
+        }
+    )
+
+
 async def list_tags(request: Request) -> Response:
     tags = await _ctx(request).engine.tags()
     return json_response({"tags": [{"tag": t, "workflows": w} for t, w in tags.items()]})

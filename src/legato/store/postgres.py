@@ -26,7 +26,7 @@ from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.masking import mask_url
 from legato.model.service import Service
-from legato.store import access, postgres_lineage, starts
+from legato.store import access, postgres_lineage, receipts, starts
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.postgres_outbox import (
@@ -146,6 +146,7 @@ MIGRATIONS: list[Migration] = [
     (7, V7),
     (8, access.POSTGRES_V8),
     (9, V9),
+    (10, receipts.POSTGRES_SCHEMA),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
@@ -897,6 +898,11 @@ class PostgresStore(PostgresOutbox):
         self, decision: Decision, key: starts.StartKey | None, now: float
     ) -> starts.StartOutcome:
         return await starts.postgres_start_once(self, decision, key, now)
+
+    async def start_triggered(
+        self, decision: Decision, receipt: receipts.Receipt, now: float
+    ) -> receipts.Received:
+        return await receipts.postgres_start(self, decision, receipt, now)
 
     async def purge_start_keys(self, now: float) -> int:
         done = await self.pool.execute(starts.purge_sql("$1"), now)

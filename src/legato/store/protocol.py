@@ -17,6 +17,7 @@ from legato.model.service import Service
 from legato.store.access import AuditRow, SessionRow
 
 if TYPE_CHECKING:
+    from legato.store.receipts import Receipt, Received
     from legato.store.starts import StartKey, StartOutcome
 
 
@@ -354,6 +355,10 @@ class Store(Protocol):
         """Commit `decision` (a new run, for any worker to claim) unless `key` (unexpired) names a
         run already or a run with its id exists: then that run, and nothing is written. The key is
         recorded in the run's transaction; concurrent starts with one key make one run."""
+
+    async def start_triggered(self, decision: Decision, receipt: Receipt, now: float) -> Received:
+        """Commit `decision` (a new run, for any worker to claim) with `receipt`, unless a run was
+        started with that receipt's key before: then that run, and nothing is written."""
 
     async def purge_start_keys(self, now: float) -> int:
         """Delete the Idempotency-Keys expired by `now`; how many."""

@@ -25,7 +25,7 @@ from legato.engine.lineage import RunFilter, RunLimits
 from legato.engine.state import Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
-from legato.store import access, sqlite_lineage, starts
+from legato.store import access, receipts, sqlite_lineage, starts
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.outbox_targets import receiver
@@ -146,6 +146,7 @@ MIGRATIONS: list[Migration] = [
     (7, V7),
     (8, access.SQLITE_V8),
     (9, V9),
+    (10, receipts.SQLITE_SCHEMA),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -905,6 +906,14 @@ class SQLiteStore(SQLiteOutbox):
     ) -> starts.StartOutcome:
         return await self._call(
             self._transaction, lambda conn: starts.sqlite_start(self, conn, decision, key, now)
+        )
+
+    async def start_triggered(
+        self, decision: Decision, receipt: receipts.Receipt, now: float
+    ) -> receipts.Received:
+        return await self._call(
+            self._transaction,
+            lambda conn: receipts.sqlite_start(self, conn, decision, receipt, now),
         )
 
     async def purge_start_keys(self, now: float) -> int:

@@ -16,9 +16,15 @@ from legato.errors import LegatoError
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """`id`: the broker's own id of the message, stable across redeliveries (Kafka
+    `topic/partition/offset`, NATS `stream/sequence`, the AMQP `message_id`), or None when it has
+    none. `key`: a Kafka record's key as text."""
+
     destination: str
     data: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    id: str | None = None
+    key: str | None = None
 
 
 Handler = Callable[[Message], Awaitable[None]]
@@ -35,8 +41,11 @@ class Transport(Protocol):
         """Return once the broker has the message (a JetStream ack, a publisher confirm, a
         Kafka ack), so a step that emitted it can be committed as done."""
 
-    async def subscribe(self, destination: str, handler: Handler) -> None:
-        """Deliver each message to `handler`; ack when it returns, redeliver when it raises."""
+    async def subscribe(self, destination: str, handler: Handler, group: str | None = None) -> None:
+        """Deliver each message to `handler`; ack when it returns, redeliver when it raises.
+        Processes subscribing with the same `group` share the messages (each reaches one of them);
+        subscriptions with different groups each get every message (Kafka, NATS; a RabbitMQ queue
+        is one group whatever the name). None: the transport's default group."""
 
 
 def open_transport(url: str) -> Transport:

@@ -1,7 +1,12 @@
-"""Kafka through aiokafka: `kafka://host:port`; a destination is a topic, consumers share the group
-`legato` and commit an offset only after the handler returned (at-least-once).
+"""Kafka through aiokafka: `kafka://host:port`; a destination is a topic, consumers share a group
+(`legato` unless the subscription names one) and commit a record's offset only after its handler
+returned (at-least-once).
 
-Tested where a broker is reachable (LEGATO_KAFKA_URL, or 127.0.0.1:9092); this machine runs none.
+Records are handled one at a time, in order; after each, exactly the offset past that record is
+committed for its partition (not the consumer's whole position, which a rebalance may have moved).
+A failed commit (a rebalance took the partition) leaves the record to be delivered again, to this
+process or another: handlers must be idempotent, as the engine's are (a trigger's receipt, an
+event's id). The tests run against a real Kafka-protocol broker they start (tests/integration/kafka.py).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from legato.transports import Handler, Message
 
@@ -22,18 +27,17 @@ class KafkaTransport:
         self.url = url
         self._servers = url.split("://", 1)[1]
         self._producer: AIOKafkaProducer | None = None
-        self._consumers: list[tuple[AIOKafkaConsumer, asyncio.Task[None]]] = []
+        self._consumers: list[asyncio.Task[None]] = []
 
     async def connect(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self._servers, acks="all")
         await self._producer.start()
 
     async def close(self) -> None:
-        for consumer, task in self._consumers:
+        for task in self._consumers:  # each stops its consumer (leaving its group) on the way out
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await consumer.stop()
         self._consumers.clear()
         if self._producer is not None:
             await self._producer.stop()
@@ -46,34 +50,65 @@ class KafkaTransport:
             destination, data, headers=[(k, v.encode()) for k, v in headers.items()]
         )
 
-    async def subscribe(self, destination: str, handler: Handler) -> None:
-        consumer = AIOKafkaConsumer(
-            destination,
-            bootstrap_servers=self._servers,
-            group_id="legato",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
+    async def subscribe(self, destination: str, handler: Handler, group: str | None = None) -> None:
+        """A new group starts at the topic's earliest record (none published before the
+        subscription is missed). Returns at once: joining the group waits for the broker to drop
+        a dead member's session (a process killed a moment ago), which must not hold up the start
+        of a server; the broker's address was checked by `connect`."""
+        task = asyncio.create_task(self._consume(destination, handler, group or "legato"))
+        self._consumers.append(task)
 
-        async def consume() -> None:
-            while True:
-                try:
-                    async for record in consumer:
-                        headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
-                        message = Message(destination, record.value or b"", headers)
-                        while True:
-                            try:
-                                await handler(message)
-                                break
-                            except Exception:  # at least once: the same record, after a pause
-                                log.exception("handling a message from %s failed", destination)
-                                await asyncio.sleep(1)
-                        await consumer.commit()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a failed commit or a rebalance: uncommitted records come again
-                    log.exception("consuming %s failed; resuming", destination)
-                    await asyncio.sleep(1)
+    async def _consume(self, destination: str, handler: Handler, group: str) -> None:
+        while True:
+            consumer = AIOKafkaConsumer(
+                destination,
+                bootstrap_servers=self._servers,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            try:
+                await consumer.start()
+                await _deliver(consumer, destination, handler)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker went away, or the group could not be joined
+                log.exception("consuming %s failed; joining again", destination)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
 
-        self._consumers.append((consumer, asyncio.create_task(consume())))
+
+async def _deliver(consumer: AIOKafkaConsumer, destination: str, handler: Handler) -> None:
+    """Hand each record to `handler`, then commit the offset past it; return never."""
+    while True:
+        try:
+            async for record in consumer:
+                message = _message(destination, record)
+                while True:
+                    try:
+                        await handler(message)
+                        break
+                    except Exception:  # at least once: the same record, after a pause
+                        log.exception("handling a message from %s failed", destination)
+                        await asyncio.sleep(1)
+                partition = TopicPartition(record.topic, record.partition)
+                await consumer.commit({partition: record.offset + 1})
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failed commit or a rebalance: uncommitted records come again
+            log.exception("consuming %s failed; resuming", destination)
+            await asyncio.sleep(1)
+
+
+def _message(destination: str, record: ConsumerRecord[bytes, bytes]) -> Message:
+    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    return Message(
+        destination,
+        record.value or b"",
+        headers,
+        id=f"{record.topic}/{record.partition}/{record.offset}",
+        key=key,
+    )

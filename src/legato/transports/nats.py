@@ -67,11 +67,19 @@ class NatsTransport:
         await self._stream(destination)
         await self._context().publish(destination, data, headers=headers or None)
 
-    async def subscribe(self, destination: str, handler: Handler) -> None:
+    async def subscribe(self, destination: str, handler: Handler, group: str | None = None) -> None:
+        """`group` names the durable consumer (None: the one named after the subject alone, as
+        event subscriptions always had)."""
         await self._stream(destination)
 
         async def deliver(msg: Msg) -> None:
-            message = Message(msg.subject, msg.data, dict(msg.headers or {}))
+            meta = msg.metadata
+            message = Message(
+                msg.subject,
+                msg.data,
+                dict(msg.headers or {}),
+                id=f"{meta.stream}/{meta.sequence.stream}",
+            )
             try:
                 await handler(message)
             except Exception:
@@ -79,7 +87,7 @@ class NatsTransport:
                 raise
             await msg.ack()
 
-        name = _name(destination)
+        name = _name(destination if group is None else f"{group}@{destination}")
         await self._as_queue_group(destination, name)
         for attempt in range(3):
             try:

@@ -1,9 +1,12 @@
 """RabbitMQ through aio-pika: durable queues, persistent messages, publisher confirms, manual acks.
 
-A destination is a queue name (published through the default exchange).
+A destination is a queue name (published through the default exchange). Every message published
+here carries a fresh AMQP `message_id`, which a trigger uses as the message's id.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
@@ -44,15 +47,17 @@ class RabbitTransport:
             headers=dict(headers),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             content_type="application/json",
+            message_id=uuid.uuid4().hex,
         )
         await self._chan().default_exchange.publish(message, routing_key=destination)
 
-    async def subscribe(self, destination: str, handler: Handler) -> None:
+    async def subscribe(self, destination: str, handler: Handler, group: str | None = None) -> None:
+        """Consumers of one queue share its messages, whatever their `group`."""
         queue = await self._queue(destination)
 
         async def deliver(incoming: AbstractIncomingMessage) -> None:
             headers = {str(k): str(v) for k, v in (incoming.headers or {}).items()}
             async with incoming.process(requeue=True):
-                await handler(Message(destination, incoming.body, headers))
+                await handler(Message(destination, incoming.body, headers, id=incoming.message_id))
 
         await queue.consume(deliver)
