@@ -153,19 +153,24 @@ class PythonExecutor:
         logs = buffer.finish(error)
         return Outcome(outcome.ok, outcome.output, outcome.error, logs) if logs else outcome
 
+    async def _call(self, fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(**args)
+        context = contextvars.copy_context()  # the thread writes to this step's buffer
+        return await self._pool.run(lambda: context.run(fn, **args))
+
     async def _run(
         self, fn: Callable[..., Any], args: dict[str, Any], timeout: float | None
     ) -> tuple[Outcome, BaseException | None]:
-        limit = asyncio.timeout(timeout)
+        limit = None if timeout is None else asyncio.timeout(timeout)
         try:
-            async with limit:
-                if inspect.iscoroutinefunction(fn):
-                    result = await fn(**args)
-                else:
-                    context = contextvars.copy_context()  # the thread writes to this step's buffer
-                    result = await self._pool.run(lambda: context.run(fn, **args))
+            if limit is None:  # most steps: no timeout to arm
+                result = await self._call(fn, args)
+            else:
+                async with limit:
+                    result = await self._call(fn, args)
         except TimeoutError as exc:
-            if timeout is not None and limit.expired():
+            if timeout is not None and limit is not None and limit.expired():
                 return Outcome.failure("timeout", f"did not return within {timeout:g}s"), None
             return _raised(exc)
         except asyncio.CancelledError as exc:

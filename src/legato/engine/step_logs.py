@@ -48,6 +48,18 @@ def _level_from_env() -> int:
 class StepBuffer:
     """The lines of one attempt, in order, within the bounds."""
 
+    __slots__ = (
+        "_lock",
+        "_partial",
+        "closed",
+        "cut_bytes",
+        "cut_lines",
+        "lines",
+        "max_bytes",
+        "max_lines",
+        "size",
+    )
+
     def __init__(self, max_lines: int = MAX_LINES, max_bytes: int = MAX_BYTES) -> None:
         self.lines: list[LogLine] = []
         self.max_lines, self.max_bytes = max_lines, max_bytes
@@ -86,6 +98,9 @@ class StepBuffer:
 
     def finish(self, error: BaseException | None = None) -> tuple[LogLine, ...]:
         """The attempt's lines, masked, with a truncation mark and the traceback of `error`."""
+        if not self.lines and not self._partial and error is None and not self.cut_lines:
+            self.closed = True
+            return ()  # most steps: nothing to keep
         for stream, rest in list(self._partial.items()):
             self.add("INFO" if stream == "stdout" else "WARNING", stream, rest)
         self._partial.clear()
