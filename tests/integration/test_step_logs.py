@@ -15,6 +15,7 @@ import pytest
 
 from legato import Engine
 from legato.client import AsyncClient
+from legato.store import step_logs
 from tests.integration.serverprocess import ServerProcess, start_server
 from tests.integration.test_cli import _run_async
 from tests.integration.testservice import LoopbackService
@@ -81,6 +82,12 @@ async def test_prints_logs_and_a_traceback_are_kept_per_attempt(
         )
         after = await engine.store.get_logs(run.info.id, "flaky", 2, after=only[0].id)
         assert [line[3] for c in after for line in c.lines] == ["late"]
+        line = [(1.0, "INFO", "service", "again")]
+        kept = [
+            await engine.store.append_logs(run.info.id, "job", 1, line, 2.0) for _ in range(101)
+        ]
+        assert kept == [True] * step_logs.MAX_CHUNKS + [False]  # a chatty service is cut off
+        assert len(await engine.store.get_logs(run.info.id, "job", limit=500)) == 100
 
 
 @pytest.fixture
