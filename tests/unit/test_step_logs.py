@@ -152,6 +152,28 @@ async def test_a_timeout_keeps_what_was_logged() -> None:
     ex.close()
 
 
+async def test_a_blocking_function_that_overruns_times_out_with_its_lines() -> None:
+    ex = PythonExecutor(FUNCTIONS)
+    request = {"function": "t:chatty", "args": {"name": "blocked", "n": 3, "pause": 0.2}}
+    outcome = await ex.execute(request, timeout=0.1)
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error["kind"] == "timeout"
+    assert _messages(outcome.logs)[:2] == ["blocked print 0", "blocked log 0"]
+    ex.close()
+
+
+async def test_a_timeout_the_function_raises_itself_is_its_own_failure() -> None:
+    ex = PythonExecutor({"t:raises": _raises_timeout})
+    outcome = await ex.execute({"function": "t:raises"}, timeout=5)
+    assert outcome.error is not None and outcome.error["kind"] == "exception"
+    assert outcome.logs[-1][2] == "traceback"
+    ex.close()
+
+
+def _raises_timeout() -> None:
+    raise TimeoutError("the socket timed out")
+
+
 def test_a_long_line_is_cut() -> None:
     buffer = step_logs.StepBuffer()
     buffer.add("INFO", "x", "y" * (step_logs.MAX_LINE + 10))
