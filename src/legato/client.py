@@ -295,6 +295,19 @@ class _Verbs(Generic[R]):
             _Request("GET", f"/api/runs/{_q(run_id)}/notifications", pick="notifications")
         )
 
+    def logs(
+        self,
+        run_id: str,
+        step: str | None = None,
+        *,
+        attempt: int | None = None,
+        cursor: int | None = None,
+    ) -> R:
+        """One page of what a run's steps logged: `{"logs": [...], "next_cursor": ...}`, in the
+        order written; each line has ts, step, attempt, level, source and message."""
+        params = _params(step=step, attempt=attempt, after=cursor)
+        return self._send(_Request("GET", f"/api/runs/{_q(run_id)}/logs", params=params))
+
     def cancel(self, run_id: str) -> R:
         return self._send(_Request("POST", f"/api/runs/{_q(run_id)}/cancel"))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legato.cli import audit, local, remote, secret, server
+from legato.cli import audit, local, logs, remote, secret, server
 from legato.cli.common import main
 
-__all__ = ["audit", "local", "main", "remote", "secret", "server"]
+__all__ = ["audit", "local", "logs", "main", "remote", "secret", "server"]

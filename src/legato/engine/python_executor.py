@@ -13,6 +13,7 @@ process past its drain (the standard pool's threads are joined at exit).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 import queue
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from legato.engine import step_logs
 from legato.engine.outcome import Outcome
 
 MAX_THREADS = 32
@@ -129,7 +131,9 @@ class PythonExecutor:
     def close(self) -> None:
         self._pool.close()
 
-    async def execute(self, request: dict[str, Any]) -> Outcome:
+    async def execute(self, request: dict[str, Any], timeout: float | None = None) -> Outcome:
+        """Run the step's function within `timeout`; the outcome carries what it printed and
+        logged (see step_logs), and a failure its traceback."""
         path = request["function"]
         fn = self.resolve(path)
         if fn is None:
@@ -139,24 +143,63 @@ class PythonExecutor:
                 "the workflow that defines it in this process",
             )
         args = request.get("args") or {}
+        step_logs.install()
+        buffer = step_logs.StepBuffer()
+        token = step_logs.current.set(buffer)
         try:
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(**args)
+            outcome, error = await self._run(fn, args, timeout)
+        finally:
+            step_logs.current.reset(token)
+        logs = buffer.finish(error)
+        return Outcome(outcome.ok, outcome.output, outcome.error, logs) if logs else outcome
+
+    async def _call(self, fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(**args)
+        context = contextvars.copy_context()  # the thread writes to this step's buffer
+        return await self._pool.run(lambda: context.run(fn, **args))
+
+    async def _run(
+        self, fn: Callable[..., Any], args: dict[str, Any], timeout: float | None
+    ) -> tuple[Outcome, BaseException | None]:
+        limit = None if timeout is None else asyncio.timeout(timeout)
+        try:
+            if limit is None:  # most steps: no timeout to arm
+                result = await self._call(fn, args)
             else:
-                result = await self._pool.run(lambda: fn(**args))
+                async with limit:
+                    result = await self._call(fn, args)
+        except TimeoutError as exc:
+            if timeout is not None and limit is not None and limit.expired():
+                return Outcome.failure("timeout", f"did not return within {timeout:g}s"), None
+            return _raised(exc)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the step itself was cancelled
-            return Outcome.failure("exception", f"CancelledError raised by the function: {exc}")
-        except BaseException as exc:  # SystemExit or KeyboardInterrupt from a step fails the step
             return Outcome.failure(
-                "exception", f"{type(exc).__name__}: {exc}", type=type(exc).__name__
-            )
+                "exception", f"CancelledError raised by the function: {exc}"
+            ), exc
+        except BaseException as exc:  # SystemExit or KeyboardInterrupt from a step fails the step
+            return _raised(exc)
         try:
             orjson.dumps(result)
         except TypeError as exc:
-            return Outcome.failure(
-                "output", f"the function returned a value that is not JSON: {exc}"
-            )
-        return Outcome(True, result)
+            message = f"the function returned a value that is not JSON: {exc}"
+            return Outcome.failure("output", message), None
+        return Outcome(True, result), None
+
+
+def _raised(exc: BaseException) -> tuple[Outcome, BaseException]:
+    """The failure of a function that raised, and the exception whose traceback its logs keep
+    (without the executor's own frames)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
+        tb = tb.tb_next
+    exc = exc.with_traceback(tb)
+    return Outcome.failure(
+        "exception", f"{type(exc).__name__}: {exc}", type=type(exc).__name__
+    ), exc
+
+
+_OWN_FILES = frozenset({__file__, asyncio.futures.__file__, asyncio.tasks.__file__})

@@ -74,6 +74,7 @@ from legato.engine.state import (
     Start,
     StartChild,
     StepDone,
+    StepLogs,
     Timeout,
     Wake,
 )
@@ -1695,16 +1696,8 @@ class Engine:
                 outcome = await self.http.execute(
                     active.state.info.id, effect.step, effect.action, effect.request, effect.timeout
                 )
-            elif effect.timeout:
-                try:
-                    async with asyncio.timeout(effect.timeout):
-                        outcome = await self.python.execute(effect.request)
-                except TimeoutError:
-                    outcome = Outcome.failure(
-                        "timeout", f"did not return within {effect.timeout:g}s"
-                    )
             else:
-                outcome = await self.python.execute(effect.request)
+                outcome = await self.python.execute(effect.request, effect.timeout or None)
         except asyncio.CancelledError:
             return
         except Exception as exc:  # an executor bug must not strand the run
@@ -1714,15 +1707,16 @@ class Engine:
             del active.tasks[effect.step]
         if self._closing or self._runs.get(active.state.info.id) is not active:
             return
-        self._event(
-            active,
-            StepDone(
-                effect.step,
-                effect.attempt,
-                outcome.ok,
-                outcome.output,
-                outcome.error,
-                started,
-                self.clock(),
-            ),
+        done = StepDone(
+            effect.step,
+            effect.attempt,
+            outcome.ok,
+            outcome.output,
+            outcome.error,
+            started,
+            self.clock(),
         )
+        decision, _ = self._decide(active, done)
+        if outcome.logs and not decision.empty:  # written with the outcome, in its commit
+            run_id = active.state.info.id
+            decision.logs.append(StepLogs(run_id, effect.step, effect.attempt, outcome.logs))

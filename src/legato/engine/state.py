@@ -282,6 +282,16 @@ class Outgoing:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class StepLogs:
+    """Lines an attempt logged, written with the decision that records its outcome."""
+
+    run_id: str
+    step: str
+    attempt: int
+    lines: tuple[tuple[float, str, str, str], ...]  # (unix time, level, source, message)
+
+
 @dataclass(slots=True)
 class Decision:
     """The changes to commit (all or nothing) and the effects to carry out after the commit.
@@ -303,6 +313,7 @@ class Decision:
     release: bool = False
     wake_at: float | None = None
     outbox: list[Outgoing] = field(default_factory=list)
+    logs: list[StepLogs] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:

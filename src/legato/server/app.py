@@ -134,6 +134,7 @@ def create_app(
             Route("/api/runs:retry", bulk.retry_runs, methods=["POST"]),
             Route("/api/runs/{run_id}", routes.get_run),
             Route("/api/runs/{run_id}/notifications", routes.run_notifications),
+            Route("/api/runs/{run_id}/logs", routes.run_logs),
             Route("/api/runs/{run_id}/cancel", routes.cancel_run, methods=["POST"]),
             Route("/api/runs/{run_id}/retry", routes.retry_run, methods=["POST"]),
             Route(

@@ -286,11 +286,55 @@ SCHEMAS: dict[str, Any] = {
     "CallbackReport": {
         "type": "object",
         "additionalProperties": False,
-        "description": "Exactly one of output, error (an object or a message) or heartbeat: true.",
+        "description": "Exactly one of output, error (an object or a message) or heartbeat: true; "
+        "with it, optionally, log lines for the attempt.",
         "properties": {
             "output": {},
             "error": {"oneOf": [ANY_OBJECT, {"type": "string"}]},
             "heartbeat": {"type": "boolean", "enum": [True]},
+            "logs": {
+                "type": "array",
+                "maxItems": 1000,
+                "description": "Lines for the attempt's logs (at most 64 KiB in all, 8 KiB each; "
+                "an attempt keeps the lines of at most 100 callbacks).",
+                "items": {
+                    "oneOf": [
+                        {"type": "string", "maxLength": 8192},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["message"],
+                            "properties": {
+                                "message": {"type": "string", "maxLength": 8192},
+                                "level": {
+                                    "type": "string",
+                                    "enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                                    "default": "INFO",
+                                },
+                                "ts": {"type": "number", "description": "Unix time (seconds)."},
+                            },
+                        },
+                    ]
+                },
+            },
+        },
+    },
+    "LogLine": {
+        "type": "object",
+        "properties": {
+            "ts": {"type": "string", "format": "date-time"},
+            "step": {"type": "string"},
+            "attempt": {"type": "integer"},
+            "level": {"type": "string"},
+            "source": {
+                "type": "string",
+                "description": "stdout, stderr, the logger's name, traceback, service or legato "
+                "(a truncation mark).",
+            },
+            "message": {
+                "type": "string",
+                "description": "Masked: no secret reference or credential.",
+            },
         },
     },
     "RunFilter": {
@@ -847,6 +891,41 @@ def build() -> dict[str, Any]:
                 {"200": _ok("The run.", _ref("Run"))},
                 tag="runs",
                 params=[RUN_ID, WAIT],
+            ),
+        },
+        "/api/runs/{run_id}/logs": {
+            "get": _op(
+                "What a run's steps logged, per attempt, in the order written: a Python step's "
+                "prints and log records (and a failed one's traceback), and the lines services sent "
+                "with their callbacks.",
+                {
+                    "200": _ok(
+                        "A page of lines.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "run_id": {"type": "string"},
+                                "logs": {"type": "array", "items": _ref("LogLine")},
+                                "next_cursor": {
+                                    "type": "integer",
+                                    "nullable": True,
+                                    "description": "Pass as `after` for the next page.",
+                                },
+                            },
+                        },
+                    )
+                },
+                tag="runs",
+                params=[
+                    RUN_ID,
+                    _query("step", "Only this step's lines.", {"type": "string"}),
+                    _query(
+                        "attempt",
+                        "Only this attempt of the step (needs step).",
+                        {"type": "integer", "minimum": 1},
+                    ),
+                    _query("after", "The next_cursor of the previous page.", {"type": "integer"}),
+                ],
             ),
         },
         "/api/runs/{run_id}/notifications": {

@@ -25,7 +25,7 @@ from legato.model.build import TAG, WORKFLOW_NAME
 from legato.model.durations import parse_duration
 from legato.model.graph import workflow_graph
 from legato.model.service import Service
-from legato.server import bodies, once, payloads
+from legato.server import bodies, once, payloads, step_logs
 from legato.server.errors import ApiError, json_response
 from legato.server.metrics import CONTENT_TYPE, Metrics
 
@@ -196,16 +196,16 @@ async def callback(request: Request) -> Response:
     API token to call back, and a token completes only the one attempt it names."""
     ctx = _ctx(request)
     body = await bodies.json_object(request, ctx.max_body)
+    lines = step_logs.callback_lines(body.pop("logs"), time.time()) if "logs" in body else []
     error = _callback_body(body, ("output", "error", "heartbeat"))
     if "heartbeat" in body and body["heartbeat"] is not True:
         raise ApiError(422, "must be true", "heartbeat")
     _refuse_while_draining(ctx.engine)
+    token = request.path_params["token"]
     await ctx.engine.complete(
-        request.path_params["token"],
-        output=body.get("output"),
-        error=error,
-        heartbeat="heartbeat" in body,
+        token, output=body.get("output"), error=error, heartbeat="heartbeat" in body
     )
+    await step_logs.attach(ctx.engine, token, lines)
     return json_response({"status": "extended" if "heartbeat" in body else "accepted"})
 
 
@@ -368,6 +368,11 @@ async def trigger_run(request: Request) -> Response:
         202,
         once.headers(run_id, started),
     )
+
+
+async def run_logs(request: Request) -> Response:
+    """What a run's steps logged, per attempt (see server/step_logs.py)."""
+    return await step_logs.run_logs(request, _ctx(request).engine, _run_id(request))
 
 
 async def run_notifications(request: Request) -> Response:

@@ -22,11 +22,12 @@ import asyncpg
 import orjson
 
 from legato.engine.lineage import RunFilter, RunLimits
+from legato.engine.outcome import LogLine
 from legato.engine.state import Attempt, Decision, RunInfo, RunState
 from legato.errors import LegatoError
 from legato.masking import mask_url
 from legato.model.service import Service
-from legato.store import access, postgres_lineage, receipts, starts
+from legato.store import access, postgres_lineage, receipts, starts, step_logs
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.postgres_outbox import (
@@ -60,6 +61,7 @@ from legato.store.rows import (
     step_state,
     workflow_record,
 )
+from legato.store.step_logs import LogChunk
 
 log = logging.getLogger("legato.store")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -147,6 +149,7 @@ MIGRATIONS: list[Migration] = [
     (8, access.POSTGRES_V8),
     (9, V9),
     (10, receipts.POSTGRES_SCHEMA),
+    (11, step_logs.POSTGRES_V11),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _UPSERT_RUN = """
@@ -771,6 +774,34 @@ class PostgresStore(PostgresOutbox):
             await conn.execute(_WAKE, now, run_id)
         if rows.outbox:
             await conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
+        if rows.logs:
+            await conn.executemany(step_logs.POSTGRES_INSERT, [(*g, now) for g in rows.logs])
+
+    async def append_logs(
+        self, run_id: str, step: str, attempt: int, lines: Sequence[LogLine], now: float
+    ) -> bool:
+        key = f"logs:{run_id}:{step}:{attempt}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+            count = await conn.fetchval(step_logs.POSTGRES_COUNT, run_id, step, attempt)
+            if count >= step_logs.MAX_CHUNKS:
+                return False
+            text = step_logs.encode(lines)
+            await conn.execute(
+                step_logs.POSTGRES_INSERT, run_id, step, attempt, text, len(lines), now
+            )
+        return True
+
+    async def get_logs(
+        self,
+        run_id: str,
+        step: str | None = None,
+        attempt: int | None = None,
+        after: int = 0,
+        limit: int = 200,
+    ) -> list[LogChunk]:
+        sql, params = step_logs.select(run_id, step, attempt, after, limit, pg=True)
+        return [step_logs.chunk(r) for r in await self.pool.fetch(sql, *params)]
 
     async def start_child(
         self, decision: Decision, parent: str, limits: RunLimits

@@ -17,8 +17,10 @@ from legato.model.service import Service
 from legato.store.access import AuditRow, SessionRow
 
 if TYPE_CHECKING:
+    from legato.engine.outcome import LogLine
     from legato.store.receipts import Receipt, Received
     from legato.store.starts import StartKey, StartOutcome
+    from legato.store.step_logs import LogChunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +282,23 @@ class Store(Protocol):
         """The run's status alone (None: no such run): what a wait looks at."""
 
     async def get_attempts(self, run_id: str) -> list[Attempt]: ...
+
+    async def append_logs(
+        self, run_id: str, step: str, attempt: int, lines: Sequence[LogLine], now: float
+    ) -> bool:
+        """Add lines a service sent for an attempt (its callback), in one row of their own; False
+        (nothing written) when the attempt has step_logs.MAX_CHUNKS rows already. An attempt's
+        captured output is written with its outcome instead (Decision.logs)."""
+
+    async def get_logs(
+        self,
+        run_id: str,
+        step: str | None = None,
+        attempt: int | None = None,
+        after: int = 0,
+        limit: int = 200,
+    ) -> list[LogChunk]:
+        """A run's log rows (of one step, of one attempt) whose id is above `after`, in order."""
 
     async def list_runs(
         self,

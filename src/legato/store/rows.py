@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from legato.engine.state import ACTIVE_RUN, WAITING, Decision, RunInfo, StepState
+from legato.store import step_logs
 from legato.store.jsontext import dump_json
 from legato.store.protocol import WorkflowRecord
 
@@ -67,6 +68,12 @@ class BatchRows:
             (o.delivery_id, o.run_id, o.event, o.channel, o.target, dump(o.payload))
             for d in decisions
             for o in d.outbox
+        ]
+        # Lines attempts logged (store/step_logs.py): the backend adds created_at.
+        self.logs = [
+            (g.run_id, g.step, g.attempt, step_logs.encode(g.lines), len(g.lines))
+            for d in decisions
+            for g in d.logs
         ]
         # Released with their next due time: runs that only wait (an ended run's own update
         # releases it).

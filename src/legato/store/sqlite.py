@@ -22,10 +22,11 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from legato.engine.lineage import RunFilter, RunLimits
+from legato.engine.outcome import LogLine
 from legato.engine.state import Attempt, Decision, RunInfo, RunState, StepState
 from legato.errors import LegatoError
 from legato.model.service import Service
-from legato.store import access, receipts, sqlite_lineage, starts
+from legato.store import access, receipts, sqlite_lineage, starts, step_logs
 from legato.store.access import AuditRow, SessionRow
 from legato.store.migrations import Migration, to_apply
 from legato.store.outbox_targets import receiver
@@ -60,6 +61,7 @@ from legato.store.sqlite_outbox import (
     SQLiteOutbox,
     notification_params,
 )
+from legato.store.step_logs import LogChunk
 
 T = TypeVar("T")
 
@@ -147,6 +149,7 @@ MIGRATIONS: list[Migration] = [
     (8, access.SQLITE_V8),
     (9, V9),
     (10, receipts.SQLITE_SCHEMA),
+    (11, step_logs.SQLITE_V11),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -409,6 +412,8 @@ class SQLiteStore(SQLiteOutbox):
             conn.execute(_WAKE, (now, run_id))
         if rows.outbox:
             conn.executemany(INSERT_OUTBOX, [(*o, now, now) for o in rows.outbox])
+        if rows.logs:
+            conn.executemany(step_logs.SQLITE_INSERT, [(*g, now) for g in rows.logs])
         due = False
         for run, wake in rows.releases.items():
             for (at,) in conn.execute(_RELEASE + " RETURNING wake_at", (wake, run, self.owner)):
@@ -735,6 +740,30 @@ class SQLiteStore(SQLiteOutbox):
         if not rows:
             return None
         return RunState(run_info(rows[0]), self._steps(run_id))
+
+    async def append_logs(
+        self, run_id: str, step: str, attempt: int, lines: Sequence[LogLine], now: float
+    ) -> bool:
+        def append(conn: sqlite3.Connection) -> bool:
+            (count,) = conn.execute(step_logs.SQLITE_COUNT, (run_id, step, attempt)).fetchone()
+            if count >= step_logs.MAX_CHUNKS:
+                return False
+            text = step_logs.encode(lines)
+            conn.execute(step_logs.SQLITE_INSERT, (run_id, step, attempt, text, len(lines), now))
+            return True
+
+        return await self._call(self._transaction, append)
+
+    async def get_logs(
+        self,
+        run_id: str,
+        step: str | None = None,
+        attempt: int | None = None,
+        after: int = 0,
+        limit: int = 200,
+    ) -> list[LogChunk]:
+        sql, params = step_logs.select(run_id, step, attempt, after, limit, pg=False)
+        return [step_logs.chunk(r) for r in await self._call(self._fetch, sql, tuple(params))]
 
     async def get_attempts(self, run_id: str) -> list[Attempt]:
         """Failed and cancelled attempts are rows of `attempts`; a succeeded attempt lives only in its

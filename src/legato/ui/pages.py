@@ -25,14 +25,22 @@ from legato.errors import LegatoError
 from legato.masking import mask_definition, mask_service, mask_text
 from legato.model.build import WORKFLOW_NAME
 from legato.model.workflow import Workflow
-from legato.server import payloads
+from legato.server import payloads, step_logs
 from legato.server.access import Throttle, Tokens
 from legato.server.errors import ApiError
 from legato.server.guard import IDENTITY, QUIET, client_address
 from legato.ui import auth
 from legato.ui.live import Live
 from legato.ui.stats import WINDOW, CallStats
-from legato.ui.view import GraphView, clip, clip_middle, graph_view, script_json, took
+from legato.ui.view import (
+    GraphView,
+    clip,
+    clip_middle,
+    graph_view,
+    log_groups,
+    script_json,
+    took,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -197,8 +205,11 @@ async def run(request: Request) -> Response:
         wf = None
     attempts = await ui.engine.store.get_attempts(run_id)
     detail = payloads.run_detail(state, wf, attempts)
+    logs = await ui.engine.store.get_logs(run_id, limit=step_logs.PAGE)
     return ui.render(
         "run.html",
+        logs=log_groups(logs),
+        logs_cut=len(logs) == step_logs.PAGE,
         title=f"Run {run_id[:8]}",
         nav="runs",
         run=detail,

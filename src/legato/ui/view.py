@@ -3,13 +3,17 @@ formatting helpers. Pure functions of the model, so they are unit-tested without
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from legato.masking import mask_text
 from legato.model.graph import workflow_graph
 from legato.model.workflow import Workflow
+from legato.server.payloads import iso
+from legato.store.step_logs import LogChunk
 from legato.ui.layout import Edge, Layout, Placed, layout
 
 
@@ -97,3 +101,18 @@ def took(start: float | None, end: float | None) -> str:
 def script_json(value: Any) -> str:
     """JSON to embed in a <script type="application/json">: no `<`, so no `</script>` or `<!--`."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode().replace("<", "\\u003c")
+
+
+def log_groups(chunks: Sequence[LogChunk]) -> list[dict[str, Any]]:
+    """A run's log rows as the run page shows them: one group per step and attempt, in the order
+    first written, each line as text (masked here; escaped by the template)."""
+    groups: dict[tuple[str, int], dict[str, Any]] = {}
+    for c in chunks:
+        group = groups.setdefault(
+            (c.step, c.attempt),
+            {"step": c.step, "attempt": c.attempt, "lines": [], "failed": False},
+        )
+        for ts, level, source, message in c.lines:
+            group["lines"].append(f"{iso(ts)} {level:<7} {source}: {mask_text(message)}")
+            group["failed"] = group["failed"] or source == "traceback"
+    return list(groups.values())

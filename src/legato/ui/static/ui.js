@@ -207,6 +207,16 @@ function runPage(main) {
       box.append(el("h4", {}, "Attempts"), el("table", { class: "attempts" },
         el("tr", {}, el("th", {}, "#"), el("th", {}, "status"), el("th", {}, "started"), el("th", {}, "error")), ...rows));
     }
+    stepLogs(box, name, shown);
+  }
+
+  // What the step logged, per attempt (text only: textContent, never markup).
+  async function stepLogs(box, name, key) {
+    const res = await call("GET", "/api/runs/" + runId + "/logs?step=" + encodeURIComponent(name));
+    if (!res.ok || !res.data.logs.length || shown !== key || selected !== name) return;
+    const text = res.data.logs.map((l) =>
+      l.ts + " " + l.level.padEnd(7) + " [" + l.attempt + "] " + l.source + ": " + l.message).join("\n");
+    box.append(el("h4", {}, "Logs"), el("pre", { class: "logs", id: "step-logs-panel" }, text));
   }
 
   function timeline() {
