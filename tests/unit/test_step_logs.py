@@ -192,3 +192,26 @@ async def test_debug_is_not_captured_by_default(level: str) -> None:
     finally:
         step_logs.current.reset(token)
     assert _messages(buffer.finish()) == ["shown"]
+
+
+def test_a_handler_there_before_keeps_the_records_its_loggers_asked_for() -> None:
+    """Lowering the root for captures must not hide from an earlier handler a record that its own
+    logger's level let through (pytest's caplog, an app that set `legato.kser` to INFO)."""
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    flt = step_logs._AtLeast(logging.WARNING)
+    handler = Keep()
+    handler.addFilter(flt)
+    named = logging.getLogger("tests.steps.explicit")
+    named.setLevel(logging.INFO)
+    try:
+        for logger, text in ((named, "kept"), (step_log, "dropped")):
+            record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, text, (), None)
+            handler.handle(record)
+    finally:
+        named.setLevel(logging.NOTSET)
+    assert seen == ["kept"]

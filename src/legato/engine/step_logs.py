@@ -165,13 +165,20 @@ class _Fallback(logging.Handler):
 
 
 class _AtLeast(logging.Filter):
-    """Keeps a root handler's output as it was after the root level was lowered for captures."""
+    """Keeps a root handler's output as it was after the root level was lowered for captures: a
+    record passes if its logger's own level (set on it or a parent below the root) let it through
+    before, or else if it reaches the root's former level."""
 
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name) if record.name else None
+        while logger is not None and logger.parent is not None:  # stop at the root
+            if logger.level:
+                return record.levelno >= logger.level
+            logger = logger.parent
         return record.levelno >= self.level
 
 
