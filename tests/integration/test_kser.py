@@ -59,9 +59,10 @@ async def test_the_seeds_dice_launch_rolls_three_dice(
         r"DiceRoll\.Success: tests\.integration\.kser_ops\.DiceRoll\[[0-9a-f-]{36}\]: You made a [1-6]",
         rolls[0],
     )
-    assert lines[-1].startswith(
+    assert lines[-2].startswith(
         "DiceLaunch.Success: tests.integration.kser_ops.DiceLaunch[op-1]: You made a"
     )
+    assert lines[-1] == lines[-2].replace("DiceLaunch.Success", "Controller.Success", 1)
 
 
 async def test_a_single_task_runs_from_a_message_with_its_uuid(db_url: str) -> None:
@@ -96,7 +97,8 @@ async def test_a_non_zero_retcode_fails_the_operation_and_stops_the_chain(
     assert "Refuse.Failed: tests.integration.kser_ops.Refuse[" in error["message"]
     assert "no such dice (retcode 1)" in error["message"]
     failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert failed[-1].startswith("Refused.Failed: tests.integration.kser_ops.Refused[op-2]: ")
+    assert failed[-2].startswith("Refused.Failed: tests.integration.kser_ops.Refused[op-2]: ")
+    assert failed[-1].startswith("Controller.Failed: tests.integration.kser_ops.Refused[op-2]: ")
     assert "no such dice" in failed[-1]
 
 
@@ -192,6 +194,7 @@ async def test_the_example_runs_as_written(tmp_path: Path) -> None:
         )
         == 3
     )
+    assert re.search(r"Controller\.Success: __main__\.DiceLaunch\[[0-9a-f]+\]: You made a", log)
 
 
 def _triggers_supported() -> bool:
