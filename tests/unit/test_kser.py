@@ -206,6 +206,8 @@ def test_a_chain_that_changes_with_the_params_is_refused_at_run_time() -> None:
 def test_bad_messages_name_the_field() -> None:
     with pytest.raises(LegatoError, match=r"^params: must be an object"):
         run_entry("__main__.Roll", {"params": [1]}, "r")
+    with pytest.raises(LegatoError, match=r"^params\.self: is a reserved name"):
+        run_entry("__main__.Roll", {"params": {"self": 1}}, "r")
     with pytest.raises(LegatoError, match=r"^entrypoint: is 'x\.Y'"):
         run_entry("__main__.Roll", {"entrypoint": "x.Y"}, "r")
     with pytest.raises(LegatoError, match=r"^entrypoint 'nowhere\.Gone' is not known"):

@@ -64,6 +64,8 @@ def read_message(data: Any, entrypoint: str) -> Message:
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise LegatoError("params: must be an object")
+    if "self" in params:  # passed as build_tasks(**params): it would clash with the method's own
+        raise LegatoError("params.self: is a reserved name (operations take params as keywords)")
     result = data.get("result")
     if result is not None:
         forwarded = Result.from_dict(result, "result")
