@@ -16,8 +16,6 @@ import pytest
 
 from legato import Engine
 from legato.compat.kser import kser_status
-from legato.errors import DefinitionError
-from legato.model.build import build_workflow
 from legato.transports import open_transport
 from tests.integration import kser_ops
 from tests.integration.brokers import broker_url, remove
@@ -197,20 +195,6 @@ async def test_the_example_runs_as_written(tmp_path: Path) -> None:
     assert re.search(r"Controller\.Success: __main__\.DiceLaunch\[[0-9a-f]+\]: You made a", log)
 
 
-def _triggers_supported() -> bool:
-    spec = {
-        "name": "t",
-        "steps": {"s": {"fail": "x"}},
-        "triggers": [{"transport": "k", "topic": "t"}],
-    }
-    try:
-        build_workflow(spec)
-    except DefinitionError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _triggers_supported(), reason="needs broker triggers")
 async def test_kser_messages_on_a_broker_start_one_run_each(db_url: str) -> None:
     """The seed's producer side: a message names its entrypoint; each message (by uuid) starts one
     run of that entrypoint's workflow, whichever workflows listen to the same subject."""

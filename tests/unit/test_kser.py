@@ -19,8 +19,7 @@ from legato.compat.kser import (
     workflow_name,
 )
 from legato.compat.kser.steps import build_operation, run_entry, run_task
-from legato.errors import DefinitionError, LegatoError
-from legato.model.build import build_workflow
+from legato.errors import LegatoError
 
 
 class Roll(Task):
@@ -232,20 +231,6 @@ def test_a_trigger_has_one_destination() -> None:
         entrypoint_trigger("a.B", "bus", stream="s")
 
 
-def _triggers_supported() -> bool:
-    spec = {
-        "name": "t",
-        "steps": {"s": {"fail": "x"}},
-        "triggers": [{"transport": "k", "topic": "t"}],
-    }
-    try:
-        build_workflow(spec)
-    except DefinitionError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _triggers_supported(), reason="needs broker triggers")
 def test_each_entrypoint_gets_a_trigger_on_its_messages() -> None:
     reg = OperationRegistry()
     reg.subscribe(Roll)
