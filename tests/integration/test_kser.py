@@ -120,6 +120,23 @@ async def test_params_reach_the_tasks_and_results_merge_along_the_chain(db_url: 
     assert "under `params`" in (loose.steps["build"].error or {})["message"]
 
 
+async def test_a_forwarded_failed_result_fails_the_run_before_any_task(db_url: str) -> None:
+    """Task or operation alike: a message whose `result.retcode` is not 0 gives FAILED, no task run."""
+    engine = await registered(db_url)
+    forwarded = {"params": {}, "result": {"retcode": 3, "stderr": "prev failed"}}
+    try:
+        roll = await engine.run("tests.integration.kser_ops.DiceRoll", forwarded, timeout=20)
+        launch = await engine.run("tests.integration.kser_ops.DiceLaunch", forwarded, timeout=20)
+    finally:
+        await engine.close()
+    for run, first in ((roll, "DiceRoll"), (launch, "build")):
+        assert kser_status(run.info.status) == "FAILED"
+        error = run.steps[first].error or {}
+        assert "result.retcode: is 3: the message forwards a failed result" in error["message"]
+        assert run.steps[first].attempt == 1
+    assert launch.steps["task1_DiceRoll"].status != "succeeded"
+
+
 async def _worker(db: str, log: Path, **env: str) -> asyncio.subprocess.Process:
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
