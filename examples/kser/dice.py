@@ -6,12 +6,17 @@
     legato serve --dags examples/kser                     # or serve them (as legato_dags.dice.DiceLaunch, ...)
     legato start legato_dags.dice.DiceLaunch --wait --input '{"params": {}}'
 
-Where Kser's consumer read the messages from Kafka, a Legato server started with
-`--transport kafka=...` starts a run for each message once the workflows carry triggers:
-`oregistry.export(globals(), transport="kafka", topic="kser")` (see docs/coming-from-kser.md).
+Kser's consumer side, reading the messages from Kafka: give the workflows a trigger on the topic
+(KSER_TRANSPORT names the server's transport, KSER_TOPIC the topic, "kser" by default):
+
+    KSER_TRANSPORT=kafka legato serve --dags examples/kser --transport kafka=kafka://127.0.0.1:9092
+
+Each JSON message {"uuid": ..., "entrypoint": "legato_dags.dice.DiceRoll", "params": {}} sent to
+the topic then starts one run of that entrypoint, once per uuid (see docs/coming-from-kser.md).
 """
 
 import logging
+import os
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-8s %(message)s")
 
@@ -35,8 +40,16 @@ class DiceLaunch(Operation):
         return [DiceRoll(), DiceRoll(), DiceRoll()]
 
 
-# Legato: each subscribed class as a module-level Workflow, which `legato serve --dags DIR` registers.
-oregistry.export(globals())
+# Legato: each subscribed class as a module-level Workflow, which `legato serve --dags DIR` registers;
+# with KSER_TRANSPORT, each also starts from the Kser messages on a topic of that transport.
+if os.environ.get("KSER_TRANSPORT"):
+    oregistry.export(
+        globals(),
+        transport=os.environ["KSER_TRANSPORT"],
+        topic=os.environ.get("KSER_TOPIC", "kser"),
+    )
+else:
+    oregistry.export(globals())
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import pytest
 
 from legato import Engine
 from legato.compat.kser import kser_status
-from legato.errors import DefinitionError
-from legato.model.build import build_workflow
 from legato.transports import open_transport
 from tests.integration import kser_ops
 from tests.integration.brokers import broker_url, remove
@@ -59,9 +57,10 @@ async def test_the_seeds_dice_launch_rolls_three_dice(
         r"DiceRoll\.Success: tests\.integration\.kser_ops\.DiceRoll\[[0-9a-f-]{36}\]: You made a [1-6]",
         rolls[0],
     )
-    assert lines[-1].startswith(
+    assert lines[-2].startswith(
         "DiceLaunch.Success: tests.integration.kser_ops.DiceLaunch[op-1]: You made a"
     )
+    assert lines[-1] == lines[-2].replace("DiceLaunch.Success", "Controller.Success", 1)
 
 
 async def test_a_single_task_runs_from_a_message_with_its_uuid(db_url: str) -> None:
@@ -96,7 +95,8 @@ async def test_a_non_zero_retcode_fails_the_operation_and_stops_the_chain(
     assert "Refuse.Failed: tests.integration.kser_ops.Refuse[" in error["message"]
     assert "no such dice (retcode 1)" in error["message"]
     failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert failed[-1].startswith("Refused.Failed: tests.integration.kser_ops.Refused[op-2]: ")
+    assert failed[-2].startswith("Refused.Failed: tests.integration.kser_ops.Refused[op-2]: ")
+    assert failed[-1].startswith("Controller.Failed: tests.integration.kser_ops.Refused[op-2]: ")
     assert "no such dice" in failed[-1]
 
 
@@ -118,6 +118,23 @@ async def test_params_reach_the_tasks_and_results_merge_along_the_chain(db_url: 
     assert "params.who: is required" in (missing.steps["build"].error or {})["message"]
     assert loose.info.status == "failed"
     assert "under `params`" in (loose.steps["build"].error or {})["message"]
+
+
+async def test_a_forwarded_failed_result_fails_the_run_before_any_task(db_url: str) -> None:
+    """Task or operation alike: a message whose `result.retcode` is not 0 gives FAILED, no task run."""
+    engine = await registered(db_url)
+    forwarded = {"params": {}, "result": {"retcode": 3, "stderr": "prev failed"}}
+    try:
+        roll = await engine.run("tests.integration.kser_ops.DiceRoll", forwarded, timeout=20)
+        launch = await engine.run("tests.integration.kser_ops.DiceLaunch", forwarded, timeout=20)
+    finally:
+        await engine.close()
+    for run, first in ((roll, "DiceRoll"), (launch, "build")):
+        assert kser_status(run.info.status) == "FAILED"
+        error = run.steps[first].error or {}
+        assert "result.retcode: is 3: the message forwards a failed result" in error["message"]
+        assert run.steps[first].attempt == 1
+    assert launch.steps["task1_DiceRoll"].status != "succeeded"
 
 
 async def _worker(db: str, log: Path, **env: str) -> asyncio.subprocess.Process:
@@ -192,22 +209,9 @@ async def test_the_example_runs_as_written(tmp_path: Path) -> None:
         )
         == 3
     )
+    assert re.search(r"Controller\.Success: __main__\.DiceLaunch\[[0-9a-f]+\]: You made a", log)
 
 
-def _triggers_supported() -> bool:
-    spec = {
-        "name": "t",
-        "steps": {"s": {"fail": "x"}},
-        "triggers": [{"transport": "k", "topic": "t"}],
-    }
-    try:
-        build_workflow(spec)
-    except DefinitionError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _triggers_supported(), reason="needs broker triggers")
 async def test_kser_messages_on_a_broker_start_one_run_each(db_url: str) -> None:
     """The seed's producer side: a message names its entrypoint; each message (by uuid) starts one
     run of that entrypoint's workflow, whichever workflows listen to the same subject."""

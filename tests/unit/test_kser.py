@@ -19,8 +19,7 @@ from legato.compat.kser import (
     workflow_name,
 )
 from legato.compat.kser.steps import build_operation, run_entry, run_task
-from legato.errors import DefinitionError, LegatoError
-from legato.model.build import build_workflow
+from legato.errors import LegatoError
 
 
 class Roll(Task):
@@ -71,6 +70,7 @@ def test_the_log_lines_are_kser_s(caplog: pytest.LogCaptureFixture) -> None:
     assert caplog.messages == [
         f"Roll.Running: __main__.Roll[{uuid}]: started",
         f"Roll.Success: __main__.Roll[{uuid}]: You made a 1",
+        f"Controller.Success: __main__.Roll[{uuid}]: You made a 1",  # the seed's consumer's line
     ]
     caplog.clear()
     task = Roll(uuid="t-1", status="RUNNING")
@@ -83,9 +83,10 @@ def test_an_exception_or_a_wrong_return_is_a_failed_task(caplog: pytest.LogCaptu
     task = {"entrypoint": Broken.path, "uuid": "t-2", "params": {}, "metadata": {}}
     with pytest.raises(TaskFailed, match=r"ValueError: dice fell off the table \(retcode 1\)"):
         run_task(task, None, "m.Op", "op-1")
-    assert caplog.messages[-2:] == [
+    assert caplog.messages[-3:] == [
         f"Broken.Failed: {Broken.path}[t-2]: ValueError: dice fell off the table",
         "Op.Failed: m.Op[op-1]: ValueError: dice fell off the table",
+        "Controller.Failed: m.Op[op-1]: ValueError: dice fell off the table",
     ]
     task = {"entrypoint": Wrong.path, "uuid": "t-3"}
     with pytest.raises(TaskFailed, match=r"Wrong\.run: must return a Result, got int"):
@@ -173,7 +174,10 @@ def test_an_operation_without_tasks_is_its_build_step(caplog: pytest.LogCaptureF
     planned = build_operation(Nothing.path, [], {"uuid": "n-1", "result": {"stdout": "kept"}}, "r")
     assert planned["tasks"] == [] and planned["result"]["stdout"] == "kept"
     assert planned["result"]["uuid"] == "n-1"
-    assert caplog.messages[-1] == f"Nothing.Success: {Nothing.path}[n-1]: kept"
+    assert caplog.messages[-2:] == [
+        f"Nothing.Success: {Nothing.path}[n-1]: kept",
+        f"Controller.Success: {Nothing.path}[n-1]: kept",
+    ]
 
 
 def test_a_chain_that_changes_with_the_params_is_refused_at_run_time() -> None:
@@ -201,6 +205,8 @@ def test_a_chain_that_changes_with_the_params_is_refused_at_run_time() -> None:
 def test_bad_messages_name_the_field() -> None:
     with pytest.raises(LegatoError, match=r"^params: must be an object"):
         run_entry("__main__.Roll", {"params": [1]}, "r")
+    with pytest.raises(LegatoError, match=r"^params\.self: is a reserved name"):
+        run_entry("__main__.Roll", {"params": {"self": 1}}, "r")
     with pytest.raises(LegatoError, match=r"^entrypoint: is 'x\.Y'"):
         run_entry("__main__.Roll", {"entrypoint": "x.Y"}, "r")
     with pytest.raises(LegatoError, match=r"^entrypoint 'nowhere\.Gone' is not known"):
@@ -225,20 +231,6 @@ def test_a_trigger_has_one_destination() -> None:
         entrypoint_trigger("a.B", "bus", stream="s")
 
 
-def _triggers_supported() -> bool:
-    spec = {
-        "name": "t",
-        "steps": {"s": {"fail": "x"}},
-        "triggers": [{"transport": "k", "topic": "t"}],
-    }
-    try:
-        build_workflow(spec)
-    except DefinitionError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _triggers_supported(), reason="needs broker triggers")
 def test_each_entrypoint_gets_a_trigger_on_its_messages() -> None:
     reg = OperationRegistry()
     reg.subscribe(Roll)
@@ -253,3 +245,90 @@ def test_each_entrypoint_gets_a_trigger_on_its_messages() -> None:
         "key": "{{ message.uuid }}",
         "input": "{{ message }}",
     }
+
+
+def test_a_raised_exception_stays_the_cause_of_the_failure() -> None:
+    """So the step's logs show its traceback (the cause chain of the step's error)."""
+    task = {"entrypoint": Broken.path, "uuid": "t-5"}
+    with pytest.raises(TaskFailed) as caught:
+        run_task(task, None)
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert caught.value.__cause__.__traceback__ is not None
+
+
+class Dup(Task):
+    def run(self) -> Result:
+        return Result(stdout="first")
+
+
+FIRST_DUP = Dup
+
+
+class Dup(Task):  # type: ignore[no-redef]  # the same path, on purpose
+    def run(self) -> Result:
+        return Result(stdout="second")
+
+
+def test_two_classes_with_one_entrypoint_path_are_refused() -> None:
+    reg = OperationRegistry()
+    reg.subscribe(FIRST_DUP)
+    reg.subscribe(FIRST_DUP)  # the same class again is fine
+    with pytest.raises(LegatoError) as caught:
+        reg.subscribe(Dup)
+    message = str(caught.value)
+    assert message.startswith(f"subscribe: entrypoint '{Dup.path}' is already")
+    assert message.count("tests.unit.test_kser.Dup (") == 2  # both, each with its file and line
+    # the subscribed class is what a step with that path runs, not the one defined later
+    assert run_entry(Dup.path, {}, "r")["stdout"] == "first"
+    with pytest.raises(LegatoError, match=r"entrypoint '__main__\.Roll': is taken by .*Roll"):
+        type("Other", (Task,), {"path": "__main__.Roll", "__module__": "elsewhere"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"retval": [1, 2]}, r"^retval: must be an object \(a dict\), got list"),
+        ({"retcode": "1"}, r"^retcode: must be an integer, got '1'"),
+        ({"retcode": True}, r"^retcode: must be an integer"),
+        ({"stdout": 3}, r"^stdout: must be a string, got int"),
+    ],
+)
+def test_a_bad_result_names_its_field(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(LegatoError, match=message):
+        Result(**kwargs)
+
+
+class Mutates(Task):
+    def run(self) -> Result:
+        out = Result(uuid=self.uuid)
+        out.retcode = self.params["code"]
+        return out
+
+
+def test_a_task_returning_a_bad_result_fails_naming_the_field(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "legato.kser")
+    task = {"entrypoint": Mutates.path, "uuid": "t-6", "params": {"code": "1"}}
+    with pytest.raises(TaskFailed, match=r"Mutates\.run\.retcode: must be an integer, got '1'"):
+        run_task(task, None)
+    assert caplog.messages[-2].startswith("Mutates.Failed: ")  # Kser's line, before the error
+
+
+def test_a_forwarded_failed_result_fails_before_running_anything() -> None:
+    message = {"params": {}, "result": {"retcode": 3, "stderr": "prev failed"}}
+    with pytest.raises(LegatoError, match=r"^result\.retcode: is 3: the message forwards a failed"):
+        run_entry("__main__.Roll", message, "r")
+    with pytest.raises(LegatoError, match=r"^result\.retcode: must be an integer"):
+        run_entry("__main__.Roll", {"result": {"retcode": "x"}}, "r")
+    reg = OperationRegistry()
+
+    @reg.subscribe
+    class Forwarded(Operation):
+        def build_tasks(self, **kwargs: Any) -> list[Task]:
+            return [Roll()]
+
+    with pytest.raises(LegatoError, match=r"^result\.retcode: is 3"):
+        build_operation(Forwarded.path, [Roll.path], message, "r")
+    ok = run_entry("__main__.Roll", {"result": {"retcode": 0, "stdout": "before"}}, "r")
+    assert ok["retcode"] == 0 and ok["stdout"] == "before\nYou made a 1"

@@ -15,7 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any, TypeVar
 
 from legato.compat.kser import steps
-from legato.compat.kser.task import Operation, Task
+from legato.compat.kser.task import Operation, Task, claim, where
 from legato.errors import LegatoError
 from legato.model.build import STEP_NAME, WORKFLOW_NAME, build_workflow
 from legato.model.workflow import Workflow
@@ -97,6 +97,13 @@ class OperationRegistry:
             raise LegatoError(
                 f"subscribe: takes a Task or Operation class, got {type(callback).__name__}"
             )
+        held = self.entrypoints.get(callback.path)
+        if held is not None and held is not callback:
+            raise LegatoError(
+                f"subscribe: entrypoint {callback.path!r} is already {where(held)}; "
+                f"{where(callback)} has the same path (rename one, or give it another `path`)"
+            )
+        claim(callback, subscribed=True)
         self.entrypoints[callback.path] = callback
         logger.info("Operation registry: loaded %s", callback.path)
         return callback

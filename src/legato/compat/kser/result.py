@@ -26,10 +26,28 @@ class Result:
         uuid: str | None = None,
     ) -> None:
         self.retcode = retcode
-        self.stdout = stdout
-        self.stderr = stderr
-        self.retval: dict[str, Any] = dict(retval or {})
+        self.stdout = "" if stdout is None else stdout
+        self.stderr = "" if stderr is None else stderr
+        self.retval: dict[str, Any] = retval if retval is not None else {}
         self.uuid = str(uuid) if uuid is not None else str(uuidlib.uuid4())
+        self.check()
+        self.retval = dict(self.retval)
+
+    def check(self, where: str = "") -> Result:
+        """Itself, if its fields have Kser's types; else an error naming the field (`retcode`,
+        `retval`...), raised here rather than later as a TypeError from the merge or JSON."""
+        prefix = f"{where}." if where else ""
+        if not isinstance(self.retcode, int) or isinstance(self.retcode, bool):
+            raise LegatoError(f"{prefix}retcode: must be an integer, got {self.retcode!r:.60}")
+        for key in ("stdout", "stderr"):
+            value = getattr(self, key)
+            if not isinstance(value, str):
+                raise LegatoError(f"{prefix}{key}: must be a string, got {type(value).__name__}")
+        if not isinstance(self.retval, dict):
+            raise LegatoError(
+                f"{prefix}retval: must be an object (a dict), got {type(self.retval).__name__}"
+            )
+        return self
 
     def print(self, data: Any) -> None:
         """Append a line to stdout."""

@@ -64,9 +64,16 @@ def read_message(data: Any, entrypoint: str) -> Message:
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise LegatoError("params: must be an object")
+    if "self" in params:  # passed as build_tasks(**params): it would clash with the method's own
+        raise LegatoError("params.self: is a reserved name (operations take params as keywords)")
     result = data.get("result")
-    if result is not None and not isinstance(result, dict):
-        raise LegatoError("result: must be an object {retcode, stdout, stderr, retval}")
+    if result is not None:
+        forwarded = Result.from_dict(result, "result")
+        if forwarded.retcode != 0:
+            raise LegatoError(
+                f"result.retcode: is {forwarded.retcode}: the message forwards a failed result, "
+                "so its entrypoint does not run (a non-zero retcode fails)"
+            )
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise LegatoError("metadata: must be an object")
@@ -122,6 +129,7 @@ def build_operation(entrypoint: str, shape: list[str], message: Any, run: str) -
     logger.info(log_line(cls.__name__, "Running", entrypoint, op_uuid, f"{len(tasks)} task(s)"))
     if not tasks:  # nothing to run: the operation ends here, with the result it was given
         logger.info(log_line(cls.__name__, "Success", entrypoint, op_uuid, start))
+        controller(True, entrypoint, op_uuid, start)
     return {"uuid": op_uuid, "tasks": planned, "result": start.to_dict()}
 
 
@@ -133,7 +141,9 @@ def run_task(
     last: bool = True,
 ) -> dict[str, Any]:
     """One task as one step: run it with the chain's result so far; return the merged result, or
-    raise TaskFailed (which fails the step, hence the run) on a non-zero retcode."""
+    raise TaskFailed (which fails the step, hence the run) on a non-zero retcode. An exception
+    the task raised is its failed result, and stays the cause of TaskFailed: the step's logs keep
+    its traceback."""
     cls = find_entrypoint(task["entrypoint"])
     t = cls(
         uuid=task["uuid"],
@@ -144,25 +154,38 @@ def run_task(
     )
     name = type(t).__name__
     logger.info(log_line(name, "Running", t.path, t.uuid, "started"))
+    error: Exception | None = None
     try:
         t.check_required_params()
         own = _as_result(t, t.run())
     except Exception as exc:  # Kser's way: an exception is a failed result, logged as such
-        own = Result.from_exception(exc, uuid=t.uuid)
+        own, error = Result.from_exception(exc, uuid=t.uuid), exc
     merged = t.result + own
     op_name = operation.rpartition(".")[2] if operation else ""
-    if own.retcode != 0:
+    if merged.retcode != 0:
         t.status = FAILED
         line = log_line(name, "Failed", t.path, t.uuid, own)
         logger.error(line)
         if operation:
             logger.error(log_line(op_name, "Failed", operation, operation_uuid or "", merged))
-        raise TaskFailed(f"{line} (retcode {own.retcode})")
+        controller(False, operation or t.path, operation_uuid or t.uuid, merged)
+        raise TaskFailed(f"{line} (retcode {merged.retcode})") from error
     t.status = SUCCESS
     logger.info(log_line(name, "Success", t.path, t.uuid, own))
     if operation and last:
         logger.info(log_line(op_name, "Success", operation, operation_uuid or "", merged))
+    if last:
+        controller(True, operation or t.path, operation_uuid or t.uuid, merged)
     return merged.to_dict()
+
+
+def controller(ok: bool, path: str, uuid: str, result: Result) -> None:
+    """Kser's consumer line once a message's entrypoint is done: `Controller.Success: ...` (or
+    `Controller.Failed: ...` at ERROR), after the task's or operation's own line."""
+    if ok:
+        logger.info(log_line("Controller", "Success", path, uuid, result))
+    else:
+        logger.error(log_line("Controller", "Failed", path, uuid, result))
 
 
 def run_entry(entrypoint: str, message: Any, run: str) -> dict[str, Any]:
@@ -180,7 +203,7 @@ def _as_result(task: Task, value: Any) -> Result:
     if value is None:
         return Result(uuid=task.uuid)
     if isinstance(value, Result):
-        return value
+        return value.check(f"{type(task).__name__}.run")
     if isinstance(value, dict):
         return Result.from_dict(value, f"{type(task).__name__}.run")
     raise LegatoError(

@@ -20,8 +20,39 @@ logger = logging.getLogger("legato.kser")
 
 PENDING, RUNNING, SUCCESS, FAILED = "PENDING", "RUNNING", "SUCCESS", "FAILED"
 
-# Every Task subclass defined in this process, by entrypoint path.
+# Every Task subclass defined in this process, by entrypoint path (a subscribed class, once one is).
 ENTRYPOINTS: dict[str, type[Task]] = {}
+# The classes a registry subscribed, by entrypoint path: what a step with that path runs.
+SUBSCRIBED: dict[str, type[Task]] = {}
+
+
+def where(cls: type) -> str:
+    """A class as `module.Qualname (file:line)`, to tell apart two classes of the same path."""
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        code = next(
+            v.__code__ for v in vars(cls).values() if callable(v) and hasattr(v, "__code__")
+        )
+    except StopIteration:
+        return name
+    return f"{name} ({code.co_filename}:{code.co_firstlineno})"
+
+
+def claim(cls: type[Task], subscribed: bool) -> None:
+    """Index `cls` under its path. Another class under the same path is refused when it comes from
+    another module (two `path` attributes alike): a step could then run either one. From the same
+    module it is the module imported again or a class defined again, which takes over once
+    subscribed (a subscribed class is not replaced by one that is merely defined)."""
+    held = SUBSCRIBED.get(cls.path) or ENTRYPOINTS.get(cls.path)
+    if held is not None and held is not cls and held.__module__ != cls.__module__:
+        raise LegatoError(
+            f"entrypoint {cls.path!r}: is taken by {where(held)}; {where(cls)} cannot have it too "
+            "(give one of them another `path`)"
+        )
+    if subscribed:
+        SUBSCRIBED[cls.path] = ENTRYPOINTS[cls.path] = cls
+    elif cls.path not in SUBSCRIBED:
+        ENTRYPOINTS[cls.path] = cls
 
 
 def log_line(cls_name: str, event: str, path: str, uuid: str, text: Any) -> str:
@@ -43,7 +74,7 @@ class Task:
         super().__init_subclass__(**kwargs)
         if "path" not in cls.__dict__:
             cls.path = f"{cls.__module__}.{cls.__name__}"
-        ENTRYPOINTS[cls.path] = cls
+        claim(cls, subscribed=False)
 
     def __init__(
         self,
