@@ -11,6 +11,10 @@ Only the folder's own `*.py` files are imported (not its subfolders: those are f
 files import, the folder being put on `sys.path`); files whose name starts with `_` or `.` are skipped.
 A file that fails to import is reported with its name, the line that failed and the exception, and
 every broken file is listed at once (the process then refuses to start).
+
+A module a DAG file imports may need the running engine to do its part (legato.compat.dagger reads
+its listener topics with the classes' key methods): it registers an `on_engine_started` hook, which
+a worker serving the folder calls once its engine has started. The core imports no compat module.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import re
 import sys
 import traceback
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legato.errors import LegatoError
 from legato.model.workflow import MapOver, PythonCall, Workflow
+
+if TYPE_CHECKING:
+    from legato.engine.runtime import Engine
 
 PACKAGE = "legato_dags"
 _NOT_NAME = re.compile(r"\W")
@@ -67,6 +74,25 @@ class DagFolder:
     def modules(self) -> tuple[str, ...]:
         """The files' module names: Python steps may import functions from them by path."""
         return tuple(f.module for f in self.files)
+
+
+StartedHook = Callable[["Engine", DagFolder], Awaitable[None]]
+_started_hooks: list[StartedHook] = []
+
+
+def on_engine_started(hook: StartedHook) -> StartedHook:
+    """Call `hook(engine, folder)` once a worker (`legato serve`, `legato worker`) serving a DAG
+    folder has started its engine; the hook decides whether the folder concerns it (an API-only
+    server calls no hook: it runs no engine work). Registering a hook twice keeps one."""
+    if hook not in _started_hooks:
+        _started_hooks.append(hook)
+    return hook
+
+
+async def engine_started(engine: Engine, folder: DagFolder) -> None:
+    """Run the hooks in the order they were registered; their LegatoError stops the start."""
+    for hook in list(_started_hooks):
+        await hook(engine, folder)
 
 
 def module_name(path: Path) -> str:

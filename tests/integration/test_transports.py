@@ -4,8 +4,13 @@ and the engine's emit and listen steps talking to a service through the broker."
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -13,6 +18,7 @@ import pytest
 from legato import Engine
 from legato.transports import Message, Transport, open_transport
 from tests.integration.brokers import broker_url, remove
+from tests.integration.serverprocess import free_port
 
 MADE: list[str] = []
 
@@ -142,3 +148,68 @@ def test_nats_names_are_distinct_for_distinct_subjects() -> None:
     assert _name("a.b") != _name("a_b")
     assert _name("x.*") != _name("x.>")
     assert _name("orders.created") == _name("orders.created")
+
+
+CLOSED = {
+    "nats": "nats://tok:s3cret@127.0.0.1:{port}",
+    "rabbitmq": "amqp://guest:s3cret@127.0.0.1:{port}/",
+    "kafka": "kafka://127.0.0.1:{port}",
+}
+
+
+async def test_a_closed_port_fails_the_connect_after_a_few_attempts() -> None:
+    """Each adapter gives up after CONNECT_ATTEMPTS tries (about 10 s), saying so."""
+    from legato.transports import ConnectFailed
+
+    async def attempt(url: str) -> tuple[BaseException | None, float]:
+        started = time.monotonic()
+        transport = open_transport(url)
+        try:
+            await transport.connect()
+        except ConnectFailed as exc:
+            return exc, time.monotonic() - started
+        finally:
+            await transport.close()
+        return None, time.monotonic() - started
+
+    urls = [u.format(port=free_port()) for u in CLOSED.values()]
+    for (error, seconds), url in zip(
+        await asyncio.gather(*(attempt(u) for u in urls)), urls, strict=True
+    ):
+        assert error is not None, url
+        assert "no answer after 5 attempts over 8 s" in str(error), (url, error)
+        assert 7 <= seconds < 20, (url, seconds)
+
+
+def test_serve_with_a_broker_that_does_not_answer_stops_and_names_the_transport(
+    tmp_path: Path,
+) -> None:
+    """`legato serve --transport x=URL` on a closed port: exit 2, the transport's name and URL
+    (its password masked), no traceback; for each kind of broker."""
+    env = {k: v for k, v in os.environ.items() if k != "LEGATO_API_TOKEN"}
+    procs: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for kind, url in CLOSED.items():
+            db = f"sqlite:///{tmp_path / kind}.db"
+            closed = f"{kind}x={url.format(port=free_port())}"
+            args = ("serve", "--port", "0", "--db", db, "--transport", closed)
+            procs[kind] = subprocess.Popen(
+                [sys.executable, "-m", "legato.cli", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        for kind, proc in procs.items():
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 2, (kind, err)
+            assert "Traceback" not in err, err
+            assert f"cannot connect transport '{kind}x'" in err, err
+            assert "no answer after 5 attempts" in err, err
+            assert "s3cret" not in err, err
+            assert ":***@127.0.0.1" in err or kind == "kafka", err
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()

@@ -345,7 +345,7 @@ class Engine:
                 await transport.connect()
             except Exception as exc:
                 raise LegatoError(
-                    f"cannot connect transport {name!r} ({transport.url}): {exc}"
+                    f"cannot connect transport {name!r} ({mask_url(transport.url)}): {exc}"
                 ) from exc
         for name, destination in self._subscriptions:
             transport = self.transports[name]

@@ -17,7 +17,7 @@ from types import FrameType
 
 import uvicorn
 
-from legato.dags import DagFolder
+from legato.dags import DagFolder, engine_started
 from legato.engine.egress import EgressPolicy
 from legato.engine.lineage import DEFAULT_MAX_DEPTH, DEFAULT_MAX_DESCENDANTS, RunLimits
 from legato.engine.results import S3Results
@@ -79,9 +79,12 @@ class DrainingServer(uvicorn.Server):
             raise
         except Exception as exc:
             raise LegatoError(f"cannot open the database {self.engine.store.url}: {exc}") from None
-        if self.api and self.dags is not None:
+        if self.dags is not None:
             try:
-                await register_dags(self.engine, self.dags)
+                if self.api:
+                    await register_dags(self.engine, self.dags)
+                if self.engine.worker:  # what the DAG files' modules do on a running engine
+                    await engine_started(self.engine, self.dags)
             except LegatoError:
                 await self._close_engine()
                 raise

@@ -3,13 +3,18 @@ subscribe a handler to one, acknowledging a message only once its handler has re
 
 `open_transport(url)` picks the adapter by scheme: `nats://` (NATS JetStream), `amqp://` (RabbitMQ),
 `kafka://` (Kafka). Each adapter imports its client library only when it is opened.
+
+Connecting is bounded (CONNECT_ATTEMPTS tries, CONNECT_PAUSE seconds apart, about 10 s against a
+closed port): a process starting with a broker that does not answer stops and says which, rather
+than waiting forever. Once connected, each client reconnects on its own for as long as it takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from legato.errors import LegatoError
 
@@ -28,6 +33,34 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
+CONNECT_ATTEMPTS = 5
+CONNECT_PAUSE = 2  # seconds between two attempts
+CONNECT_TIMEOUT = 2  # seconds one attempt may wait for an answer (a host that drops packets)
+
+
+class ConnectFailed(ConnectionError):
+    """The broker answered no attempt; the message says how long it was tried and the last
+    error (the engine names the transport and its URL, credentials masked)."""
+
+
+async def connect_bounded(connect: Callable[[], Awaitable[T]]) -> T:
+    """`connect()` until it succeeds, at most CONNECT_ATTEMPTS times; ConnectFailed after."""
+    last: BaseException | None = None
+    for attempt in range(CONNECT_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(CONNECT_PAUSE)
+        try:
+            return await connect()
+        except Exception as exc:  # refused, timed out, the client's own "cannot connect"
+            last = exc
+    raise ConnectFailed(failed_after(last))
+
+
+def failed_after(last: BaseException | None) -> str:
+    seconds = (CONNECT_ATTEMPTS - 1) * CONNECT_PAUSE
+    text = f"{type(last).__name__}: {last}" if last is not None else "no answer"
+    return f"no answer after {CONNECT_ATTEMPTS} attempts over {seconds:.0f} s ({text})"
 
 
 class Transport(Protocol):

@@ -17,7 +17,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from legato.transports import Handler, Message
+from legato.transports import Handler, Message, connect_bounded
 
 log = logging.getLogger("legato.transports.kafka")
 
@@ -30,8 +30,16 @@ class KafkaTransport:
         self._consumers: list[asyncio.Task[None]] = []
 
     async def connect(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._servers, acks="all")
-        await self._producer.start()
+        async def attempt() -> AIOKafkaProducer:
+            producer = AIOKafkaProducer(bootstrap_servers=self._servers, acks="all")
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            return producer
+
+        self._producer = await connect_bounded(attempt)
 
     async def close(self) -> None:
         for task in self._consumers:  # each stops its consumer (leaving its group) on the way out

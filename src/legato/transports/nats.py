@@ -17,10 +17,19 @@ import re
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoServersError
 from nats.js import JetStreamContext, api
 from nats.js.errors import Error, NotFoundError
 
-from legato.transports import Handler, Message
+from legato.transports import (
+    CONNECT_ATTEMPTS,
+    CONNECT_PAUSE,
+    CONNECT_TIMEOUT,
+    ConnectFailed,
+    Handler,
+    Message,
+    failed_after,
+)
 
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_-]")
 log = logging.getLogger("legato.transports")
@@ -40,8 +49,27 @@ class NatsTransport:
         self._streams: set[str] = set()
 
     async def connect(self) -> None:
-        self._nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=-1)
-        self._js = self._nc.jetstream()
+        """CONNECT_ATTEMPTS tries (the client's own), then ConnectFailed; once connected, the
+        client reconnects for as long as it takes."""
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+            log.debug("NATS: %s: %s", type(exc).__name__, exc)
+
+        try:
+            nc = await nats.connect(
+                self.url,
+                connect_timeout=CONNECT_TIMEOUT,
+                reconnect_time_wait=CONNECT_PAUSE,
+                max_reconnect_attempts=CONNECT_ATTEMPTS - 1,
+                error_cb=on_error,
+            )
+        except (NoServersError, OSError, TimeoutError) as exc:
+            raise ConnectFailed(failed_after(errors[-1] if errors else exc)) from None
+        nc.options["max_reconnect_attempts"] = -1  # from now on: until the server is back
+        self._nc = nc
+        self._js = nc.jetstream()
 
     async def close(self) -> None:
         if self._nc is not None:

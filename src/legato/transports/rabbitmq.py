@@ -11,7 +11,7 @@ import uuid
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
-from legato.transports import Handler, Message
+from legato.transports import CONNECT_TIMEOUT, Handler, Message, connect_bounded
 
 
 class RabbitTransport:
@@ -22,7 +22,9 @@ class RabbitTransport:
         self._queues: set[str] = set()
 
     async def connect(self) -> None:
-        self._conn = await aio_pika.connect_robust(self.url, timeout=5)
+        self._conn = await connect_bounded(
+            lambda: aio_pika.connect_robust(self.url, timeout=CONNECT_TIMEOUT)
+        )
         self._channel = await self._conn.channel(publisher_confirms=True)
 
     async def close(self) -> None:

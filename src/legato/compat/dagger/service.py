@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,8 +26,10 @@ import orjson
 from legato.compat.dagger.compile import TRANSPORT
 from legato.compat.dagger.definition import TemplateDAG, TemplateDAGInstance
 from legato.compat.dagger.templates import ProcessTemplate, Topic
+from legato.dags import DagFolder, on_engine_started
 from legato.engine.runtime import Engine
 from legato.errors import Conflict, LegatoError
+from legato.masking import mask_url
 from legato.model.workflow import Workflow
 from legato.transports import Message
 
@@ -256,22 +259,51 @@ class Dagger:
             await self.stop()
 
 
-async def attach(engine: Engine) -> None:
-    """Subscribe to the listener topics of every registered template on `engine`'s transport
-    `dagger`, the engine being started: what a worker does, for a program (or a server that
-    imported Dagger files) that started its engine itself."""
+async def attach(engine: Engine, templates: list[TemplateDAG] | None = None) -> list[str]:
+    """Subscribe to the listener topics of `templates` (None: every registered template) on
+    `engine`'s transport `dagger`, the engine being started: what a worker does, for a program (or
+    a server that imported Dagger files) that started its engine itself. Returns the topics."""
     transport = engine.transports.get(TRANSPORT)
     if transport is None:
         raise LegatoError(
             f"the engine has no transport named {TRANSPORT!r}: add it (--transport {TRANSPORT}=URL)"
         )
     listeners: dict[str, list[type]] = {}
-    for template in Dagger.templates.values():
+    for template in Dagger.templates.values() if templates is None else templates:
         for topic, classes in template.listeners.items():
             listeners.setdefault(topic, [])
             listeners[topic] += [c for c in classes if c not in listeners[topic]]
     for topic, classes in listeners.items():
         await transport.subscribe(topic, _handler(engine, topic, classes))
+    return sorted(listeners)
+
+
+@on_engine_started
+async def _serve_dag_templates(engine: Engine, folder: DagFolder) -> None:
+    """`legato serve|worker --dags DIR`: the templates DIR's files registered read their listener
+    topics on the transport `dagger`, as the Dagger worker would (a folder without one: nothing)."""
+    mine = {id(wf) for wf in folder.workflows}
+    templates = [t for t in Dagger.templates.values() if id(t.workflow) in mine]
+    if not templates:
+        return
+    if TRANSPORT not in engine.transports:
+        names = ", ".join(sorted(t.name for t in templates))
+        raise LegatoError(
+            f"the DAG files define Dagger templates ({names}), whose listener topics are read on "
+            f"the transport {TRANSPORT!r}: add --transport {TRANSPORT}=URL"
+        )
+    try:
+        topics = await attach(engine, templates)
+    except LegatoError:
+        raise
+    except Exception as exc:  # the broker's refusal
+        url = mask_url(engine.transports[TRANSPORT].url)
+        raise LegatoError(
+            f"cannot read the Dagger listener topics on transport {TRANSPORT!r} ({url}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    if topics:
+        print(f"  dagger    reads {', '.join(topics)} on transport {TRANSPORT!r}", file=sys.stderr)
 
 
 def _handler(engine: Engine, topic: str, classes: list[type]) -> Any:
