@@ -19,9 +19,10 @@ from legato.compat.coworks import (
     task,
 )
 from legato.compat.coworks.taskflow import runner
-from legato.engine.airflow import TaskInstance, airflow_names, step_name
+from legato.engine.airflow import TaskInstance, XComTooLarge, airflow_names, step_name
 from legato.errors import DefinitionError, LegatoError
 from legato.expressions import compile_template
+from legato.sandbox import LIMITS
 
 
 def tms(task_id: str, **kw: Any) -> TechMicroServiceOperator:
@@ -405,3 +406,64 @@ def test_data_query_params_and_headers() -> None:
     assert refused(in_biz(lambda: tms("x", data="a", json={})))[0] == "data"
     assert refused(in_biz(lambda: tms("x", query_params=3)))[0] == "query_params"
     assert refused(in_biz(lambda: tms("x", trigger_rule="sometimes")))[0] == "trigger_rule"
+
+
+@task
+def shared_task() -> int:
+    return 1
+
+
+@task
+def bare_task() -> int:
+    return 2
+
+
+def test_a_module_level_task_has_the_same_steps_in_every_dag() -> None:
+    def make(name: str) -> Any:
+        @biz(dag_id=name, schedule_interval=None)
+        def dag() -> None:
+            s = shared_task()
+            tms("a") >> s
+            tms("b") >> bare_task
+
+        return dag()
+
+    for wf in (make("one"), make("two"), make("one")):
+        deps = {n: list(s.depends_on) for n, s in wf.steps.items()}
+        assert deps == {"a": [], "b": [], "shared_task": ["a"], "bare_task": ["b"]}
+
+
+def test_a_task_gets_only_its_upstream_results_within_a_bound() -> None:
+    @task
+    def part(i: int) -> int:
+        return i
+
+    @task
+    def last() -> None:
+        return None
+
+    @biz(schedule_interval=None)
+    def flow() -> None:
+        part(1) >> tms("c") >> last()
+        part(2)  # not upstream of `last`
+
+    wf = flow()
+    args = wf.spec["steps"]["last"]["python"]["args"]["airflow"]
+    assert args["steps"] == "{{ ti.context_steps(['c', 'part']) }}"
+    big = "x" * (LIMITS.max_size // 2)
+    steps = {
+        "small": {"status": "succeeded", "output": {"n": 1}},
+        "big": {"status": "succeeded", "output": big},
+        "failed": {"status": "failed", "output": None},
+        "other": {"status": "succeeded", "output": 1},
+    }
+    got = TaskInstance(steps, {}, "d", "r").context_steps(["small", "big", "failed"])
+    assert got == {
+        "small": {"status": "succeeded", "output": {"n": 1}},
+        "big": {"status": "succeeded", "too_large": len(big) + 2},
+    }
+    ti = TaskInstance(got, {}, "d", "r")
+    assert ti.xcom_pull(task_ids="small") == {"n": 1}
+    assert ti.xcom_pull(task_ids="other") is None
+    with pytest.raises(XComTooLarge, match=r"task_ids=.big.*too large"):
+        ti.xcom_pull(task_ids="big")

@@ -180,7 +180,7 @@ def biz(
                 token = _dag.set(dag)
                 try:
                     fn(**{n: Native(f"{{{{ params[{n!r}] }}}}") for n in named})
-                    for check in dag.finish:
+                    for check in [*dag.finish, *dag.last]:
                         check()
                 finally:
                     _dag.reset(token)

@@ -34,6 +34,10 @@ class Dag:
     tasks: dict[str, Node] = field(default_factory=dict)
     steps: set[str] = field(default_factory=set)  # step names taken
     finish: list[Callable[[], None]] = field(default_factory=list)
+    # Each `@task` function's calls in this DAG (keyed by the function's id): counted per DAG, as
+    # Airflow does, so a module-level task used by two DAGs has the same steps in each.
+    calls: dict[int, list[Any]] = field(default_factory=dict)
+    last: list[Callable[[], None]] = field(default_factory=list)  # once `finish` has run
 
 
 _dag: contextvars.ContextVar[Dag | None] = contextvars.ContextVar(

@@ -48,7 +48,6 @@ CONTEXT_TEMPLATE: dict[str, Any] = {
     "logical_date": "{{ logical_date }}",
     "data_interval_start": "{{ data_interval_start }}",
     "data_interval_end": "{{ data_interval_end }}",
-    "steps": "{{ steps }}",
 }
 
 
@@ -152,7 +151,24 @@ def python_step(
     rendered["args"] = _argument(list(args), node)
     rendered["kwargs"] = _argument(dict(kwargs or {}), node)
     dag.finish.append(lambda: context.__setitem__("kinds", kinds_of(dag)))
+    dag.last.append(lambda: context.__setitem__("steps", _upstream_template(node)))
     return node
+
+
+def _upstream_template(node: StepNode) -> str:
+    """What renders the results a task can read: its upstream steps' (all of them, not only the
+    direct ones), with a bound on their size (see TaskInstance.context_steps)."""
+    builder = dsl._builder.get()
+    nodes = builder.nodes if builder is not None else {}
+    seen: set[str] = set()
+    todo = list(node.depends_on)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            up = nodes.get(name)
+            todo.extend(up.depends_on if up is not None else ())
+    return f"{{{{ ti.context_steps({sorted(seen)!r}) }}}}"
 
 
 def kinds_of(dag: Dag) -> dict[str, str]:
@@ -188,7 +204,6 @@ class TaskFactory(Node):
         self.fn = fn
         self.task_id = task_id or fn.__name__
         self.options = options
-        self._calls: list[TaskCall] = []
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -196,16 +211,20 @@ class TaskFactory(Node):
             # A worker that found the step's function by importing it, not by registration.
             return runner(self.fn)(**kwargs)
         dag = current_dag("@task call")
-        n = len(self._calls)
+        calls = dag.calls.setdefault(id(self), [])
+        n = len(calls)
         task_id = self.task_id if n == 0 else f"{self.task_id}__{n}"
         node = python_step(dag, task_id, self.fn, args, kwargs, self.options)
         call = TaskCall(task_id, node)
         call.register(dag)
-        self._calls.append(call)
+        calls.append(call)
         return call
 
     def _first(self) -> TaskCall:
-        return self._calls[0] if self._calls else self()
+        """The task's first call in the DAG being declared (`>>` on the uncalled function)."""
+        calls = current_dag("@task").calls.get(id(self))
+        first: TaskCall = calls[0] if calls else self()
+        return first
 
     def heads(self) -> list[StepNode]:
         return self._first().heads()
