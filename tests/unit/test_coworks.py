@@ -467,3 +467,67 @@ def test_a_task_gets_only_its_upstream_results_within_a_bound() -> None:
     assert ti.xcom_pull(task_ids="other") is None
     with pytest.raises(XComTooLarge, match=r"task_ids=.big.*too large"):
         ti.xcom_pull(task_ids="big")
+
+
+def test_the_context_is_injected_into_parameters_named_after_it() -> None:
+    raw = {"conf": {"c": 1}, "run_id": "r", "dag_id": "d", "ds": "2024-01-02", "params": {"p": 1}}
+
+    def named(x: int, ti: Any = None, ds: Any = None, params: Any = None) -> Any:
+        return x, ti.run_id, ds, params
+
+    def everything(x: int, **context: Any) -> Any:
+        return x, sorted(context), context["dag_run"].conf
+
+    def given(ds: str = "mine") -> str:
+        return ds
+
+    assert runner(named)(args=[1], airflow=raw) == (1, "r", "2024-01-02", {"p": 1})
+    x, keys, conf = runner(everything)(args=[2], airflow=raw)
+    assert x == 2 and conf == {"c": 1}
+    assert {"ti", "ds", "params", "dag_run", "run_id", "task_instance"} <= set(keys)
+    assert runner(given)(kwargs={"ds": "call's"}, airflow=raw) == "call's"
+
+
+class _Check:
+    def __call__(self, result: Any) -> bool:
+        return True
+
+
+def _two(a: int, result: Any) -> bool:
+    return bool(a)
+
+
+_module_lambda = lambda result: True  # noqa: E731 (what the review tried)
+
+
+def test_response_check_takes_any_callable_and_a_branch_skips_unnamed_tasks() -> None:
+    import functools
+
+    from legato.model.build import build_workflow
+
+    for check in (_module_lambda, functools.partial(_two, 1), _Check()):
+
+        @biz(schedule_interval=None)
+        def flow() -> None:
+            c = tms("c")
+            b = BranchTechMicroServiceOperator(
+                task_id="b", cws_task_id="c", on_success="ok", on_check="chk", response_check=check
+            )
+            c >> b >> [tms("ok"), tms("chk"), tms("other")]
+
+        wf = flow()
+        build_workflow(wf.spec)  # the function path is valid
+        cases = wf.spec["steps"]["b"]["branch"]["cases"]
+        assert cases[-1] == {"when": "{{ false }}", "then": ["other"]}
+
+    def no_target() -> None:
+        tms("c")
+        BranchTechMicroServiceOperator(task_id="b", cws_task_id="c")
+
+    def own_call() -> None:
+        tms("c")
+        BranchTechMicroServiceOperator(task_id="b", cws_task_id="c", on_failure="c")
+
+    for body, field_name in ((no_target, "on_success"), (own_call, "on_failure")):
+        path, message = refused(lambda body=body: biz(dag_id="x", schedule_interval=None)(body)())
+        assert path == field_name, message

@@ -15,6 +15,7 @@ names (`dag_run`, `ti`, `params`, `ds`...). As CoWorks, a 5xx answer fails it, a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -197,6 +198,12 @@ class BranchTechMicroServiceOperator(Node):
         self.task_id = task_id
         if not isinstance(cws_task_id, str) or not cws_task_id:
             raise refuse("cws_task_id", "is required: the task id of the call to test", task_id)
+        if not any((on_success, on_failure, on_no_content, on_check, response_check)):
+            raise refuse(
+                "on_success",
+                "a branch needs at least one of on_success, on_failure, on_no_content, on_check",
+                task_id,
+            )
         status = f"steps.{step_name(cws_task_id)}.output.status"
         cases: list[tuple[str, list[str]]] = []
         if on_failure:
@@ -247,6 +254,7 @@ class BranchTechMicroServiceOperator(Node):
             if value
         ]
         dag.finish.append(lambda: self._check_targets(dag.tasks, cws_task_id))
+        dag.last.append(self._skip_the_others)
 
     def heads(self) -> list[StepNode]:
         return [self.node]
@@ -263,7 +271,12 @@ class BranchTechMicroServiceOperator(Node):
                 self.task_id,
             )
         known = {step_name(t) for t in tasks}
+        own = {step_name(self.task_id), step_name(cws_task_id)}
         for field_name, names in self._targets:
+            if own & set(names):
+                raise refuse(
+                    field_name, "cannot name the branch or the call it tests", self.task_id
+                )
             unknown = [n for n in names if n not in known]
             if unknown:
                 raise refuse(field_name, f"names no task of this biz: {unknown[0]!r}", self.task_id)
@@ -271,6 +284,19 @@ class BranchTechMicroServiceOperator(Node):
         first.after(*called.tails())  # it reads the call's answer, whatever `>>` said
         if self.check is not None:
             self.node.after(self.check.name)
+
+    def _skip_the_others(self) -> None:
+        """As Airflow's branch operators: a task right after the branch that no field names is
+        skipped whatever the answer (a case that never holds names it)."""
+        builder = dsl._builder.get()
+        named = {n for _, names in self._targets for n in names}
+        others = [
+            node.name
+            for node in (builder.nodes.values() if builder is not None else ())
+            if self.node.name in node.depends_on and node.name not in named
+        ]
+        if others:
+            self.node.body["branch"]["cases"].append({"when": "{{ false }}", "then": others})
 
 
 def _checker(response_check: Callable[..., bool]) -> Callable[..., bool]:
@@ -281,7 +307,12 @@ def _checker(response_check: Callable[..., bool]) -> Callable[..., bool]:
             return False
         return bool(response_check(result))
 
-    check.__module__ = response_check.__module__
-    check.__qualname__ = f"{response_check.__qualname__}.<check>"  # registered, never imported
-    check.__name__ = getattr(response_check, "__name__", "check")
+    origin: Any = response_check
+    while isinstance(origin, functools.partial):
+        origin = origin.func
+    if not hasattr(origin, "__qualname__"):  # a callable object: named after its class
+        origin = type(origin)
+    check.__module__ = str(getattr(origin, "__module__", None) or __name__)
+    check.__qualname__ = f"{origin.__qualname__}.<check>"  # registered, never imported
+    check.__name__ = str(getattr(origin, "__name__", None) or "check")
     return check

@@ -80,8 +80,36 @@ def _make_context(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _with_context(
+    fn: Callable[..., Any], ctx: dict[str, Any], args: list[Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Airflow's injection: a parameter named after a context key (`ti=None`, `ds=None`,
+    `params`, `dag_run`...) that the call leaves unset gets that value, and `**kwargs` (or
+    `**context`) gets every context key the call leaves unset."""
+    try:
+        signature = inspect.signature(fn)
+        bound = signature.bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return kwargs  # the call itself then says what is wrong
+    out = dict(kwargs)
+    var_kw = False
+    for name, p in signature.parameters.items():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in bound:
+            if name in ctx:
+                out[name] = ctx[name]
+    if var_kw:
+        named = set(signature.parameters)
+        for key, value in ctx.items():
+            if key not in out and key not in named:
+                out[key] = value
+    return out
+
+
 def runner(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` as a step's function: `args`/`kwargs` are the call's, `airflow` its context."""
+    """`fn` as a step's function: `args`/`kwargs` are the call's, `airflow` its context (set for
+    `get_current_context()`, and injected into the parameters named after its keys)."""
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
@@ -90,9 +118,11 @@ def runner(fn: Callable[..., Any]) -> Callable[..., Any]:
             kwargs: dict[str, Any] | None = None,
             airflow: dict[str, Any] | None = None,
         ) -> Any:
-            token = _context.set(_make_context(airflow or {}))
+            ctx = _make_context(airflow or {})
+            token = _context.set(ctx)
             try:
-                return await fn(*(args or ()), **(kwargs or {}))
+                given = list(args or ())
+                return await fn(*given, **_with_context(fn, ctx, given, dict(kwargs or {})))
             finally:
                 _context.reset(token)
 
@@ -104,9 +134,11 @@ def runner(fn: Callable[..., Any]) -> Callable[..., Any]:
         kwargs: dict[str, Any] | None = None,
         airflow: dict[str, Any] | None = None,
     ) -> Any:
-        token = _context.set(_make_context(airflow or {}))
+        ctx = _make_context(airflow or {})
+        token = _context.set(ctx)
         try:
-            return fn(*(args or ()), **(kwargs or {}))
+            given = list(args or ())
+            return fn(*given, **_with_context(fn, ctx, given, dict(kwargs or {})))
         finally:
             _context.reset(token)
 
@@ -143,6 +175,8 @@ def python_step(
         # Not importable (a local function, a lambda): only registered, under a name of its own
         # step, so two local functions of the same name (two lambdas) are not taken for one.
         wrapped.__qualname__ = f"{wrapped.__qualname__}.{name}"
+        if wrapped.__qualname__.startswith("<"):  # a module-level lambda: `<lambda>` is no name
+            wrapped.__qualname__ = "_" + wrapped.__qualname__
     opts = step_options(dict(options or {}), task_id, retry_on or PYTHON_RETRY_ON)
     context = {**CONTEXT_TEMPLATE, "task_id": task_id}
     node = dsl.task(wrapped, name=name, args={"airflow": context}, **opts)
