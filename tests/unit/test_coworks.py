@@ -505,8 +505,7 @@ def test_response_check_takes_any_callable_and_a_branch_skips_unnamed_tasks() ->
 
     from legato.model.build import build_workflow
 
-    for check in (_module_lambda, functools.partial(_two, 1), _Check()):
-
+    def make(check: Any) -> Any:
         @biz(schedule_interval=None)
         def flow() -> None:
             c = tms("c")
@@ -515,7 +514,10 @@ def test_response_check_takes_any_callable_and_a_branch_skips_unnamed_tasks() ->
             )
             c >> b >> [tms("ok"), tms("chk"), tms("other")]
 
-        wf = flow()
+        return flow()
+
+    for check in (_module_lambda, functools.partial(_two, 1), _Check()):
+        wf = make(check)
         build_workflow(wf.spec)  # the function path is valid
         cases = wf.spec["steps"]["b"]["branch"]["cases"]
         assert cases[-1] == {"when": "{{ false }}", "then": ["other"]}

@@ -91,18 +91,15 @@ def _with_context(
         bound = signature.bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
         return kwargs  # the call itself then says what is wrong
+    params = signature.parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     out = dict(kwargs)
-    var_kw = False
-    for name, p in signature.parameters.items():
-        if p.kind is p.VAR_KEYWORD:
-            var_kw = True
-        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in bound:
-            if name in ctx:
-                out[name] = ctx[name]
-    if var_kw:
-        named = set(signature.parameters)
+    for p in params:
+        if p.kind in named and p.name in ctx and p.name not in bound:
+            out[p.name] = ctx[p.name]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
         for key, value in ctx.items():
-            if key not in out and key not in named:
+            if key not in out and key not in signature.parameters:
                 out[key] = value
     return out
 
