@@ -98,7 +98,7 @@ def test_default_args_map_onto_retries_and_email() -> None:
     wf = with_defaults()
     retry = wf.steps["a"].retry
     assert (retry.retries, retry.delay, retry.backoff, retry.jitter) == (2, 30.0, 1.0, False)
-    assert retry.on == {"network", "timeout"}  # CoWorks fails 4xx/5xx without retrying
+    assert retry.on == {"network", "timeout", "5xx", "429", "4xx", "status", "callback"}
     assert wf.notify.email == ("ops@example.com",)
     assert wf.notify.email_on == {"failure", "retry"}
 
@@ -402,7 +402,20 @@ def test_data_query_params_and_headers() -> None:
     def in_biz(body: Any) -> Any:
         return lambda: biz(schedule_interval=None)(body)()
 
-    assert refused(in_biz(lambda: tms("x", data={"a": "{{ ds }}"})))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", method="PUT", data={"a": "{{ ds }}"})))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", data={}, query_params={})))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", data="a=1")))[0] == "data"
+    assert refused(in_biz(lambda: tms("x", query_params="a=1")))[0] == "query_params"
+
+    @biz(schedule_interval=None)
+    def gets() -> None:
+        tms("data", data={"day": "{{ ds }}"})  # GET: `data` is the query, as the seed says
+        tms("lone", query_params="{{ dag_run.conf['q'] }}")  # a mapping even as text
+
+    steps = gets().spec["steps"]
+    assert steps["data"]["http"]["query"] == {"day": "{{ ds }}{{ '' }}"}
+    assert "body" not in steps["data"]["http"]
+    assert steps["lone"]["http"]["query"] == "{{ dag_run.conf['q'] }}"
     assert refused(in_biz(lambda: tms("x", data="a", json={})))[0] == "data"
     assert refused(in_biz(lambda: tms("x", query_params=3)))[0] == "query_params"
     assert refused(in_biz(lambda: tms("x", trigger_rule="sometimes")))[0] == "trigger_rule"

@@ -33,7 +33,7 @@ from legato.engine.secret_source import (
 from legato.expressions import Template
 from legato.masking import CREDENTIAL_NAME, SHOWN_HEADERS, mask_text, mask_url
 from legato.model.fields import check_object
-from legato.model.service import DEFAULT_TIMEOUT, Service, join_path
+from legato.model.service import DEFAULT_TIMEOUT, Service, check_path, join_path
 from legato.model.workflow import HttpCall
 from legato.secret_refs import scrub, service_names, service_substitute
 
@@ -167,6 +167,9 @@ class HttpExecutor:
     ) -> Outcome:
         service: Service | None = None
         headers: dict[str, str] = {}
+        bad_path = check_path(request.get("path"))
+        if bad_path is not None:
+            return Outcome.failure("config", f"http.path {bad_path}")
         if "service" in request:
             service = self._lookup(request["service"])
             if service is None and self.directory is not None:

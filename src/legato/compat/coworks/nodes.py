@@ -12,6 +12,7 @@ import contextvars
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from legato.dsl import StepNode
@@ -178,15 +179,23 @@ def step_options(kwargs: dict[str, Any], task_id: str, retry_on: list[str]) -> d
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key == "retries":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise refuse("retries", "must be a whole number, 0 or more", task_id)
             retry["retries"] = value
-        elif key == "retry_delay":
-            retry["delay"] = value
+        elif key in ("retry_delay", "max_retry_delay", "execution_timeout"):
+            if not isinstance(value, timedelta | int | float) or isinstance(value, bool):
+                raise refuse(key, "must be a timedelta (or seconds)", task_id)
+            value = value.total_seconds() if isinstance(value, timedelta) else value
+            if value < 0:
+                raise refuse(key, "must not be negative", task_id)
+            if key == "retry_delay":
+                retry["delay"] = value
+            elif key == "max_retry_delay":
+                retry["max_delay"] = value
+            else:
+                out["timeout"] = value
         elif key == "retry_exponential_backoff":
             retry["backoff"] = 2.0 if value else 1.0
-        elif key == "max_retry_delay":
-            retry["max_delay"] = value
-        elif key == "execution_timeout":
-            out["timeout"] = value
         elif key == "trigger_rule":
             rule = TRIGGER_RULES.get(str(getattr(value, "value", value)))
             if rule is None:

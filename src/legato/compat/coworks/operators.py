@@ -4,7 +4,7 @@
 own, or a CoWorks directory service given with `--directory-url`), `api_id`/`stage`/`token` an API
 Gateway URL (see settings). Its templated fields are Legato templates that also see Airflow's
 names (`dag_run`, `ti`, `params`, `ds`...). As CoWorks, a 5xx answer fails it, a 4xx too unless
-`raise_400_errors=False`, and neither is retried (only a network error or a timeout is). With
+`raise_400_errors=False`; as Airflow, any such failure is retried up to `retries`. With
 `asynchronous=True` the service is told where to leave its result (`X-CWS-S3Bucket`, `X-CWS-S3Key`,
 `InvocationType: Event`) and the step waits for that object.
 
@@ -38,7 +38,9 @@ from legato.engine.airflow import step_name
 from legato.model.build import METHODS
 from legato.model.service import SERVICE_NAME
 
-CALL_RETRY_ON = ["network", "timeout"]  # CoWorks fails a 4xx/5xx at once (AirflowFailException)
+# Airflow retries a failed task whatever failed it, up to `retries`: a call is retried on any
+# failure of the call itself (a 4xx only when it is one, that is with raise_400_errors=True).
+CALL_RETRY_ON = ["network", "timeout", "5xx", "429", "status", "callback"]
 DEFAULT_ASYNC_TIMEOUT = 900.0
 
 
@@ -119,17 +121,25 @@ class TechMicroServiceOperator(Node):
             sent.update(headers)
         if token and not no_auth and cws_name is None:
             sent["Authorization"] = token
-        if query_params is not None:
-            if not isinstance(query_params, dict | str):
-                raise refuse("query_params", "must be a mapping (or a template of one)", task_id)
-            call["query"] = as_text(query_params) if not native else _plain(query_params)
         if json is not None and data is not None:
             raise refuse("data", "cannot be given with json", task_id)
+        if data is not None and call["method"] == "GET":  # the seed: `data` is GET's parameters
+            if query_params is not None:
+                raise refuse(
+                    "data", "with method GET, give data or query_params, not both", task_id
+                )
+            query_params, query_field = data, "data"
+            data = None
+        else:
+            query_field = "query_params"
+        if query_params is not None:
+            call["query"] = _query(query_params, query_field, native, task_id)
         if json is not None:
             call["json"] = as_text(json) if not native else _plain(json)
         elif data is not None:
             call["body"] = _body(data, task_id)
-        options = step_options(operator_args, task_id, CALL_RETRY_ON)
+        retry_on = CALL_RETRY_ON + (["4xx"] if raise_400_errors else [])
+        options = step_options(operator_args, task_id, retry_on)
         call["success"] = ["1xx", "2xx", "3xx"] + ([] if raise_400_errors else ["4xx"])
         call["follow_redirects"] = True  # as `requests` does
         if asynchronous:
@@ -166,6 +176,18 @@ def _xcom(value: Any, upstream: list[Node]) -> Any:
         upstream.append(value)
         return Native(f"{{{{ ti.xcom_pull(task_ids={value.task_id!r}) }}}}")
     return value
+
+
+def _query(value: Any, field_name: str, native: bool, task_id: str) -> Any:
+    """The query: a mapping (its templates rendered to text), or one template of a mapping, which
+    keeps its value even without `render_template_as_native_obj` (a query is a mapping)."""
+    if isinstance(value, str):
+        if not _has_template(value):
+            raise refuse(field_name, "must be a mapping (or a template of one)", task_id)
+        return str(value)
+    if not isinstance(value, dict):
+        raise refuse(field_name, "must be a mapping (or a template of one)", task_id)
+    return as_text(value) if not native else _plain(value)
 
 
 def _body(data: Any, task_id: str) -> str:
