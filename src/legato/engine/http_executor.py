@@ -332,7 +332,7 @@ class HttpExecutor:
         if timeout is None:
             timeout = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
         params = request.get("query")
-        for _ in range(MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS):  # as aiohttp counted: the call and 9 hops
             async with self._client().request(
                 method,
                 url,
