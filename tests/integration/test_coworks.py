@@ -491,3 +491,42 @@ async def test_a_redirect_to_another_origin_drops_the_operators_headers(
     landed = other.calls[-1]
     assert landed["path"] == "/svc/v1/landed"
     assert "X-Api-Key" not in landed["headers"] and "Authorization" not in landed["headers"]
+
+
+async def test_s3_results_are_bounded_and_a_refusal_fails_at_once(
+    s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiobotocore.session import get_session
+
+    monkeypatch.setenv("LEGATO_S3_MAX_RESULT", "1000")
+    session = get_session()
+    async with session.create_client("s3", endpoint_url=s3, region_name="us-east-1") as client:
+        await client.create_bucket(Bucket="bounded")
+        await client.put_object(Bucket="bounded", Key="small", Body=b'{"ok": 1}')
+        await client.put_object(Bucket="bounded", Key="big", Body=b"x" * 5000)
+    results = S3Results(s3)
+    try:
+        small = await results.fetch("bounded", "small")
+        assert small is not None and small.ok and small.output == {"ok": 1}
+        assert await results.fetch("bounded", "missing") is None  # not written yet: wait on
+        big = await results.fetch("bounded", "big")
+        assert big is not None and not big.ok and big.error is not None
+        assert big.error["kind"] == "limit" and "5000 bytes" in big.error["message"]
+    finally:
+        await results.close()
+
+    async def denied(request: web.Request) -> web.Response:
+        body = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        return web.Response(status=403, text=body, content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", denied)
+    runner, url = await _serve(app)
+    results = S3Results(url)
+    try:
+        refused = await results.fetch("bounded", "k")
+        assert refused is not None and refused.error is not None
+        assert refused.error["kind"] == "config" and "AccessDenied" in refused.error["message"]
+    finally:
+        await results.close()
+        await runner.cleanup()
