@@ -546,3 +546,20 @@ def test_response_check_takes_any_callable_and_a_branch_skips_unnamed_tasks() ->
     for body, field_name in ((no_target, "on_success"), (own_call, "on_failure")):
         path, message = refused(lambda body=body: biz(dag_id="x", schedule_interval=None)(body)())
         assert path == field_name, message
+
+
+def test_the_docs_native_yaml_validates(tmp_path: Any) -> None:
+    """docs/coming-from-coworks.md gives the seed's DAG written natively: `legato validate` takes it."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from legato.cli import main
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "coming-from-coworks.md"
+    text = page.read_text()
+    snippet = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "doc.yaml").write_text(snippet)
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "doc.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "my_first_biz: valid, 4 steps" in result.output
