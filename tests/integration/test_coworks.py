@@ -530,3 +530,72 @@ async def test_s3_results_are_bounded_and_a_refusal_fails_at_once(
     finally:
         await results.close()
         await runner.cleanup()
+
+
+BIZ_FILE = """
+from datetime import datetime, timedelta
+
+from legato.compat.coworks import TechMicroServiceOperator, biz, get_current_context, task
+
+
+@biz(
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=0.1)},
+    start_date=datetime(2023, 1, 1),
+    schedule_interval=None,
+    render_template_as_native_obj=True,
+)
+def billing_biz():
+    create = TechMicroServiceOperator(
+        task_id="create",
+        cws_name="billing",
+        method="POST",
+        entry="/invoice",
+        json="{{ dag_run.conf['data'] }}",
+    )
+
+    @task()
+    def print_result():
+        ti = get_current_context()["ti"]
+        result = ti.xcom_pull(task_ids="create")
+        print(result)
+        return result["invoice"]
+
+    create >> print_result
+
+
+billing_biz = billing_biz()
+"""
+
+
+async def test_serve_dags_runs_a_biz_whose_cws_name_the_coworks_directory_resolves(
+    tmp_path: Path,
+) -> None:
+    """As a CoWorks user deploys it: a folder of @biz files under `legato serve --dags`, with the
+    CoWorks directory service as the source of the services `cws_name` names."""
+    from legato.client import AsyncClient
+    from tests.integration.serverprocess import start_server
+    from tests.integration.test_external_directory import TOKEN, Directory, running
+
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "billing.py").write_text(BIZ_FILE)
+    directory = Directory()
+    app = web.Application()
+    app.router.add_get("/url/{name}", directory.lookup)
+    app.router.add_post("/invoice", directory.invoice)
+    async with running(app) as url:
+        directory.entries["billing"] = {"url": url, "token": TOKEN}
+        server = await asyncio.to_thread(
+            start_server, tmp_path, "--dags", str(folder), "--directory-url", url
+        )
+        try:
+            async with AsyncClient(server.url) as api:
+                run = await api.start("billing_biz", {"data": {"order": "A-7"}}, wait=30)
+                assert run["status"] == "succeeded", run
+                shown = await api.run(run["id"])
+                steps = {s["name"]: s for s in shown["steps"]}
+                assert steps["print_result"]["output"] == "INV-A-7", shown
+        finally:
+            await asyncio.to_thread(server.stop)
+    assert directory.asked == ["billing"] and directory.calls == [TOKEN]
+    assert "billing_biz v1 (new version) from billing.py" in server.output()
