@@ -563,3 +563,44 @@ def test_the_docs_native_yaml_validates(tmp_path: Any) -> None:
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "doc.yaml")])
     assert result.exit_code == 0, result.output
     assert "my_first_biz: valid, 4 steps" in result.output
+
+
+def test_airflow_idioms_work_or_are_refused_by_name() -> None:
+    from legato.compat.coworks import chain, cross_downstream
+
+    @task
+    def step(n: int) -> int:
+        return n
+
+    @biz(
+        schedule_interval=None,
+        default_args={"email": "ops@example.com"},  # Airflow mails on failure and on retry
+    )
+    def idioms() -> None:
+        a, b, c, d, e = (tms(x) for x in "abcde")
+        chain(a, [b, c], [d, e])
+        renamed = step.override(task_id="renamed", retries=2)(1)
+        cross_downstream([d, e], [renamed])
+
+    wf = idioms()
+    deps = {n: set(s.depends_on) for n, s in wf.steps.items()}
+    assert deps["b"] == deps["c"] == {"a"} and deps["d"] == {"b"} and deps["e"] == {"c"}
+    assert deps["renamed"] == {"d", "e"} and wf.steps["renamed"].retry.retries == 2
+    assert wf.notify.email_on == {"failure", "retry"}
+
+    def in_biz(body: Any, **options: Any) -> Any:
+        return lambda: biz(dag_id="x", **{"schedule_interval": None, **options})(body)()
+
+    assert refused(in_biz(lambda: step.expand(n=[1, 2])))[0] == "expand"
+    assert refused(in_biz(lambda: step(1)["key"]))[0] == "multiple_outputs"
+    assert refused(in_biz(lambda: TechMicroServiceOperator("x", cws_name="s")))[0] == "task_id"
+    assert refused(in_biz(lambda: [tms("x-y"), tms("x_y")]))[1].startswith("'x-y' and 'x_y'")
+    assert refused(in_biz(lambda: tms("x", retries="3")))[0] == "retries"
+    assert refused(in_biz(lambda: tms("x", retry_delay="5m")))[0] == "retry_delay"
+    assert refused(in_biz(lambda: tms("x"), schedule_interval="@daily"))[0] == "start_date"
+    bad_cron = in_biz(
+        lambda: tms("x"), schedule_interval="not a cron", start_date=datetime(2024, 1, 1)
+    )
+    assert refused(bad_cron)[0] == "schedule_interval"
+    with pytest.raises(NotImplementedError, match="xcom_push"):
+        TaskInstance({}, {}, "d", "r").xcom_push("k", 1)

@@ -125,6 +125,12 @@ class TaskInstance:
         value = xcom_value(self._kinds.get(name, ""), self._steps.get(name), key)
         return default if value is None else value
 
+    def xcom_push(self, key: str, value: Any, **_: Any) -> None:
+        raise NotImplementedError(
+            "xcom_push is not supported: a task's result is its return value, which later tasks "
+            "pull (return a mapping to give several values, read with xcom_pull(key=...))"
+        )
+
     def __repr__(self) -> str:
         return f"<TaskInstance {self.dag_id}.{self.task_id} run {self.run_id}>"
 

@@ -9,6 +9,7 @@ CoWorks/Airflow field (`cws_name`, `on_failure`, ...) and the task, as a Definit
 from __future__ import annotations
 
 import contextvars
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class Dag:
 
     native: bool = False
     tasks: dict[str, Node] = field(default_factory=dict)
-    steps: set[str] = field(default_factory=set)  # step names taken
+    steps: dict[str, str] = field(default_factory=dict)  # step names taken, to their task ids
     finish: list[Callable[[], None]] = field(default_factory=list)
     # Each `@task` function's calls in this DAG (keyed by the function's id): counted per DAG, as
     # Airflow does, so a module-level task used by two DAGs has the same steps in each.
@@ -65,9 +66,15 @@ def checked_task_id(task_id: Any, what: str, dag: Dag | None = None) -> str:
             f"{task_id!r} must be letters, digits, '_', '-' or '.', starting with a letter",
         )
     if dag is not None:
-        if name in dag.steps:
-            raise refuse("task_id", f"two tasks are named {task_id!r} (step {name!r})")
-        dag.steps.add(name)
+        taken = dag.steps.get(name)
+        if taken == task_id:
+            raise refuse("task_id", f"two tasks are named {task_id!r}")
+        if taken is not None:
+            raise refuse(
+                "task_id",
+                f"{taken!r} and {task_id!r} are both the step {name!r} ('-' and '.' become '_')",
+            )
+        dag.steps[name] = task_id
     return name
 
 
@@ -127,6 +134,30 @@ def nodes_of(value: Any) -> list[Node]:
             out.extend(nodes_of(item))
         return out
     raise refuse(">>", f"cannot set a dependency on {type(value).__name__} {value!r}")
+
+
+def chain(*tasks: Any) -> None:
+    """Airflow's `chain(a, [b, c], d)`: each item before the next; two lists side by side are
+    joined pairwise, as Airflow does."""
+    for up, down in itertools.pairwise(tasks):
+        if isinstance(up, list | tuple) and isinstance(down, list | tuple):
+            if len(up) != len(down):
+                raise refuse("chain", "two lists side by side must have the same length")
+            for u, d in zip(up, down, strict=True):
+                link_all(u, d)
+        else:
+            link_all(up, down)
+
+
+def cross_downstream(from_tasks: Any, to_tasks: Any) -> None:
+    """Airflow's `cross_downstream`: every task of the first list before every one of the second."""
+    link_all(from_tasks, to_tasks)
+
+
+def link_all(upstream: Any, downstream: Any) -> None:
+    for u in nodes_of(upstream):
+        for d in nodes_of(downstream):
+            link(u, d)
 
 
 def task_names(value: Any, field_name: str, task_id: str) -> list[str]:

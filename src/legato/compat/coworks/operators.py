@@ -53,7 +53,7 @@ class TechMicroServiceOperator(Node):
 
     def __init__(
         self,
-        *,
+        *positional: Any,
         task_id: str | None = None,
         cws_name: str | None = None,
         entry: str = "/",
@@ -76,6 +76,7 @@ class TechMicroServiceOperator(Node):
         poke_interval: float | None = None,
         **operator_args: Any,
     ) -> None:
+        _keywords_only("TechMicroServiceOperator", positional, task_id)
         dag = current_dag("TechMicroServiceOperator")
         name = checked_task_id(task_id, "TechMicroServiceOperator", dag)
         assert task_id is not None
@@ -166,6 +167,16 @@ class TechMicroServiceOperator(Node):
         return [self.node]
 
 
+def _keywords_only(what: str, positional: tuple[Any, ...], task_id: str | None) -> None:
+    if positional:
+        raise refuse(
+            "task_id",
+            f"{what} takes keyword arguments only: {what}(task_id=..., ...), "
+            f"not {positional[0]!r} by position",
+            task_id,
+        )
+
+
 def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, Native) else value
 
@@ -204,7 +215,7 @@ class BranchTechMicroServiceOperator(Node):
 
     def __init__(
         self,
-        *,
+        *positional: Any,
         task_id: str | None = None,
         cws_task_id: str | None = None,
         on_success: str | list[str] | None = None,
@@ -214,6 +225,7 @@ class BranchTechMicroServiceOperator(Node):
         on_check: str | list[str] | None = None,
         **operator_args: Any,
     ) -> None:
+        _keywords_only("BranchTechMicroServiceOperator", positional, task_id)
         dag = current_dag("BranchTechMicroServiceOperator")
         name = checked_task_id(task_id, "BranchTechMicroServiceOperator", dag)
         assert task_id is not None

@@ -226,6 +226,13 @@ class TaskCall(Node):
     def tails(self) -> list[StepNode]:
         return [self.node]
 
+    def __getitem__(self, key: str) -> Any:
+        raise refuse(
+            "multiple_outputs",
+            "XComArg[key] is not supported: pass the whole result and read the key in the task",
+            self.task_id,
+        )
+
 
 class TaskFactory(Node):
     """A `@task` function: calling it in a `@biz` body declares a step; used in `>>` without
@@ -250,6 +257,17 @@ class TaskFactory(Node):
         call.register(dag)
         calls.append(call)
         return call
+
+    def override(self, **options: Any) -> TaskFactory:
+        """Airflow's `task.override(task_id=..., retries=...)`: the same function, other options."""
+        task_id = options.pop("task_id", None) or self.task_id
+        return TaskFactory(self.fn, task_id, {**self.options, **options})
+
+    def expand(self, **_: Any) -> Any:
+        raise refuse("expand", "dynamic task mapping is not supported: call the task in a loop")
+
+    def partial(self, **_: Any) -> Any:
+        raise refuse("partial", "dynamic task mapping is not supported: call the task in a loop")
 
     def _first(self) -> TaskCall:
         """The task's first call in the DAG being declared (`>>` on the uncalled function)."""
