@@ -2,8 +2,9 @@
 
 A task is a Legato Python step. Its function is wrapped: the wrapper gets, as the step's rendered
 arguments, the task's own arguments and what `get_current_context()` returns (the run's conf,
-params, dates and the steps' results for `ti.xcom_pull`), and sets that context around the call in
-a context variable, so two tasks running at once in the worker threads never see each other's. The
+params, dates and its upstream steps' results for `ti.xcom_pull`, bounded in size), sets that
+context around the call in a context variable, so two tasks running at once in the worker threads
+never see each other's, and passes it to the parameters named after its keys as Airflow does. The
 wrapper carries the function's module and qualified name: the step names the user's function, and
 the workflow registers the wrapper under that name.
 """
