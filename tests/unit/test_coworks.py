@@ -604,3 +604,16 @@ def test_airflow_idioms_work_or_are_refused_by_name() -> None:
     assert refused(bad_cron)[0] == "schedule_interval"
     with pytest.raises(NotImplementedError, match="xcom_push"):
         TaskInstance({}, {}, "d", "r").xcom_push("k", 1)
+
+
+def test_paths_with_dot_dot_segments_are_refused_when_written_and_when_rendered() -> None:
+    from legato.model.build import build_workflow
+    from legato.model.service import check_path
+
+    for bad in ("../../admin", "x/../../a", "%2e%2e/a", "..%2F..%2Fa", "%252e%252e/a", "..\\a"):
+        assert check_path(bad) is not None, bad
+    for fine in ("/a/b", "/a..b/c", "/a/b%2Fc", "/x?to=../y", "/.../x", "", None):
+        assert check_path(fine) is None, fine
+    static = {"name": "x", "steps": {"a": {"http": {"url": "http://h/b", "path": "/../admin"}}}}
+    path, message = refused(lambda: build_workflow(static))
+    assert path == "steps.a.http.path" and "'..'" in message
