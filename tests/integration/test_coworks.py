@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from legato import Engine, Service
 from legato.compat.coworks import (
@@ -257,3 +258,344 @@ async def test_a_restart_while_waiting_for_the_s3_result_resumes_the_wait(
         c for c in samples.calls[calls:] if run_id in c["headers"].get("X-CWS-S3Key", "")
     ]
     assert manual_calls == []  # the wait resumed: the service was not asked again
+
+
+# --- what the second review found (each against a real local service) --------------------------
+
+
+class Local:
+    """A service under /svc/v1: echoes what it got; `/flaky/<id>?fail=N&status=S` answers S the
+    first N times; `/redirect` sends the client to `other` (another origin); a request outside
+    /svc/v1 is recorded as an escape."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.escapes: list[str] = []
+        self.tries: dict[str, int] = {}
+        self.other = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not request.path.startswith("/svc/v1/"):
+            self.escapes.append(request.path)
+            return web.json_response({"escaped": request.path})
+        call = {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "headers": dict(request.headers),
+            "body": await request.text(),
+        }
+        self.calls.append(call)
+        tail = request.path[len("/svc/v1") :]
+        if tail.startswith("/flaky/"):
+            n = self.tries[tail] = self.tries.get(tail, 0) + 1
+            if n <= int(request.query.get("fail", "0")):
+                return web.json_response({"try": n}, status=int(request.query["status"]))
+            return web.json_response({"try": n})
+        if tail == "/redirect":
+            raise web.HTTPFound(self.other + "/svc/v1/landed")
+        return web.json_response({"path": tail, "query": call["query"], "body": call["body"]})
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+@pytest.fixture
+async def local() -> AsyncIterator[tuple[Local, str]]:
+    svc = Local()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", svc.handle)
+    runner, url = await _serve(app)
+    other = Local()
+    other_app = web.Application()
+    other_app.router.add_route("*", "/{tail:.*}", other.handle)
+    other_runner, svc.other = await _serve(other_app)
+    svc.redirected = other  # type: ignore[attr-defined]
+    yield svc, url
+    await runner.cleanup()
+    await other_runner.cleanup()
+
+
+@pytest.fixture
+async def local_engine(db_url: str, local: tuple[Local, str]) -> AsyncIterator[Engine]:
+    async with Engine.open(db_url) as eng:
+        await eng.put_service(Service(name="echo", base_url=f"{local[1]}/svc/v1", timeout=5))
+        yield eng
+
+
+async def test_a_task_reads_its_upstream_and_is_not_held_to_the_others_sizes(
+    local_engine: Engine,
+) -> None:
+    @task
+    def part(i: int) -> dict[str, Any]:
+        return {"i": i, "blob": "x" * 150_000}
+
+    @task
+    def trivial(ti: Any = None, ds: Any = None, **context: Any) -> dict[str, Any]:
+        return {"ti": ti.task_id, "ds": ds, "run": context["dag_run"].run_id}
+
+    @task
+    def small() -> int:
+        return 7
+
+    @task
+    def reader() -> Any:
+        ti = get_current_context()["ti"]
+        return ti.xcom_pull(task_ids="small")
+
+    @task
+    def greedy() -> Any:
+        return get_current_context()["ti"].xcom_pull(task_ids="huge")
+
+    @task
+    def huge() -> str:
+        return "y" * 700_000
+
+    @biz(schedule_interval=None)
+    def mid() -> None:
+        [part(i) for i in range(8)] >> trivial()
+        small() >> reader()
+        huge() >> greedy()
+
+    await local_engine.register(mid())
+    run = await local_engine.run("mid", {}, timeout=30)
+    assert run.steps["trivial"].status == "succeeded", run.steps["trivial"].error
+    out = run.steps["trivial"].output
+    assert out["ti"] == "trivial" and out["run"] == run.info.id and len(out["ds"]) == 10
+    assert run.steps["reader"].output == 7
+    error = run.steps["greedy"].error
+    assert error is not None and "task_ids='huge'" in error["message"]
+    assert "too large" in error["message"]
+
+
+async def test_entry_from_the_conf_cannot_leave_the_services_path(
+    local_engine: Engine, local: tuple[Local, str]
+) -> None:
+    @biz(schedule_interval=None)
+    def escape() -> None:
+        TechMicroServiceOperator(
+            task_id="a", cws_name="echo", entry="{{ dag_run.conf['x'] }}", headers={"X-Key": "k"}
+        )
+
+    await local_engine.register(escape())
+    for path in ("../../admin", "x/../../../admin", "%2e%2e/%2e%2e/admin", "..%2F..%2Fadmin"):
+        run = await local_engine.run("escape", {"x": path}, timeout=10)
+        error = run.steps["a"].error
+        assert run.info.status == "failed" and error is not None, path
+        assert error["kind"] == "config" and "'..'" in error["message"], error
+    run = await local_engine.run("escape", {"x": "fine/a..b"}, timeout=10)
+    assert run.info.status == "succeeded"
+    assert local[0].escapes == [] and local[0].calls[-1]["path"] == "/svc/v1/fine/a..b"
+
+
+def _check(threshold: int, result: Any) -> bool:
+    return bool(result["query"].get("n", "0") > str(threshold))
+
+
+async def test_branches_skip_unnamed_tasks_and_calls_take_data_and_query_templates(
+    local_engine: Engine, local: tuple[Local, str]
+) -> None:
+    import functools
+
+    @biz(schedule_interval=None)
+    def shapes() -> None:
+        call = TechMicroServiceOperator(
+            task_id="call", cws_name="echo", data={"n": "{{ dag_run.conf['n'] }}"}
+        )
+        branch = BranchTechMicroServiceOperator(
+            task_id="branch",
+            cws_task_id="call",
+            on_check="big",
+            response_check=functools.partial(_check, 4),
+            on_success="small",
+        )
+        query = TechMicroServiceOperator(
+            task_id="query", cws_name="echo", query_params="{{ dag_run.conf['q'] }}"
+        )
+        (
+            call
+            >> branch
+            >> [
+                TechMicroServiceOperator(task_id="big", cws_name="echo"),
+                TechMicroServiceOperator(task_id="small", cws_name="echo"),
+                TechMicroServiceOperator(task_id="unnamed", cws_name="echo"),
+            ]
+        )
+        call >> query
+
+    await local_engine.register(shapes())
+    run = await local_engine.run("shapes", {"n": "5", "q": {"k": "v"}}, timeout=10)
+    assert run.info.status == "succeeded", run.steps
+    status = {n: s.status for n, s in run.steps.items()}
+    assert status["big"] == "succeeded" and status["small"] == "skipped"
+    assert status["unnamed"] == "skipped" and status["query"] == "succeeded"
+    assert {"n": "5"} in [c["query"] for c in local[0].calls]
+    assert {"k": "v"} in [c["query"] for c in local[0].calls]
+    run = await local_engine.run("shapes", {"n": "1", "q": {}}, timeout=10)
+    status = {n: s.status for n, s in run.steps.items()}
+    assert status["big"] == "skipped" and status["small"] == "succeeded"
+    assert status["unnamed"] == "skipped"
+
+
+async def test_calls_are_retried_as_airflow_retries_a_task(
+    local_engine: Engine, local: tuple[Local, str]
+) -> None:
+    @biz(
+        schedule_interval=None,
+        default_args={"retries": 2, "retry_delay": timedelta(milliseconds=50)},
+    )
+    def retried() -> None:
+        TechMicroServiceOperator(
+            task_id="s500", cws_name="echo", entry="/flaky/a?fail=2&status=500"
+        )
+        TechMicroServiceOperator(
+            task_id="s404", cws_name="echo", entry="/flaky/b?fail=1&status=404"
+        )
+        TechMicroServiceOperator(
+            task_id="kept",
+            cws_name="echo",
+            entry="/flaky/c?fail=1&status=404",
+            raise_400_errors=False,
+        )
+        TechMicroServiceOperator(
+            task_id="gives_up", cws_name="echo", entry="/flaky/d?fail=9&status=503", retries=1
+        )
+
+    await local_engine.register(retried())
+    run = await local_engine.run("retried", {}, timeout=20)
+    steps = run.steps
+    assert steps["s500"].status == "succeeded" and steps["s500"].output["body"] == {"try": 3}
+    assert steps["s404"].status == "succeeded" and steps["s404"].output["body"] == {"try": 2}
+    assert steps["kept"].output["status"] == 404  # a success with raise_400_errors=False
+    assert steps["gives_up"].status == "failed" and local[0].tries["/flaky/d"] == 2
+
+
+async def test_a_redirect_to_another_origin_drops_the_operators_headers(
+    local_engine: Engine, local: tuple[Local, str]
+) -> None:
+    @biz(schedule_interval=None)
+    def moved() -> None:
+        TechMicroServiceOperator(
+            task_id="a", cws_name="echo", entry="/redirect", headers={"X-Api-Key": "secret"}
+        )
+
+    await local_engine.register(moved())
+    run = await local_engine.run("moved", {}, timeout=10)
+    assert run.info.status == "succeeded", run.steps["a"].error
+    other: Local = local[0].redirected  # type: ignore[attr-defined]
+    landed = other.calls[-1]
+    assert landed["path"] == "/svc/v1/landed"
+    assert "X-Api-Key" not in landed["headers"] and "Authorization" not in landed["headers"]
+
+
+async def test_s3_results_are_bounded_and_a_refusal_fails_at_once(
+    s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiobotocore.session import get_session
+
+    monkeypatch.setenv("LEGATO_S3_MAX_RESULT", "1000")
+    session = get_session()
+    async with session.create_client("s3", endpoint_url=s3, region_name="us-east-1") as client:
+        await client.create_bucket(Bucket="bounded")
+        await client.put_object(Bucket="bounded", Key="small", Body=b'{"ok": 1}')
+        await client.put_object(Bucket="bounded", Key="big", Body=b"x" * 5000)
+    results = S3Results(s3)
+    try:
+        small = await results.fetch("bounded", "small")
+        assert small is not None and small.ok and small.output == {"ok": 1}
+        assert await results.fetch("bounded", "missing") is None  # not written yet: wait on
+        big = await results.fetch("bounded", "big")
+        assert big is not None and not big.ok and big.error is not None
+        assert big.error["kind"] == "limit" and "5000 bytes" in big.error["message"]
+    finally:
+        await results.close()
+
+    async def denied(request: web.Request) -> web.Response:
+        body = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        return web.Response(status=403, text=body, content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", denied)
+    runner, url = await _serve(app)
+    results = S3Results(url)
+    try:
+        refused = await results.fetch("bounded", "k")
+        assert refused is not None and refused.error is not None
+        assert refused.error["kind"] == "config" and "AccessDenied" in refused.error["message"]
+    finally:
+        await results.close()
+        await runner.cleanup()
+
+
+BIZ_FILE = """
+from datetime import datetime, timedelta
+
+from legato.compat.coworks import TechMicroServiceOperator, biz, get_current_context, task
+
+
+@biz(
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=0.1)},
+    start_date=datetime(2023, 1, 1),
+    schedule_interval=None,
+    render_template_as_native_obj=True,
+)
+def billing_biz():
+    create = TechMicroServiceOperator(
+        task_id="create",
+        cws_name="billing",
+        method="POST",
+        entry="/invoice",
+        json="{{ dag_run.conf['data'] }}",
+    )
+
+    @task()
+    def print_result():
+        ti = get_current_context()["ti"]
+        result = ti.xcom_pull(task_ids="create")
+        print(result)
+        return result["invoice"]
+
+    create >> print_result
+
+
+billing_biz = billing_biz()
+"""
+
+
+async def test_serve_dags_runs_a_biz_whose_cws_name_the_coworks_directory_resolves(
+    tmp_path: Path,
+) -> None:
+    """As a CoWorks user deploys it: a folder of @biz files under `legato serve --dags`, with the
+    CoWorks directory service as the source of the services `cws_name` names."""
+    from legato.client import AsyncClient
+    from tests.integration.serverprocess import start_server
+    from tests.integration.test_external_directory import TOKEN, Directory, running
+
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "billing.py").write_text(BIZ_FILE)
+    directory = Directory()
+    app = web.Application()
+    app.router.add_get("/url/{name}", directory.lookup)
+    app.router.add_post("/invoice", directory.invoice)
+    async with running(app) as url:
+        directory.entries["billing"] = {"url": url, "token": TOKEN}
+        server = await asyncio.to_thread(
+            start_server, tmp_path, "--dags", str(folder), "--directory-url", url
+        )
+        try:
+            async with AsyncClient(server.url) as api:
+                run = await api.start("billing_biz", {"data": {"order": "A-7"}}, wait=30)
+                assert run["status"] == "succeeded", run
+                shown = await api.run(run["id"])
+                steps = {s["name"]: s for s in shown["steps"]}
+                assert steps["print_result"]["output"] == "INV-A-7", shown
+        finally:
+            await asyncio.to_thread(server.stop)
+    assert directory.asked == ["billing"] and directory.calls == [TOKEN]
+    assert "billing_biz v1 (new version) from billing.py" in server.output()

@@ -18,6 +18,14 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
+from legato.sandbox import LIMITS
+
+
+class XComTooLarge(ValueError):
+    """A task pulled a result too large to travel in its context (see `context_steps`)."""
+
 
 def step_name(task_id: str) -> str:
     """The Legato step name of an Airflow task id."""
@@ -79,10 +87,49 @@ class TaskInstance:
             return self._one(task_ids, key, default)
         return [self._one(t, key, default) for t in task_ids]
 
+    def context_steps(self, names: Sequence[str]) -> dict[str, Any]:
+        """The results of the steps `names` (a task's upstream) a Python task may read, rendered
+        into its arguments. Only those: the others' may be big, and whether they have finished
+        depends on timing. The results, smallest first, fill at most half of what a rendered
+        request may hold; a larger one is only marked with its size, so a task pulling it fails
+        naming it, and a task that pulls nothing is not held to its neighbours' sizes."""
+        budget = LIMITS.max_size // 2
+        sized: list[tuple[int, str, Any]] = []
+        for name in names:
+            state = self._steps.get(name)
+            if not isinstance(state, Mapping) or state.get("status") != "succeeded":
+                continue
+            output = state.get("output")
+            try:
+                size = len(orjson.dumps(output))
+            except TypeError:
+                size = budget + 1
+            sized.append((size, name, output))
+        out: dict[str, Any] = {}
+        for size, name, output in sorted(sized, key=lambda item: (item[0], item[1])):
+            if size <= budget:
+                out[name] = {"status": "succeeded", "output": output}
+                budget -= size
+            else:
+                out[name] = {"status": "succeeded", "too_large": size}
+        return out
+
     def _one(self, task_id: str, key: str | None, default: Any) -> Any:
         name = step_name(task_id)
+        state = self._steps.get(name)
+        if isinstance(state, Mapping) and "too_large" in state:
+            raise XComTooLarge(
+                f"xcom_pull(task_ids={task_id!r}): its result is {state['too_large']} bytes, too "
+                "large for a task's context; pass it to the task as an argument instead"
+            )
         value = xcom_value(self._kinds.get(name, ""), self._steps.get(name), key)
         return default if value is None else value
+
+    def xcom_push(self, key: str, value: Any, **_: Any) -> None:
+        raise NotImplementedError(
+            "xcom_push is not supported: a task's result is its return value, which later tasks "
+            "pull (return a mapping to give several values, read with xcom_pull(key=...))"
+        )
 
     def __repr__(self) -> str:
         return f"<TaskInstance {self.dag_id}.{self.task_id} run {self.run_id}>"

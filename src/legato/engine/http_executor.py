@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -33,13 +33,18 @@ from legato.engine.secret_source import (
 from legato.expressions import Template
 from legato.masking import CREDENTIAL_NAME, SHOWN_HEADERS, mask_text, mask_url
 from legato.model.fields import check_object
-from legato.model.service import DEFAULT_TIMEOUT, Service, join_path
+from legato.model.service import DEFAULT_TIMEOUT, Service, check_path, join_path
 from legato.model.workflow import HttpCall
 from legato.secret_refs import scrub, service_names, service_substitute
 
 USER_AGENT = f"legato/{__version__}"
 _BODY_LIMIT_IN_ERROR = 2000
 MAX_REDIRECTS = 10  # hops followed where redirects are followed at all
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# What a followed redirect to another origin still sends (the rest may be credentials).
+CROSS_ORIGIN_HEADERS = frozenset(
+    {"accept", "accept-language", "content-type", "user-agent", "traceparent", "idempotency-key"}
+)
 
 
 class HttpExecutor:
@@ -167,6 +172,9 @@ class HttpExecutor:
     ) -> Outcome:
         service: Service | None = None
         headers: dict[str, str] = {}
+        bad_path = check_path(request.get("path"))
+        if bad_path is not None:
+            return Outcome.failure("config", f"http.path {bad_path}")
         if "service" in request:
             service = self._lookup(request["service"])
             if service is None and self.directory is not None:
@@ -323,19 +331,43 @@ class HttpExecutor:
         timeout = self._timeouts.get(limit)
         if timeout is None:
             timeout = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
-        async with self._client().request(
-            method,
-            url,
-            params=request.get("query"),
-            data=data,
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=follow,
-            max_redirects=MAX_REDIRECTS,
-        ) as resp:
-            raw = await resp.read()
-            headers = {str(k): v for k, v in resp.headers.items()}
-            return resp.status, headers, raw, resp.content_type
+        params = request.get("query")
+        for _ in range(MAX_REDIRECTS):  # as aiohttp counted: the call and 9 hops
+            async with self._client().request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                location = resp.headers.get("Location")
+                if not follow or resp.status not in REDIRECTS or not location:
+                    raw = await resp.read()
+                    out = {str(k): v for k, v in resp.headers.items()}
+                    return resp.status, out, raw, resp.content_type
+                info, history = resp.request_info, (*resp.history, resp)
+            # Followed by hand, so that a hop to another origin carries none of the request's
+            # own headers (credentials of any name), only the harmless ones.
+            target = urljoin(str(resp.url), location)
+            if _origin(target) != _origin(str(resp.url)):
+                headers = {k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_HEADERS}
+            if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                method, data = ("HEAD" if method == "HEAD" else "GET"), None
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            url, params = target, None
+        raise aiohttp.TooManyRedirects(info, history)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port or default
 
 
 def follows(action: HttpCall, service: Service | None) -> bool:

@@ -18,6 +18,7 @@ from legato.model.durations import parse_duration, parse_time
 from legato.model.fields import Field
 from legato.model.reader import Reader, join, read_fields
 from legato.model.schedule import PRESETS, Schedule, cron_problem
+from legato.model.service import check_path
 from legato.model.triggers import read_triggers
 from legato.model.workflow import (
     FAILURE_KINDS,
@@ -526,6 +527,10 @@ def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None
     if method not in METHODS:
         r.problem("method", f"must be one of {', '.join(METHODS)}")
     path_t = _template(r, "path") or compile_template("")
+    if isinstance(path_t.source, str) and "{" not in path_t.source:
+        bad_path = check_path(path_t.source)  # a templated one is checked once rendered
+        if bad_path is not None:
+            r.problem("path", bad_path)
     query = _template(r, "query")
     headers = _template(r, "headers")
     success = _read_success(r)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from legato.errors import DefinitionError, Problem
 from legato.model.fields import Field, fields_to_dicts
@@ -74,6 +74,24 @@ def join_path(url: str, path: str | None) -> str:
         return url.rstrip("/") + "/" + path.lstrip("/")
     joined = parts.path.rstrip("/") + "/" + path.lstrip("/")
     return urlunsplit((parts.scheme, parts.netloc, joined, parts.query, parts.fragment))
+
+
+def check_path(path: Any) -> str | None:
+    """Why a step's (rendered) path may not go under a base URL, or None. A `..` segment, even
+    percent-encoded (`%2e%2e`, `..%2f`), would leave the base path, carrying the service's
+    credentials to another route of its host: clients and servers normalise such segments."""
+    if not isinstance(path, str) or not path:
+        return None
+    route = path.split("?", 1)[0].split("#", 1)[0]
+    for segment in route.split("/"):
+        decoded = segment
+        for _ in range(3):  # double encoding too
+            decoded = unquote(decoded)
+        if any(part.strip() == ".." for part in re.split(r"[/\\]", decoded)):
+            return (
+                f"must not hold a '..' segment (got {path!r}): it would leave the base URL's path"
+            )
+    return None
 
 
 def check_url(url: str, strict: bool = True) -> str | None:

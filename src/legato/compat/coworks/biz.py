@@ -21,6 +21,7 @@ from typing import Any, overload
 
 from legato import dsl
 from legato.compat.coworks.nodes import Dag, Native, _dag, refuse
+from legato.errors import DefinitionError, Problem
 from legato.model.workflow import Workflow
 
 _UNSET: Any = object()
@@ -79,7 +80,30 @@ def translate_default_args(default_args: dict[str, Any]) -> dict[str, Any]:
     if not out.get("email"):  # Airflow ignores email_on_* without addresses
         for key in ("email", "email_on_failure", "email_on_retry"):
             out.pop(key, None)
+    else:  # Airflow's defaults: mail on failure and on retry
+        out.setdefault("email_on_failure", True)
+        out.setdefault("email_on_retry", True)
     return out
+
+
+# Legato's names of the workflow fields a @biz sets, in problems, as the @biz argument's name.
+AIRFLOW_NAMES = {
+    "schedule": "schedule_interval",
+    "timeout": "dagrun_timeout",
+    "default_args.retry_max_delay": "default_args.max_retry_delay",
+    "default_args.retry_backoff": "default_args.retry_exponential_backoff",
+}
+
+
+def _airflow_names(exc: DefinitionError) -> DefinitionError:
+    problems = []
+    for problem in exc.problems:
+        head, dot, rest = problem.path.partition(".")
+        path = AIRFLOW_NAMES.get(problem.path) or (
+            AIRFLOW_NAMES[head] + dot + rest if head in AIRFLOW_NAMES else problem.path
+        )
+        problems.append(Problem(path, problem.message))
+    return DefinitionError(problems, "CoWorks definition")
 
 
 def _schedule(schedule_interval: Any, schedule: Any) -> Any:
@@ -154,6 +178,8 @@ def biz(
     else:
         catchup_value = catchup
     translated = translate_default_args(defaults) if default_args is not None else None
+    if when is not _UNSET and when is not None and start is None:
+        raise refuse("start_date", "a scheduled biz needs a start_date (as in Airflow)")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Workflow]:
         signature = inspect.signature(fn)
@@ -180,26 +206,29 @@ def biz(
                 token = _dag.set(dag)
                 try:
                     fn(**{n: Native(f"{{{{ params[{n!r}] }}}}") for n in named})
-                    for check in dag.finish:
+                    for check in [*dag.finish, *dag.last]:
                         check()
                 finally:
                     _dag.reset(token)
 
             body.__doc__ = fn.__doc__
-            return dsl.workflow(
-                body,
-                name=dag_id if isinstance(dag_id, str) else fn.__name__,
-                description=description,
-                schedule_interval=dsl._seconds(when) if when is not _UNSET else None,
-                start_date=start,
-                end_date=end,
-                catchup=catchup_value,
-                tags=tags,
-                max_active_runs=max_active_runs,
-                timeout=dagrun_timeout,
-                default_args=translated,
-                airflow={"params": dag_params},
-            )
+            try:
+                return dsl.workflow(
+                    body,
+                    name=dag_id if isinstance(dag_id, str) else fn.__name__,
+                    description=description,
+                    schedule_interval=dsl._seconds(when) if when is not _UNSET else None,
+                    start_date=start,
+                    end_date=end,
+                    catchup=catchup_value,
+                    tags=tags,
+                    max_active_runs=max_active_runs,
+                    timeout=dagrun_timeout,
+                    default_args=translated,
+                    airflow={"params": dag_params},
+                )
+            except DefinitionError as exc:
+                raise _airflow_names(exc) from None
 
         return declare
 

@@ -74,6 +74,8 @@ class TechMicroServiceAsyncGroup(Node):
         self.task_id = group_id
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             raise refuse("timeout", "must be a positive number of seconds", group_id)
+        if "execution_timeout" in tech_kwargs:
+            raise refuse("execution_timeout", "is the group's `timeout` (seconds)", group_id)
         for reserved in ("task_id", "asynchronous"):
             if reserved in tech_kwargs:
                 raise refuse(reserved, "is set by the group itself", group_id)

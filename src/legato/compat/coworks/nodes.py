@@ -9,9 +9,11 @@ CoWorks/Airflow field (`cws_name`, `on_failure`, ...) and the task, as a Definit
 from __future__ import annotations
 
 import contextvars
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from legato.dsl import StepNode
@@ -32,8 +34,12 @@ class Dag:
 
     native: bool = False
     tasks: dict[str, Node] = field(default_factory=dict)
-    steps: set[str] = field(default_factory=set)  # step names taken
+    steps: dict[str, str] = field(default_factory=dict)  # step names taken, to their task ids
     finish: list[Callable[[], None]] = field(default_factory=list)
+    # Each `@task` function's calls in this DAG (keyed by the function's id): counted per DAG, as
+    # Airflow does, so a module-level task used by two DAGs has the same steps in each.
+    calls: dict[int, list[Any]] = field(default_factory=dict)
+    last: list[Callable[[], None]] = field(default_factory=list)  # once `finish` has run
 
 
 _dag: contextvars.ContextVar[Dag | None] = contextvars.ContextVar(
@@ -60,9 +66,15 @@ def checked_task_id(task_id: Any, what: str, dag: Dag | None = None) -> str:
             f"{task_id!r} must be letters, digits, '_', '-' or '.', starting with a letter",
         )
     if dag is not None:
-        if name in dag.steps:
-            raise refuse("task_id", f"two tasks are named {task_id!r} (step {name!r})")
-        dag.steps.add(name)
+        taken = dag.steps.get(name)
+        if taken == task_id:
+            raise refuse("task_id", f"two tasks are named {task_id!r}")
+        if taken is not None:
+            raise refuse(
+                "task_id",
+                f"{taken!r} and {task_id!r} are both the step {name!r} ('-' and '.' become '_')",
+            )
+        dag.steps[name] = task_id
     return name
 
 
@@ -124,6 +136,30 @@ def nodes_of(value: Any) -> list[Node]:
     raise refuse(">>", f"cannot set a dependency on {type(value).__name__} {value!r}")
 
 
+def chain(*tasks: Any) -> None:
+    """Airflow's `chain(a, [b, c], d)`: each item before the next; two lists side by side are
+    joined pairwise, as Airflow does."""
+    for up, down in itertools.pairwise(tasks):
+        if isinstance(up, list | tuple) and isinstance(down, list | tuple):
+            if len(up) != len(down):
+                raise refuse("chain", "two lists side by side must have the same length")
+            for u, d in zip(up, down, strict=True):
+                link_all(u, d)
+        else:
+            link_all(up, down)
+
+
+def cross_downstream(from_tasks: Any, to_tasks: Any) -> None:
+    """Airflow's `cross_downstream`: every task of the first list before every one of the second."""
+    link_all(from_tasks, to_tasks)
+
+
+def link_all(upstream: Any, downstream: Any) -> None:
+    for u in nodes_of(upstream):
+        for d in nodes_of(downstream):
+            link(u, d)
+
+
 def task_names(value: Any, field_name: str, task_id: str) -> list[str]:
     """`on_success="a"` or `on_success=["a", "b"]` (task ids) as step names."""
     items: Iterable[Any] = [value] if isinstance(value, str) else value
@@ -174,15 +210,23 @@ def step_options(kwargs: dict[str, Any], task_id: str, retry_on: list[str]) -> d
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key == "retries":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise refuse("retries", "must be a whole number, 0 or more", task_id)
             retry["retries"] = value
-        elif key == "retry_delay":
-            retry["delay"] = value
+        elif key in ("retry_delay", "max_retry_delay", "execution_timeout"):
+            if not isinstance(value, timedelta | int | float) or isinstance(value, bool):
+                raise refuse(key, "must be a timedelta (or seconds)", task_id)
+            value = value.total_seconds() if isinstance(value, timedelta) else value
+            if value < 0:
+                raise refuse(key, "must not be negative", task_id)
+            if key == "retry_delay":
+                retry["delay"] = value
+            elif key == "max_retry_delay":
+                retry["max_delay"] = value
+            else:
+                out["timeout"] = value
         elif key == "retry_exponential_backoff":
             retry["backoff"] = 2.0 if value else 1.0
-        elif key == "max_retry_delay":
-            retry["max_delay"] = value
-        elif key == "execution_timeout":
-            out["timeout"] = value
         elif key == "trigger_rule":
             rule = TRIGGER_RULES.get(str(getattr(value, "value", value)))
             if rule is None:

@@ -4,7 +4,7 @@
 own, or a CoWorks directory service given with `--directory-url`), `api_id`/`stage`/`token` an API
 Gateway URL (see settings). Its templated fields are Legato templates that also see Airflow's
 names (`dag_run`, `ti`, `params`, `ds`...). As CoWorks, a 5xx answer fails it, a 4xx too unless
-`raise_400_errors=False`, and neither is retried (only a network error or a timeout is). With
+`raise_400_errors=False`; as Airflow, any such failure is retried up to `retries`. With
 `asynchronous=True` the service is told where to leave its result (`X-CWS-S3Bucket`, `X-CWS-S3Key`,
 `InvocationType: Event`) and the step waits for that object.
 
@@ -15,6 +15,7 @@ names (`dag_run`, `ti`, `params`, `ds`...). As CoWorks, a 5xx answer fails it, a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -37,7 +38,9 @@ from legato.engine.airflow import step_name
 from legato.model.build import METHODS
 from legato.model.service import SERVICE_NAME
 
-CALL_RETRY_ON = ["network", "timeout"]  # CoWorks fails a 4xx/5xx at once (AirflowFailException)
+# Airflow retries a failed task whatever failed it, up to `retries`: a call is retried on any
+# failure of the call itself (a 4xx only when it is one, that is with raise_400_errors=True).
+CALL_RETRY_ON = ["network", "timeout", "5xx", "429", "status", "callback"]
 DEFAULT_ASYNC_TIMEOUT = 900.0
 
 
@@ -50,7 +53,7 @@ class TechMicroServiceOperator(Node):
 
     def __init__(
         self,
-        *,
+        *positional: Any,
         task_id: str | None = None,
         cws_name: str | None = None,
         entry: str = "/",
@@ -73,6 +76,7 @@ class TechMicroServiceOperator(Node):
         poke_interval: float | None = None,
         **operator_args: Any,
     ) -> None:
+        _keywords_only("TechMicroServiceOperator", positional, task_id)
         dag = current_dag("TechMicroServiceOperator")
         name = checked_task_id(task_id, "TechMicroServiceOperator", dag)
         assert task_id is not None
@@ -118,17 +122,25 @@ class TechMicroServiceOperator(Node):
             sent.update(headers)
         if token and not no_auth and cws_name is None:
             sent["Authorization"] = token
-        if query_params is not None:
-            if not isinstance(query_params, dict | str):
-                raise refuse("query_params", "must be a mapping (or a template of one)", task_id)
-            call["query"] = as_text(query_params) if not native else _plain(query_params)
         if json is not None and data is not None:
             raise refuse("data", "cannot be given with json", task_id)
+        if data is not None and call["method"] == "GET":  # the seed: `data` is GET's parameters
+            if query_params is not None:
+                raise refuse(
+                    "data", "with method GET, give data or query_params, not both", task_id
+                )
+            query_params, query_field = data, "data"
+            data = None
+        else:
+            query_field = "query_params"
+        if query_params is not None:
+            call["query"] = _query(query_params, query_field, native, task_id)
         if json is not None:
             call["json"] = as_text(json) if not native else _plain(json)
         elif data is not None:
             call["body"] = _body(data, task_id)
-        options = step_options(operator_args, task_id, CALL_RETRY_ON)
+        retry_on = CALL_RETRY_ON + (["4xx"] if raise_400_errors else [])
+        options = step_options(operator_args, task_id, retry_on)
         call["success"] = ["1xx", "2xx", "3xx"] + ([] if raise_400_errors else ["4xx"])
         call["follow_redirects"] = True  # as `requests` does
         if asynchronous:
@@ -155,6 +167,16 @@ class TechMicroServiceOperator(Node):
         return [self.node]
 
 
+def _keywords_only(what: str, positional: tuple[Any, ...], task_id: str | None) -> None:
+    if positional:
+        raise refuse(
+            "task_id",
+            f"{what} takes keyword arguments only: {what}(task_id=..., ...), "
+            f"not {positional[0]!r} by position",
+            task_id,
+        )
+
+
 def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, Native) else value
 
@@ -165,6 +187,18 @@ def _xcom(value: Any, upstream: list[Node]) -> Any:
         upstream.append(value)
         return Native(f"{{{{ ti.xcom_pull(task_ids={value.task_id!r}) }}}}")
     return value
+
+
+def _query(value: Any, field_name: str, native: bool, task_id: str) -> Any:
+    """The query: a mapping (its templates rendered to text), or one template of a mapping, which
+    keeps its value even without `render_template_as_native_obj` (a query is a mapping)."""
+    if isinstance(value, str):
+        if not _has_template(value):
+            raise refuse(field_name, "must be a mapping (or a template of one)", task_id)
+        return str(value)
+    if not isinstance(value, dict):
+        raise refuse(field_name, "must be a mapping (or a template of one)", task_id)
+    return as_text(value) if not native else _plain(value)
 
 
 def _body(data: Any, task_id: str) -> str:
@@ -181,7 +215,7 @@ class BranchTechMicroServiceOperator(Node):
 
     def __init__(
         self,
-        *,
+        *positional: Any,
         task_id: str | None = None,
         cws_task_id: str | None = None,
         on_success: str | list[str] | None = None,
@@ -191,12 +225,19 @@ class BranchTechMicroServiceOperator(Node):
         on_check: str | list[str] | None = None,
         **operator_args: Any,
     ) -> None:
+        _keywords_only("BranchTechMicroServiceOperator", positional, task_id)
         dag = current_dag("BranchTechMicroServiceOperator")
         name = checked_task_id(task_id, "BranchTechMicroServiceOperator", dag)
         assert task_id is not None
         self.task_id = task_id
         if not isinstance(cws_task_id, str) or not cws_task_id:
             raise refuse("cws_task_id", "is required: the task id of the call to test", task_id)
+        if not any((on_success, on_failure, on_no_content, on_check, response_check)):
+            raise refuse(
+                "on_success",
+                "a branch needs at least one of on_success, on_failure, on_no_content, on_check",
+                task_id,
+            )
         status = f"steps.{step_name(cws_task_id)}.output.status"
         cases: list[tuple[str, list[str]]] = []
         if on_failure:
@@ -247,6 +288,7 @@ class BranchTechMicroServiceOperator(Node):
             if value
         ]
         dag.finish.append(lambda: self._check_targets(dag.tasks, cws_task_id))
+        dag.last.append(self._skip_the_others)
 
     def heads(self) -> list[StepNode]:
         return [self.node]
@@ -263,7 +305,12 @@ class BranchTechMicroServiceOperator(Node):
                 self.task_id,
             )
         known = {step_name(t) for t in tasks}
+        own = {step_name(self.task_id), step_name(cws_task_id)}
         for field_name, names in self._targets:
+            if own & set(names):
+                raise refuse(
+                    field_name, "cannot name the branch or the call it tests", self.task_id
+                )
             unknown = [n for n in names if n not in known]
             if unknown:
                 raise refuse(field_name, f"names no task of this biz: {unknown[0]!r}", self.task_id)
@@ -271,6 +318,19 @@ class BranchTechMicroServiceOperator(Node):
         first.after(*called.tails())  # it reads the call's answer, whatever `>>` said
         if self.check is not None:
             self.node.after(self.check.name)
+
+    def _skip_the_others(self) -> None:
+        """As Airflow's branch operators: a task right after the branch that no field names is
+        skipped whatever the answer (a case that never holds names it)."""
+        builder = dsl._builder.get()
+        named = {n for _, names in self._targets for n in names}
+        others = [
+            node.name
+            for node in (builder.nodes.values() if builder is not None else ())
+            if self.node.name in node.depends_on and node.name not in named
+        ]
+        if others:
+            self.node.body["branch"]["cases"].append({"when": "{{ false }}", "then": others})
 
 
 def _checker(response_check: Callable[..., bool]) -> Callable[..., bool]:
@@ -281,7 +341,12 @@ def _checker(response_check: Callable[..., bool]) -> Callable[..., bool]:
             return False
         return bool(response_check(result))
 
-    check.__module__ = response_check.__module__
-    check.__qualname__ = f"{response_check.__qualname__}.<check>"  # registered, never imported
-    check.__name__ = getattr(response_check, "__name__", "check")
+    origin: Any = response_check
+    while isinstance(origin, functools.partial):
+        origin = origin.func
+    if not hasattr(origin, "__qualname__"):  # a callable object: named after its class
+        origin = type(origin)
+    check.__module__ = str(getattr(origin, "__module__", None) or __name__)
+    check.__qualname__ = f"{origin.__qualname__}.<check>"  # registered, never imported
+    check.__name__ = str(getattr(origin, "__name__", None) or "check")
     return check

@@ -2,8 +2,9 @@
 
 A task is a Legato Python step. Its function is wrapped: the wrapper gets, as the step's rendered
 arguments, the task's own arguments and what `get_current_context()` returns (the run's conf,
-params, dates and the steps' results for `ti.xcom_pull`), and sets that context around the call in
-a context variable, so two tasks running at once in the worker threads never see each other's. The
+params, dates and its upstream steps' results for `ti.xcom_pull`, bounded in size), sets that
+context around the call in a context variable, so two tasks running at once in the worker threads
+never see each other's, and passes it to the parameters named after its keys as Airflow does. The
 wrapper carries the function's module and qualified name: the step names the user's function, and
 the workflow registers the wrapper under that name.
 """
@@ -48,7 +49,6 @@ CONTEXT_TEMPLATE: dict[str, Any] = {
     "logical_date": "{{ logical_date }}",
     "data_interval_start": "{{ data_interval_start }}",
     "data_interval_end": "{{ data_interval_end }}",
-    "steps": "{{ steps }}",
 }
 
 
@@ -81,8 +81,33 @@ def _make_context(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _with_context(
+    fn: Callable[..., Any], ctx: dict[str, Any], args: list[Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Airflow's injection: a parameter named after a context key (`ti=None`, `ds=None`,
+    `params`, `dag_run`...) that the call leaves unset gets that value, and `**kwargs` (or
+    `**context`) gets every context key the call leaves unset."""
+    try:
+        signature = inspect.signature(fn)
+        bound = signature.bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return kwargs  # the call itself then says what is wrong
+    params = signature.parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    out = dict(kwargs)
+    for p in params:
+        if p.kind in named and p.name in ctx and p.name not in bound:
+            out[p.name] = ctx[p.name]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        for key, value in ctx.items():
+            if key not in out and key not in signature.parameters:
+                out[key] = value
+    return out
+
+
 def runner(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` as a step's function: `args`/`kwargs` are the call's, `airflow` its context."""
+    """`fn` as a step's function: `args`/`kwargs` are the call's, `airflow` its context (set for
+    `get_current_context()`, and injected into the parameters named after its keys)."""
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
@@ -91,9 +116,11 @@ def runner(fn: Callable[..., Any]) -> Callable[..., Any]:
             kwargs: dict[str, Any] | None = None,
             airflow: dict[str, Any] | None = None,
         ) -> Any:
-            token = _context.set(_make_context(airflow or {}))
+            ctx = _make_context(airflow or {})
+            token = _context.set(ctx)
             try:
-                return await fn(*(args or ()), **(kwargs or {}))
+                given = list(args or ())
+                return await fn(*given, **_with_context(fn, ctx, given, dict(kwargs or {})))
             finally:
                 _context.reset(token)
 
@@ -105,9 +132,11 @@ def runner(fn: Callable[..., Any]) -> Callable[..., Any]:
         kwargs: dict[str, Any] | None = None,
         airflow: dict[str, Any] | None = None,
     ) -> Any:
-        token = _context.set(_make_context(airflow or {}))
+        ctx = _make_context(airflow or {})
+        token = _context.set(ctx)
         try:
-            return fn(*(args or ()), **(kwargs or {}))
+            given = list(args or ())
+            return fn(*given, **_with_context(fn, ctx, given, dict(kwargs or {})))
         finally:
             _context.reset(token)
 
@@ -144,6 +173,8 @@ def python_step(
         # Not importable (a local function, a lambda): only registered, under a name of its own
         # step, so two local functions of the same name (two lambdas) are not taken for one.
         wrapped.__qualname__ = f"{wrapped.__qualname__}.{name}"
+        if wrapped.__qualname__.startswith("<"):  # a module-level lambda: `<lambda>` is no name
+            wrapped.__qualname__ = "_" + wrapped.__qualname__
     opts = step_options(dict(options or {}), task_id, retry_on or PYTHON_RETRY_ON)
     context = {**CONTEXT_TEMPLATE, "task_id": task_id}
     node = dsl.task(wrapped, name=name, args={"airflow": context}, **opts)
@@ -152,7 +183,24 @@ def python_step(
     rendered["args"] = _argument(list(args), node)
     rendered["kwargs"] = _argument(dict(kwargs or {}), node)
     dag.finish.append(lambda: context.__setitem__("kinds", kinds_of(dag)))
+    dag.last.append(lambda: context.__setitem__("steps", _upstream_template(node)))
     return node
+
+
+def _upstream_template(node: StepNode) -> str:
+    """What renders the results a task can read: its upstream steps' (all of them, not only the
+    direct ones), with a bound on their size (see TaskInstance.context_steps)."""
+    builder = dsl._builder.get()
+    nodes = builder.nodes if builder is not None else {}
+    seen: set[str] = set()
+    todo = list(node.depends_on)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            up = nodes.get(name)
+            todo.extend(up.depends_on if up is not None else ())
+    return f"{{{{ ti.context_steps({sorted(seen)!r}) }}}}"
 
 
 def kinds_of(dag: Dag) -> dict[str, str]:
@@ -179,6 +227,13 @@ class TaskCall(Node):
     def tails(self) -> list[StepNode]:
         return [self.node]
 
+    def __getitem__(self, key: str) -> Any:
+        raise refuse(
+            "multiple_outputs",
+            "XComArg[key] is not supported: pass the whole result and read the key in the task",
+            self.task_id,
+        )
+
 
 class TaskFactory(Node):
     """A `@task` function: calling it in a `@biz` body declares a step; used in `>>` without
@@ -188,7 +243,6 @@ class TaskFactory(Node):
         self.fn = fn
         self.task_id = task_id or fn.__name__
         self.options = options
-        self._calls: list[TaskCall] = []
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -196,16 +250,31 @@ class TaskFactory(Node):
             # A worker that found the step's function by importing it, not by registration.
             return runner(self.fn)(**kwargs)
         dag = current_dag("@task call")
-        n = len(self._calls)
+        calls = dag.calls.setdefault(id(self), [])
+        n = len(calls)
         task_id = self.task_id if n == 0 else f"{self.task_id}__{n}"
         node = python_step(dag, task_id, self.fn, args, kwargs, self.options)
         call = TaskCall(task_id, node)
         call.register(dag)
-        self._calls.append(call)
+        calls.append(call)
         return call
 
+    def override(self, **options: Any) -> TaskFactory:
+        """Airflow's `task.override(task_id=..., retries=...)`: the same function, other options."""
+        task_id = options.pop("task_id", None) or self.task_id
+        return TaskFactory(self.fn, task_id, {**self.options, **options})
+
+    def expand(self, **_: Any) -> Any:
+        raise refuse("expand", "dynamic task mapping is not supported: call the task in a loop")
+
+    def partial(self, **_: Any) -> Any:
+        raise refuse("partial", "dynamic task mapping is not supported: call the task in a loop")
+
     def _first(self) -> TaskCall:
-        return self._calls[0] if self._calls else self()
+        """The task's first call in the DAG being declared (`>>` on the uncalled function)."""
+        calls = current_dag("@task").calls.get(id(self))
+        first: TaskCall = calls[0] if calls else self()
+        return first
 
     def heads(self) -> list[StepNode]:
         return self._first().heads()
