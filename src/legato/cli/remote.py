@@ -132,9 +132,11 @@ def service_list(client: Client, as_json: bool) -> None:
         click.echo(dump_json(services))
         return
     for s in services:
+        retry = s.get("retry")
         click.echo(
             f"{s['name']:<20} {s['base_url']:<40} timeout {s['timeout']:g}s  "
             f"concurrency {s['concurrency']}"
+            + (f"  retries {retry['retries']}" if isinstance(retry, dict) else "")
         )
 
 
