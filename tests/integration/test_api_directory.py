@@ -75,6 +75,21 @@ async def test_an_invalid_service_is_refused_with_each_field_named(
     assert answer.json()["problems"][0]["path"] == "name"
 
 
+async def test_a_service_carries_a_retry_setting_and_a_bad_one_is_named(api: AsyncClient) -> None:
+    added = await api.add_service(
+        {"name": "patient", "base_url": "http://127.0.0.1:9/", "retry": {"retries": 5}}
+    )
+    assert added["retry"]["retries"] == 5 and added["retry"]["delay"] == 1.0
+    assert (await api.service("patient"))["retry"] == added["retry"]
+    with pytest.raises(ApiError) as caught:
+        await api.add_service(
+            {"name": "impatient", "base_url": "http://127.0.0.1:9/", "retry": {"retries": -1}}
+        )
+    assert caught.value.status == 422
+    assert [p["path"] for p in caught.value.problems] == ["retry.retries"]
+    await api.delete_service("patient")
+
+
 async def test_the_same_definition_keeps_its_version_and_a_changed_one_gets_the_next(
     api: AsyncClient,
 ) -> None:

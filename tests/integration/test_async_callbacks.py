@@ -114,7 +114,7 @@ async def test_a_reported_error_retries_with_a_new_token(
 async def test_heartbeats_keep_a_long_job_alive_and_silence_times_it_out(
     api: AsyncClient, service: LoopbackService
 ) -> None:
-    await api.apply(job("cb-beat", heartbeat="500ms", timeout="10s"))
+    await api.apply(job("cb-beat", heartbeat="500ms", timeout="10s", retry=0))
     alive = await api.start("cb-beat", {})
     (headers,) = await accepted(service)
     async with httpx.AsyncClient() as http:

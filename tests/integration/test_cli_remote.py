@@ -31,6 +31,12 @@ async def test_service_add_list_apply_start_show_and_runs(
     assert out.strip() == f"svc  {service.url}"
     code, out, err = await legato(server, "service", "list")
     assert code == 0 and "svc" in out and "timeout 5s" in out
+    code, out, err = await legato(
+        server, "service", "add", "once", service.url, "--retries", "0", "--replace"
+    )
+    assert code == 0, err
+    code, out, err = await legato(server, "service", "list")
+    assert "retries 0" in next(line for line in out.splitlines() if line.startswith("once "))
     wf = tmp_path / "hello.yaml"
     wf.write_text(
         "name: cli-hello\ninputs: {who: string}\nsteps:\n"

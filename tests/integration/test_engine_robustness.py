@@ -124,7 +124,10 @@ async def test_two_retries_of_one_run_start_it_once(
             {
                 "name": "flaky",
                 "steps": {
-                    "s": {"http": {"service": "svc", "path": "/flaky", "query": {"fail": "1"}}}
+                    "s": {
+                        "http": {"service": "svc", "path": "/flaky", "query": {"fail": "1"}},
+                        "retry": 0,
+                    }
                 },
             }
         )

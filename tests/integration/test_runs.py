@@ -49,6 +49,7 @@ async def test_retry_runs_only_the_failed_steps(engine: Engine, service: Loopbac
                 "second": {
                     "depends_on": "first",
                     "http": {"service": "later", "path": "/echo/second"},
+                    "retry": 0,
                 },
                 "third": {
                     "depends_on": "second",

@@ -150,7 +150,8 @@ async def test_userinfo_and_token_and_literal_headers(
                     }
                 },
                 "down": {
-                    "http": {"url": f"http://u:{URL_PASSWORD}@127.0.0.1:1/x?sig={URL_PASSWORD}"}
+                    "http": {"url": f"http://u:{URL_PASSWORD}@127.0.0.1:1/x?sig={URL_PASSWORD}"},
+                    "retry": 0,
                 },
             }
         )

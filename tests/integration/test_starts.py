@@ -30,7 +30,10 @@ ECHO = {
     "steps": {"a": {"http": {"service": "svc", "path": "/echo", "json": {"n": "{{ input.n }}"}}}},
 }
 SLOW = {"name": "once-slow", "steps": {"nap": {"wait": "10m"}}}  # live until cancelled
-FAILS = {"name": "fails-fast", "steps": {"a": {"http": {"service": "svc", "path": "/status/500"}}}}
+FAILS = {
+    "name": "fails-fast",
+    "steps": {"a": {"http": {"service": "svc", "path": "/status/500"}, "retry": 0}},
+}
 
 
 async def _runs(engine: Engine, workflow: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from legato.engine.decider import decide
+from legato.engine.decider import ServiceRetry, decide
 from legato.engine.state import (
     PENDING,
     Abort,
@@ -54,13 +54,14 @@ class Run:
             RunInfo("run-1", wf.name, 1, PENDING, dict(input_ or {}), created_at=now)
         )
         self.decisions: list[Decision] = []
+        self.service_retry: ServiceRetry | None = None  # the directory's retry settings, if any
 
     # -- sending ------------------------------------------------------------------------------------
 
     def send(self, event: Event, *, at: float | None = None, rand: float = 0.5) -> Decision:
         if at is not None:
             self.now = at
-        d = decide(self.wf, self.state, event, self.now, rand)
+        d = decide(self.wf, self.state, event, self.now, rand, self.service_retry)
         assert d.run_id == "run-1"
         apply(self.state, d)
         self.decisions.append(d)

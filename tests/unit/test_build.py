@@ -11,6 +11,7 @@ from legato.errors import DefinitionError, Problem
 from legato.model import build_workflow
 from legato.model.fields import Field
 from legato.model.workflow import (
+    DEFAULT_RETRY,
     DEFAULT_RETRY_ON,
     Branch,
     Fail,
@@ -54,7 +55,7 @@ def test_minimal_workflow_builds() -> None:
     assert step.action.method == "GET"
     assert step.action.url is not None and step.action.url.source == URL
     assert step.trigger == "all_succeeded"
-    assert step.retry == RetryPolicy()
+    assert step.retry == DEFAULT_RETRY
     assert step.timeout is None
     assert step.optional is False
 
@@ -381,7 +382,9 @@ def test_retry_problems_have_exact_paths() -> None:
 
 
 def test_retry_must_be_a_mapping_or_count() -> None:
-    assert problems(wf({"a": http(retry=True)})) == {"steps.a.retry": "must be a mapping"}
+    assert problems(wf({"a": http(retry=True)})) == {
+        "steps.a.retry": "must be a number of retries or a mapping {retries, delay, ...}"
+    }
 
 
 def test_defaults_problems_have_exact_paths() -> None:

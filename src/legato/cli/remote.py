@@ -77,6 +77,11 @@ def service() -> None:
 @click.option("--concurrency", type=click.IntRange(1), help="Calls in flight at most.")
 @click.option("--header", multiple=True, help="K=V, sent with every call (repeatable).")
 @click.option("--follow-redirects", is_flag=True, help="Follow 3xx answers (each hop checked).")
+@click.option(
+    "--retries",
+    type=click.IntRange(0),
+    help="Retries of its steps' transient failures, unless a step or workflow says (0: none).",
+)
 @click.option("--replace", is_flag=True, help="Replace a service of the same name.")
 @remote
 def service_add(
@@ -88,6 +93,7 @@ def service_add(
     concurrency: int | None,
     header: tuple[str, ...],
     follow_redirects: bool,
+    retries: int | None,
     replace: bool,
 ) -> None:
     """Add NAME at ADDRESS, or every service of each --file (all checked before any is sent)."""
@@ -101,6 +107,8 @@ def service_add(
             entry["concurrency"] = concurrency
         if follow_redirects:
             entry["follow_redirects"] = True
+        if retries is not None:
+            entry["retry"] = {"retries": retries}
         if header:
             pairs = [h.split("=", 1) for h in header]
             if any(len(p) != 2 for p in pairs):
@@ -142,9 +150,11 @@ def service_list(client: Client, as_json: bool) -> None:
         click.echo(dump_json(services))
         return
     for s in services:
+        retry = s.get("retry")
         click.echo(
             f"{s['name']:<20} {s['base_url']:<40} timeout {s['timeout']:g}s  "
             f"concurrency {s['concurrency']}"
+            + (f"  retries {retry['retries']}" if isinstance(retry, dict) else "")
         )
 
 

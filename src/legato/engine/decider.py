@@ -5,7 +5,7 @@ microseconds and replays the same way twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from legato.engine.airflow import TaskInstance, run_names
@@ -58,6 +58,7 @@ from legato.model.workflow import (
     MapOver,
     Poll,
     PythonCall,
+    RetryPolicy,
     Step,
     SubWorkflow,
     Wait,
@@ -65,6 +66,7 @@ from legato.model.workflow import (
 )
 from legato.secret_refs import SECRETS, TAG_KEY, SecretRefs, new_tag
 
+ServiceRetry = Callable[[str], RetryPolicy | None]  # a service's name -> its `retry` setting
 READY, WAIT, SKIP = "ready", "wait", "skip"
 UPSTREAM_FAILED = "upstream_failed"
 UPSTREAM_SKIPPED = "upstream_skipped"
@@ -82,9 +84,18 @@ PASSING_FETCH_ERRORS = frozenset({"network", "timeout", "5xx", "429"})
 MAX_MAP_ITEMS = 2000
 
 
-def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 0.5) -> Decision:
-    """Answer one event. `rand` in [0, 1) feeds retry jitter so the caller owns all randomness."""
-    t = _Txn(wf, run, now, rand)
+def decide(
+    wf: Workflow,
+    run: RunState,
+    event: Event,
+    now: float,
+    rand: float = 0.5,
+    service_retry: ServiceRetry | None = None,
+) -> Decision:
+    """Answer one event. `rand` in [0, 1) feeds retry jitter so the caller owns all randomness.
+    `service_retry` looks up a service's own retry setting in the caller's directory (in memory: no
+    I/O here); a step under the built-in default retries as its service says."""
+    t = _Txn(wf, run, now, rand, service_retry)
     if isinstance(event, Start):
         t.start()
     elif isinstance(event, StepDone):
@@ -108,6 +119,16 @@ def decide(wf: Workflow, run: RunState, event: Event, now: float, rand: float = 
     elif isinstance(event, Resume):
         t.resume()
     return t.decision()
+
+
+def retry_delay(policy: RetryPolicy, tries: int, rand: float, retry_after: Any) -> float:
+    """The backoff delay, or longer if the answer said `Retry-After`: never earlier than the service
+    asked, but never longer than the policy's `max_delay` (a service answering `Retry-After: 10^9`
+    must not park the step for ever)."""
+    delay = policy.delay_for(tries, rand)
+    if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+        delay = max(delay, min(float(retry_after), policy.max_delay))
+    return delay
 
 
 def _where(request: Any) -> str:
@@ -142,11 +163,19 @@ def split_child(name: str) -> tuple[str, int] | None:
 class _Txn:
     """An overlay on the run state: reads see this decision's own writes; the writes are the Decision."""
 
-    def __init__(self, wf: Workflow, run: RunState, now: float, rand: float) -> None:
+    def __init__(
+        self,
+        wf: Workflow,
+        run: RunState,
+        now: float,
+        rand: float,
+        service_retry: ServiceRetry | None = None,
+    ) -> None:
         self.wf = wf
         self.run = run
         self.now = now
         self.rand = rand
+        self.service_retry = service_retry
         self.info = run.info
         self.info_changed = False
         self.changed: dict[str, StepState] = {}
@@ -249,7 +278,13 @@ class _Txn:
         self.end_attempt(s, ev.ok, ev.output, ev.error, ev.finished_at)
 
     def end_attempt(
-        self, s: StepState, ok: bool, output: Any, error: dict[str, Any] | None, finished: float
+        self,
+        s: StepState,
+        ok: bool,
+        output: Any,
+        error: dict[str, Any] | None,
+        finished: float,
+        deadline: bool = False,
     ) -> None:
         self.record(s, SUCCEEDED if ok else FAILED, output, error, finished)
         if ok:
@@ -261,7 +296,7 @@ class _Txn:
             self.after_terminal(s.name)
         else:
             self.after_failure(
-                s._replace(output=output, reason=None), error or {"kind": "exception"}
+                s._replace(output=output, reason=None), error or {"kind": "exception"}, deadline
             )
         self.check_finished()
 
@@ -343,7 +378,7 @@ class _Txn:
                 "message": f"no result at {_where(s.request)} within the step's timeout of {step.timeout:g}s",
             }
             self.end_attempt(
-                s._replace(reason=None, next_at=None), False, s.output, error, self.now
+                s._replace(reason=None, next_at=None), False, s.output, error, self.now, True
             )
             return
         at = self.now + action.poll.every
@@ -427,7 +462,8 @@ class _Txn:
                 if late or not beat
                 else f"no heartbeat within {beat:g}s"
             )
-            self.end_attempt(s, False, s.output, {"kind": "timeout", "message": what}, self.now)
+            error = {"kind": "timeout", "message": what}
+            self.end_attempt(s, False, s.output, error, self.now, late or not beat)
 
     def close_wait(
         self, s: StepState, status: str, output: Any, error: dict[str, Any] | None
@@ -805,17 +841,30 @@ class _Txn:
             )
             self.after_terminal(parent)
 
-    def after_failure(self, s: StepState, error: dict[str, Any]) -> None:
+    def after_failure(self, s: StepState, error: dict[str, Any], deadline: bool = False) -> None:
+        """`deadline`: the step's own timeout ran out on a job the service accepted. The built-in
+        default does not retry that (a second job would repeat work that may still be going on);
+        a policy someone wrote with `timeout` in `on` does."""
         child = split_child(s.name)
         step = self.wf.steps[child[0] if child else s.name]
-        policy = step.retry
-        if policy.should_retry(str(error.get("kind")), s.tries):
-            at = self.now + policy.delay_for(s.tries, self.rand)
+        policy = self.retry_policy(step)
+        transient = not (deadline and step.retry.fallback)
+        if transient and policy.should_retry(str(error.get("kind")), s.tries):
+            at = self.now + retry_delay(policy, s.tries, self.rand, error.get("retry_after"))
             self.set(s._replace(status=WAITING, next_at=at, error=error, finished_at=self.now))
             self.effects.append(Schedule(s.name, at))
             return
         self.set(s._replace(status=FAILED, error=error, finished_at=self.now))
         self.after_terminal(s.name)
+
+    def retry_policy(self, step: Step) -> RetryPolicy:
+        """The step's own or its workflow's setting; failing those, its service's; else the default."""
+        policy = step.retry
+        if policy.fallback and self.service_retry is not None:
+            action = step.action.action if isinstance(step.action, MapOver) else step.action
+            if isinstance(action, HttpCall) and action.service is not None:
+                return self.service_retry(action.service) or policy
+        return policy
 
     def after_terminal(self, name: str) -> None:
         child = split_child(name)

@@ -23,7 +23,7 @@ from legato.engine.directory import DirectoryError, ExternalDirectory
 from legato.engine.egress import EgressPolicy, EgressRefused
 from legato.engine.egress_http import EgressConnector
 from legato.engine.ids import traceparent
-from legato.engine.outcome import Outcome
+from legato.engine.outcome import Outcome, retry_after
 from legato.engine.secret_source import (
     MissingSecret,
     SecretLookup,
@@ -252,8 +252,9 @@ class HttpExecutor:
         if not action.is_success(status):
             kind = status_kind(status)
             detail = raw[:_BODY_LIMIT_IN_ERROR].decode("utf-8", "replace")
+            wait = retry_after(resp_headers) if kind in ("429", "5xx") else {}
             return Outcome.failure(
-                kind, f"{where} answered {status}", output, status=status, body=detail
+                kind, f"{where} answered {status}", output, status=status, body=detail, **wait
             )
         if service is not None and service.outputs:
             _, problems = check_object(service.outputs, body, "body", strict=False)

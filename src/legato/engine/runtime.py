@@ -96,7 +96,7 @@ from legato.model.fields import check_object
 from legato.model.limits import DefinitionLimits
 from legato.model.schedule import interval_context
 from legato.model.service import Service
-from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, Step, Workflow
+from legato.model.workflow import Emit, HttpCall, MapOver, PythonCall, RetryPolicy, Step, Workflow
 from legato.store.faults import REQUEST_LIMIT, Bounded, StoreUnavailable, bounded, unavailable
 from legato.store.faults import failed as store_failed
 from legato.store.protocol import (
@@ -1285,12 +1285,19 @@ class Engine:
         """Decide, keep the new state in memory, queue it for commit; the future resolves after commit."""
         return self._decide(active, event, new_run=new_run)[1]
 
+    def _service_retry(self, name: str) -> RetryPolicy | None:
+        """A service's own retry setting, for steps nobody set one for (see `decide`)."""
+        service = self._services.get(name)
+        return service.retry if service is not None else None
+
     def _decide(
         self, active: _Active, event: Event, *, new_run: bool = False
     ) -> tuple[Decision, asyncio.Future[None]]:
         now = self.clock()
         try:
-            decision = decide(active.wf, active.state, event, now, random.random())
+            decision = decide(
+                active.wf, active.state, event, now, random.random(), self._service_retry
+            )
         except Exception as exc:  # a decider bug must end the run visibly, not strand it
             log_decide_failure(active.state.info.id, event, exc)
             decision = _broken(active.state, exc, now)

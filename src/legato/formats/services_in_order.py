@@ -1,7 +1,8 @@
 """The "call these services in order" form: each service is POSTed the data so far, its reply merged in.
 
 `{"name", "services": [...], "inputs": [...], "outputs": [...]}` becomes a chain of HTTP steps whose
-arguments are templates, so it runs, retries and shows like any other workflow.
+arguments are templates, so it runs, retries and shows like any other workflow. `retries` (a number,
+or a step's `retry` mapping) sets every call's retries; without it, the services' or the default.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from legato.errors import Problem
 from legato.model.fields import Field
 from legato.model.reader import Reader, join
+from legato.model.retries import read_setting
 from legato.model.service import Service, read_service
 
 _NOT_STEP_CHAR = re.compile(r"[^A-Za-z0-9_]")
@@ -62,6 +64,14 @@ def to_native(
                 problems.append(Problem(join("services", i), f"unknown service {item!r}"))
     _read_operations(r)
     outputs = r.raw("outputs")
+    retries = r.raw(
+        "retries"
+    )  # every call's `retry`: a number of retries, or {retries, delay, ...}
+    if retries is not None:
+        before = len(problems)
+        read_setting(retries, "retries", problems)
+        if len(problems) > before:
+            retries = None  # reported here, under `retries`, not again under each step
     spec: dict[str, Any] = {"name": name}
     for key in ("description", "inputs", "outputs", "timeout", "defaults"):
         if r.has(key):
@@ -79,6 +89,8 @@ def to_native(
                 "json": "{{ " + data_so_far + " }}",
             },
         }
+        if retries is not None:
+            steps[step]["retry"] = retries
         if replies:
             steps[step]["depends_on"] = [step_names[len(replies) - 1][0]]
         replies.append(f"steps.{step}.output.body")

@@ -17,12 +17,12 @@ from legato.expressions import Template, TemplateError, compile_template
 from legato.model.durations import parse_duration, parse_time
 from legato.model.fields import Field
 from legato.model.reader import Reader, join, read_fields
+from legato.model.retries import DEFAULTS_KEYS, read_overrides, read_retry
 from legato.model.schedule import PRESETS, Schedule, cron_problem
 from legato.model.service import check_path
 from legato.model.triggers import read_triggers
 from legato.model.workflow import (
-    FAILURE_KINDS,
-    NEVER_RETRIED,
+    DEFAULT_RETRY,
     NOTIFY_ON,
     STEP_KINDS,
     TRIGGERS,
@@ -42,6 +42,7 @@ from legato.model.workflow import (
     Wait,
     Webhook,
     Workflow,
+    calls_out,
 )
 
 LAST_TIME = 7258118400.0  # 2200-01-01T00:00:00Z: far enough, with room for the calendar math
@@ -57,7 +58,7 @@ _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
 @dataclass(frozen=True, slots=True)
 class _Defaults:
-    retry: RetryPolicy
+    retry: dict[str, Any]  # the retry fields the workflow's `defaults` give
     timeout: float | None
     notify: dict[str, Any] = field(default_factory=dict)  # Airflow's email keys of default_args
 
@@ -309,73 +310,28 @@ def _read_schedule(r: Reader, inputs: tuple[Field, ...]) -> Schedule | None:
 
 def _read_defaults(data: Any, path: str, problems: list[Problem]) -> _Defaults:
     if data is None:
-        return _Defaults(RetryPolicy(), None)
+        return _Defaults({}, None)
     notify: dict[str, Any] = {}
     if path == "default_args" and isinstance(data, dict):
         notify = {k: data[k] for k in AIRFLOW_EMAIL_KEYS if k in data}
         data = {k: v for k, v in data.items() if k not in AIRFLOW_EMAIL_KEYS}
     r = Reader(data, path, problems)
-    base = RetryPolicy()
-    retry = RetryPolicy(
-        retries=_non_negative(r, "retries", base.retries),
-        delay=r.duration("retry_delay", base.delay) or 0.0,
-        backoff=_backoff(r, "retry_backoff", base.backoff),
-        max_delay=r.duration("retry_max_delay", base.max_delay) or 0.0,
-        jitter=r.get("retry_jitter", bool, base.jitter),
-        on=_retry_on(r, "retry_on", base.on),
-    )
+    retry = read_overrides(r, DEFAULTS_KEYS)
     timeout = r.duration("timeout")
     r.done()
     return _Defaults(retry, timeout, notify)
 
 
-def _non_negative(r: Reader, key: str, default: int) -> int:
-    value: int = r.get(key, int, default)
-    if value < 0:
-        r.problem(key, "must not be negative")
-        return default
-    return value
-
-
-def _backoff(r: Reader, key: str, default: float) -> float:
-    value: float = r.get(key, (int, float), default)
-    if not 1 <= value <= 100:  # also refuses NaN
-        r.problem(key, "must be from 1 to 100")
-        return default
-    return float(value)
-
-
-def _retry_on(r: Reader, key: str, default: frozenset[str]) -> frozenset[str]:
-    kinds = r.names(key)
-    if not r.has(key):
-        return default
-    unknown = [k for k in kinds if k not in FAILURE_KINDS]
-    if unknown:
-        known = ", ".join(k for k in FAILURE_KINDS if k not in NEVER_RETRIED)
-        r.problem(key, f"unknown failure kind {unknown[0]!r}; known: {known}")
-    elif refused := [k for k in kinds if k in NEVER_RETRIED]:
-        r.problem(key, f"{refused[0]!r} failures are never retried: the answer would not change")
-    return frozenset(kinds)
-
-
-def _read_retry(data: Any, path: str, base: RetryPolicy, problems: list[Problem]) -> RetryPolicy:
-    if data is None:
-        return base
-    if isinstance(data, int) and not isinstance(data, bool):
-        data = {"retries": data}
-    r = Reader(data, path, problems)
-    if not r.ok:
-        return base
-    policy = RetryPolicy(
-        retries=_non_negative(r, "retries", base.retries),
-        delay=r.duration("delay", base.delay) or 0.0,
-        backoff=_backoff(r, "backoff", base.backoff),
-        max_delay=r.duration("max_delay", base.max_delay) or 0.0,
-        jitter=r.get("jitter", bool, base.jitter),
-        on=_retry_on(r, "on", base.on),
-    )
-    r.done()
-    return policy
+def _step_retry(
+    action: Action | None, data: Any, path: str, defaults: _Defaults, problems: list[Problem]
+) -> RetryPolicy:
+    """The most specific setting wins: the step's `retry`, else the workflow's `defaults`, else
+    the built-in default (for a step that calls out, which its service's `retry` may replace at
+    run time; for others, no retries). Fields a setting leaves out come from the level below."""
+    base = DEFAULT_RETRY if calls_out(action) else RetryPolicy()
+    if defaults.retry:
+        base = replace(base, **defaults.retry, fallback=False)
+    return read_retry(data, path, base, problems)
 
 
 def _read_step(
@@ -397,7 +353,7 @@ def _read_step(
     trigger = r.get("trigger", str, "all_succeeded")
     if trigger not in TRIGGERS:
         r.problem("trigger", f"must be one of {', '.join(TRIGGERS)}")
-    retry = _read_retry(r.raw("retry"), r.at("retry"), defaults.retry, problems)
+    retry = _step_retry(action, r.raw("retry"), r.at("retry"), defaults, problems)
     timeout = r.duration("timeout", defaults.timeout)
     if timeout is not None and timeout <= 0:
         r.problem("timeout", "must be positive")

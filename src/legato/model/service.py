@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from legato.errors import DefinitionError, Problem
 from legato.model.fields import Field, fields_to_dicts
 from legato.model.reader import Reader, join, read_fields
+from legato.model.retries import policy_to_dict, read_setting
+from legato.model.workflow import DEFAULT_RETRY, RetryPolicy
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEFAULT_TIMEOUT = 30.0
@@ -31,6 +33,8 @@ class Service:
     description: str = ""
     # Follow 3xx answers (each hop checked by the egress policy); otherwise a 3xx is the answer.
     follow_redirects: bool = False
+    # How its steps retry when neither they nor their workflow say (None: the built-in default).
+    retry: RetryPolicy | None = None
 
     def url(self, path: str) -> str:
         return join_path(self.base_url, path)
@@ -47,6 +51,8 @@ class Service:
         out["concurrency"] = self.concurrency
         if self.follow_redirects:
             out["follow_redirects"] = True
+        if self.retry is not None:
+            out["retry"] = policy_to_dict(self.retry)
         if self.inputs:
             out["inputs"] = fields_to_dicts(self.inputs)
         if self.outputs:
@@ -178,6 +184,7 @@ def read_service(
         r.problem("concurrency", "must be at least 1")
     description = r.get("description", str, "")
     follow_redirects = r.get("follow_redirects", bool, False)
+    retry = read_setting(r.raw("retry"), r.at("retry"), problems)
     inputs = read_fields(r.raw("inputs"), r.at("inputs"), problems)
     outputs = read_fields(r.raw("outputs"), r.at("outputs"), problems)
     r.done()
@@ -194,6 +201,7 @@ def read_service(
         outputs=outputs,
         description=description,
         follow_redirects=follow_redirects,
+        retry=None if retry is None else replace(DEFAULT_RETRY, **retry, fallback=False),
     )
 
 

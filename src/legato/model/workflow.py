@@ -40,7 +40,10 @@ STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait", "listen", "work
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter and a cap: delay = min(max_delay, delay * backoff**n)."""
+    """Exponential backoff with jitter and a cap: delay = min(max_delay, delay * backoff**n), then
+    jittered to between half and all of it. A `Retry-After` answer may ask for longer (up to
+    `max_delay`). `fallback` marks the built-in default of a step that calls out: nobody chose it,
+    so the step's service may replace it with its own `retry` setting."""
 
     retries: int = 0
     delay: float = 1.0
@@ -48,6 +51,7 @@ class RetryPolicy:
     max_delay: float = 300.0
     jitter: bool = True
     on: frozenset[str] = DEFAULT_RETRY_ON
+    fallback: bool = False
 
     def should_retry(self, kind: str, tries: int) -> bool:
         return tries <= self.retries and kind in self.on and kind not in NEVER_RETRIED
@@ -62,6 +66,21 @@ class RetryPolicy:
             # Keep at least half the delay so retries of many runs spread out but never stampede.
             return base * (0.5 + rand / 2)
         return base
+
+
+# What a step that calls out (http, emit, a map of http calls) runs under when neither the step,
+# its workflow's `defaults` nor its service say otherwise: 3 attempts in all, the 2 retries about
+# 1 s then 2 s apart, for network errors, timeouts, 429 and 5xx answers. Transient failures pass
+# by themselves; asking every author to write retries for them made a 503 fail whole runs.
+DEFAULT_RETRY = RetryPolicy(retries=2, fallback=True)
+
+
+def calls_out(action: object) -> bool:
+    """Whether a step's action reaches another system, whose transient failures are retried by
+    default. Python functions are not: an exception is usually a bug that fails again."""
+    if isinstance(action, MapOver):
+        action = action.action
+    return isinstance(action, HttpCall | Emit)
 
 
 @dataclass(frozen=True, slots=True)

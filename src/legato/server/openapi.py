@@ -157,6 +157,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "Follow 3xx answers (each hop passes the egress policy).",
             },
+            "retry": {
+                "oneOf": [{"type": "integer", "minimum": 0}, ANY_OBJECT],
+                "description": "How its steps retry transient failures when neither the step nor "
+                "its workflow says: retries, or {retries, delay, backoff, max_delay, jitter, on}.",
+            },
             "inputs": {"type": "array", "items": _ref("Field")},
             "outputs": {"type": "array", "items": _ref("Field")},
         },
