@@ -113,7 +113,7 @@ def check_path(path: Any) -> str | None:
         if name in (".", ".."):
             return (
                 f"must not hold a '.' or '..' segment, also encoded or with ';' parameters "
-                f"(got {path!r}): it would leave the base URL's path"
+                f"(got {path!r}): servers would take the call to another route of the host"
             )
     return None
 
