@@ -130,6 +130,7 @@ class ExternalDirectory:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"User-Agent": f"legato/{__version__}", "Accept": "application/json"},
+                cookie_jar=aiohttp.DummyCookieJar(),  # a lookup carries no cookie of an earlier one
             )
         self.lookups += 1
         try:

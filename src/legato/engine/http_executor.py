@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -24,6 +24,7 @@ from legato.engine.egress import EgressPolicy, EgressRefused
 from legato.engine.egress_http import EgressConnector
 from legato.engine.ids import traceparent
 from legato.engine.outcome import Outcome, retry_after
+from legato.engine.redirects import REDIRECTS, RedirectRefused, next_hop
 from legato.engine.secret_source import (
     MissingSecret,
     SecretLookup,
@@ -33,18 +34,19 @@ from legato.engine.secret_source import (
 from legato.expressions import Template
 from legato.masking import CREDENTIAL_NAME, SHOWN_HEADERS, mask_text, mask_url
 from legato.model.fields import check_object
-from legato.model.service import DEFAULT_TIMEOUT, Service, check_path, join_path
+from legato.model.service import (
+    DEFAULT_TIMEOUT,
+    Service,
+    check_path,
+    check_url_path,
+    join_path,
+)
 from legato.model.workflow import HttpCall
 from legato.secret_refs import scrub, service_names, service_substitute
 
 USER_AGENT = f"legato/{__version__}"
 _BODY_LIMIT_IN_ERROR = 2000
 MAX_REDIRECTS = 10  # hops followed where redirects are followed at all
-REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# What a followed redirect to another origin still sends (the rest may be credentials).
-CROSS_ORIGIN_HEADERS = frozenset(
-    {"accept", "accept-language", "content-type", "user-agent", "traceparent", "idempotency-key"}
-)
 
 
 class HttpExecutor:
@@ -73,6 +75,9 @@ class HttpExecutor:
                 json_serialize=lambda v: orjson.dumps(v).decode(),
                 timeout=aiohttp.ClientTimeout(total=None),
                 skip_auto_headers=("User-Agent",),
+                # No cookies kept: one service's Set-Cookie must never reach another run, workflow
+                # or origin. A step that needs a cookie sends the header itself.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -175,6 +180,11 @@ class HttpExecutor:
         bad_path = check_path(request.get("path"))
         if bad_path is not None:
             return Outcome.failure("config", f"http.path {bad_path}")
+        bad_url = check_url_path(
+            request.get("url")
+        )  # a rendered `url:` too (its input may hold `../`)
+        if bad_url is not None:
+            return Outcome.failure("config", f"http.url: its path {bad_url}")
         if "service" in request:
             service = self._lookup(request["service"])
             if service is None and self.directory is not None:
@@ -239,6 +249,8 @@ class HttpExecutor:
             return Outcome.failure("egress", f"{where}: {exc}")
         except aiohttp.TooManyRedirects:
             return Outcome.failure("status", f"{where}: more than {MAX_REDIRECTS} redirects")
+        except RedirectRefused as exc:
+            return Outcome.failure("status", f"{where}: {exc}")
         except TimeoutError:
             return Outcome.failure("timeout", f"{where} did not answer within {limit:g}s")
         except aiohttp.InvalidURL:
@@ -302,6 +314,8 @@ class HttpExecutor:
             return Outcome.failure("egress", f"GET {url}: {exc}")
         except aiohttp.TooManyRedirects:
             return Outcome.failure("status", f"GET {url}: more than {MAX_REDIRECTS} redirects")
+        except RedirectRefused as exc:
+            return Outcome.failure("status", mask_text(f"GET {url}: {exc}"))
         except TimeoutError:
             return Outcome.failure("timeout", f"GET {url} did not answer within 30s")
         except (aiohttp.ClientError, OSError) as exc:
@@ -328,12 +342,19 @@ class HttpExecutor:
         follow: bool = False,
     ) -> tuple[int, dict[str, str], bytes, str]:
         """Without `follow`, a redirect is the answer (its status is judged like any other);
-        with it, each hop's connection passes the egress policy like the first."""
+        with it, each hop's connection passes the egress policy like the first, and `limit` is
+        one deadline for the call and all its hops."""
         timeout = self._timeouts.get(limit)
         if timeout is None:
             timeout = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
         params = request.get("query")
-        for _ in range(MAX_REDIRECTS):  # as aiohttp counted: the call and 9 hops
+        deadline = asyncio.get_running_loop().time() + limit
+        for hop in range(MAX_REDIRECTS):  # as aiohttp counted: the call and 9 hops
+            if hop:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise TimeoutError
+                timeout = aiohttp.ClientTimeout(total=left)
             async with self._client().request(
                 method,
                 url,
@@ -349,26 +370,12 @@ class HttpExecutor:
                     out = {str(k): v for k, v in resp.headers.items()}
                     return resp.status, out, raw, resp.content_type
                 info, history = resp.request_info, (*resp.history, resp)
-            # Followed by hand, so that a hop to another origin carries none of the request's
-            # own headers (credentials of any name), only the harmless ones.
-            target = urljoin(str(resp.url), location)
-            if _origin(target) != _origin(str(resp.url)):
-                headers = {k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_HEADERS}
-            if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
-                method, data = ("HEAD" if method == "HEAD" else "GET"), None
-                headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-            url, params = target, None
+            # Followed by hand: `next_hop` says what the hop may still carry, or refuses it.
+            method, url, headers, data = next_hop(
+                method, str(resp.url), resp.status, location, headers, data
+            )
+            params = None
         raise aiohttp.TooManyRedirects(info, history)
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port or default
 
 
 def follows(action: HttpCall, service: Service | None) -> bool:

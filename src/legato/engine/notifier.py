@@ -291,7 +291,9 @@ class Notifier:
     async def _webhook(self, item: OutboxItem) -> None:
         body = orjson.dumps(item.payload)
         if self._http is None:
-            self._http = aiohttp.ClientSession(connector=EgressConnector(self.egress))
+            self._http = aiohttp.ClientSession(  # no cookie jar: receivers' cookies are not kept
+                connector=EgressConnector(self.egress), cookie_jar=aiohttp.DummyCookieJar()
+            )
         stamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",

@@ -19,7 +19,7 @@ from legato.model.fields import Field
 from legato.model.reader import Reader, join, read_fields
 from legato.model.retries import DEFAULTS_KEYS, read_overrides, read_retry
 from legato.model.schedule import PRESETS, Schedule, cron_problem
-from legato.model.service import check_path
+from legato.model.service import check_path, check_url_path
 from legato.model.triggers import read_triggers
 from legato.model.workflow import (
     DEFAULT_RETRY,
@@ -472,6 +472,10 @@ def _read_http(data: Any, path: str, problems: list[Problem]) -> HttpCall | None
     before = len(problems)
     service = r.get("service", str, None)
     url = _template(r, "url")
+    if url is not None and isinstance(url.source, str) and "{" not in url.source:
+        bad_url = check_url_path(url.source)  # a templated one is checked once rendered
+        if bad_url is not None:
+            r.problem("url", f"its path {bad_url}")
     if (service is None) == (not r.has("url")):
         r.problem(None, "needs exactly one of service (a directory name) or url")
     method_raw = r.get("method", str, None)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 from legato.errors import DefinitionError, Problem
 from legato.model.fields import Field, fields_to_dicts
@@ -83,21 +84,53 @@ def join_path(url: str, path: str | None) -> str:
 
 
 def check_path(path: Any) -> str | None:
-    """Why a step's (rendered) path may not go under a base URL, or None. A `..` segment, even
-    percent-encoded (`%2e%2e`, `..%2f`), would leave the base path, carrying the service's
-    credentials to another route of its host: clients and servers normalise such segments."""
+    """Why a step's (rendered) path may not go under a base URL, or None. A dot segment would
+    leave the base path, carrying the service's credentials to another route of its host: clients
+    and servers normalise such segments, and servers disagree on what one is (`..;` is `..` to
+    Tomcat, Jetty and Spring; `..%00`, `%c0%ae` or fullwidth dots to others). So the path is
+    percent-decoded until it no longer changes, then each segment (split at `/` and `\\`) is
+    taken without its `;` parameters and NULs, NFKC-normalised and stripped, and must not be `.`
+    or `..`. A decoded path must be UTF-8 and hold no control character."""
     if not isinstance(path, str) or not path:
         return None
     route = path.split("?", 1)[0].split("#", 1)[0]
-    for segment in route.split("/"):
-        decoded = segment
-        for _ in range(3):  # double encoding too
-            decoded = unquote(decoded)
-        if any(part.strip() == ".." for part in re.split(r"[/\\]", decoded)):
+    decoded = route
+    for _ in range(_MAX_DECODES):
+        raw = unquote_to_bytes(decoded)
+        try:
+            once = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"must be UTF-8 once percent-decoded (got {path!r})"
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        return f"is percent-encoded too many times over (got {path!r})"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in decoded + path):
+        return f"must not hold NUL or control characters (got {path!r})"
+    for segment in re.split(r"[/\\]", decoded):
+        name = unicodedata.normalize("NFKC", segment.split(";", 1)[0].replace("\x00", "")).strip()
+        if name in (".", ".."):
             return (
-                f"must not hold a '..' segment (got {path!r}): it would leave the base URL's path"
+                f"must not hold a '.' or '..' segment, also encoded or with ';' parameters "
+                f"(got {path!r}): servers would take the call to another route of the host"
             )
     return None
+
+
+def check_url_path(url: Any) -> str | None:
+    """`check_path` for the path of a full (rendered) URL: a `url:` with a dot segment would send
+    the step's headers to a route the URL does not name."""
+    if not isinstance(url, str):
+        return None
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return None  # reported as an invalid URL where it is called
+    return check_path(path)
+
+
+_MAX_DECODES = 8  # more than any server decodes; a path still changing after that is refused
 
 
 def check_url(url: str, strict: bool = True) -> str | None:
