@@ -79,7 +79,7 @@ async def test_a_service_carries_a_retry_setting_and_a_bad_one_is_named(api: Asy
     added = await api.add_service(
         {"name": "patient", "base_url": "http://127.0.0.1:9/", "retry": {"retries": 5}}
     )
-    assert added["retry"]["retries"] == 5 and added["retry"]["delay"] == 1.0
+    assert added["retry"] == {"retries": 5}  # as written: the other fields come from around it
     assert (await api.service("patient"))["retry"] == added["retry"]
     with pytest.raises(ApiError) as caught:
         await api.add_service(

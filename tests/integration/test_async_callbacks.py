@@ -100,7 +100,8 @@ async def test_a_reported_error_retries_with_a_new_token(
         assert answer.status_code == 200
         _, second = await accepted(service, 2)
         assert second["Legato-Task-Token"] != first["Legato-Task-Token"]
-        assert second["Idempotency-Key"] == first["Idempotency-Key"]
+        # A new job, under its own key: a deduplicating service must not hand back the first.
+        assert second["Idempotency-Key"] == first["Idempotency-Key"][:-1] + "2"
         stale = await http.post(first["Legato-Callback-Url"], json={"output": 1})
         assert stale.status_code == 409  # the first attempt is over
         await http.post(second["Legato-Callback-Url"], json={"error": {"message": "still on fire"}})

@@ -118,10 +118,10 @@ def test_retry_after_delays_the_next_attempt_up_to_max_delay() -> None:
     run = run_of({"http": {"url": URL}})
     error = {"kind": "429", "message": "slow down", "retry_after": 30.0}
     run.done("a", ok=False, error=error, at=10.0)
-    assert run.step("a").next_at == 40.0
+    assert run.step("a").next_at == 40.0 + 3.0 * 0.5  # the floor, plus a spread of up to 10%
     hostile = run_of({"http": {"url": URL}})
     error = {"kind": "503", "message": "later", "retry_after": 1e9}
-    hostile.done("a", ok=False, error={**error, "kind": "5xx"}, at=10.0)
+    hostile.done("a", ok=False, error={**error, "kind": "5xx"}, at=10.0, rand=0.0)
     assert hostile.step("a").next_at == 10.0 + DEFAULT_RETRY.max_delay
     short = run_of({"http": {"url": URL}, "retry": {"delay": "10s", "jitter": False}})
     short.done("a", ok=False, error={"kind": "5xx", "message": "x", "retry_after": 1}, at=0.0)
@@ -136,7 +136,12 @@ def test_a_job_past_the_steps_timeout_is_not_resubmitted_by_default() -> None:
     written = run_of({"http": {"url": URL, "async": True}, "timeout": 30, "retry": 1})
     written.ok("a", status=202, at=1.0)
     written.send(Wake("a"), at=30.0)
-    assert written.status("a") == WAITING  # a policy someone wrote still retries it
+    assert written.status("a") == FAILED  # `retry: 1` names no `timeout`: the job may still run
+    named = {"retries": 1, "on": ["timeout"]}
+    written = run_of({"http": {"url": URL, "async": True}, "timeout": 30, "retry": named})
+    written.ok("a", status=202, at=1.0)
+    written.send(Wake("a"), at=30.0)
+    assert written.status("a") == WAITING  # a policy naming `timeout` resubmits it
     beat = run_of({"http": {"url": URL, "async": True, "heartbeat": 5}, "timeout": 30})
     beat.ok("a", status=202, at=1.0)
     beat.send(Wake("a"), at=6.0)

@@ -48,6 +48,7 @@ from legato.expressions import TemplateError, evaluate_truth
 from legato.masking import mask_request, mask_text, mask_url
 from legato.model.durations import parse_time
 from legato.model.fields import check_object
+from legato.model.retries import FAST_RETRIES, MIN_DELAY
 from legato.model.workflow import (
     Branch,
     Call,
@@ -124,11 +125,21 @@ def decide(
 def retry_delay(policy: RetryPolicy, tries: int, rand: float, retry_after: Any) -> float:
     """The backoff delay, or longer if the answer said `Retry-After`: never earlier than the service
     asked, but never longer than the policy's `max_delay` (a service answering `Retry-After: 10^9`
-    must not park the step for ever)."""
+    must not park the step for ever). Over the Retry-After floor comes a spread of up to 10% of
+    it (at least 1 s), so the runs one outage answered alike do not all come back at once. Past
+    the FAST_RETRIES-th retry, never less than MIN_DELAY: no hot loop, whatever the levels merged."""
     delay = policy.delay_for(tries, rand)
     if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
-        delay = max(delay, min(float(retry_after), policy.max_delay))
+        floor = min(float(retry_after), policy.max_delay)
+        spread = max(1.0, floor / 10) * rand if policy.jitter else 0.0
+        delay = max(delay, floor + spread)
+    if tries > FAST_RETRIES:
+        delay = max(delay, MIN_DELAY)
     return delay
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _where(request: Any) -> str:
@@ -275,7 +286,14 @@ class _Txn:
             if isinstance(action, HttpCall) and action.poll is not None:
                 self.await_result(s, step, action.poll, ev.output)
                 return
-        self.end_attempt(s, ev.ok, ev.output, ev.error, ev.finished_at)
+        # A job's submission that timed out may have reached the service, which may be working on
+        # it: retried like a job past its deadline (only under a written `on` with `timeout`).
+        unsure = (
+            not ev.ok
+            and (ev.error or {}).get("kind") == "timeout"
+            and self.is_job(self.executable(ev.step)[1])
+        )
+        self.end_attempt(s, ev.ok, ev.output, ev.error, ev.finished_at, unsure)
 
     def end_attempt(
         self,
@@ -286,6 +304,10 @@ class _Txn:
         finished: float,
         deadline: bool = False,
     ) -> None:
+        if error is not None and _is_number(error.get("retry_after")):
+            # Stored as the wait it can cause (at most `max_delay`), not a service's 1e23.
+            policy = self.retry_policy(self.wf.steps[s.name.partition("[")[0]])
+            error = {**error, "retry_after": min(float(error["retry_after"]), policy.max_delay)}
         self.record(s, SUCCEEDED if ok else FAILED, output, error, finished)
         if ok:
             self.set(
@@ -842,14 +864,15 @@ class _Txn:
             self.after_terminal(parent)
 
     def after_failure(self, s: StepState, error: dict[str, Any], deadline: bool = False) -> None:
-        """`deadline`: the step's own timeout ran out on a job the service accepted. The built-in
-        default does not retry that (a second job would repeat work that may still be going on);
-        a policy someone wrote with `timeout` in `on` does."""
+        """`deadline`: a job (an `async` or polled call) whose submission timed out, or that missed
+        the step's timeout: the service may have it and still be working on it. Such a failure is
+        retried only under a policy whose `on` someone wrote with `timeout` in it (at any level),
+        as a new job: its own callback token, result key and Idempotency-Key (see runtime)."""
         child = split_child(s.name)
         step = self.wf.steps[child[0] if child else s.name]
         policy = self.retry_policy(step)
-        transient = not (deadline and step.retry.fallback)
-        if transient and policy.should_retry(str(error.get("kind")), s.tries):
+        explicit = "on" in policy.given and "timeout" in policy.on
+        if (explicit or not deadline) and policy.should_retry(str(error.get("kind")), s.tries):
             at = self.now + retry_delay(policy, s.tries, self.rand, error.get("retry_after"))
             self.set(s._replace(status=WAITING, next_at=at, error=error, finished_at=self.now))
             self.effects.append(Schedule(s.name, at))
@@ -857,13 +880,20 @@ class _Txn:
         self.set(s._replace(status=FAILED, error=error, finished_at=self.now))
         self.after_terminal(s.name)
 
+    @staticmethod
+    def is_job(action: object) -> bool:
+        return isinstance(action, HttpCall) and (action.callback or action.poll is not None)
+
     def retry_policy(self, step: Step) -> RetryPolicy:
-        """The step's own or its workflow's setting; failing those, its service's; else the default."""
+        """Field by field: the step's `retry`, then its workflow's `defaults`, then its service's
+        `retry`, then the built-in default (a service's `retries: 0` survives a `retry_delay`)."""
         policy = step.retry
-        if policy.fallback and self.service_retry is not None:
+        if self.service_retry is not None:
             action = step.action.action if isinstance(step.action, MapOver) else step.action
             if isinstance(action, HttpCall) and action.service is not None:
-                return self.service_retry(action.service) or policy
+                service = self.service_retry(action.service)
+                if service is not None:
+                    return policy.over(service)
         return policy
 
     def after_terminal(self, name: str) -> None:

@@ -154,6 +154,14 @@ def _not_waiting(step: str, attempt: int, status: str, current: int) -> str:
     )
 
 
+def _job_key(run_id: str, step: str, attempt: int) -> str:
+    """The Idempotency-Key of an async or polled job's submission: one per attempt. Each attempt's
+    job reports on its own callback token or result key, so a service that deduplicated a new
+    attempt onto an old job would report where nobody listens; a re-sent attempt (a restart)
+    keeps its key. Plain calls keep `<run>:<step>` across attempts (one effect, retried)."""
+    return f"{run_id}:{step}:{attempt}"
+
+
 def _child_done(step: str, attempt: int, info: RunInfo) -> ChildDone:
     """What a sub-workflow's end means to the parent step waiting for it."""
     if info.status == SUCCEEDED:
@@ -1593,6 +1601,7 @@ class Engine:
         extra = {
             "Legato-Callback-Url": f"{self.callback_base.rstrip('/')}/api/callbacks/{token}",
             "Legato-Task-Token": token,
+            "Idempotency-Key": _job_key(run_id, effect.step, effect.attempt),
         }
         return await self.http.execute(run_id, effect.step, action, effect.request, None, extra)
 
@@ -1688,14 +1697,18 @@ class Engine:
                 # whole wait for it, not this request (which has the service's timeout).
                 extra = None
                 poll = effect.action.poll
+                run_id = active.state.info.id
                 if poll.bucket is not None:
-                    run_id = active.state.info.id
                     key = result_key(run_id, effect.step, effect.attempt)
                     extra = {"Legato-Result-Bucket": poll.bucket, "Legato-Result-Key": key}
                     if poll.bucket_header:
                         extra[poll.bucket_header] = poll.bucket
                     if poll.key_header:
                         extra[poll.key_header] = key
+                extra = {
+                    **(extra or {}),
+                    "Idempotency-Key": _job_key(run_id, effect.step, effect.attempt),
+                }
                 outcome = await self.http.execute(
                     active.state.info.id, effect.step, effect.action, effect.request, None, extra
                 )

@@ -17,7 +17,7 @@ from legato.expressions import Template, TemplateError, compile_template
 from legato.model.durations import parse_duration, parse_time
 from legato.model.fields import Field
 from legato.model.reader import Reader, join, read_fields
-from legato.model.retries import DEFAULTS_KEYS, read_overrides, read_retry
+from legato.model.retries import DEFAULTS_KEYS, check_pace, read_overrides, read_retry
 from legato.model.schedule import PRESETS, Schedule, cron_problem
 from legato.model.service import check_path, check_url_path
 from legato.model.triggers import read_triggers
@@ -317,6 +317,7 @@ def _read_defaults(data: Any, path: str, problems: list[Problem]) -> _Defaults:
         data = {k: v for k, v in data.items() if k not in AIRFLOW_EMAIL_KEYS}
     r = Reader(data, path, problems)
     retry = read_overrides(r, DEFAULTS_KEYS)
+    check_pace(replace(DEFAULT_RETRY, **retry), path, DEFAULTS_KEYS, problems)
     timeout = r.duration("timeout")
     r.done()
     return _Defaults(retry, timeout, notify)
@@ -330,7 +331,7 @@ def _step_retry(
     run time; for others, no retries). Fields a setting leaves out come from the level below."""
     base = DEFAULT_RETRY if calls_out(action) else RetryPolicy()
     if defaults.retry:
-        base = replace(base, **defaults.retry, fallback=False)
+        base = replace(base, **defaults.retry, fallback=False, given=frozenset(defaults.retry))
     return read_retry(data, path, base, problems)
 
 

@@ -44,7 +44,34 @@ def read_retry(data: Any, path: str, base: RetryPolicy, problems: list[Problem])
     overrides = read_setting(data, path, problems)
     if overrides is None:
         return base
-    return replace(base, **overrides, fallback=False)
+    policy = replace(base, **overrides, fallback=False, given=base.given | set(overrides))
+    check_pace(policy, path, STEP_KEYS, problems)
+    return policy
+
+
+# Bounds against a hot loop: a failing service hammered with back-to-back attempts for ever.
+MAX_RETRIES = 1000
+FAST_RETRIES = 10  # up to this many retries may come without a pause (delay 0, for tests)
+MIN_DELAY = 0.1
+
+
+def check_pace(
+    policy: RetryPolicy, path: str, keys: dict[str, str], problems: list[Problem]
+) -> None:
+    """More than FAST_RETRIES retries need a pause between them: `delay` and `max_delay` of at
+    least MIN_DELAY seconds (the field named is the one too short, under the level's own name)."""
+    if policy.retries <= FAST_RETRIES:
+        return
+    for name in ("delay", "max_delay"):
+        if getattr(policy, name) < MIN_DELAY:
+            problems.append(
+                Problem(
+                    f"{path}.{keys[name]}",
+                    f"must be at least {MIN_DELAY:g}s with more than {FAST_RETRIES} retries "
+                    "(a retry loop without a pause hammers the service)",
+                )
+            )
+            return
 
 
 def read_setting(data: Any, path: str, problems: list[Problem]) -> dict[str, Any] | None:
@@ -67,8 +94,10 @@ def read_setting(data: Any, path: str, problems: list[Problem]) -> dict[str, Any
 
 
 def policy_to_dict(policy: RetryPolicy) -> dict[str, Any]:
-    """A policy as a `retry` mapping that reads back the same (the API's and `to_dict`'s view)."""
-    return {
+    """A policy as the `retry` mapping that was written (the API's and `to_dict`'s view): only its
+    given fields, so that it reads back the same, and the fields left out still come from the
+    levels around it (a stored service must not turn every field into an explicit one)."""
+    full = {
         "retries": policy.retries,
         "delay": policy.delay,
         "backoff": policy.backoff,
@@ -76,12 +105,16 @@ def policy_to_dict(policy: RetryPolicy) -> dict[str, Any]:
         "jitter": policy.jitter,
         "on": sorted(policy.on),
     }
+    return {k: v for k, v in full.items() if k in policy.given}
 
 
-def _non_negative(r: Reader, key: str, default: int) -> int:
+def _retries(r: Reader, key: str, default: int) -> int:
     value: int = r.get(key, int, default)
     if value < 0:
         r.problem(key, "must not be negative")
+        return default
+    if value > MAX_RETRIES:
+        r.problem(key, f"must be at most {MAX_RETRIES}")
         return default
     return value
 
@@ -115,7 +148,7 @@ def _retry_on(r: Reader, key: str, default: frozenset[str]) -> frozenset[str]:
 
 
 _READERS: dict[str, Any] = {
-    "retries": _non_negative,
+    "retries": _retries,
     "delay": _duration,
     "backoff": _backoff,
     "max_delay": _duration,

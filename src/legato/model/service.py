@@ -11,7 +11,7 @@ from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 from legato.errors import DefinitionError, Problem
 from legato.model.fields import Field, fields_to_dicts
 from legato.model.reader import Reader, join, read_fields
-from legato.model.retries import policy_to_dict, read_setting
+from legato.model.retries import STEP_KEYS, check_pace, policy_to_dict, read_setting
 from legato.model.workflow import DEFAULT_RETRY, RetryPolicy
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -218,6 +218,8 @@ def read_service(
     description = r.get("description", str, "")
     follow_redirects = r.get("follow_redirects", bool, False)
     retry = read_setting(r.raw("retry"), r.at("retry"), problems)
+    if retry is not None:
+        check_pace(replace(DEFAULT_RETRY, **retry), r.at("retry"), STEP_KEYS, problems)
     inputs = read_fields(r.raw("inputs"), r.at("inputs"), problems)
     outputs = read_fields(r.raw("outputs"), r.at("outputs"), problems)
     r.done()
@@ -234,7 +236,9 @@ def read_service(
         outputs=outputs,
         description=description,
         follow_redirects=follow_redirects,
-        retry=None if retry is None else replace(DEFAULT_RETRY, **retry, fallback=False),
+        retry=None
+        if retry is None
+        else replace(DEFAULT_RETRY, **retry, fallback=False, given=frozenset(retry)),
     )
 
 

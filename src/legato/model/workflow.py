@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -42,8 +42,10 @@ STEP_KINDS = ("http", "python", "branch", "map", "fail", "wait", "listen", "work
 class RetryPolicy:
     """Exponential backoff with jitter and a cap: delay = min(max_delay, delay * backoff**n), then
     jittered to between half and all of it. A `Retry-After` answer may ask for longer (up to
-    `max_delay`). `fallback` marks the built-in default of a step that calls out: nobody chose it,
-    so the step's service may replace it with its own `retry` setting."""
+    `max_delay`). `fallback` marks the built-in default of a step that calls out: nobody chose it.
+    `given` names the fields someone wrote (step, workflow `defaults` or service): settings merge
+    field by field, so a service's `retries: 0` survives a workflow's unrelated `retry_delay`, and
+    only an `on` someone wrote may resubmit a job past its deadline (see decider.after_failure)."""
 
     retries: int = 0
     delay: float = 1.0
@@ -52,6 +54,12 @@ class RetryPolicy:
     jitter: bool = True
     on: frozenset[str] = DEFAULT_RETRY_ON
     fallback: bool = False
+    given: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def over(self, below: RetryPolicy) -> RetryPolicy:
+        """This policy's written fields laid over `below` (a service's setting under a step's)."""
+        mine = {f: getattr(self, f) for f in self.given}
+        return replace(below, **mine, given=self.given | below.given, fallback=False)
 
     def should_retry(self, kind: str, tries: int) -> bool:
         return tries <= self.retries and kind in self.on and kind not in NEVER_RETRIED

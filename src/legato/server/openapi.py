@@ -158,9 +158,10 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Follow 3xx answers (each hop passes the egress policy).",
             },
             "retry": {
-                "oneOf": [{"type": "integer", "minimum": 0}, ANY_OBJECT],
-                "description": "How its steps retry transient failures when neither the step nor "
-                "its workflow says: retries, or {retries, delay, backoff, max_delay, jitter, on}.",
+                "oneOf": [{"type": "integer", "minimum": 0, "maximum": 1000}, ANY_OBJECT],
+                "description": "How its steps retry transient failures, field by field where "
+                "neither the step nor its workflow sets that field: retries, or {retries, delay, "
+                "backoff, max_delay, jitter, on}. Answered as written (the fields given).",
             },
             "inputs": {"type": "array", "items": _ref("Field")},
             "outputs": {"type": "array", "items": _ref("Field")},

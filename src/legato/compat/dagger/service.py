@@ -25,11 +25,12 @@ import orjson
 
 from legato.compat.dagger.compile import TRANSPORT
 from legato.compat.dagger.definition import TemplateDAG, TemplateDAGInstance
-from legato.compat.dagger.templates import ProcessTemplate, Topic
+from legato.compat.dagger.templates import ProcessTemplate, Topic, check_topic
 from legato.dags import DagFolder, on_engine_started
 from legato.engine.runtime import Engine
 from legato.errors import Conflict, LegatoError
 from legato.masking import mask_url
+from legato.model.fields import check_object
 from legato.model.workflow import Workflow
 from legato.transports import Message
 
@@ -111,7 +112,15 @@ class Dagger:
         """Build the template now; the decorated name becomes its Legato workflow."""
 
         def register(fn: Callable[[str], TemplateDAG]) -> Workflow:
-            template = fn(name)
+            try:
+                template = fn(name)
+            except LegatoError:
+                raise  # already names the Dagger call that was wrong
+            except Exception as exc:  # the user's own code: say where, without a traceback
+                raise LegatoError(
+                    f"register_template({name!r}): {getattr(fn, '__name__', 'the function')} "
+                    f"raised {type(exc).__name__}: {exc}"
+                ) from None
             if not isinstance(template, TemplateDAG):
                 raise LegatoError(
                     f"register_template({name!r}): {fn.__name__} must return the template "
@@ -142,7 +151,7 @@ class Dagger:
 
     @classmethod
     def create_topic(cls, name: str, key_type: Any = bytes, value_type: Any = bytes) -> Topic:
-        topic = Topic(name, key_type, value_type)
+        topic = Topic(check_topic(name, "create_topic"), key_type, value_type)
         cls.topics[name] = topic
         return topic
 
@@ -197,7 +206,9 @@ class Dagger:
 
     async def submit(self, instance: TemplateDAGInstance, **_: Any) -> str:
         """Start the instance as a run whose id comes from the instance's id; submitting the same
-        instance again finds that run rather than starting another."""
+        instance again finds that run rather than starting another. Another instance with that
+        id (other runtime parameters, or another template) is refused, as an Idempotency-Key
+        reused with another request is: silently answering the first run would lose its data."""
         engine = self.engine or Dagger.running().engine
         assert engine is not None
         from legato.engine.starts import Once
@@ -210,6 +221,7 @@ class Dagger:
                 once=Once(run_id=instance.run_id),
             )
         except Conflict:
+            await _same_instance(engine, instance)
             return instance.run_id
 
     async def get_instance(self, id: Any) -> Any:
@@ -304,6 +316,23 @@ async def _serve_dag_templates(engine: Engine, folder: DagFolder) -> None:
         ) from None
     if topics:
         print(f"  dagger    reads {', '.join(topics)} on transport {TRANSPORT!r}", file=sys.stderr)
+
+
+async def _same_instance(engine: Engine, instance: TemplateDAGInstance) -> None:
+    """Refuse a submit whose id names a run of another instance (see `Dagger.submit`)."""
+    run = await engine.get_run(instance.run_id)
+    name = instance.template.name
+    same = run.info.workflow == name
+    if same:
+        wf, _ = await engine.workflow_version(name, run.info.version)
+        data, _ = check_object(wf.inputs, instance.runtime_parameters, "input")
+        same = data == run.info.input
+    if not same:
+        raise Conflict(
+            f"submit: instance id {instance.id!s} was submitted before with other runtime "
+            f"parameters or another template (run {instance.run_id}, template "
+            f"{run.info.workflow!r}); give a new instance a new id"
+        )
 
 
 def _handler(engine: Engine, topic: str, classes: list[type]) -> Any:

@@ -5,6 +5,8 @@ template into one Legato workflow.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,11 +43,27 @@ class Topic:
         record(self.name, value)
 
 
+# A name every transport takes as one destination: a Kafka topic, a NATS subject (no wildcard `*`
+# or `>`, no space, no empty token) and a RabbitMQ queue. Refused when the template is built, not
+# at the first publish of a run.
+TOPIC_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def check_topic(name: object, call: str) -> str:
+    """`name` if it is a usable topic name; else an error naming the Dagger call that gave it."""
+    if isinstance(name, str) and TOPIC_NAME.fullmatch(name) and len(name) <= 249:
+        return name
+    raise LegatoError(
+        f"{call}({name!r}): a topic name is letters, digits, '_', '-' and '.' between them "
+        "(at most 249): NATS refuses wildcards ('*', '>') and spaces in a subject"
+    )
+
+
 def topic_name(topic: Topic | str, field_name: str = "set_topic") -> str:
     if isinstance(topic, Topic):
-        return topic.name
+        return check_topic(topic.name, field_name)
     if isinstance(topic, str) and topic:
-        return topic
+        return check_topic(topic, field_name)
     raise LegatoError(f"{field_name}: give a topic from Dagger.create_topic or its name")
 
 
@@ -110,8 +128,14 @@ class TaskTemplateBuilder:
         return self
 
     def set_max_run_duration(self, seconds: float) -> TaskTemplateBuilder:
-        """Bounds the task's step (Legato's step timeout)."""
-        self._timeout = float(seconds)
+        """Bounds the task's step (Legato's step timeout); 0 means no bound. Checked here, so
+        that a bad value names this call rather than the step's `timeout` it becomes."""
+        number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not number or not math.isfinite(seconds) or seconds < 0:
+            raise LegatoError(
+                f"set_max_run_duration({seconds!r}): give a number of seconds, 0 or more"
+            )
+        self._timeout = float(seconds) or None
         return self
 
     def set_allow_skip_to(self, allow: bool) -> TaskTemplateBuilder:
