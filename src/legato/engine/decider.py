@@ -177,7 +177,12 @@ class _Txn:
         if self._view_shared:
             view = self._view = {**view, "steps": dict(view["steps"])}
             self._view_shared = False
-        view["steps"][s.name] = {"status": s.status, "output": s.output, "error": s.error}
+        view["steps"][s.name] = {
+            "status": s.status,
+            "output": s.output,
+            "error": s.error,
+            "request": s.request,
+        }
 
     def set_info(self, **kw: Any) -> None:
         self.info = self.info._replace(**kw)
@@ -200,7 +205,12 @@ class _Txn:
             for n in names:
                 if n in self.wf.steps:
                     s = self.get(n)
-                    steps[n] = {"status": s.status, "output": s.output, "error": s.error}
+                    steps[n] = {
+                        "status": s.status,
+                        "output": s.output,
+                        "error": s.error,
+                        "request": s.request,
+                    }
             info = self.info
             self._view = {
                 "input": info.input,

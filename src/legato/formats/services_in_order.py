@@ -68,10 +68,12 @@ def to_native(
             spec[key] = r.raw(key)
     r.done()
 
+    # Each step gets the data the previous one got (its stored request) with its reply merged
+    # in: one short template per step, so building and running stay linear in the chain.
     steps: dict[str, Any] = {}
-    replies: list[str] = []
+    data_so_far = "input"
+    prev: str | None = None
     for step, service_name in step_names:
-        data_so_far = "merge(input" + "".join(f", {x}" for x in replies) + ")"
         steps[step] = {
             "http": {
                 "service": service_name,
@@ -79,13 +81,14 @@ def to_native(
                 "json": "{{ " + data_so_far + " }}",
             },
         }
-        if replies:
-            steps[step]["depends_on"] = [step_names[len(replies) - 1][0]]
-        replies.append(f"steps.{step}.output.body")
-    final = "merge(input" + "".join(f", {x}" for x in replies) + ")"
+        if prev is not None:
+            steps[step]["depends_on"] = [prev]
+        data_so_far = f"merge(steps.{step}.request.json, steps.{step}.output.body)"
+        prev = step
+    final = data_so_far
     names = _output_names(outputs)
     if names:
-        final += " | pick(" + ", ".join(repr(n) for n in names) + ")"
+        final = f"({final}) | pick(" + ", ".join(repr(n) for n in names) + ")"
     spec["steps"] = steps
     spec["output"] = "{{ " + final + " }}"
     return spec, services
