@@ -290,3 +290,34 @@ async def test_waiters_past_the_cap_get_202_at_once(
                 assert waited.info.status == "succeeded"
     finally:
         await runner.cleanup()
+
+
+async def test_an_inline_service_may_not_change_a_shared_one(
+    db_url: str, text_services: int
+) -> None:
+    """A document's `{name, address}` adds a service or repeats it exactly; changing one that
+    other workflows call is `legato service add --replace`'s job, never a side effect."""
+    upper = filed("upper", text_services)
+    doc = {
+        "name": "hijack",
+        "services": ["reverse", {"name": "upper", "address": "http://127.0.0.1:1/echo"}],
+        "inputs": [{"name": "message", "type": "str"}],
+        "operations": [],
+    }
+    async with Engine.open(db_url) as engine:
+        await engine.put_service(Service.from_dict(upper))
+        await engine.put_service(Service.from_dict(filed("reverse", text_services)))
+        with pytest.raises(DefinitionError) as info:
+            await engine.apply(orjson.dumps(doc))
+        [problem] = info.value.problems
+        assert problem.path == "services[1]"
+        assert "service 'upper' is already in the directory" in problem.message
+        assert "--replace" in problem.message
+        assert engine.service("upper") == Service.from_dict(upper)  # unchanged
+        assert await engine.store.list_workflows() == []
+
+        doc["services"] = ["reverse", upper]  # the same entry: accepted
+        await engine.apply(orjson.dumps(doc))
+        state = await engine.run("hijack", {"message": "ab"}, timeout=20)
+        assert state.info.status == "succeeded", state.info.error
+        assert state.info.output == {"message": "BA"}
