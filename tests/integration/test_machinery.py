@@ -321,3 +321,43 @@ async def test_an_inline_service_may_not_change_a_shared_one(
         state = await engine.run("hijack", {"message": "ab"}, timeout=20)
         assert state.info.status == "succeeded", state.info.error
         assert state.info.output == {"message": "BA"}
+
+
+async def test_service_add_of_a_set_is_all_or_nothing(
+    server: ServerProcess, text_services: int, tmp_path: Path
+) -> None:
+    def write(name: str, data: Any) -> str:
+        path = tmp_path / name
+        path.write_bytes(orjson.dumps(data))
+        return str(path)
+
+    upper = write("upper.json", {**filed("upper", text_services), "name": "aon-up"})
+    s6 = write("s6.json", {"name": "aon-s6", "address": "http://127.0.0.1:1/"})
+    code, out, err = await legato(server, "service", "add", "--file", upper)
+    assert code == 0, err
+
+    async def names() -> list[str]:
+        code, out, err = await legato(server, "service", "list", "--json")
+        assert code == 0, err
+        return [s["name"] for s in json.loads(out) if s["name"].startswith("aon-")]
+
+    code, out, err = await legato(server, "service", "add", "--file", s6, "--file", upper)
+    assert code == 2 and out == ""
+    assert f"{upper}: name: service 'aon-up' exists" in err and "--replace" in err
+    assert await names() == ["aon-up"]  # s6 not written either
+
+    code, out, err = await legato(server, "service", "add", "--file", s6, "--file", s6)
+    assert code == 2 and f"service 'aon-s6' is also in {s6}" in err
+    twice = write(
+        "twice.json",
+        [{"name": "aon-s2", "address": "http://a/"}, {"name": "aon-s2", "address": "http://b/"}],
+    )
+    code, out, err = await legato(server, "service", "add", "--file", twice)
+    assert code == 2 and f"{twice}: [1].name: service 'aon-s2' is also in {twice}: [0]" in err
+    assert await names() == ["aon-up"]
+
+    code, out, err = await legato(
+        server, "service", "add", "--replace", "--file", s6, "--file", upper
+    )
+    assert code == 0, err
+    assert await names() == ["aon-s6", "aon-up"]
