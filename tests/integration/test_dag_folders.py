@@ -274,3 +274,18 @@ def test_a_file_that_never_finishes_importing_or_raises_anything_is_listed(
     assert "importing DAG file 6/6: loop.py" in done.stderr  # progress, in name order
     assert "Traceback" not in done.stderr and "Aborted" not in done.stderr
     assert not (tmp_path / "legato.db").exists()
+
+
+def test_validate_export_and_run_say_a_dag_file_is_for_apply(tmp_path: Path) -> None:
+    folder = dag_folder(tmp_path)
+    for command in ("validate", "export", "run"):
+        done = subprocess.run(
+            [*LEGATO, command, str(folder / "greet.py")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "a DAG file (Python), not a YAML/JSON definition" in done.stderr
+        assert "legato apply FILE.py" in done.stderr and "YAML at line" not in done.stderr

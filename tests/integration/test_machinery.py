@@ -274,6 +274,9 @@ async def test_waiters_past_the_cap_get_202_at_once(
                 Service.from_dict({"name": "m-slow", "address": f"http://127.0.0.1:{port}/slow"})
             )
             await engine.apply({"name": "m-capped", "services": ["m-slow"], "operations": []})
+            await engine.apply(
+                {"name": "m-typed", "services": ["m-slow"], "inputs": {"message": "str"}}
+            )
             transport = httpx.ASGITransport(app=create_app(engine, own_engine=False))
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
                 first = asyncio.create_task(
@@ -282,12 +285,16 @@ async def test_waiters_past_the_cap_get_202_at_once(
                 await asyncio.sleep(0.3)  # the first is waiting now
                 second = await http.post("/e/m-capped", params={"wait": "10"}, json={"data": {}})
                 assert second.status_code == 202
+                assert second.json()["wait"].startswith("not waited: 1 events are waiting")
                 assert not first.done()
                 answer = await first
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["output"] == {"message": "late"}
                 waited = await engine.wait(second.json()["event_id"], 10)
                 assert waited.info.status == "succeeded"
+                missing = await http.post("/e/m-typed", json={"data": {}})
+                assert missing.status_code == 422, missing.text
+                assert [p["path"] for p in missing.json()["problems"]] == ["data.message"]
     finally:
         await runner.cleanup()
 

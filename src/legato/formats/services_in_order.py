@@ -33,7 +33,7 @@ def to_native(
     r = Reader(data, "", problems)
     name = r.raw("name")
     raw_services = r.get("services", list, [])
-    if not raw_services:
+    if not raw_services and data.get("services") in (None, [], {}, ""):  # else: not a list
         r.problem("services", "must list at least one service")
     services: list[Service] = []
     step_names: list[tuple[str, str]] = []
@@ -130,8 +130,9 @@ def unproduced_outputs(
     passed = {f.name for f in inputs}
     produced = {f.name for name in chain if name in directory for f in directory[name].outputs}
     missing = [f.name for f in outputs if f.required and f.name not in produced | passed]
+    mistyped = _mistyped(outputs, chain, directory)
     if not missing:
-        return [], []
+        return mistyped, []
     silent = [n for n in dict.fromkeys(chain) if n not in directory or not directory[n].outputs]
     if silent or not inputs:
         why = (
@@ -144,7 +145,7 @@ def unproduced_outputs(
             "it is checked when a run ends"
             for name in missing
         ]
-        return [], warnings
+        return mistyped, warnings
     said = "; ".join(
         f"{n} declares {', '.join(f.name for f in directory[n].outputs)}"
         for n in dict.fromkeys(chain)
@@ -156,7 +157,37 @@ def unproduced_outputs(
         )
         for name in missing
     ]
-    return problems, []
+    return problems + mistyped, []
+
+
+def _compatible(wanted: str, given: str) -> bool:
+    return "any" in (wanted, given) or wanted == given or (wanted, given) == ("number", "integer")
+
+
+def _mistyped(
+    outputs: Sequence[Field], chain: Sequence[str], directory: Mapping[str, Service]
+) -> list[Problem]:
+    """An output whose type differs from the one the service that last produces it declares (a
+    later service that declares no outputs may answer anything: then it cannot be known)."""
+    problems = []
+    for wanted in outputs:
+        for name in reversed(chain):
+            service = directory.get(name)
+            if service is None or not service.outputs:
+                break
+            given = next((f for f in service.outputs if f.name == wanted.name), None)
+            if given is None:
+                continue
+            if not _compatible(wanted.type, given.type):
+                problems.append(
+                    Problem(
+                        f"outputs.{wanted.name}",
+                        f"is declared {wanted.type}, but {name}, which produces it, declares it "
+                        f"{given.type}",
+                    )
+                )
+            break
+    return problems
 
 
 def _step_name(service: str, used: set[str]) -> str:
