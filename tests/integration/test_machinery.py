@@ -220,7 +220,10 @@ async def test_the_example_script_runs_against_the_server(server: ServerProcess)
     assert proc.returncode == 0, err.decode()
     text = out.decode()
     assert f"succeeded: {json.dumps(EXPECTED)}" in text
-    assert "refused: invalid definition: outputs.space_count" in text
+    assert "refused: invalid definition:" in text
+    assert "outputs.space_count: no service declares producing 'space_count'" in text
+    # the example's mistake keeps space_count's type: that is named too
+    assert "outputs.message: is declared string, but space-counter" in text
 
 
 # -- several processes sharing PostgreSQL: the run ends on a worker ---------------------------
