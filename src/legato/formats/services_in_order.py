@@ -37,7 +37,7 @@ def to_native(
         r.problem("services", "must list at least one service")
     services: list[Service] = []
     step_names: list[tuple[str, str]] = []
-    used: set[str] = set()
+    used: dict[str, int] = {}
     for i, item in enumerate(raw_services):
         where = join("services", i)
         if isinstance(item, str):
@@ -190,14 +190,21 @@ def _mistyped(
     return problems
 
 
-def _step_name(service: str, used: set[str]) -> str:
+def _step_name(service: str, used: dict[str, int]) -> str:
+    """`upper`, then `upper_2`, `upper_3`...; `used` maps each name taken to the next number to
+    try after it, so a service named many times costs one look per name, not one per earlier use."""
     base = _NOT_STEP_CHAR.sub("_", service)
     if not base or base[0].isdigit():
         base = "s_" + base
-    name, n = base, 2
-    while name in used:
-        name, n = f"{base}_{n}", n + 1
-    used.add(name)
+    if base not in used:
+        used[base] = 2
+        return base
+    n = used[base]
+    while f"{base}_{n}" in used:
+        n += 1
+    name = f"{base}_{n}"
+    used[base] = n + 1
+    used[name] = 2
     return name
 
 
