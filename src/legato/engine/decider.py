@@ -909,7 +909,7 @@ class _Txn:
             return
         # Last steps first: in a chain they are the ones still pending, so a run that is not
         # finished is told in one look rather than one per step (a 2,000-step chain was quadratic).
-        if any(not self.get(n).done for n in reversed(self.wf.steps)):
+        if any(not self.get(n).done for n in reversed(list(self.wf.steps))):
             return
         states = [self.get(n) for n in self.wf.steps]
         failed = next(
