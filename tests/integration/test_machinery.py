@@ -366,6 +366,14 @@ async def test_service_add_of_a_set_is_all_or_nothing(
     assert code == 2 and f"{twice}: [1].name: service 'aon-s2' is also in {twice}: [0]" in err
     assert await names() == ["aon-up"]
 
+    # Refused by the server part-way (a body over its limit): what was added goes again.
+    huge = write(
+        "huge.json", {"name": "aon-huge", "address": "http://a/", "description": "x" * 2**21}
+    )
+    code, out, err = await legato(server, "service", "add", "--file", s6, "--file", huge)
+    assert code == 2 and "removed again: aon-s6" in err, err
+    assert await names() == ["aon-up"]
+
     code, out, err = await legato(
         server, "service", "add", "--replace", "--file", s6, "--file", upper
     )
