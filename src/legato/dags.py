@@ -10,7 +10,11 @@ because each process that imports the file registers the functions the file's wo
 Only the folder's own `*.py` files are imported (not its subfolders: those are for helper modules the
 files import, the folder being put on `sys.path`); files whose name starts with `_` or `.` are skipped.
 A file that fails to import is reported with its name, the line that failed and the exception, and
-every broken file is listed at once (the process then refuses to start).
+every broken file is listed at once (the process then refuses to start). Whatever a file raises
+counts, KeyboardInterrupt and other BaseExceptions included. A file still importing after
+`import_timeout` seconds (`--dags-import-timeout`, 30 by default) is listed as broken too: a
+running import cannot be stopped, so it is left in a daemon thread and the process refuses to start
+rather than wait forever.
 
 A module a DAG file imports may need the running engine to do its part (legato.compat.dagger reads
 its listener topics with the classes' key methods): it registers an `on_engine_started` hook, which
@@ -22,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from legato.engine.runtime import Engine
 
 PACKAGE = "legato_dags"
+DEFAULT_IMPORT_TIMEOUT = 30.0
 _NOT_NAME = re.compile(r"\W")
 
 
@@ -115,8 +121,13 @@ def dag_paths(folder: Path) -> list[Path]:
     )
 
 
-def load_folder(folder: Path) -> DagFolder:
-    """Import every DAG file of `folder`; DagFileError listing every file that fails."""
+def load_folder(
+    folder: Path,
+    import_timeout: float = DEFAULT_IMPORT_TIMEOUT,
+    progress: Callable[[str], None] | None = None,
+) -> DagFolder:
+    """Import every DAG file of `folder`; DagFileError listing every file that fails.
+    `progress` is told of each file before it is imported (a slow one is then visible)."""
     folder = folder.resolve() if folder.exists() else folder
     paths = dag_paths(folder)
     problems: list[str] = []
@@ -131,9 +142,11 @@ def load_folder(folder: Path) -> DagFolder:
     if str(folder) not in sys.path:
         sys.path.append(str(folder))  # the files' own helper modules
     files: list[DagFile] = []
-    for p in paths:
+    for i, p in enumerate(paths, 1):
+        if progress is not None:
+            progress(f"importing DAG file {i}/{len(paths)}: {p.name}")
         try:
-            files.append(load_file(p))
+            files.append(load_file(p, import_timeout))
         except DagFileError as exc:
             problems.extend(exc.problems)
     problems.extend(_clashes(files))
@@ -142,7 +155,7 @@ def load_folder(folder: Path) -> DagFolder:
     return DagFolder(files)
 
 
-def load_file(path: Path) -> DagFile:
+def load_file(path: Path, import_timeout: float = DEFAULT_IMPORT_TIMEOUT) -> DagFile:
     """Import one DAG file under its module name and collect its module-level workflows."""
     name = module_name(path)
     _package()
@@ -151,11 +164,28 @@ def load_file(path: Path) -> DagFile:
         raise DagFileError([f"{path}: cannot be imported as a Python file"])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before running it: its own functions resolve by path meanwhile
-    try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
+    loader = spec.loader
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loader.exec_module(module)
+        except BaseException as exc:  # whatever the file raises is its failure
+            failed.append(exc)
+
+    importer = threading.Thread(target=run, name=f"import {path.name}", daemon=True)
+    importer.start()
+    importer.join(import_timeout)
+    if importer.is_alive():  # left running: nothing can stop it, and the process will not start
+        raise DagFileError(
+            [
+                f"{path}: still importing after {import_timeout:g}s "
+                "(legato serve|worker --dags-import-timeout)"
+            ]
+        )
+    if failed:
         sys.modules.pop(name, None)
-        raise DagFileError([_describe(path, exc)]) from None
+        raise DagFileError([_describe(path, failed[0])]) from None
     setattr(sys.modules[PACKAGE], name.rpartition(".")[2], module)
     return DagFile(path, name, _workflows(vars(module).values()))
 

@@ -246,3 +246,46 @@ async def test_apply_a_python_file_registers_each_workflow(
     finally:
         plain.stop()
         with_dags.stop()
+
+
+def test_a_file_that_never_finishes_importing_or_raises_anything_is_listed(
+    tmp_path: Path,
+) -> None:
+    """A hanging import cannot be stopped: past --dags-import-timeout the file is listed as
+    broken with the others (KeyboardInterrupt and any BaseException too) and nothing starts."""
+    folder = dag_folder(tmp_path)
+    (folder / "loop.py").write_text("while True:\n    pass\n")
+    (folder / "kbi.py").write_text("raise KeyboardInterrupt\n")
+    (folder / "base.py").write_text('class E(BaseException):\n    pass\n\n\nraise E("x")\n')
+    (folder / "broken.py").write_text("value = missing_name + 1\n")
+    done = subprocess.run(
+        [*LEGATO, "serve", "--dags", str(folder), "--dags-import-timeout", "2", "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "4 DAG files cannot be used" in done.stderr
+    assert f"{folder / 'loop.py'}: still importing after 2s" in done.stderr
+    assert f"{folder / 'kbi.py'}:1: KeyboardInterrupt" in done.stderr
+    assert f"{folder / 'base.py'}:5: E: x" in done.stderr
+    assert f"{folder / 'broken.py'}:1: NameError" in done.stderr
+    assert "importing DAG file 6/6: loop.py" in done.stderr  # progress, in name order
+    assert "Traceback" not in done.stderr and "Aborted" not in done.stderr
+    assert not (tmp_path / "legato.db").exists()
+
+
+def test_validate_export_and_run_say_a_dag_file_is_for_apply(tmp_path: Path) -> None:
+    folder = dag_folder(tmp_path)
+    for command in ("validate", "export", "run"):
+        done = subprocess.run(
+            [*LEGATO, command, str(folder / "greet.py")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "a DAG file (Python), not a YAML/JSON definition" in done.stderr
+        assert "legato apply FILE.py" in done.stderr and "YAML at line" not in done.stderr

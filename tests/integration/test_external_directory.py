@@ -16,7 +16,7 @@ from aiohttp import web
 
 from legato import Engine, Service
 from legato.client import AsyncClient
-from legato.engine.directory import ExternalDirectory
+from legato.engine.directory import DirectoryError, ExternalDirectory
 from legato.engine.state import StepState
 from tests.integration.serverprocess import free_port, start_server
 
@@ -246,3 +246,53 @@ def test_a_bad_directory_url_stops_the_server_with_its_name(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "--directory-url must be an absolute http:// or https:// URL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def _chunked(request: web.Request) -> web.StreamResponse:
+    """A valid answer in two chunks, some time apart (a proxy or a slow directory)."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    await resp.write(b'{"url": "http://chunked.example/",')
+    await asyncio.sleep(0.3)
+    await resp.write(b' "token": "tok-chunked"}')
+    await resp.write_eof()
+    return resp
+
+
+async def _huge(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    await resp.write(b'{"url": "http://huge.example/", "pad": "')
+    for _ in range(40):  # 2.5 MB, far over the cap: only the cap is read
+        await resp.write(b"x" * 65536)
+    await resp.write(b'"}')
+    await resp.write_eof()
+    return resp
+
+
+async def test_an_answer_in_chunks_is_read_whole_and_a_huge_one_is_too_large() -> None:
+    seen: list[str] = []
+
+    async def by_query(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.path}?{request.query_string}")
+        return await {"chunked": _chunked, "huge": _huge}[request.match_info["name"]](request)
+
+    app = web.Application()
+    app.router.add_get("/dir/url/{name}", by_query)
+    async with running(app) as url:
+        cache = ExternalDirectory(f"{url}/dir/?api_key=s3cret#frag")
+        try:
+            found = await cache.service("chunked")
+            assert found.base_url == "http://chunked.example/"
+            assert found.headers == {"Authorization": "tok-chunked"}
+            with pytest.raises(DirectoryError) as info:
+                await cache.service("huge")
+            assert info.value.kind == "config"
+            assert f"the answer is over {64 * 1024} bytes" in str(info.value)
+            assert "s3cret" not in str(info.value) and "/dir?***" in str(info.value)
+        finally:
+            await cache.close()
+    # The lookup path goes before the query, which is kept; the fragment is never sent.
+    assert seen == ["/dir/url/chunked?api_key=s3cret", "/dir/url/huge?api_key=s3cret"]

@@ -220,7 +220,10 @@ async def test_the_example_script_runs_against_the_server(server: ServerProcess)
     assert proc.returncode == 0, err.decode()
     text = out.decode()
     assert f"succeeded: {json.dumps(EXPECTED)}" in text
-    assert "refused: invalid definition: outputs.space_count" in text
+    assert "refused: invalid definition:" in text
+    assert "outputs.space_count: no service declares producing 'space_count'" in text
+    # the example's mistake keeps space_count's type: that is named too
+    assert "outputs.message: is declared string, but space-counter" in text
 
 
 # -- several processes sharing PostgreSQL: the run ends on a worker ---------------------------
@@ -274,6 +277,9 @@ async def test_waiters_past_the_cap_get_202_at_once(
                 Service.from_dict({"name": "m-slow", "address": f"http://127.0.0.1:{port}/slow"})
             )
             await engine.apply({"name": "m-capped", "services": ["m-slow"], "operations": []})
+            await engine.apply(
+                {"name": "m-typed", "services": ["m-slow"], "inputs": {"message": "str"}}
+            )
             transport = httpx.ASGITransport(app=create_app(engine, own_engine=False))
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
                 first = asyncio.create_task(
@@ -282,11 +288,94 @@ async def test_waiters_past_the_cap_get_202_at_once(
                 await asyncio.sleep(0.3)  # the first is waiting now
                 second = await http.post("/e/m-capped", params={"wait": "10"}, json={"data": {}})
                 assert second.status_code == 202
+                assert second.json()["wait"].startswith("not waited: 1 events are waiting")
                 assert not first.done()
                 answer = await first
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["output"] == {"message": "late"}
                 waited = await engine.wait(second.json()["event_id"], 10)
                 assert waited.info.status == "succeeded"
+                missing = await http.post("/e/m-typed", json={"data": {}})
+                assert missing.status_code == 422, missing.text
+                assert [p["path"] for p in missing.json()["problems"]] == ["data.message"]
     finally:
         await runner.cleanup()
+
+
+async def test_an_inline_service_may_not_change_a_shared_one(
+    db_url: str, text_services: int
+) -> None:
+    """A document's `{name, address}` adds a service or repeats it exactly; changing one that
+    other workflows call is `legato service add --replace`'s job, never a side effect."""
+    upper = filed("upper", text_services)
+    doc = {
+        "name": "hijack",
+        "services": ["reverse", {"name": "upper", "address": "http://127.0.0.1:1/echo"}],
+        "inputs": [{"name": "message", "type": "str"}],
+        "operations": [],
+    }
+    async with Engine.open(db_url) as engine:
+        await engine.put_service(Service.from_dict(upper))
+        await engine.put_service(Service.from_dict(filed("reverse", text_services)))
+        with pytest.raises(DefinitionError) as info:
+            await engine.apply(orjson.dumps(doc))
+        [problem] = info.value.problems
+        assert problem.path == "services[1]"
+        assert "service 'upper' is already in the directory" in problem.message
+        assert "--replace" in problem.message
+        assert engine.service("upper") == Service.from_dict(upper)  # unchanged
+        assert await engine.store.list_workflows() == []
+
+        doc["services"] = ["reverse", upper]  # the same entry: accepted
+        await engine.apply(orjson.dumps(doc))
+        state = await engine.run("hijack", {"message": "ab"}, timeout=20)
+        assert state.info.status == "succeeded", state.info.error
+        assert state.info.output == {"message": "BA"}
+
+
+async def test_service_add_of_a_set_is_all_or_nothing(
+    server: ServerProcess, text_services: int, tmp_path: Path
+) -> None:
+    def write(name: str, data: Any) -> str:
+        path = tmp_path / name
+        path.write_bytes(orjson.dumps(data))
+        return str(path)
+
+    upper = write("upper.json", {**filed("upper", text_services), "name": "aon-up"})
+    s6 = write("s6.json", {"name": "aon-s6", "address": "http://127.0.0.1:1/"})
+    code, out, err = await legato(server, "service", "add", "--file", upper)
+    assert code == 0, err
+
+    async def names() -> list[str]:
+        code, out, err = await legato(server, "service", "list", "--json")
+        assert code == 0, err
+        return [s["name"] for s in json.loads(out) if s["name"].startswith("aon-")]
+
+    code, out, err = await legato(server, "service", "add", "--file", s6, "--file", upper)
+    assert code == 2 and out == ""
+    assert f"{upper}: name: service 'aon-up' exists" in err and "--replace" in err
+    assert await names() == ["aon-up"]  # s6 not written either
+
+    code, out, err = await legato(server, "service", "add", "--file", s6, "--file", s6)
+    assert code == 2 and f"service 'aon-s6' is also in {s6}" in err
+    twice = write(
+        "twice.json",
+        [{"name": "aon-s2", "address": "http://a/"}, {"name": "aon-s2", "address": "http://b/"}],
+    )
+    code, out, err = await legato(server, "service", "add", "--file", twice)
+    assert code == 2 and f"{twice}: [1].name: service 'aon-s2' is also in {twice}: [0]" in err
+    assert await names() == ["aon-up"]
+
+    # Refused by the server part-way (a body over its limit): what was added goes again.
+    huge = write(
+        "huge.json", {"name": "aon-huge", "address": "http://a/", "description": "x" * 2**21}
+    )
+    code, out, err = await legato(server, "service", "add", "--file", s6, "--file", huge)
+    assert code == 2 and "removed again: aon-s6" in err, err
+    assert await names() == ["aon-up"]
+
+    code, out, err = await legato(
+        server, "service", "add", "--replace", "--file", s6, "--file", upper
+    )
+    assert code == 0, err
+    assert await names() == ["aon-s6", "aon-up"]

@@ -176,7 +176,7 @@ def test_inputs_and_outputs_fields() -> None:
 
 def test_bad_field_type() -> None:
     assert problems(wf({"a": http()}, inputs={"x": "text"})) == {
-        "inputs.x.type": "must be one of string, integer, number, boolean, object, array, any"
+        "inputs.x.type": "'text' is not a type: must be one of string, integer, number, boolean, object, array, any"
         " (or their short names int, float, str, bool, dict, list)"
     }
 

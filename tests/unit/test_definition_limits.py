@@ -50,7 +50,7 @@ def test_the_step_limit_counts_a_list_of_steps_and_the_services_in_order_form() 
     with pytest.raises(DefinitionError, match="3 steps; the limit is 2"):
         load_definition(listed, limits=limits)
     in_order = {"name": "w", "services": [{"name": f"s{i}", "url": "http://x/"} for i in range(3)]}
-    with pytest.raises(DefinitionError, match="3 steps; the limit is 2"):
+    with pytest.raises(DefinitionError, match="3 services; the limit is 2"):
         load_definition(in_order, limits=limits)
 
 

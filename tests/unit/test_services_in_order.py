@@ -24,13 +24,14 @@ def http_action(w: Workflow, step: str) -> HttpCall:
 
 
 def ctx(input_: dict[str, Any], replies: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "input": input_,
-        "steps": {
-            n: {"status": "succeeded", "output": {"status": 200, "body": b}, "error": None}
-            for n, b in replies.items()
-        },
-    }
+    """The context after a chain of calls (`replies` in order), each step with the request it sent."""
+    steps, data = {}, dict(input_)
+    for n, b in replies.items():
+        request = {"method": "POST", "service": n, "json": data}
+        steps[n] = {"status": "succeeded", "output": {"status": 200, "body": b}, "error": None}
+        steps[n]["request"] = request
+        data = {**data, **b} if isinstance(b, dict) else data
+    return {"input": input_, "steps": steps}
 
 
 def test_detection() -> None:
@@ -69,7 +70,7 @@ def test_json_templates_merge_prior_replies_later_wins() -> None:
     w = load_definition(doc(services=["a", "b", "c"])).workflow
     json_t = http_action(w, "c").json
     assert json_t is not None
-    assert json_t.references == frozenset({"a", "b"})
+    assert json_t.references == frozenset({"b"})  # b's request holds what a added
     data = json_t.render(
         ctx({"message": "hi", "keep": 1}, {"a": {"message": "HI", "x": 1}, "b": {"message": "IH"}})
     )
@@ -177,7 +178,7 @@ def test_inline_service_without_address_reported() -> None:
     with pytest.raises(DefinitionError) as info:
         load_definition(doc(services=["upper", {"name": "reverse"}]))
     assert [(p.path, p.message) for p in info.value.problems] == [
-        ("services[1].base_url", "is required")
+        ("services[1].address", "is required")
     ]
 
 

@@ -40,8 +40,19 @@ def summarize(state: RunState) -> dict[str, Any]:
     return out
 
 
+def _not_python(file: str) -> None:
+    if file.endswith(".py"):  # read as YAML it would be "malformed YAML", which misleads
+        fail(
+            LegatoError(
+                f"{file}: a DAG file (Python), not a YAML/JSON definition: register its workflows "
+                "with `legato apply FILE.py`, or serve its folder with `legato serve --dags DIR`"
+            )
+        )
+
+
 def _load_file(file: str) -> Definition:
     """A definition file, or exit 2 with every problem listed by path."""
+    _not_python(file)
     try:
         return load_definition(Path(file).read_bytes())
     except ValidationError as exc:
@@ -80,6 +91,7 @@ def run(
     file: str, input_text: str | None, db: str, services: str | None, timeout: float | None
 ) -> None:
     """Register a workflow definition, run it once on the embedded engine and print the result."""
+    _not_python(file)
     payload = parse_input(input_text)
 
     async def go(document: bytes, directory: list[Service]) -> RunState:

@@ -117,24 +117,69 @@ def service_add(
         items = [entry]
     else:
         raise click.UsageError("give NAME and ADDRESS, or --file")
-    for item in items:
-        added = client.add_service(item, replace=replace)
-        click.echo(f"{added['name']}  {added['base_url']}")
+    if not replace and len(items) > 1:  # a name the server has: refused before anything is sent
+        have = {s.get("name") for s in client.services()}
+        taken = [
+            Problem(_where(item), _EXISTS.format(item["name"]))
+            for item in items
+            if item.get("name") in have
+        ]
+        if taken:
+            raise DefinitionError(taken, "service")
+    added_now: list[str] = []
+    try:
+        for item in items:
+            added = client.add_service(_bare(item), replace=replace)
+            added_now.append(added["name"])
+            click.echo(f"{added['name']}  {added['base_url']}")
+    except LegatoError:
+        # Refused part-way (added meanwhile by someone else, or refused by the server): the ones
+        # this command added go again, so the set is all or nothing. Replaced ones stay replaced.
+        if not replace:
+            for done in added_now:
+                client.delete_service(done)
+            if added_now:
+                click.echo(f"removed again: {', '.join(added_now)}", err=True)
+        raise
+
+
+_EXISTS = "service {!r} exists; `legato service add --replace` replaces it (nothing was added)"
+_FROM = "\0from"  # where an item of --file came from, for messages; never sent
+
+
+def _where(item: dict[str, Any]) -> str:
+    return str(item.get(_FROM, "name"))
+
+
+def _bare(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != _FROM}
 
 
 def _service_files(files: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Every service of every file, or DefinitionError naming each problem with its file."""
+    """Every service of every file, or DefinitionError naming each problem with its file (a name
+    given twice in the set is one: which entry should win is anyone's guess)."""
     from legato.formats.loader import load_services
 
     items: list[dict[str, Any]] = []
     problems: list[Problem] = []
+    first: dict[str, str] = {}
     for file in files:
         try:
-            items.extend(load_services(Path(file).read_bytes()))
+            loaded = load_services(Path(file).read_bytes())
         except ValidationError as exc:
             problems.extend(
                 Problem(f"{file}: {p.path}" if p.path else file, p.message) for p in exc.problems
             )
+            continue
+        for i, item in enumerate(loaded):
+            where = f"{file}: [{i}].name" if len(loaded) > 1 else f"{file}: name"
+            name = item.get("name")
+            if isinstance(name, str) and name in first:
+                problems.append(Problem(where, f"service {name!r} is also in {first[name]}"))
+                continue
+            if isinstance(name, str):
+                first[name] = where.removesuffix(".name").removesuffix(": name")
+            items.append({**item, _FROM: where})
     if problems:
         raise DefinitionError(problems, "service")
     return items

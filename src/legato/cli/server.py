@@ -14,7 +14,7 @@ import click
 from legato import aio
 from legato.cli.common import DEFAULT_DB, dump_json, fail, main
 from legato.client import AsyncClient
-from legato.dags import load_folder
+from legato.dags import DEFAULT_IMPORT_TIMEOUT, load_folder
 from legato.engine.egress import EgressPolicy, EgressSyntaxError
 from legato.engine.lineage import (
     DEFAULT_MAX_DEPTH,
@@ -147,6 +147,14 @@ def _engine_options(fn: Any) -> Any:
             "start, named with the failing line.",
         ),
         click.option(
+            "--dags-import-timeout",
+            envvar="LEGATO_DAGS_IMPORT_TIMEOUT",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_IMPORT_TIMEOUT,
+            show_default=True,
+            help="Seconds a DAG file may take to import; one still importing stops the start.",
+        ),
+        click.option(
             "--directory-url",
             envvar="LEGATO_DIRECTORY_URL",
             help="A CoWorks-style directory service: a service Legato's own directory does not "
@@ -234,9 +242,12 @@ def _run_server(announce_it: Any, **settings: Any) -> None:
     if faults.ENV_PROBLEMS:
         fail(LegatoError("; ".join(faults.ENV_PROBLEMS)))
     folder = settings.pop("dags", None)
+    import_timeout = settings.pop("dags_import_timeout", DEFAULT_IMPORT_TIMEOUT)
     if folder is not None:
         try:
-            settings["dags"] = load_folder(folder)
+            settings["dags"] = load_folder(
+                folder, import_timeout, lambda line: click.echo(line, err=True)
+            )
         except LegatoError as exc:
             fail(exc)
 

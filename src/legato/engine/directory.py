@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -66,7 +66,12 @@ class ExternalDirectory:
         problem = check_url(url)
         if problem:
             raise ValueError(f"--directory-url {problem}")
-        self.url = url.rstrip("/")
+        # A query (`?api_key=...`) stays after the lookup path and is never shown; a fragment is
+        # never sent, so it is dropped.
+        parts = urlsplit(url)
+        self._base = parts._replace(path=parts.path.rstrip("/"), fragment="")
+        self.url = urlunsplit(self._base)
+        self.shown = mask_url(urlunsplit(self._base._replace(query="***" if parts.query else "")))
         self.ttl = ttl
         self.size = size
         self.clock = clock
@@ -124,8 +129,8 @@ class ExternalDirectory:
         return service
 
     async def _ask(self, name: str) -> Service:
-        where = f"the service directory {mask_url(self.url)}"
-        url = f"{self.url}/url/{quote(name, safe='')}"
+        where = f"the service directory {self.shown}"
+        url = urlunsplit(self._base._replace(path=f"{self._base.path}/url/{quote(name, safe='')}"))
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
@@ -136,7 +141,7 @@ class ExternalDirectory:
         try:
             async with self._session.get(url, allow_redirects=False) as resp:
                 status = resp.status
-                raw = await resp.content.read(_MAX_ANSWER + 1)
+                raw = await _read_capped(resp.content, _MAX_ANSWER + 1)
         except TimeoutError:
             raise DirectoryError(
                 "network", f"{where} did not answer within {self.timeout:g}s (service {name!r})"
@@ -158,6 +163,20 @@ class ExternalDirectory:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(stream: aiohttp.StreamReader, cap: int) -> bytes:
+    """The body up to its end or `cap` bytes: a single read() returns only what has arrived, so an
+    answer sent in several chunks would look cut short."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap:
+        chunk = await stream.read(cap - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def entry(name: str, raw: bytes, where: str) -> Service:

@@ -479,6 +479,31 @@ class Engine:
             raise NotFound(f"no service named {name!r}")
         self._services.pop(name, None)
 
+    def _clashing_services(
+        self, inline: tuple[Service, ...], definition: Workflow | Definition
+    ) -> list[Problem]:
+        """A document's inline service may add a name, or repeat an entry exactly; it may not
+        change a shared one, which other workflows call (`legato service add --replace` does)."""
+        chain = definition.chain if isinstance(definition, Definition) else ()
+        problems = []
+        for service in inline:
+            existing = self._services.get(service.name)
+            if existing is None or existing == service:
+                continue
+            where = (
+                f"services[{chain.index(service.name)}]" if service.name in chain else "services"
+            )
+            problems.append(
+                Problem(
+                    where,
+                    f"service {service.name!r} is already in the directory "
+                    f"({mask_url(existing.base_url)}) and this document declares it differently "
+                    f"({mask_url(service.base_url)}): name it without an address to use it, or "
+                    "change it with `legato service add --replace`",
+                )
+            )
+        return problems
+
     async def register(self, definition: Workflow | Definition) -> WorkflowRecord:
         """Store a workflow (and the services its document declares); same definition, same version."""
         inline: tuple[Service, ...] = ()
@@ -492,6 +517,7 @@ class Engine:
         # With an external directory, a service it may know is looked up at call time instead.
         problems = [] if self.http.directory else unknown_services(wf.steps, known)
         problems += unknown_transports(wf, set(self.transports))
+        problems += self._clashing_services(inline, definition)
         warnings: list[str] = []
         if isinstance(definition, Definition) and definition.chain:
             directory = {**self._services, **{s.name: s for s in inline}}

@@ -32,15 +32,21 @@ class Definition:
 
 def parse_document(text: str | bytes, fmt: str = "auto") -> Any:
     """Parse JSON or YAML (`fmt` is "json", "yaml" or "auto"); a syntax error becomes a DefinitionError."""
+    json_error = None
     if fmt in ("json", "auto"):
         try:
             return _storable(orjson.loads(text), "JSON")
         except orjson.JSONDecodeError as exc:
             if fmt == "json":
                 raise DefinitionError([Problem("", f"malformed JSON: {exc}")]) from None
+            json_error = exc
     try:
         return _load_yaml(text)
     except yaml.YAMLError as exc:
+        # A document that starts like JSON was meant as JSON: its error is the one that helps.
+        head = text.lstrip()[:1] if isinstance(text, str) else text.lstrip()[:1].decode("latin-1")
+        if json_error is not None and head in ("{", "["):
+            raise DefinitionError([Problem("", f"malformed JSON: {json_error}")]) from None
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)

@@ -35,11 +35,11 @@ def to_native(
     r = Reader(data, "", problems)
     name = r.raw("name")
     raw_services = r.get("services", list, [])
-    if not raw_services:
+    if not raw_services and data.get("services") in (None, [], {}, ""):  # else: not a list
         r.problem("services", "must list at least one service")
     services: list[Service] = []
     step_names: list[tuple[str, str]] = []
-    used: set[str] = set()
+    used: dict[str, int] = {}
     for i, item in enumerate(raw_services):
         where = join("services", i)
         if isinstance(item, str):
@@ -64,9 +64,8 @@ def to_native(
                 problems.append(Problem(join("services", i), f"unknown service {item!r}"))
     _read_operations(r)
     outputs = r.raw("outputs")
-    retries = r.raw(
-        "retries"
-    )  # every call's `retry`: a number of retries, or {retries, delay, ...}
+    # Every call's `retry`: a number of retries, or {retries, delay, ...}.
+    retries = r.raw("retries")
     if retries is not None:
         before = len(problems)
         read_setting(retries, "retries", problems)
@@ -78,10 +77,12 @@ def to_native(
             spec[key] = r.raw(key)
     r.done()
 
+    # Each step gets the data the previous one got (its stored request) with its reply merged
+    # in: one short template per step, so building and running stay linear in the chain.
     steps: dict[str, Any] = {}
-    replies: list[str] = []
+    data_so_far = "input"
+    prev: str | None = None
     for step, service_name in step_names:
-        data_so_far = "merge(input" + "".join(f", {x}" for x in replies) + ")"
         steps[step] = {
             "http": {
                 "service": service_name,
@@ -91,13 +92,14 @@ def to_native(
         }
         if retries is not None:
             steps[step]["retry"] = retries
-        if replies:
-            steps[step]["depends_on"] = [step_names[len(replies) - 1][0]]
-        replies.append(f"steps.{step}.output.body")
-    final = "merge(input" + "".join(f", {x}" for x in replies) + ")"
+        if prev is not None:
+            steps[step]["depends_on"] = [prev]
+        data_so_far = f"merge(steps.{step}.request.json, steps.{step}.output.body)"
+        prev = step
+    final = data_so_far
     names = _output_names(outputs)
     if names:
-        final += " | pick(" + ", ".join(repr(n) for n in names) + ")"
+        final = f"({final}) | pick(" + ", ".join(repr(n) for n in names) + ")"
     spec["steps"] = steps
     spec["output"] = "{{ " + final + " }}"
     return spec, services
@@ -139,8 +141,9 @@ def unproduced_outputs(
     passed = {f.name for f in inputs}
     produced = {f.name for name in chain if name in directory for f in directory[name].outputs}
     missing = [f.name for f in outputs if f.required and f.name not in produced | passed]
+    mistyped = _mistyped(outputs, chain, directory)
     if not missing:
-        return [], []
+        return mistyped, []
     silent = [n for n in dict.fromkeys(chain) if n not in directory or not directory[n].outputs]
     if silent or not inputs:
         why = (
@@ -153,7 +156,7 @@ def unproduced_outputs(
             "it is checked when a run ends"
             for name in missing
         ]
-        return [], warnings
+        return mistyped, warnings
     said = "; ".join(
         f"{n} declares {', '.join(f.name for f in directory[n].outputs)}"
         for n in dict.fromkeys(chain)
@@ -165,17 +168,54 @@ def unproduced_outputs(
         )
         for name in missing
     ]
-    return problems, []
+    return problems + mistyped, []
 
 
-def _step_name(service: str, used: set[str]) -> str:
+def _compatible(wanted: str, given: str) -> bool:
+    return "any" in (wanted, given) or wanted == given or (wanted, given) == ("number", "integer")
+
+
+def _mistyped(
+    outputs: Sequence[Field], chain: Sequence[str], directory: Mapping[str, Service]
+) -> list[Problem]:
+    """An output whose type differs from the one the service that last produces it declares (a
+    later service that declares no outputs may answer anything: then it cannot be known)."""
+    problems = []
+    for wanted in outputs:
+        for name in reversed(chain):
+            service = directory.get(name)
+            if service is None or not service.outputs:
+                break
+            given = next((f for f in service.outputs if f.name == wanted.name), None)
+            if given is None:
+                continue
+            if not _compatible(wanted.type, given.type):
+                problems.append(
+                    Problem(
+                        f"outputs.{wanted.name}",
+                        f"is declared {wanted.type}, but {name}, which produces it, declares it "
+                        f"{given.type}",
+                    )
+                )
+            break
+    return problems
+
+
+def _step_name(service: str, used: dict[str, int]) -> str:
+    """`upper`, then `upper_2`, `upper_3`...; `used` maps each name taken to the next number to
+    try after it, so a service named many times costs one look per name, not one per earlier use."""
     base = _NOT_STEP_CHAR.sub("_", service)
     if not base or base[0].isdigit():
         base = "s_" + base
-    name, n = base, 2
-    while name in used:
-        name, n = f"{base}_{n}", n + 1
-    used.add(name)
+    if base not in used:
+        used[base] = 2
+        return base
+    n = used[base]
+    while f"{base}_{n}" in used:
+        n += 1
+    name = f"{base}_{n}"
+    used[base] = n + 1
+    used[name] = 2
     return name
 
 

@@ -41,7 +41,8 @@ class DefinitionLimits:
                 [
                     Problem(
                         path,
-                        f"{count} steps; the limit is {self.max_steps} (legato serve --max-steps)",
+                        f"{count} {'services' if path == 'services' else 'steps'}; the limit is "
+                        f"{self.max_steps} (legato serve --max-steps)",
                     )
                 ]
             )

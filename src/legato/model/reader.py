@@ -120,7 +120,11 @@ def read_fields(value: Any, path: str, problems: list[Problem]) -> tuple[Field, 
         type_name = TYPE_ALIASES.get(type_name, type_name)
         if type_name not in TYPES:
             aliases = ", ".join(TYPE_ALIASES)
-            r.problem("type", f"must be one of {', '.join(TYPES)} (or their short names {aliases})")
+            r.problem(
+                "type",
+                f"{type_name!r} is not a type: must be one of {', '.join(TYPES)} "
+                f"(or their short names {aliases})",
+            )
             type_name = "any"
         description = r.get("description", str, "")
         required = r.get("required", bool, True)

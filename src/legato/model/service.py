@@ -173,6 +173,16 @@ def check_secret_refs(text: str) -> str | None:
     return None
 
 
+_NATIVE_ONLY = {"headers", "token", "timeout", "concurrency", "follow_redirects"}
+
+
+def _machinery_shaped(data: dict[str, Any], path: str) -> bool:
+    """Inline in a services-in-order document, or {name, inputs/outputs} with nothing native."""
+    if path.startswith("services["):
+        return True
+    return bool({"inputs", "outputs"} & data.keys()) and not _NATIVE_ONLY & data.keys()
+
+
 def read_service(
     data: Any, path: str, problems: list[Problem], strict: bool = True
 ) -> Service | None:
@@ -185,6 +195,8 @@ def read_service(
     if name is not None and not SERVICE_NAME.fullmatch(name):
         r.problem("name", "must be 1-128 letters, digits, '_', '.' or '-'")
     key = "address" if r.has("address") and not r.has("base_url") else "base_url"
+    if key == "base_url" and not r.has("base_url") and _machinery_shaped(data, path):
+        key = "address"  # missing: named as the document's own form names it
     base_url = r.get(key, str)
     if base_url is not None and (err := check_url(base_url, strict)):
         r.problem(key, err)

@@ -19,7 +19,7 @@ from legato.engine.decider import CALLBACK
 from legato.engine.runtime import Engine
 from legato.engine.starts import KeyReused, Once
 from legato.engine.state import ACTIVE_RUN, STATUSES, WAITING, RunState
-from legato.errors import Conflict, DefinitionError, NotFound
+from legato.errors import Conflict, DefinitionError, InputError, NotFound, Problem
 from legato.masking import mask_service, mask_text
 from legato.model.build import TAG, WORKFLOW_NAME
 from legato.model.durations import parse_duration
@@ -446,10 +446,18 @@ async def event(request: Request) -> Response:
     bodies.only_fields(body, ("data",))
     data = bodies.object_field(body, "data")
     started = once.once(request, "event", body)
-    run_id = await _start(ctx, request.path_params["workflow"], data, None, started)
+    try:
+        run_id = await _start(ctx, request.path_params["workflow"], data, None, started)
+    except InputError as exc:  # named as the event's sender wrote it: `data.message`
+        raise InputError([Problem(_as_data(p.path), p.message) for p in exc.problems]) from None
     accepted = {"event_id": run_id, "ack_date": payloads.iso(time.time()), "status": "accepted"}
     headers = once.headers(run_id, started)
-    if wait is not None and ctx.event_waiters < MAX_EVENT_WAITERS:
+    if wait is not None and ctx.event_waiters >= MAX_EVENT_WAITERS:  # said, not silently dropped
+        accepted["wait"] = (
+            f"not waited: {MAX_EVENT_WAITERS} events are waiting already (the most at once); "
+            f"follow the run at GET /api/runs/{run_id}"
+        )
+    elif wait is not None:
         ctx.event_waiters += 1
         try:
             ended = await ctx.engine.wait_ended(run_id, wait)
@@ -460,6 +468,10 @@ async def event(request: Request) -> Response:
             if detail["status"] not in ACTIVE_RUN:
                 return json_response({**accepted, **detail}, 200, headers)
     return json_response(accepted, 202, headers)
+
+
+def _as_data(path: str) -> str:
+    return "data" + path.removeprefix("input") if path.split(".")[0] == "input" else path
 
 
 async def _detail(engine: Engine, state: RunState) -> dict[str, Any]:
