@@ -1,7 +1,14 @@
-"""`legato logs RUN [STEP]`: what a run's steps printed and logged, one line each, oldest first."""
+"""`legato logs RUN [STEP]`: what a run's steps printed and logged, one line each, oldest first.
+
+Lines come from steps and from services holding only a callback token, so the text output shows
+control characters visibly (`\x1b`, `\u202e`) rather than handing them to the terminal, whether it
+is one or not: escape sequences could set the title, clear the screen or reorder text. `--json`
+keeps the lines as they are, escaped by JSON.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -11,12 +18,25 @@ from legato.cli.remote import remote
 from legato.client import Client
 
 LEVEL_COLOURS = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides and isolates.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters shown as escapes (tab and newline kept)."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def format_line(line: dict[str, Any]) -> str:
     """`2026-12-01T10:00:00.000Z INFO    step[1] message` (a traceback keeps its own lines)."""
     level = click.style(f"{line['level']:<7}", fg=LEVEL_COLOURS.get(line["level"]))
-    return f"{line['ts']} {level} {line['step']}[{line['attempt']}] {line['message']}"
+    step, message = printable(str(line["step"])), printable(str(line["message"]))
+    return f"{line['ts']} {level} {step}[{line['attempt']}] {message}"
 
 
 @main.command()
