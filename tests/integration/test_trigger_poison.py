@@ -10,8 +10,10 @@ import itertools
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -19,6 +21,9 @@ import legato.transports
 from legato import Engine
 from legato.engine import triggers as engine_triggers
 from legato.transports import Message, Transport, open_transport
+from tests.integration.brokers import broker_url, remove
+from tests.integration.serverprocess import start_server
+from tests.integration.test_cli import _run_async
 from tests.integration.test_triggers import KIND, bus, orders, publisher, runs_of, until
 
 __all__ = ["bus", "publisher"]  # fixtures
@@ -153,3 +158,55 @@ async def _publish(url: str, topic: str, orders_: list[str]) -> None:
             await transport.publish(topic, orjson.dumps({"order": order}), {})
     finally:
         await transport.close()
+
+
+async def test_the_reviewers_poison_key_through_a_server_and_the_cli(
+    tmp_path: Path, db_url: str
+) -> None:
+    """RabbitMQ, the `legato serve` process: the poison message is rejected once (no requeue
+    loop, one warning in the log), the next message starts its run, and `legato triggers` shows
+    the subscription's own counts and the reason."""
+    url = broker_url("rabbitmq")
+    queue = f"legato-test-poison-{uuid.uuid4().hex[:12]}"
+    name = f"rbadkey-{uuid.uuid4().hex[:8]}"
+    server = start_server(tmp_path, "--transport", f"r={url}", db=db_url)
+    publisher = open_transport(url)
+    await publisher.connect()
+    try:
+        spec = {
+            "name": name,
+            "steps": {"s": {"wait": {"for": "1h"}}},
+            "triggers": [
+                {
+                    "transport": "r",
+                    "queue": queue,
+                    "key": "{{ {1: 2} if message.bad | default(false) else message.id }}",
+                }
+            ],
+        }
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert (await http.post("/api/workflows", json=spec)).status_code in (200, 201)
+            await publisher.publish(queue, b'{"bad": true}', {})
+            await publisher.publish(queue, b'{"id": "m-1"}', {})
+
+            async def counts() -> dict[str, int]:
+                found = (await http.get("/api/triggers")).json()["subscribed"]
+                return dict(found[0]["messages"]) if found else {}
+
+            for _ in range(400):
+                seen = await counts()
+                if seen.get("started", 0) + seen.get("rejected", 0) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1)  # a requeue loop would show by now
+            assert await counts() == {"started": 1, "duplicate": 0, "rejected": 1, "filtered": 0}
+        code, out, err = await _run_async("triggers", "--url", server.url)
+        assert code == 0, err
+        assert f"queue {queue} (group legato.{name}): started 1, duplicate 0, rejected 1" in out
+        assert "the key template rendered a value JSON cannot" in out
+    finally:
+        await publisher.close()
+        server.stop()
+        await remove(url, [queue])
+    log = server.output()
+    assert log.count("starts no run") == 1 and "Traceback" not in log, log[-3000:]

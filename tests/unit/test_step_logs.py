@@ -252,7 +252,8 @@ def test_a_full_buffer_only_counts_what_comes_after() -> None:
 
 
 def test_the_cli_shows_control_characters_as_escapes() -> None:
-    from legato.cli.logs import format_line, printable
+    from legato.cli.common import printable
+    from legato.cli.logs import format_line
 
     hostile = "\x1b]0;pwned\x07\x1b[2J\u202eevil\x00nul\x7f\x9b"
     assert printable(hostile) == "\\x1b]0;pwned\\x07\\x1b[2J\\u202eevil\\x00nul\\x7f\\x9b"

@@ -8,28 +8,15 @@ keeps the lines as they are, escaped by JSON.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 
-from legato.cli.common import dump_json, main
+from legato.cli.common import dump_json, main, printable
 from legato.cli.remote import remote
 from legato.client import Client
 
 LEVEL_COLOURS = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
-# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides and isolates.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """`text` with its control characters shown as escapes (tab and newline kept)."""
-    return _CONTROL.sub(_escape, text)
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def format_line(line: dict[str, Any]) -> str:
