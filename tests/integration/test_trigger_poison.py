@@ -202,7 +202,7 @@ async def test_the_reviewers_poison_key_through_a_server_and_the_cli(
             assert await counts() == {"started": 1, "duplicate": 0, "rejected": 1, "filtered": 0}
             metrics = (await http.get("/metrics")).text
             series = "legato_trigger_workflow_messages_total"
-            assert f'{series}{{workflow="{name}",outcome="rejected"}} 1.0' in metrics
+            assert f'{series}{{outcome="rejected",workflow="{name}"}} 1.0' in metrics
         code, out, err = await _run_async("triggers", "--url", server.url)
         assert code == 0, err
         assert f"queue {queue} (group legato.{name}): started 1, duplicate 0, rejected 1" in out
