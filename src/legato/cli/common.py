@@ -1,7 +1,9 @@
-"""What every `legato` command shares: the group, JSON output, input parsing and error exits."""
+"""What every `legato` command shares: the group, JSON output, input parsing, error exits, and
+text made safe for a terminal (`printable`)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -54,3 +56,17 @@ def parse_input(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--input")
     return value
+
+
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides and isolates.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters shown as escapes (tab and newline kept)."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -1,4 +1,10 @@
-"""`legato logs RUN [STEP]`: what a run's steps printed and logged, one line each, oldest first."""
+"""`legato logs RUN [STEP]`: what a run's steps printed and logged, one line each, oldest first.
+
+Lines come from steps and from services holding only a callback token, so the text output shows
+control characters visibly (`\x1b`, `\u202e`) rather than handing them to the terminal, whether it
+is one or not: escape sequences could set the title, clear the screen or reorder text. `--json`
+keeps the lines as they are, escaped by JSON.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from typing import Any
 
 import click
 
-from legato.cli.common import dump_json, main
+from legato.cli.common import dump_json, main, printable
 from legato.cli.remote import remote
 from legato.client import Client
 
@@ -16,7 +22,8 @@ LEVEL_COLOURS = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
 def format_line(line: dict[str, Any]) -> str:
     """`2026-12-01T10:00:00.000Z INFO    step[1] message` (a traceback keeps its own lines)."""
     level = click.style(f"{line['level']:<7}", fg=LEVEL_COLOURS.get(line["level"]))
-    return f"{line['ts']} {level} {line['step']}[{line['attempt']}] {line['message']}"
+    step, message = printable(str(line["step"])), printable(str(line["message"]))
+    return f"{line['ts']} {level} {step}[{line['attempt']}] {message}"
 
 
 @main.command()

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from legato.cli.common import dump_json, fail, main, parse_input
+from legato.cli.common import dump_json, fail, main, parse_input, printable
 from legato.client import ACTIVE, DEFAULT_URL, Client
 from legato.dags import load_file, python_steps
 from legato.engine.lineage import INT32_MAX
@@ -379,11 +379,14 @@ def triggers(client: Client, as_json: bool) -> None:
         return
     for t in found["subscribed"]:
         where = next(f"{k} {t[k]}" for k in ("topic", "subject", "queue") if k in t)
-        click.echo(f"{t['workflow']:<24} {t['transport']}: {where} (group {t['group']})")
+        mine = ", ".join(f"{k} {v}" for k, v in (t.get("messages") or {}).items())
+        line = f"{t['workflow']:<24} {t['transport']}: {where} (group {t['group']})"
+        click.echo(f"{line}: {mine}" if mine else line)
     counts = ", ".join(f"{k} {v}" for k, v in found["messages"].items())
     click.echo(f"messages: {counts}")
-    for r in found["rejected"]:
-        click.echo(f"rejected {r['at']} {r['workflow']} {r['id']}: {r['reason']}")
+    for r in found["rejected"]:  # ids and reasons come from messages: no terminal controls
+        text = f"rejected {r['at']} {r['workflow']} {r['id']}: {r['reason']}"
+        click.echo(printable(text))
 
 
 @main.command()

@@ -17,6 +17,7 @@ import contextvars
 import importlib
 import inspect
 import queue
+import sys
 import threading
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
@@ -144,12 +145,14 @@ class PythonExecutor:
             )
         args = request.get("args") or {}
         step_logs.install()
+        streams = (sys.stdout, sys.stderr)
         buffer = step_logs.StepBuffer()
         token = step_logs.current.set(buffer)
         try:
             outcome, error = await self._run(fn, args, timeout)
         finally:
             step_logs.current.reset(token)
+            step_logs.reinstate(streams)
         logs = buffer.finish(error)
         return Outcome(outcome.ok, outcome.output, outcome.error, logs) if logs else outcome
 

@@ -7,6 +7,12 @@ to the buffer of the step whose context wrote it; one handler on the root logger
 `logging` records. Code outside a step (the engine, the server) has no buffer in its context, so
 nothing of it is kept. A step's worker thread runs in a copy of the step's context.
 
+Not captured: threads a step starts itself (a new thread does not inherit the context; copy it with
+`contextvars.copy_context().run` to have them captured), subprocesses, `os.system` and writes to the
+file descriptors 1 and 2 (they bypass sys.stdout). A step that replaces sys.stdout or sys.stderr
+(without putting it back) has the proxies put back when its attempt ends (`reinstate`), so it cannot
+take over the process's output.
+
 A buffer is bounded (lines and bytes per attempt): past the bound, lines are counted and dropped, and
 the end says how much was cut. A failed step's traceback is kept apart from that bound, so a step
 that printed a lot still shows why it failed.
@@ -71,6 +77,9 @@ class StepBuffer:
         self._lock = threading.Lock()
 
     def add(self, level: str, source: str, message: str, at: float | None = None) -> None:
+        if self.cut_lines:  # full: from the first line cut on, lines are only counted
+            self._count(message, 1)
+            return
         if len(message) > MAX_LINE:
             cut = len(message) - MAX_LINE
             message = f"{message[:MAX_LINE]} [truncated {cut} bytes]"
@@ -85,8 +94,18 @@ class StepBuffer:
             self.size += size
             self.lines.append((time.time() if at is None else at, level, source, message))
 
+    def _count(self, text: str, lines: int, newlines: int = 0) -> None:
+        with self._lock:
+            self.cut_lines += lines
+            self.cut_bytes += len(text) - newlines  # characters: close enough, and cheap
+
     def write(self, stream: str, text: str) -> None:
-        """A piece of a stream: whole lines are kept as they end, the rest waits for its end."""
+        """A piece of a stream: whole lines are kept as they end, the rest waits for its end.
+        Once the buffer is full, a write is only counted (a print loop stays cheap)."""
+        if self.cut_lines:
+            newlines = text.count("\n")
+            self._count(text, newlines, newlines)
+            return
         with self._lock:
             text = self._partial.pop(stream, "") + text
             *whole, rest = text.split("\n")
@@ -184,6 +203,15 @@ class _AtLeast(logging.Filter):
 
 _handler: _Handler | None = None
 _install_lock = threading.Lock()
+
+
+def reinstate(before: tuple[Any, Any]) -> None:
+    """Put back the streams that were there when an attempt began (the proxies), should the step
+    have replaced them: what it put there is dropped, with whatever it had piled up."""
+    if sys.stdout is not before[0]:
+        sys.stdout = before[0]
+    if sys.stderr is not before[1]:
+        sys.stderr = before[1]
 
 
 def install() -> None:

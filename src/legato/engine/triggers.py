@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("legato.triggers")
 
 MAX_KEY = 512  # characters of a rendered dedupe key
+# Bytes of a message's body, and of the run input it renders: the default --max-body of an API start.
+MAX_MESSAGE = 1024 * 1024
 KEPT_REJECTIONS = 100
 # Tests only: exit the process right after a trigger's run is committed and before the message is
 # acknowledged, as a kill -9 there would (tests/integration/test_trigger_crash.py).
@@ -88,6 +90,9 @@ class Triggers:
         self.active = False  # subscribing only once the engine runs
         self.subscribed: dict[tuple[str, str, str, str], str] = {}  # -> kind
         self.stats = {"started": 0, "duplicate": 0, "rejected": 0, "filtered": 0}
+        # Per trigger (workflow, transport, destination): what its messages came to, so a key that
+        # swallows runs (the same key for every message) shows as its `duplicate` count.
+        self.counts: dict[tuple[str, str, str], dict[str, int]] = {}
         self.rejected: deque[dict[str, Any]] = deque(maxlen=KEPT_REJECTIONS)
 
     async def start(self) -> None:
@@ -130,9 +135,27 @@ class Triggers:
 
     def listing(self) -> list[dict[str, Any]]:
         return [
-            {"workflow": w, "transport": t, kind: d, "group": g}
+            {
+                "workflow": w,
+                "transport": t,
+                kind: d,
+                "group": g,
+                "messages": self.counts_of(w, t, d),
+            }
             for (w, t, d, g), kind in sorted(self.subscribed.items())
         ]
+
+    def count(self, workflow: str, transport: str, destination: str, outcome: str) -> None:
+        self.stats[outcome] += 1
+        per = self.counts.setdefault(
+            (workflow, transport, destination), dict.fromkeys(self.stats, 0)
+        )
+        per[outcome] += 1
+
+    def counts_of(self, workflow: str, transport: str, destination: str) -> dict[str, int]:
+        return dict(
+            self.counts.get((workflow, transport, destination), dict.fromkeys(self.stats, 0))
+        )
 
     def _handler(self, workflow: str, trigger: Trigger) -> Callable[[Message], Awaitable[None]]:
         async def handle(message: Message) -> None:
@@ -155,7 +178,7 @@ class Triggers:
             None,
         )
         if trigger is None:  # the latest version dropped this trigger: nothing starts
-            self.stats["filtered"] += 1
+            self.count(workflow, transport, destination, "filtered")
             return
         try:
             started = await self._start(wf, version, trigger, message)
@@ -163,29 +186,20 @@ class Triggers:
             self._reject(workflow, trigger, message, str(exc))
             return
         if started is None:
-            self.stats["filtered"] += 1
+            self.count(workflow, transport, destination, "filtered")
 
     async def _start(
         self, wf: Workflow, version: int, trigger: Trigger, message: Message
     ) -> str | None:
-        ctx = context(message)
         try:
-            if trigger.filter is not None and not evaluate_truth(trigger.filter, ctx):
-                return None
-            key = message.id if trigger.key is None else trigger.key.render(ctx)
-            data = ctx["message"] if trigger.input is None else trigger.input.render(ctx)
-        except TemplateError as exc:
-            raise Rejected(f"a template failed: {exc}") from None
-        key = _key_text(key)
-        if not isinstance(data, dict):
-            raise Rejected(f"the input must be a JSON object, not {type(data).__name__}")
-        data, problems = check_object(wf.inputs, data, "input")
-        if problems:
-            raise Rejected(str(InputError(problems)))
-        try:
-            orjson.dumps(data)
-        except TypeError as exc:
-            raise Rejected(f"the input holds a value JSON cannot: {exc}") from None
+            checked = _checked(wf, trigger, message)
+        except Rejected:
+            raise
+        except Exception as exc:  # anything a message makes fail would fail on every delivery
+            raise Rejected(f"checking the message failed: {type(exc).__name__}: {exc}") from None
+        if checked is None:
+            return None
+        key, data = checked
         engine = self.engine
         now = engine.clock()
         info = RunInfo(new_run_id(), wf.name, version, PENDING, data, created_at=now)
@@ -194,18 +208,19 @@ class Triggers:
         outcome = await engine.store.start_triggered(decision, receipt, now)
         if os.environ.get(CRASH_ENV):
             os._exit(9)
+        where = (wf.name, trigger.transport, trigger.destination)
         if not outcome.started:
-            self.stats["duplicate"] += 1
+            self.count(*where, "duplicate")
             log.info(
                 "workflow %s: message key %r started run %s before", wf.name, key, outcome.run_id
             )
             return outcome.run_id
-        self.stats["started"] += 1
+        self.count(*where, "started")
         engine.started_elsewhere(decision)
         return outcome.run_id
 
     def _reject(self, workflow: str, trigger: Trigger, message: Message, reason: str) -> None:
-        self.stats["rejected"] += 1
+        self.count(workflow, trigger.transport, trigger.destination, "rejected")
         log.warning(
             "workflow %s: message %s on %s:%s starts no run: %s",
             workflow,
@@ -226,13 +241,50 @@ class Triggers:
         )
 
 
-def _key_text(key: Any) -> str:
+def _checked(wf: Workflow, trigger: Trigger, message: Message) -> tuple[str, dict[str, Any]] | None:
+    """The message's dedupe key and run input, None when its filter drops it; Rejected (or any
+    other exception, which the caller makes a rejection) when it can never start a run."""
+    if len(message.data) > MAX_MESSAGE:
+        raise Rejected(
+            f"the message is {len(message.data)} bytes, more than the {MAX_MESSAGE} a trigger takes"
+        )
+    ctx = context(message)
+    try:
+        if trigger.filter is not None and not evaluate_truth(trigger.filter, ctx):
+            return None
+        key = message.id if trigger.key is None else trigger.key.render(ctx)
+        data = ctx["message"] if trigger.input is None else trigger.input.render(ctx)
+    except TemplateError as exc:
+        raise Rejected(f"a template failed: {exc}") from None
+    text = _key_text(key, trigger.key is not None)
+    if not isinstance(data, dict):
+        raise Rejected(f"the input must be a JSON object, not {type(data).__name__}")
+    data, problems = check_object(wf.inputs, data, "input")
+    if problems:
+        raise Rejected(str(InputError(problems)))
+    try:
+        size = len(orjson.dumps(data))
+    except TypeError as exc:
+        raise Rejected(f"the input holds a value JSON cannot: {exc}") from None
+    if size > MAX_MESSAGE:
+        raise Rejected(f"the run input is {size} bytes, more than the {MAX_MESSAGE} a run takes")
+    return text, data
+
+
+def _key_text(key: Any, templated: bool = False) -> str:
     if key is None or key == "":
+        if templated:
+            raise Rejected(
+                f"the key template rendered {'null' if key is None else 'an empty text'}"
+            )
         raise Rejected(
             "no dedupe key: the message has no id (e.g. an AMQP message without message_id) "
             "and the trigger gives no `key`"
         )
-    text = key if isinstance(key, str) else orjson.dumps(key).decode()
+    try:
+        text = key if isinstance(key, str) else orjson.dumps(key).decode()
+    except TypeError as exc:
+        raise Rejected(f"the key template rendered a value JSON cannot: {exc}") from None
     if len(text) > MAX_KEY:
         raise Rejected(f"the dedupe key is longer than {MAX_KEY} characters")
     return text

@@ -114,3 +114,15 @@ class _TriggerMessages(Collector):
         for outcome, count in self.engine.triggers.stats.items():
             family.add_metric([outcome], count)
         yield family
+        per = CounterMetricFamily(
+            "legato_trigger_workflow_messages",
+            "The same, per workflow (a key that swallows runs shows as its duplicate count).",
+            labels=["workflow", "outcome"],
+        )
+        totals: dict[tuple[str, str], int] = {}
+        for (workflow, _, _), counts in list(self.engine.triggers.counts.items()):
+            for outcome, count in counts.items():
+                totals[workflow, outcome] = totals.get((workflow, outcome), 0) + count
+        for (workflow, outcome), count in sorted(totals.items()):
+            per.add_metric([workflow, outcome], count)
+        yield per

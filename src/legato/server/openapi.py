@@ -744,7 +744,8 @@ def build() -> dict[str, Any]:
         "/api/triggers": {
             "get": _op(
                 "The broker triggers this server subscribed, its counts of messages (started, "
-                "duplicate, rejected, filtered) and the last rejected messages with the reason.",
+                "duplicate, rejected, filtered; in all and per subscription) and the last rejected "
+                "messages with the reason (this process's last 100, in memory).",
                 {
                     "200": _ok(
                         "The triggers.",
@@ -841,7 +842,12 @@ def build() -> dict[str, Any]:
                     "Report on an async call: its output, its error, or a heartbeat. The signed task "
                     "token (sent to the service as Legato-Task-Token) is the credential.",
                     {
-                        "200": _ok("Taken.", ANY_OBJECT),
+                        "200": _ok(
+                            "Taken: `status` (accepted, or extended for a heartbeat), and `logs` "
+                            "when this callback's lines were not kept (the attempt has 100 "
+                            "callbacks' lines already).",
+                            ANY_OBJECT,
+                        ),
                         "409": _error(
                             "That attempt is no longer waiting (completed, timed out, retried)."
                         ),

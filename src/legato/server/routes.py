@@ -28,6 +28,7 @@ from legato.model.service import Service
 from legato.server import bodies, once, payloads, step_logs
 from legato.server.errors import ApiError, json_response
 from legato.server.metrics import CONTENT_TYPE, Metrics
+from legato.store.step_logs import MAX_CHUNKS
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT = 3600.0
@@ -205,8 +206,10 @@ async def callback(request: Request) -> Response:
     await ctx.engine.complete(
         token, output=body.get("output"), error=error, heartbeat="heartbeat" in body
     )
-    await step_logs.attach(ctx.engine, token, lines)
-    return json_response({"status": "extended" if "heartbeat" in body else "accepted"})
+    answer = {"status": "extended" if "heartbeat" in body else "accepted"}
+    if not await step_logs.attach(ctx.engine, token, lines):
+        answer["logs"] = f"not kept: at most {MAX_CHUNKS} callbacks' lines are kept per attempt"
+    return json_response(answer)
 
 
 def _callback_body(body: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any] | None:

@@ -63,11 +63,13 @@ def callback_lines(value: Any, now: float) -> list[LogLine]:
     return lines
 
 
-async def attach(engine: Engine, token: str, lines: list[LogLine]) -> None:
-    """Store a callback's lines for the attempt its token names (the token was checked already)."""
+async def attach(engine: Engine, token: str, lines: list[LogLine]) -> bool:
+    """Store a callback's lines for the attempt its token names (the token was checked already);
+    False when the attempt had too many callbacks with lines for these to be kept."""
     ref = engine.tokens.read(token) if engine.tokens is not None else None
     if ref is not None and lines:
-        await engine.store.append_logs(ref.run_id, ref.step, ref.attempt, lines, time.time())
+        return await engine.store.append_logs(ref.run_id, ref.step, ref.attempt, lines, time.time())
+    return True
 
 
 def line_payload(step: str, attempt: int, line: LogLine) -> dict[str, Any]:

@@ -784,13 +784,13 @@ class PostgresStore(PostgresOutbox):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
             count = await conn.fetchval(step_logs.POSTGRES_COUNT, run_id, step, attempt)
-            if count >= step_logs.MAX_CHUNKS:
-                return False
-            text = step_logs.encode(lines)
-            await conn.execute(
-                step_logs.POSTGRES_INSERT, run_id, step, attempt, text, len(lines), now
-            )
-        return True
+            rows, kept = step_logs.capped(count, lines, now)
+            if rows:
+                text = step_logs.encode(rows)
+                await conn.execute(
+                    step_logs.POSTGRES_INSERT, run_id, step, attempt, text, len(rows), now
+                )
+        return kept
 
     async def get_logs(
         self,

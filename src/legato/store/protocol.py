@@ -287,7 +287,7 @@ class Store(Protocol):
         self, run_id: str, step: str, attempt: int, lines: Sequence[LogLine], now: float
     ) -> bool:
         """Add lines a service sent for an attempt (its callback), in one row of their own; False
-        (nothing written) when the attempt has step_logs.MAX_CHUNKS rows already. An attempt's
+        (only a mark, the first time) when the attempt has step_logs.MAX_CHUNKS rows already. An attempt's
         captured output is written with its outcome instead (Decision.logs)."""
 
     async def get_logs(

@@ -746,11 +746,11 @@ class SQLiteStore(SQLiteOutbox):
     ) -> bool:
         def append(conn: sqlite3.Connection) -> bool:
             (count,) = conn.execute(step_logs.SQLITE_COUNT, (run_id, step, attempt)).fetchone()
-            if count >= step_logs.MAX_CHUNKS:
-                return False
-            text = step_logs.encode(lines)
-            conn.execute(step_logs.SQLITE_INSERT, (run_id, step, attempt, text, len(lines), now))
-            return True
+            rows, kept = step_logs.capped(count, lines, now)
+            if rows:
+                text = step_logs.encode(rows)
+                conn.execute(step_logs.SQLITE_INSERT, (run_id, step, attempt, text, len(rows), now))
+            return kept
 
         return await self._call(self._transaction, append)
 

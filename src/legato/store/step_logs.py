@@ -4,6 +4,8 @@ lines (an attempt's captured output, or one callback's lines), in the order they
 An attempt's captured lines are inserted in the transaction that records its outcome (BatchRows.logs),
 so they are durable with it; a step with no output writes no row. A service's callback appends a row
 of its own; an attempt takes at most MAX_CHUNKS of them, so a chatty service cannot fill the store.
+The first callback past that bound writes one mark line instead ("later callbacks' lines are not
+kept"), so the cut shows where it happened; later ones write nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ POSTGRES_INSERT = (
 )
 SQLITE_COUNT = "SELECT COUNT(*) FROM step_logs WHERE run_id = ? AND step = ? AND attempt = ?"
 POSTGRES_COUNT = "SELECT COUNT(*) FROM step_logs WHERE run_id = $1 AND step = $2 AND attempt = $3"
+
+
+DROPPED = (
+    f"[truncated: at most {MAX_CHUNKS} callbacks' lines are kept per attempt; later ones are not]"
+)
+
+
+def capped(count: int, lines: Any, now: float) -> tuple[Any, bool]:
+    """What to write for a callback's lines when the attempt has `count` rows: (lines or None,
+    whether the callback's own lines are kept)."""
+    if count < MAX_CHUNKS:
+        return lines, True
+    if count == MAX_CHUNKS:
+        return [(now, "WARNING", "legato", DROPPED)], False
+    return None, False
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ than waiting forever. Once connected, each client reconnects on its own for as l
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -21,9 +22,12 @@ from legato.errors import LegatoError
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """`id`: the broker's own id of the message, stable across redeliveries (Kafka
-    `topic/partition/offset`, NATS `stream/sequence`, the AMQP `message_id`), or None when it has
-    none. `key`: a Kafka record's key as text."""
+    """`id`: the message's id, stable across redeliveries: the producer's own (a header named in
+    ID_HEADERS, or the AMQP `message_id`), else the broker's position of it with the time the
+    broker stored it (Kafka `topic/partition/offset@timestamp_ms`, NATS
+    `stream/sequence@timestamp_us`), so that offsets counted again from 0 (a topic or stream
+    re-created, a broker's storage reset) do not repeat an id. None when there is none.
+    `key`: a Kafka record's key as text."""
 
     destination: str
     data: bytes
@@ -34,6 +38,53 @@ class Message:
 
 Handler = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
+# Headers a producer may set to give a message its own id (compared without case, first wins).
+ID_HEADERS = ("legato-message-id", "message-id", "nats-msg-id")
+PAUSE_FIRST = 1.0  # seconds before a message whose handler failed is delivered again
+PAUSE_MAX = 30.0  # the pause doubles while failures go on, up to this
+
+
+def producer_id(headers: dict[str, str]) -> str | None:
+    """The id a producer put in a header (ID_HEADERS), if any."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name in ID_HEADERS:
+        value = lowered.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+class Failures:
+    """A subscription's failing handler (the store is down, say): how long to wait before the
+    message comes again (doubling from PAUSE_FIRST to PAUSE_MAX), and one log line per burst of
+    failures (with the first traceback) and one when it ends, not one per redelivery."""
+
+    def __init__(self, log: logging.Logger, destination: str) -> None:
+        self.log, self.destination = log, destination
+        self.count = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Note a failure; the pause before the next delivery, in seconds."""
+        self.count += 1
+        if self.count == 1:
+            self.log.error(
+                "handling a message from %s failed; it is delivered again after a pause, "
+                "and further failures are counted, not logged, until one succeeds",
+                self.destination,
+                exc_info=exc,
+            )
+        return float(min(PAUSE_MAX, PAUSE_FIRST * 2.0 ** min(self.count - 1, 10)))
+
+    def succeeded(self) -> None:
+        if self.count:
+            self.log.warning(
+                "handling messages from %s works again after %d failures",
+                self.destination,
+                self.count,
+            )
+            self.count = 0
+
+
 CONNECT_ATTEMPTS = 5
 CONNECT_PAUSE = 2  # seconds between two attempts
 CONNECT_TIMEOUT = 2  # seconds one attempt may wait for an answer (a host that drops packets)

@@ -17,7 +17,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from legato.transports import Handler, Message, connect_bounded
+from legato.transports import Failures, Handler, Message, connect_bounded, producer_id
 
 log = logging.getLogger("legato.transports.kafka")
 
@@ -90,6 +90,7 @@ class KafkaTransport:
 
 async def _deliver(consumer: AIOKafkaConsumer, destination: str, handler: Handler) -> None:
     """Hand each record to `handler`, then commit the offset past it; return never."""
+    failures = Failures(log, destination)
     while True:
         try:
             async for record in consumer:
@@ -97,10 +98,10 @@ async def _deliver(consumer: AIOKafkaConsumer, destination: str, handler: Handle
                 while True:
                     try:
                         await handler(message)
+                        failures.succeeded()
                         break
-                    except Exception:  # at least once: the same record, after a pause
-                        log.exception("handling a message from %s failed", destination)
-                        await asyncio.sleep(1)
+                    except Exception as exc:  # at least once: the same record, after a pause
+                        await asyncio.sleep(failures.failed(exc))
                 partition = TopicPartition(record.topic, record.partition)
                 await consumer.commit({partition: record.offset + 1})
         except asyncio.CancelledError:
@@ -117,6 +118,7 @@ def _message(destination: str, record: ConsumerRecord[bytes, bytes]) -> Message:
         destination,
         record.value or b"",
         headers,
-        id=f"{record.topic}/{record.partition}/{record.offset}",
+        id=producer_id(headers)
+        or f"{record.topic}/{record.partition}/{record.offset}@{record.timestamp}",
         key=key,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import logging
 import re
@@ -26,11 +27,15 @@ from legato.transports import (
     CONNECT_PAUSE,
     CONNECT_TIMEOUT,
     ConnectFailed,
+    Failures,
     Handler,
     Message,
     failed_after,
+    producer_id,
 )
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_-]")
 log = logging.getLogger("legato.transports")
 
@@ -99,20 +104,25 @@ class NatsTransport:
         """`group` names the durable consumer (None: the one named after the subject alone, as
         event subscriptions always had)."""
         await self._stream(destination)
+        failures = Failures(log, destination)
 
         async def deliver(msg: Msg) -> None:
             meta = msg.metadata
+            headers = dict(msg.headers or {})
+            # The time the stream stored the message (the same on every redelivery), in µs.
+            stored = (meta.timestamp - _EPOCH) // _MICROSECOND if meta.timestamp else 0
             message = Message(
                 msg.subject,
                 msg.data,
-                dict(msg.headers or {}),
-                id=f"{meta.stream}/{meta.sequence.stream}",
+                headers,
+                id=producer_id(headers) or f"{meta.stream}/{meta.sequence.stream}@{stored}",
             )
             try:
                 await handler(message)
-            except Exception:
-                await msg.nak(delay=1)
-                raise
+            except Exception as exc:  # delivered again after the pause
+                await msg.nak(delay=failures.failed(exc))
+                return
+            failures.succeeded()
             await msg.ack()
 
         name = _name(destination if group is None else f"{group}@{destination}")

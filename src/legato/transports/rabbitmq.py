@@ -1,17 +1,30 @@
 """RabbitMQ through aio-pika: durable queues, persistent messages, publisher confirms, manual acks.
 
 A destination is a queue name (published through the default exchange). Every message published
-here carries a fresh AMQP `message_id`, which a trigger uses as the message's id.
+here carries a fresh AMQP `message_id`, which a trigger uses as the message's id (a header named in
+ID_HEADERS comes first). A message whose handler fails is requeued after a pause that grows while
+failures go on, so a store that is down is not asked hundreds of times a second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
-from legato.transports import CONNECT_TIMEOUT, Handler, Message, connect_bounded
+from legato.transports import (
+    CONNECT_TIMEOUT,
+    Failures,
+    Handler,
+    Message,
+    connect_bounded,
+    producer_id,
+)
+
+log = logging.getLogger("legato.transports.rabbitmq")
 
 
 class RabbitTransport:
@@ -56,10 +69,18 @@ class RabbitTransport:
     async def subscribe(self, destination: str, handler: Handler, group: str | None = None) -> None:
         """Consumers of one queue share its messages, whatever their `group`."""
         queue = await self._queue(destination)
+        failures = Failures(log, destination)
 
         async def deliver(incoming: AbstractIncomingMessage) -> None:
             headers = {str(k): str(v) for k, v in (incoming.headers or {}).items()}
-            async with incoming.process(requeue=True):
-                await handler(Message(destination, incoming.body, headers, id=incoming.message_id))
+            ident = producer_id(headers) or incoming.message_id
+            try:
+                await handler(Message(destination, incoming.body, headers, id=ident))
+            except Exception as exc:  # requeued after the pause, not at once
+                await asyncio.sleep(failures.failed(exc))
+                await incoming.nack(requeue=True)
+                return
+            failures.succeeded()
+            await incoming.ack()
 
         await queue.consume(deliver)
