@@ -121,7 +121,7 @@ async def test_wrong_input_is_refused_with_each_field_named_and_no_run_stored(
     assert {p["path"] for p in err.problems} == {"input.who", "input.n", "input.extra"}
     with pytest.raises(ApiError) as event_err:
         await api.send_event("chain", {"n": 1})
-    assert event_err.value.problems[0]["path"] == "input.who"
+    assert event_err.value.problems[0]["path"] == "data.who"
     after = (await api.runs(workflow="chain", limit=500))["runs"]
     assert after == before
 
