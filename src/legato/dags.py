@@ -12,9 +12,18 @@ files import, the folder being put on `sys.path`); files whose name starts with 
 A file that fails to import is reported with its name, the line that failed and the exception, and
 every broken file is listed at once (the process then refuses to start). Whatever a file raises
 counts, KeyboardInterrupt and other BaseExceptions included. A file still importing after
-`import_timeout` seconds (`--dags-import-timeout`, 30 by default) is listed as broken too: a
-running import cannot be stopped, so it is left in a daemon thread and the process refuses to start
-rather than wait forever.
+`import_timeout` seconds (`--dags-import-timeout`, 30 by default) is listed as broken too.
+
+Files are imported on the calling thread, which should be the main one: DAG files (and the libraries
+they use) install signal handlers or call `asyncio.get_event_loop()` at import, which only work
+there. The timeout is a SIGALRM timer (`signal.setitimer`) whose handler raises in the importing
+code; the previous handler and timer are restored afterwards. So it applies only on the main thread
+of a platform with SIGALRM (off it, or on Windows, files import without a timeout), and it cannot
+interrupt a C call that blocks without returning to Python (a read with no timeout in an extension),
+nor a file that installs its own SIGALRM handler or catches BaseException.
+
+Files are not a package: a relative import (`from . import helper`) fails with a message saying to
+import the helper by its plain name (`import helper`), the folder being on `sys.path`.
 
 A module a DAG file imports may need the running engine to do its part (legato.compat.dagger reads
 its listener topics with the classes' key methods): it registers an `on_engine_started` hook, which
@@ -23,13 +32,16 @@ a worker serving the folder calls once its engine has started. The core imports 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
+import signal
 import sys
 import threading
+import time
 import traceback
 import types
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,30 +176,59 @@ def load_file(path: Path, import_timeout: float = DEFAULT_IMPORT_TIMEOUT) -> Dag
         raise DagFileError([f"{path}: cannot be imported as a Python file"])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before running it: its own functions resolve by path meanwhile
-    loader = spec.loader
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            loader.exec_module(module)
-        except BaseException as exc:  # whatever the file raises is its failure
-            failed.append(exc)
-
-    importer = threading.Thread(target=run, name=f"import {path.name}", daemon=True)
-    importer.start()
-    importer.join(import_timeout)
-    if importer.is_alive():  # left running: nothing can stop it, and the process will not start
+    try:
+        with _deadline(import_timeout):
+            spec.loader.exec_module(module)
+    except _ImportTimedOut:
+        sys.modules.pop(name, None)
         raise DagFileError(
             [
                 f"{path}: still importing after {import_timeout:g}s "
                 "(legato serve|worker --dags-import-timeout)"
             ]
-        )
-    if failed:
+        ) from None
+    except BaseException as exc:  # whatever the file raises is its failure
         sys.modules.pop(name, None)
-        raise DagFileError([_describe(path, failed[0])]) from None
+        raise DagFileError([_describe(path, exc)]) from None
     setattr(sys.modules[PACKAGE], name.rpartition(".")[2], module)
     return DagFile(path, name, _workflows(vars(module).values()))
+
+
+class _ImportTimedOut(BaseException):
+    """Raised by SIGALRM in a DAG file's import past its time (a BaseException: a file's
+    `except Exception` does not swallow it)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the block after `seconds` with _ImportTimedOut, by SIGALRM on the main thread
+    (the import itself stays on the main thread, where `signal.signal` and
+    `asyncio.get_event_loop()` work). The previous SIGALRM handler and timer are put back
+    afterwards, the timer less the time spent. Off the main thread, without SIGALRM (Windows), or
+    with no positive limit, no deadline applies."""
+    usable = (
+        seconds > 0
+        and hasattr(signal, "SIGALRM")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: types.FrameType | None) -> None:
+        raise _ImportTimedOut
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, expire)
+    before = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if before[0] > 0:  # someone's timer was running: let it go off when it would have
+            left = max(before[0] - (time.monotonic() - started), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, left, before[1])
 
 
 def _package() -> None:
@@ -232,7 +273,13 @@ def _describe(path: Path, exc: BaseException) -> str:
         for frame in traceback.extract_tb(exc.__traceback__):
             if frame.filename == str(path):
                 line = frame.lineno
-    if isinstance(exc, SyntaxError):
+    if isinstance(exc, ImportError) and (exc.name or "").startswith(PACKAGE):
+        what = (
+            f"{type(exc).__name__}: {exc}; DAG files are not a package: instead of a relative "
+            "import, import a helper module by its plain name (`import helper`, "
+            "`from helper import x`), the folder being on sys.path"
+        )
+    elif isinstance(exc, SyntaxError):
         what = f"{type(exc).__name__}: {exc.msg}"
     else:  # the exception's own line, without 3.11's notes
         text = str(exc)

@@ -3,10 +3,17 @@ worker processes started by the CLI, on a real folder of DAG files."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from legato.client import AsyncClient
+from legato.dags import DagFileError, load_folder
 from tests.integration.serverprocess import start_server
 from tests.integration.test_cli import LEGATO, _run_async
 from tests.integration.testservice import LoopbackService
@@ -289,3 +296,67 @@ def test_validate_export_and_run_say_a_dag_file_is_for_apply(tmp_path: Path) -> 
         assert done.returncode == 2, done.stderr
         assert "a DAG file (Python), not a YAML/JSON definition" in done.stderr
         assert "legato apply FILE.py" in done.stderr and "YAML at line" not in done.stderr
+
+
+def test_dag_files_import_on_the_main_thread(tmp_path: Path) -> None:
+    """A file that installs a signal handler or takes the event loop at import works (only the main
+    thread can), and its module-level state is the importing thread's."""
+    folder = tmp_path / "mainthread"
+    folder.mkdir()
+    (folder / "sig.py").write_text(
+        "import signal\n\nseen = []\nsignal.signal(signal.SIGUSR1, lambda *a: seen.append(1))\n"
+    )
+    (folder / "loop.py").write_text("import asyncio\n\nloop = asyncio.get_event_loop()\n")
+    # A fresh process, as `legato serve --dags` is (pytest's own loop handling is not a user's).
+    check = (
+        "import asyncio, signal, sys\n"
+        "from pathlib import Path\n"
+        "from legato.dags import load_folder\n"
+        "loaded = load_folder(Path(sys.argv[1]), 5)\n"
+        "import legato_dags.loop, legato_dags.sig\n"
+        "signal.raise_signal(signal.SIGUSR1)\n"
+        "print([f.path.name for f in loaded.files], legato_dags.sig.seen,\n"
+        "      isinstance(legato_dags.loop.loop, asyncio.AbstractEventLoop))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['loop.py', 'sig.py'] [1] True"
+
+
+def test_the_import_timeout_interrupts_the_file_and_restores_the_alarm(tmp_path: Path) -> None:
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "spin.py").write_text(
+        "try:\n    while True:\n        pass\nexcept Exception:\n    pass\n"
+    )
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    signal.setitimer(signal.ITIMER_REAL, 3.0)  # someone's own timer, running
+    started = time.monotonic()
+    try:
+        with pytest.raises(DagFileError, match=r"spin.py: still importing after 0.3s"):
+            load_folder(folder, 0.3)
+        assert time.monotonic() - started < 2
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 2.8  # put back, less the time spent
+        assert fired == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_relative_import_says_what_to_write_instead(tmp_path: Path) -> None:
+    folder = tmp_path / "relative"
+    folder.mkdir()
+    (folder / "_helper.py").write_text("X = 1\n")
+    (folder / "uses.py").write_text("from . import _helper\n")
+    with pytest.raises(DagFileError) as failed:
+        load_folder(folder, 5)
+    message = failed.value.problems[0]
+    assert message.startswith(f"{folder / 'uses.py'}:1: ImportError")
+    assert "not a package" in message and "import helper" in message

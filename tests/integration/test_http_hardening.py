@@ -251,3 +251,34 @@ async def test_a_rendered_url_with_a_dot_segment_is_not_sent(
     async with Engine.open(f"sqlite:///{tmp_path / 'f.db'}") as engine:
         with pytest.raises(DefinitionError, match=r"steps\.a\.http\.url"):
             await engine.apply({"name": "v", "steps": {"a": {"http": {"url": a.url + "/x/../y"}}}})
+
+
+async def test_a_steps_own_idempotency_key_is_sent_as_written(sites: tuple[Site, Site]) -> None:
+    a, _ = sites
+    ex = executor(a)
+    action = HttpCall(service="svc", url=None, method="POST", path=compile_template(""))
+    try:
+        own = {"idempotency-key": "charge-42"}
+        request = {"service": "svc", "method": "POST", "path": "/pay", "headers": own}
+        assert (await ex.execute("run1", "s", action, request, 5)).ok
+        # A job's per-attempt key (extra headers from the runtime) does not replace it either.
+        job = {"Idempotency-Key": "run1:s:2", "Legato-Step": "s"}
+        assert (await ex.execute("run1", "s", action, request, 5, job)).ok
+        assert (await call(ex, "/plain", "POST", json={})).ok
+    finally:
+        await ex.close()
+    keys = [[v for k, v in h.items() if k.lower() == "idempotency-key"] for _, _, h, _ in a.seen]
+    assert keys == [["charge-42"], ["charge-42"], ["run1:s"]]
+
+
+async def test_a_failure_to_connect_says_nothing_was_sent(sites: tuple[Site, Site]) -> None:
+    a, _ = sites
+    ex = executor(a)
+    assert a.runner is not None
+    await a.runner.cleanup()  # the port now refuses connections
+    try:
+        out = await call(ex, "/x", "POST", json={})
+    finally:
+        await ex.close()
+    assert out.error["kind"] == "network", out.error
+    assert "sent" not in out.error

@@ -109,3 +109,71 @@ async def test_a_policy_naming_timeout_sends_a_new_job_that_completes_the_step(
             break
         await asyncio.sleep(0.05)
     assert sorted(service.reports) == [200, 409]
+
+
+class HangingUpJobs:
+    """Accepts `POST /jobs` for a polled job; the first submission creates the job, then the
+    connection breaks before any answer (a proxy reset, a crash after the commit)."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def submit(self, request: web.Request) -> web.Response:
+        self.keys.append(request.headers["Idempotency-Key"])
+        if len(self.keys) == 1 and request.transport is not None:
+            request.transport.close()
+            await asyncio.sleep(0.1)
+        return web.json_response({"result": str(request.url.with_path("/done"))}, status=202)
+
+    async def done(self, request: web.Request) -> web.Response:
+        return web.json_response({"jobs": len(self.keys)})
+
+
+@pytest.fixture
+async def hanging() -> AsyncIterator[tuple[str, HangingUpJobs]]:
+    service = HangingUpJobs()
+    app = web.Application()
+    app.router.add_post("/jobs", service.submit)
+    app.router.add_get("/done", service.done)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    yield f"http://127.0.0.1:{port}", service
+    await runner.cleanup()
+
+
+def polled(name: str, retry: Any) -> dict[str, Any]:
+    http: dict[str, Any] = {"service": "hangs", "path": "/jobs", "method": "POST"}
+    http["poll"] = {"every": "100ms", "url": "{{ accepted.body.result }}"}
+    step = {"http": http, "timeout": "10s", "retry": retry}
+    return {"name": name, "steps": {"job": step}, "output": "{{ steps.job.output }}"}
+
+
+async def test_a_job_submission_cut_after_sending_is_not_sent_again_by_default(
+    api: AsyncClient, hanging: tuple[str, HangingUpJobs]
+) -> None:
+    url, service = hanging
+    await api.add_service({"name": "hangs", "base_url": url, "timeout": 5}, replace=True)
+    await api.apply(polled("hangup-default", {"delay": "0s"}))
+    run = await api.start("hangup-default", {})
+    done = await api.wait(run["id"], timeout=20)
+    assert done["status"] == "failed", done
+    error = done["steps"][0]["error"]
+    assert error["kind"] == "network" and error["sent"] is True
+    assert service.keys == [f"{run['id']}:job:1"]  # the job may exist: not made twice
+
+
+async def test_a_policy_naming_network_resubmits_a_job_cut_after_sending(
+    api: AsyncClient, hanging: tuple[str, HangingUpJobs]
+) -> None:
+    url, service = hanging
+    await api.add_service({"name": "hangs", "base_url": url, "timeout": 5}, replace=True)
+    await api.apply(polled("hangup-named", {"retries": 1, "delay": "0s", "on": ["network"]}))
+    run = await api.start("hangup-named", {})
+    done = await api.wait(run["id"], timeout=20)
+    assert done["status"] == "succeeded", done
+    assert service.keys == [f"{run['id']}:job:1", f"{run['id']}:job:2"]

@@ -62,14 +62,42 @@ def test_a_url_path_is_checked_the_same_way() -> None:
 def test_a_downgrade_from_https_to_http_is_refused() -> None:
     with pytest.raises(RedirectRefused, match="from https to http"):
         next_hop("GET", "https://a.example/x", 302, "http://a.example/x", {}, None)
-    # An upgrade from http to https on the same host keeps the body (that host already has it).
-    method, url, headers, data = next_hop(
-        "POST", "http://a.example/x", 308, "https://a.example/x", {"Authorization": "t"}, b"{}"
-    )
-    assert (method, url, data) == ("POST", "https://a.example/x", b"{}")
-    assert headers == {}  # another origin still: no credentials
     with pytest.raises(RedirectRefused, match="re-send the request body"):
         next_hop("PUT", "http://a.example/x", 302, "http://b.example/x", {}, b"{}")
+
+
+CREDENTIALS = {"Authorization": "Bearer t", "X-Api-Key": "k", "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("here", "there"),
+    [
+        ("http://a.example/x", "https://a.example/x"),  # 80 -> 443
+        ("http://a.example:80/x", "https://A.example:443/x"),
+        ("http://a.example:8443/x", "https://a.example:8443/x"),  # the same explicit port
+    ],
+)
+def test_an_upgrade_to_https_on_the_same_host_keeps_body_and_credentials(
+    here: str, there: str
+) -> None:
+    method, url, headers, data = next_hop("POST", here, 307, there, CREDENTIALS, b"{}")
+    assert (method, url, data) == ("POST", there, b"{}")
+    assert headers == CREDENTIALS
+
+
+@pytest.mark.parametrize(
+    "there",
+    [
+        "https://a.example:9999/other",  # another port: another service on that host
+        "https://a.example:8443/x",
+        "https://b.example/x",
+    ],
+)
+def test_an_upgrade_to_another_port_or_host_is_another_origin(there: str) -> None:
+    with pytest.raises(RedirectRefused, match="re-send the request body"):
+        next_hop("POST", "http://a.example:8080/x", 307, there, CREDENTIALS, b"{}")
+    _, _, headers, _ = next_hop("GET", "http://a.example:8080/x", 302, there, CREDENTIALS, None)
+    assert headers == {"Content-Type": "application/json"}
 
 
 def test_userinfo_is_taken_out_of_a_redirect_target() -> None:

@@ -162,3 +162,22 @@ def test_past_ten_retries_the_wait_is_never_below_a_floor() -> None:
     # Levels merged at run time (a service's retries, a step's delay) cannot make a hot loop.
     assert retry_delay(RetryPolicy(retries=100, delay=0.0, max_delay=0.0), 11, 0.5, None) == 0.1
     assert retry_delay(RetryPolicy(retries=100, delay=0.0, max_delay=0.0), 3, 0.5, None) == 0.0
+
+
+def test_a_job_submission_cut_after_sending_is_resent_only_when_network_is_written() -> None:
+    for how in ({"async": True}, {"poll": {"every": "1s", "url": URL}}):
+        sent = {"kind": "network", "message": "server disconnected", "sent": True}
+        run = run_of({"http": {"url": URL, **how}, "timeout": 60})
+        run.done("a", None, ok=False, error=sent)
+        assert run.status("a") == FAILED  # the job may exist at the service
+        for written in ({"retry": {"on": ["network"]}}, {"retry": {"on": ["timeout"]}}):
+            run = run_of({"http": {"url": URL, **how}, "timeout": 60, **written})
+            run.done("a", None, ok=False, error=sent)
+            assert run.status("a") == (WAITING if "network" in written["retry"]["on"] else FAILED)
+        # A failure to connect sent nothing: retried by default.
+        run = run_of({"http": {"url": URL, **how}, "timeout": 60})
+        run.done("a", None, ok=False, error={"kind": "network", "message": "refused"})
+        assert run.status("a") == WAITING
+    plain = run_of({"http": {"url": URL}})
+    plain.done("a", None, ok=False, error={"kind": "network", "message": "reset", "sent": True})
+    assert plain.status("a") == WAITING  # a plain call keeps its Idempotency-Key: re-sent

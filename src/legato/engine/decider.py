@@ -296,11 +296,16 @@ class _Txn:
             if isinstance(action, HttpCall) and action.poll is not None:
                 self.await_result(s, step, action.poll, ev.output)
                 return
-        # A job's submission that timed out may have reached the service, which may be working on
-        # it: retried like a job past its deadline (only under a written `on` with `timeout`).
+        # A job's submission that timed out, or failed on the network after it was sent, may have
+        # reached the service, which may be working on it: retried like a job past its deadline
+        # (only under a written `on` naming that kind).
+        error = ev.error or {}
         unsure = (
             not ev.ok
-            and (ev.error or {}).get("kind") == "timeout"
+            and (
+                error.get("kind") == "timeout"
+                or (error.get("kind") == "network" and error.get("sent") is True)
+            )
             and self.is_job(self.executable(ev.step)[1])
         )
         self.end_attempt(s, ev.ok, ev.output, ev.error, ev.finished_at, unsure)
@@ -874,14 +879,15 @@ class _Txn:
             self.after_terminal(parent)
 
     def after_failure(self, s: StepState, error: dict[str, Any], deadline: bool = False) -> None:
-        """`deadline`: a job (an `async` or polled call) whose submission timed out, or that missed
-        the step's timeout: the service may have it and still be working on it. Such a failure is
-        retried only under a policy whose `on` someone wrote with `timeout` in it (at any level),
-        as a new job: its own callback token, result key and Idempotency-Key (see runtime)."""
+        """`deadline`: a job (an `async` or polled call) whose submission timed out or failed on
+        the network once sent (`sent`), or that missed the step's timeout: the service may have it
+        and still be working on it. Such a failure is retried only under a policy whose `on`
+        someone wrote with its kind (`timeout`, `network`) in it (at any level), as a new job: its
+        own callback token, result key and Idempotency-Key (see runtime)."""
         child = split_child(s.name)
         step = self.wf.steps[child[0] if child else s.name]
         policy = self.retry_policy(step)
-        explicit = "on" in policy.given and "timeout" in policy.on
+        explicit = "on" in policy.given and str(error.get("kind")) in policy.on
         if (explicit or not deadline) and policy.should_retry(str(error.get("kind")), s.tries):
             at = self.now + retry_delay(policy, s.tries, self.rand, error.get("retry_after"))
             self.set(s._replace(status=WAITING, next_at=at, error=error, finished_at=self.now))

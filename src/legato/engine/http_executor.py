@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -221,10 +222,18 @@ class HttpExecutor:
                 return Outcome.failure("config", "http.url must be an absolute http(s) URL")
             url = join_path(url, request.get("path"))
         headers.update(request.get("headers", {}))
-        headers["Idempotency-Key"] = f"{run_id}:{step}"
+        # A step's own Idempotency-Key (a business key a service expects) is sent as written, on
+        # every attempt; otherwise Legato's: `<run>:<step>`, or a job's `<run>:<step>:<attempt>`.
+        own_key = any(k.lower() == "idempotency-key" for k in request.get("headers", {}))
+        if not own_key:
+            headers["Idempotency-Key"] = f"{run_id}:{step}"
         headers["traceparent"] = traceparent(run_id)
         if extra_headers:
-            headers.update(extra_headers)
+            headers.update(
+                (k, v)
+                for k, v in extra_headers.items()
+                if not (own_key and k.lower() == "idempotency-key")
+            )
         headers.setdefault("User-Agent", USER_AGENT)
         _credentials(url, headers, used)
         url = _userinfo_to_header(url, headers)
@@ -256,7 +265,9 @@ class HttpExecutor:
         except aiohttp.InvalidURL:
             return Outcome.failure("config", f"{where}: invalid URL")
         except (aiohttp.ClientError, OSError) as exc:
-            return Outcome.failure("network", f"{where} failed: {type(exc).__name__}: {exc}")
+            return Outcome.failure(
+                "network", f"{where} failed: {type(exc).__name__}: {exc}", **maybe_sent(exc)
+            )
         except ValueError as exc:  # a header aiohttp refuses, ...
             return Outcome.failure("config", f"{where}: {exc}")
         body = _parse_body(raw, ctype)
@@ -455,6 +466,16 @@ def _userinfo_to_header(url: str, headers: dict[str, str]) -> str:
         pair = f"{unquote(user)}:{unquote(password)}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def maybe_sent(exc: BaseException) -> dict[str, bool]:
+    """`{"sent": True}` for a network failure after the request may have reached the service (the
+    server hung up, a reset after sending, a broken answer): a job's submission that fails so is
+    as unsure as a timeout, so the decider resubmits it only under a written `on` naming `network`.
+    Nothing for a failure to connect (refused, DNS, TLS handshake): nothing was sent."""
+    if isinstance(exc, aiohttp.ClientConnectorError | socket.gaierror | ConnectionRefusedError):
+        return {}
+    return {"sent": True}
 
 
 def status_kind(status: int) -> str:

@@ -31,6 +31,15 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme.lower(), (parts.hostname or "").lower(), port or default
 
 
+def upgrade(here: tuple[str, str, int | None], there: tuple[str, str, int | None]) -> bool:
+    """A hop from http to https on the same host, from port 80 to 443 or on the same port: the
+    host already got the body and the credentials in clear, so sending them again over TLS is
+    strictly safer (dropping them would only earn a 401). Another port is another service."""
+    if (here[0], there[0]) != ("http", "https") or here[1] != there[1]:
+        return False
+    return here[2] == there[2] or (here[2], there[2]) == (80, 443)
+
+
 def without_userinfo(url: str) -> str:
     """A redirect target without `user:password@`: a `Location` header does not get to choose the
     credentials sent (aiohttp would turn them into an Authorization header)."""
@@ -51,8 +60,8 @@ def next_hop(
 ) -> tuple[str, str, dict[str, str], bytes | str | None]:
     """The method, URL, headers and body of the hop a redirect answer asks for, or
     RedirectRefused: a hop from https to http (everything would go out in clear), or a hop (a
-    307/308, or a 301/302 of a method other than POST) that would re-send a request body to another origin (only the same host moving from http to
-    https may have it: it already got the body)."""
+    307/308, or a 301/302 of a method other than POST) that would re-send a request body to another
+    origin. An upgrade (see `upgrade`) counts as the same origin: body and headers go on."""
     target = without_userinfo(urljoin(url, location))
     here, there = origin(url), origin(target)
     if here[0] == "https" and there[0] == "http":
@@ -63,9 +72,8 @@ def next_hop(
     if status == 303 or (status in (301, 302) and method == "POST"):
         method, data = ("HEAD" if method == "HEAD" else "GET"), None
         headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-    if here != there:
-        same_host_upgrade = here[0] == "http" and there[0] == "https" and here[1] == there[1]
-        if data and not same_host_upgrade:
+    if here != there and not upgrade(here, there):
+        if data:
             raise RedirectRefused(
                 f"redirect {status} to another origin ({_plain(target)}) refused: "
                 "it would re-send the request body there"
