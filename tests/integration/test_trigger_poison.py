@@ -256,3 +256,31 @@ async def test_a_data_error_of_the_store_rejects_and_an_outage_does_not() -> Non
     assert engine_triggers.data_error(caught.value)
     assert not engine_triggers.data_error(ConnectionRefusedError(111, "refused"))
     assert not engine_triggers.data_error(RuntimeError("a bug"))
+
+
+async def test_the_same_producer_id_on_two_triggers_starts_two_runs(
+    bus: tuple[str, str, str], publisher: Transport, tmp_path: Path
+) -> None:
+    """Review 5, 3: the default key is scoped by transport and destination, so a `Message-Id`
+    reused on another destination of the workflow is another message (it used to be swallowed)."""
+    broker, url, destination = bus
+    other = destination + "-b"
+    name = f"scoped-{uuid.uuid4().hex[:8]}"
+    spec = orders(name, broker, destination)
+    spec["triggers"].append({"transport": "bus", KIND[broker]: other})
+    engine = Engine.open(f"sqlite:///{tmp_path}/scoped.db")
+    engine.add_transport("bus", url)
+    stats = engine.triggers.stats
+    try:
+        async with engine:
+            await engine.apply(spec)
+            for where, order in ((destination, "1"), (other, "2"), (destination, "3")):
+                body = orjson.dumps({"order": order})
+                await publisher.publish(where, body, {"Message-Id": "42"})
+            await until(lambda: stats["started"] + stats["duplicate"] == 3)
+            runs = await runs_of(engine, name)
+    finally:
+        await remove(url, [other])
+    assert stats["started"] == 2 and stats["duplicate"] == 1, stats
+    orders_ = sorted(r.input["order"] for r in runs)  # "1" or "3" first: partitions may reorder
+    assert orders_ in (["1", "2"], ["2", "3"]), orders_
