@@ -342,8 +342,12 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+class Unreachable(LegatoError):
+    """No answer from the server: what the request asked may or may not have been done."""
+
+
 def _unreachable(url: str, exc: Exception) -> LegatoError:
-    return LegatoError(f"cannot reach Legato at {url}: {exc}")
+    return Unreachable(f"cannot reach Legato at {url}: {exc}")
 
 
 class Client(_Verbs[Any]):

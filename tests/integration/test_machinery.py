@@ -379,3 +379,68 @@ async def test_service_add_of_a_set_is_all_or_nothing(
     )
     assert code == 0, err
     assert await names() == ["aon-s6", "aon-up"]
+
+    # --replace: a brand-new service goes again, a replaced one is named (it cannot be restored).
+    fresh = write("fresh.json", {"name": "aon-fresh", "address": "http://127.0.0.1:1/"})
+    code, out, err = await legato(
+        server, "service", "add", "--replace", "--file", fresh, "--file", upper, "--file", huge
+    )
+    assert code == 2 and "removed again: aon-fresh" in err, err
+    assert "replaced, and not restored: aon-up" in err
+    assert await names() == ["aon-s6", "aon-up"]
+    code, out, err = await legato(server, "service", "rm", "aon-s6")
+    assert code == 0 and "removed aon-s6" in out, err
+    assert await names() == ["aon-up"]
+
+
+async def test_a_rollback_that_fails_tries_every_delete_and_names_what_is_left(
+    tmp_path: Path,
+) -> None:
+    """Review 5, 5: an API that refuses the third service and then every DELETE (a store gone
+    down meanwhile). Both deletes are tried, both services are named as left behind, and the error
+    that stopped the set is the one reported."""
+    have: dict[str, Any] = {}
+    deletes: list[str] = []
+
+    async def listing(request: web.Request) -> web.Response:
+        return web.json_response({"services": list(have.values())})
+
+    async def add(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["name"] == "rb-3":
+            error = {"error": "invalid", "message": "rb-3 is refused for this test"}
+            return web.json_response(error, status=422)
+        have[body["name"]] = {"name": body["name"], "base_url": "http://127.0.0.1:1/"}
+        return web.json_response(have[body["name"]], status=201)
+
+    async def delete(request: web.Request) -> web.Response:
+        deletes.append(request.match_info["name"])
+        error = {"error": "unavailable", "message": "the database is unavailable"}
+        return web.json_response(error, status=503)
+
+    app = web.Application()
+    app.router.add_get("/api/services", listing)
+    app.router.add_post("/api/services", add)
+    app.router.add_delete("/api/services/{name}", delete)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    files = []
+    for i in (1, 2, 3):
+        path = tmp_path / f"rb{i}.json"
+        path.write_bytes(orjson.dumps({"name": f"rb-{i}", "address": "http://127.0.0.1:1/"}))
+        files += ["--file", str(path)]
+    try:
+        code, out, err = await _run_async(
+            "service", "add", *files, "--url", f"http://127.0.0.1:{port}"
+        )
+    finally:
+        await runner.cleanup()
+    assert code == 2, err
+    assert deletes == ["rb-1", "rb-2"] and out.split()[::2] == ["rb-1", "rb-2"]
+    assert "left behind (remove with `legato service rm NAME`): rb-1 (" in err
+    assert "rb-2 (" in err and "database is unavailable" in err
+    assert "rb-3 is refused for this test" in err.splitlines()[-1], err
+    assert "removed again" not in err

@@ -200,7 +200,9 @@ async def test_callbacks_past_the_cap_are_told_and_the_cli_escapes_control_chara
         run_id = (await api.start("logs-cap", {}))["id"]
         url, _token = await _callback(service)
         hostile = "\u001b]0;pwned\u0007\u001b[2J\u202eevil\u0000nul"
-        first = await http.post(url, json={"heartbeat": True, "logs": [hostile]})
+        forged = "ok\n2026-12-01T10:00:00.000Z ERROR   other_step[1] forged"
+        lines = [hostile, forged, {"message": "x", "level": "INFO"}]
+        first = await http.post(url, json={"heartbeat": True, "logs": lines})
         assert first.status_code == 200 and "logs" not in first.json()
         for i in range(step_logs.MAX_CHUNKS - 1):
             answer = await http.post(url, json={"heartbeat": True, "logs": [f"hb {i}"]})
@@ -213,4 +215,6 @@ async def test_callbacks_past_the_cap_are_told_and_the_cli_escapes_control_chara
     assert code == 0, err
     assert "\x1b" not in out and "\x00" not in out and "\u202e" not in out
     assert "job[1] \\x1b]0;pwned\\x07\\x1b[2J\\u202eevil\\x00nul" in out
+    assert "job[1] ok\n  | 2026-12-01T10:00:00.000Z ERROR   other_step[1] forged\n" in out
+    assert not any(line.split(" ")[2:3] == ["other_step[1]"] for line in out.splitlines())
     assert out.rstrip("\n").endswith(step_logs.DROPPED) and "lost" not in out

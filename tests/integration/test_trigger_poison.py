@@ -21,7 +21,7 @@ import legato.transports
 from legato import Engine
 from legato.engine import triggers as engine_triggers
 from legato.transports import Message, Transport, open_transport
-from tests.integration.brokers import broker_url, remove
+from tests.integration.brokers import broker_url, postgres_url, remove
 from tests.integration.serverprocess import start_server
 from tests.integration.test_cli import _run_async
 from tests.integration.test_triggers import KIND, bus, orders, publisher, runs_of, until
@@ -213,3 +213,74 @@ async def test_the_reviewers_poison_key_through_a_server_and_the_cli(
         await remove(url, [queue])
     log = server.output()
     assert log.count("starts no run") == 1 and "Traceback" not in log, log[-3000:]
+
+
+async def test_a_key_with_nul_or_too_long_is_stored_hashed_and_still_dedupes(
+    bus: tuple[str, str, str], publisher: Transport, db_url: str
+) -> None:
+    """Review 5, 1: PostgreSQL refuses NUL in text. A key holding one (a body's id, a producer's
+    `Message-Id`) used to fail the receipt's insert, taken for a store outage: redelivered forever.
+    Now it is stored as its hash, starts its run once, and blocks nothing behind it."""
+    broker, url, destination = bus
+    name = f"nulkey-{uuid.uuid4().hex[:8]}"
+    engine = Engine.open(db_url)
+    engine.add_transport("bus", url)
+    stats = engine.triggers.stats
+    async with engine:
+        await engine.apply(orders(name, broker, destination, key="{{ message.order }}"))
+        for order in ("a\u0000b", "a\u0000b", "L" * 3000, "after"):
+            await publisher.publish(destination, orjson.dumps({"order": order}), {})
+        await until(lambda: stats["started"] + stats["duplicate"] + stats["rejected"] == 4)
+        plain = orders(name + "-d", broker, destination)  # the default key: a producer's header
+        await engine.apply(plain)
+        wf2, version2 = await engine.workflow_version(name + "-d")
+        bad = Message(destination, b'{"order": "x"}', {"Message-Id": "bad\x00id"}, id="bad\x00id")
+        first = await engine.triggers._start(wf2, version2, wf2.triggers[0], bad)
+        again = await engine.triggers._start(wf2, version2, wf2.triggers[0], bad)
+        runs = await runs_of(engine, name)
+    assert stats["rejected"] == 0 and stats["duplicate"] == 2, stats
+    assert first is not None and again == first
+    assert sorted(r.input["order"] for r in runs) == ["L" * 3000, "a\u0000b", "after"]
+
+
+async def test_a_data_error_of_the_store_rejects_and_an_outage_does_not() -> None:
+    """What PostgreSQL raises for this message's data (class 22) is a rejection; a connection
+    that fails is a store outage (delivered again)."""
+    asyncpg = pytest.importorskip("asyncpg")
+    conn = await asyncpg.connect(postgres_url())
+    try:
+        with pytest.raises(asyncpg.PostgresError) as caught:
+            await conn.fetchval("SELECT $1::text", "bad\x00id")
+    finally:
+        await conn.close()
+    assert engine_triggers.data_error(caught.value)
+    assert not engine_triggers.data_error(ConnectionRefusedError(111, "refused"))
+    assert not engine_triggers.data_error(RuntimeError("a bug"))
+
+
+async def test_the_same_producer_id_on_two_triggers_starts_two_runs(
+    bus: tuple[str, str, str], publisher: Transport, tmp_path: Path
+) -> None:
+    """Review 5, 3: the default key is scoped by transport and destination, so a `Message-Id`
+    reused on another destination of the workflow is another message (it used to be swallowed)."""
+    broker, url, destination = bus
+    other = destination + "-b"
+    name = f"scoped-{uuid.uuid4().hex[:8]}"
+    spec = orders(name, broker, destination)
+    spec["triggers"].append({"transport": "bus", KIND[broker]: other})
+    engine = Engine.open(f"sqlite:///{tmp_path}/scoped.db")
+    engine.add_transport("bus", url)
+    stats = engine.triggers.stats
+    try:
+        async with engine:
+            await engine.apply(spec)
+            for where, order in ((destination, "1"), (other, "2"), (destination, "3")):
+                body = orjson.dumps({"order": order})
+                await publisher.publish(where, body, {"Message-Id": "42"})
+            await until(lambda: stats["started"] + stats["duplicate"] == 3)
+            runs = await runs_of(engine, name)
+    finally:
+        await remove(url, [other])
+    assert stats["started"] == 2 and stats["duplicate"] == 1, stats
+    orders_ = sorted(r.input["order"] for r in runs)  # "1" or "3" first: partitions may reorder
+    assert orders_ in (["1", "2"], ["2", "3"]), orders_

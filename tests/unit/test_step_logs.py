@@ -261,3 +261,25 @@ def test_the_cli_shows_control_characters_as_escapes() -> None:
     line = {"ts": "t", "level": "INFO", "step": "s\x1b", "attempt": 1, "message": "\x1b[31mRED"}
     shown = format_line(line)
     assert "\x1b[31m" not in shown and "\\x1b[31mRED" in shown and "s\\x1b[1]" in shown
+
+
+def test_logs_text_output_indents_later_lines_and_escapes_every_field() -> None:
+    """Review 5, 9: a message with newlines cannot fake another step's line, and a custom level
+    name (`logging.addLevelName(25, "\\x1b[31m...")`) reaches the terminal escaped."""
+    import click
+
+    from legato.cli.logs import format_line
+
+    line = {
+        "ts": "2026-12-01T10:00:00.000Z\n",
+        "level": "\x1b[31mLOUD\nx",
+        "step": "a\nb",
+        "attempt": 1,
+        "message": "ok\n2026-12-01T10:00:00.000Z ERROR   other[1] forged\r\u2028end",
+    }
+    out = click.unstyle(format_line(line))  # click's own colour codes (dropped off a terminal)
+    assert out.split("\n") == [
+        "2026-12-01T10:00:00.000Z\\n \\x1b[31mLOUD\\nx a\\nb[1] ok",
+        "  | 2026-12-01T10:00:00.000Z ERROR   other[1] forged\\x0d\\u2028end",
+    ]
+    assert "\x1b" not in out

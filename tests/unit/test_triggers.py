@@ -8,8 +8,16 @@ from typing import Any
 import pytest
 
 import legato.dsl as dsl
-from legato.engine.triggers import Rejected, _key_text, context, group_of, unknown_transports
+from legato.engine.triggers import (
+    Rejected,
+    _key_text,
+    context,
+    default_key,
+    group_of,
+    unknown_transports,
+)
 from legato.model.build import build_workflow
+from legato.model.workflow import Trigger
 from legato.transports import Message
 from tests.unit.test_build import problems
 
@@ -123,10 +131,29 @@ def test_a_message_gives_its_body_headers_key_and_id_to_the_templates() -> None:
     assert context(Message("q", b"plain text"))["message"] == "plain text"
 
 
-@pytest.mark.parametrize("key", [None, "", "x" * 513])
-def test_a_missing_or_oversized_key_is_a_rejection(key: Any) -> None:
+@pytest.mark.parametrize("key", [None, ""])
+def test_a_missing_key_is_a_rejection(key: Any) -> None:
     with pytest.raises(Rejected):
         _key_text(key)
+
+
+@pytest.mark.parametrize("key", ["x" * 257, "x" * 5000, "bad\x00id", "a\nb", "a\x9bb", "a\ud800b"])
+def test_a_long_or_unsafe_key_is_stored_as_its_hash(key: str) -> None:
+    text = _key_text(key)
+    assert text.startswith("sha256:") and len(text) == 71
+    assert _key_text(key) == text and _key_text(key + "y") != text  # still dedupes, still apart
+
+
+def test_a_plain_key_is_kept_as_is() -> None:
+    assert _key_text("x" * 256) == "x" * 256
+    assert _key_text("orders/0/7@17") == "orders/0/7@17"
+
+
+def test_the_default_key_is_scoped_by_transport_and_destination() -> None:
+    msg = Message("orders", b"{}", {}, id="42")
+    assert default_key(Trigger("bus", "topic", "orders"), msg) == "bus:orders:42"
+    assert default_key(Trigger("other", "topic", "payments"), msg) == "other:payments:42"
+    assert default_key(Trigger("bus", "topic", "orders"), Message("orders", b"{}")) is None
 
 
 def test_a_key_that_is_not_text_is_its_json() -> None:

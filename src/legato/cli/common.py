@@ -58,13 +58,28 @@ def parse_input(text: str | None) -> dict[str, Any]:
     return value
 
 
-# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides and isolates.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but tab and newline, DEL, C1 controls, the Unicode line and paragraph separators, and
+# the bidirectional overrides and isolates.
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+CONTINUED = "  | "  # the mark of a multi-line text's later lines (see `continued`)
 
 
 def printable(text: str) -> str:
     """`text` with its control characters shown as escapes (tab and newline kept)."""
     return _CONTROL.sub(_escape, text)
+
+
+def one_line(text: str) -> str:
+    """`text` made printable on one line: its newlines shown as `\\n` too."""
+    return printable(text).replace("\n", "\\n")
+
+
+def continued(text: str) -> str:
+    """`text` made printable, each line after the first starting with CONTINUED: however it was
+    written, a later line cannot pass for a line of its own (say, a log line of another step)."""
+    return ("\n" + CONTINUED).join(printable(text).split("\n"))
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -3,7 +3,8 @@
 Lines come from steps and from services holding only a callback token, so the text output shows
 control characters visibly (`\x1b`, `\u202e`) rather than handing them to the terminal, whether it
 is one or not: escape sequences could set the title, clear the screen or reorder text. `--json`
-keeps the lines as they are, escaped by JSON.
+keeps the lines as they are, escaped by JSON. A message's later lines are shown indented behind
+`  | ` (as a traceback's are), so a service cannot forge lines of another step with newlines.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from legato.cli.common import dump_json, main, printable
+from legato.cli.common import continued, dump_json, main, one_line
 from legato.cli.remote import remote
 from legato.client import Client
 
@@ -20,10 +21,13 @@ LEVEL_COLOURS = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
 
 
 def format_line(line: dict[str, Any]) -> str:
-    """`2026-12-01T10:00:00.000Z INFO    step[1] message` (a traceback keeps its own lines)."""
-    level = click.style(f"{line['level']:<7}", fg=LEVEL_COLOURS.get(line["level"]))
-    step, message = printable(str(line["step"])), printable(str(line["message"]))
-    return f"{line['ts']} {level} {step}[{line['attempt']}] {message}"
+    """`2026-12-01T10:00:00.000Z INFO    step[1] message`. A message's later lines (a traceback's,
+    a callback's text with newlines) are indented behind `  | `, so none can pass for the header of
+    another line; the other fields are kept on one line."""
+    text = one_line(str(line["level"]))
+    level = click.style(f"{text:<7}", fg=LEVEL_COLOURS.get(text))
+    ts, step, attempt = (one_line(str(line[f])) for f in ("ts", "step", "attempt"))
+    return f"{ts} {level} {step}[{attempt}] {continued(str(line['message']))}"
 
 
 @main.command()

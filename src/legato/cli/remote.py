@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from legato.cli.common import dump_json, fail, main, parse_input, printable
-from legato.client import ACTIVE, DEFAULT_URL, Client
+from legato.client import ACTIVE, DEFAULT_URL, Client, Unreachable
 from legato.dags import load_file, python_steps
 from legato.engine.lineage import INT32_MAX
 from legato.errors import DefinitionError, LegatoError, Problem, ValidationError
@@ -117,30 +117,72 @@ def service_add(
         items = [entry]
     else:
         raise click.UsageError("give NAME and ADDRESS, or --file")
-    if not replace and len(items) > 1:  # a name the server has: refused before anything is sent
+    have: set[str] = set()
+    if len(items) > 1:  # a name the server has: refused before anything is sent (or replaced)
         have = {s.get("name") for s in client.services()}
         taken = [
             Problem(_where(item), _EXISTS.format(item["name"]))
             for item in items
             if item.get("name") in have
         ]
-        if taken:
+        if taken and not replace:
             raise DefinitionError(taken, "service")
     added_now: list[str] = []
+    sending: str | None = None
     try:
         for item in items:
+            sending = item["name"]
             added = client.add_service(_bare(item), replace=replace)
+            sending = None
             added_now.append(added["name"])
             click.echo(f"{added['name']}  {added['base_url']}")
-    except LegatoError:
-        # Refused part-way (added meanwhile by someone else, or refused by the server): the ones
-        # this command added go again, so the set is all or nothing. Replaced ones stay replaced.
-        if not replace:
-            for done in added_now:
-                client.delete_service(done)
-            if added_now:
-                click.echo(f"removed again: {', '.join(added_now)}", err=True)
+    except (LegatoError, KeyboardInterrupt) as exc:
+        # Refused part-way (added meanwhile by someone else, refused by the server, no answer,
+        # Ctrl-C): what this command added goes again, so the set is all or nothing as far as it
+        # can be. Every delete is tried; what could not be undone is said, then the first error.
+        unsure = sending if isinstance(exc, Unreachable | KeyboardInterrupt) else None
+        _roll_back(client, added_now, have, unsure)
         raise
+
+
+def _roll_back(client: Client, added: list[str], had: set[str], unsure: str | None) -> None:
+    """Delete the services `added` that the server did not have before (`had`), trying each; say
+    on stderr what was removed, what is left behind and why, and what was replaced for good."""
+    removed: list[str] = []
+    left: list[str] = []
+    for name in added:
+        if name in had:
+            continue
+        try:
+            client.delete_service(name)
+            removed.append(name)
+        except LegatoError as exc:
+            left.append(f"{name} ({exc})")
+    replaced = [name for name in added if name in had]
+    if removed:
+        click.echo(f"removed again: {', '.join(removed)}", err=True)
+    if left:
+        click.secho(
+            f"left behind (remove with `legato service rm NAME`): {', '.join(left)}",
+            fg="red",
+            err=True,
+        )
+    if replaced:
+        click.echo(f"replaced, and not restored: {', '.join(replaced)}", err=True)
+    if unsure is not None:
+        click.echo(
+            f"{unsure}: no answer, it may have been added (see `legato service list`)", err=True
+        )
+
+
+@service.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@remote
+def service_rm(client: Client, names: tuple[str, ...]) -> None:
+    """Remove the services NAMES (workflows calling one fail their call until it is back)."""
+    for name in names:
+        client.delete_service(name)
+        click.echo(f"removed {name}")
 
 
 _EXISTS = "service {!r} exists; `legato service add --replace` replaces it (nothing was added)"

@@ -15,8 +15,11 @@ handler raises, the message is not acknowledged, and the broker delivers it agai
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,7 @@ from legato.errors import DefinitionError, InputError, NotFound, Problem
 from legato.expressions import TemplateError, evaluate_truth
 from legato.model.fields import check_object
 from legato.model.workflow import Trigger, Workflow
+from legato.store.faults import store_fault
 from legato.store.receipts import Receipt
 from legato.transports import Message
 
@@ -38,7 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("legato.triggers")
 
-MAX_KEY = 512  # characters of a rendered dedupe key
+# A key longer than this, or holding characters a store may refuse (NUL, other control characters,
+# lone surrogates), is stored as `sha256:<hex>` of its UTF-8: dedupe still works, the size stays
+# bounded, and no producer's header can make the store refuse the receipt (which would redeliver the
+# message forever, blocking what comes after it).
+PLAIN_KEY = 256
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Bytes of a message's body, and of the run input it renders: the default --max-body of an API start.
 MAX_MESSAGE = 1024 * 1024
 KEPT_REJECTIONS = 100
@@ -205,7 +214,12 @@ class Triggers:
         info = RunInfo(new_run_id(), wf.name, version, PENDING, data, created_at=now)
         decision = first_decision(wf, info, now)
         receipt = Receipt(wf.name, key, f"{trigger.transport}:{trigger.destination}")
-        outcome = await engine.store.start_triggered(decision, receipt, now)
+        try:
+            outcome = await engine.store.start_triggered(decision, receipt, now)
+        except Exception as exc:
+            if not data_error(exc):
+                raise  # the store is down (or a bug): not acknowledged, delivered again later
+            raise Rejected(f"the store refused the message's run: {exc}") from None
         if os.environ.get(CRASH_ENV):
             os._exit(9)
         where = (wf.name, trigger.transport, trigger.destination)
@@ -252,7 +266,7 @@ def _checked(wf: Workflow, trigger: Trigger, message: Message) -> tuple[str, dic
     try:
         if trigger.filter is not None and not evaluate_truth(trigger.filter, ctx):
             return None
-        key = message.id if trigger.key is None else trigger.key.render(ctx)
+        key = default_key(trigger, message) if trigger.key is None else trigger.key.render(ctx)
         data = ctx["message"] if trigger.input is None else trigger.input.render(ctx)
     except TemplateError as exc:
         raise Rejected(f"a template failed: {exc}") from None
@@ -285,6 +299,39 @@ def _key_text(key: Any, templated: bool = False) -> str:
         text = key if isinstance(key, str) else orjson.dumps(key).decode()
     except TypeError as exc:
         raise Rejected(f"the key template rendered a value JSON cannot: {exc}") from None
-    if len(text) > MAX_KEY:
-        raise Rejected(f"the dedupe key is longer than {MAX_KEY} characters")
-    return text
+    return stored_key(text)
+
+
+def default_key(trigger: Trigger, message: Message) -> str | None:
+    """The key without a `key` template: the message's id (the broker's, or a producer's id header)
+    scoped by the trigger's transport and destination, so the same id on another topic of the
+    workflow is another message. A written `key` is the user's business key and is not scoped."""
+    if message.id is None or message.id == "":
+        return None
+    return f"{trigger.transport}:{trigger.destination}:{message.id}"
+
+
+def stored_key(text: str) -> str:
+    """`text` as the receipt keeps it: itself, or `sha256:<hex>` when long or unsafe to store."""
+    if len(text) <= PLAIN_KEY and not _UNSAFE.search(text):
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def data_error(exc: BaseException) -> bool:
+    """Whether the store refused *this* message's data (PostgreSQL's data exceptions, class 22, or a
+    text the driver cannot encode), as opposed to a store that is down: the first rejects the
+    message, the second has it delivered again."""
+    if store_fault(exc) is not None:
+        return False
+    cur: BaseException | None = exc
+    for _ in range(5):
+        if cur is None:
+            return False
+        if isinstance(cur, UnicodeError | sqlite3.DataError):
+            return True
+        state = str(getattr(cur, "sqlstate", "") or "")
+        if type(cur).__module__.startswith("asyncpg") and state.startswith("22"):
+            return True
+        cur = cur.__cause__
+    return False

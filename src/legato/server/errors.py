@@ -65,6 +65,10 @@ def error_response(exc: Exception) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status == 503:
             headers = {"Retry-After": str(RETRY_AFTER)}
+        if exc.status == 413:
+            # The body was not read: the connection must end, or its rest would be parsed as the
+            # next request on it (the client's next call answered 431 with the body as headers).
+            headers = {"Connection": "close"}
         return json_response(exc.body(), exc.status, headers)
     if isinstance(exc, Unfinished):  # not the database's fault: it goes on
         body = ApiError(503, str(exc), kind="unfinished").body()
