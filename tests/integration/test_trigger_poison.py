@@ -142,11 +142,13 @@ async def test_offsets_counted_again_from_zero_start_new_runs(db_url: str) -> No
             stop_tansu(proc, log)
             proc, log = start_tansu(binary, port)
             await _publish(url, topic, ["b1", "b2", "b3"])
-            await until(lambda: stats["started"] + stats["duplicate"] >= 6, 90)
+            # A commit cut by the restart may bring a record back: that is a duplicate, fine; what
+            # must not happen is a second-batch message taken for a first-batch one.
+            await until(lambda: stats["started"] >= 6, 90)
             runs = await runs_of(engine, name)
     finally:
         stop_tansu(proc, log)
-    assert stats["duplicate"] == 0, stats
+    assert stats["started"] == 6, stats
     assert sorted(r.input["order"] for r in runs) == ["a1", "a2", "a3", "b1", "b2", "b3"]
 
 
