@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 from legato.model.build import build_workflow
 from legato.ui.layout import NODE_H, Edge, Layout, layers_of, layout
@@ -65,18 +66,32 @@ def test_empty_graph() -> None:
     assert out.nodes == [] and out.width > 0
 
 
-def test_a_hundred_step_workflow_lays_out_quickly_and_cleanly() -> None:
+def _chain(n: int) -> Any:
     steps: dict[str, object] = {}
-    for i in range(100):
+    for i in range(n):
         deps = [f"s{j}" for j in (i - 1, i - 3, i - 7) if j >= 0 and i % 5 != 0]
         steps[f"s{i}"] = {"depends_on": deps, "http": {"url": f"http://h/{i}"}}
-    wf = build_workflow({"name": "big", "steps": steps})
-    started = time.perf_counter()
-    out = graph_layout(wf)
-    elapsed = time.perf_counter() - started
+    return build_workflow({"name": "big", "steps": steps})
+
+
+def _fastest(wf: Any) -> float:
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        graph_layout(wf)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def test_a_hundred_step_workflow_lays_out_quickly_and_cleanly() -> None:
+    """Speed as a ratio measured in the same process (the machine is shared): four times the steps
+    may cost about their square (16 times; 12 measured), with room for noise, not a cube (64)."""
+    small, big = _chain(25), _chain(100)
+    out = graph_layout(big)
     assert len(out.nodes) == 100
-    assert elapsed < 0.5, elapsed
     _no_overlap(out)
+    ratio = _fastest(big) / max(_fastest(small), 1e-6)
+    assert ratio < 32, ratio
 
 
 def test_every_edge_stays_inside_the_drawing() -> None:
