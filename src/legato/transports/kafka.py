@@ -1,6 +1,7 @@
 """Kafka through aiokafka: `kafka://host:port`; a destination is a topic, consumers share a group
-(`legato` unless the subscription names one) and commit a record's offset only after its handler
-returned (at-least-once).
+(`legato.<topic>` unless the subscription names one: one group per topic, so a member of another
+topic's group that died, or is joining, never holds this topic's consumers up in a rebalance) and
+commit a record's offset only after its handler returned (at-least-once).
 
 Records are handled one at a time, in order; after each, exactly the offset past that record is
 committed for its partition (not the consumer's whole position, which a rebalance may have moved).
@@ -63,7 +64,7 @@ class KafkaTransport:
         subscription is missed). Returns at once: joining the group waits for the broker to drop
         a dead member's session (a process killed a moment ago), which must not hold up the start
         of a server; the broker's address was checked by `connect`."""
-        task = asyncio.create_task(self._consume(destination, handler, group or "legato"))
+        task = asyncio.create_task(self._consume(destination, handler, group or f"legato.{destination}"))
         self._consumers.append(task)
 
     async def _consume(self, destination: str, handler: Handler, group: str) -> None:
