@@ -64,7 +64,9 @@ class KafkaTransport:
         subscription is missed). Returns at once: joining the group waits for the broker to drop
         a dead member's session (a process killed a moment ago), which must not hold up the start
         of a server; the broker's address was checked by `connect`."""
-        task = asyncio.create_task(self._consume(destination, handler, group or f"legato.{destination}"))
+        task = asyncio.create_task(
+            self._consume(destination, handler, group or f"legato.{destination}")
+        )
         self._consumers.append(task)
 
     async def _consume(self, destination: str, handler: Handler, group: str) -> None:
