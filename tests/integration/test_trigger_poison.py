@@ -118,7 +118,10 @@ async def test_a_producer_id_header_is_the_default_key(
         await until(lambda: stats["started"] + stats["duplicate"] == 4)
         runs = await runs_of(engine, name)
     assert stats["started"] == 3 and stats["duplicate"] == 1
-    assert sorted(r.input["order"] for r in runs) == ["1", "3", "4"]
+    # Kafka spreads keyless records over partitions: which of the two sharing o-7 comes first
+    # is not fixed, but only one of them starts a run.
+    orders_ = sorted(r.input["order"] for r in runs)
+    assert orders_ in (["1", "3", "4"], ["2", "3", "4"]), orders_
 
 
 async def test_offsets_counted_again_from_zero_start_new_runs(db_url: str) -> None:
