@@ -68,23 +68,6 @@ async def test_a_poll_url_that_is_not_a_url_fails_the_step(engine: Engine) -> No
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from moto.server import ThreadedMotoServer
-
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
 async def renderer(s3: str) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     """A serverless-style service: it accepts at once and later writes its result to the bucket and
     key the request named."""
